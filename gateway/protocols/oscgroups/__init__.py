@@ -1,0 +1,1 @@
+"""OSCgroups door: rendezvous server, OSC<->MIDI bridge and relay for symmetric NAT."""
