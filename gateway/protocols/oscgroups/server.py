@@ -1,0 +1,230 @@
+"""OSCgroups rendezvous server as a sans-IO state machine.
+
+Implements shared/protocols/oscgroups.md §5.1 (users, groups, user_alive and
+get_group_users_info semantics, purge) with the replies of §4.2 and the
+compatibility notes of §6. Hand-written because no maintained library speaks
+OSCgroups; OSC itself goes through :mod:`.wire` (python-osc).
+
+Where the original breaks, this one does better on purpose:
+
+* malformed, truncated, empty or oversized datagrams are dropped and counted
+  in :attr:`RendezvousServer.counters` by reason instead of killing the server
+  (§7.1);
+* a group of any size is listed in full: the reply is split over several
+  bundles of at most 1536 bytes each (§6.6, §7.2), which the C++ client
+  handles one datagram at a time;
+* names, passwords and group names are capped at 64 bytes and a user at 16
+  groups, so that every single reply message fits one such datagram.
+
+Everything else (status strings, takeover, group leave, no re-check of a
+member's group password, answering any holder of the group password, silence
+on an unknown group) follows the notes, because clients observe it.
+
+Hooks for the gateway: ``authorize_group(group_name, password_md5_hex)``
+returns True/False to decide a group password itself, or None to leave it to
+OSCgroups' own rule; ``advertised_endpoint(user)`` returns an (ip, port) to
+advertise instead of the user's observed public endpoint (e.g. a relay), or
+None to keep it.
+
+Time is a parameter (seconds, float); like the original, ages are whole seconds.
+"""
+
+import collections
+
+from . import wire
+
+DEFAULT_MAX_USERS = 100
+DEFAULT_MAX_GROUPS = 50
+DEFAULT_TIMEOUT = 60
+# The C++ client reads into a 4098-byte buffer; no legitimate request is near it.
+MAX_REQUEST_SIZE = 4096
+MAX_STRING_BYTES = 64
+MAX_GROUPS_PER_USER = 16
+
+
+class User:
+    __slots__ = ("name", "password", "private_endpoint", "public_endpoint",
+                 "last_alive", "groups")
+
+    def __init__(self, name, password):
+        self.name = name
+        self.password = password
+        self.private_endpoint = None
+        self.public_endpoint = None
+        self.last_alive = 0
+        self.groups = {}          # name -> Group, in join order
+
+    def __repr__(self):
+        return f"User({self.name!r}, private={self.private_endpoint}, public={self.public_endpoint})"
+
+
+class Group:
+    __slots__ = ("name", "password", "members")
+
+    def __init__(self, name, password):
+        self.name = name
+        self.password = password
+        self.members = {}         # name -> User, in join order
+
+
+class RendezvousServer:
+    """Feed it datagrams and the time; it answers with datagrams to send."""
+
+    def __init__(self, *, max_users=DEFAULT_MAX_USERS, max_groups=DEFAULT_MAX_GROUPS,
+                 timeout=DEFAULT_TIMEOUT, authorize_group=None, advertised_endpoint=None,
+                 now=0.0):
+        self.max_users = max_users
+        self.max_groups = max_groups
+        self.timeout = timeout
+        self.authorize_group = authorize_group
+        self.advertised_endpoint = advertised_endpoint
+        self.users = {}
+        self.groups = {}
+        self.counters = collections.Counter()
+        self._next_purge = now + self.purge_interval
+
+    @property
+    def purge_interval(self):
+        """The original sweeps every tenth of the timeout (§5.1)."""
+        return self.timeout / 10
+
+    # ------------------------------------------------------------------
+    # Requests
+
+    def datagram_received(self, data, addr, now):
+        """Handle one request from ``addr`` (host, port); return [(bytes, addr)] to send."""
+        if now >= self._next_purge:
+            self.purge(now)
+        self.counters["datagrams"] += 1
+        if not data:
+            return self._drop("empty")
+        if len(data) > MAX_REQUEST_SIZE:
+            return self._drop("oversized")
+        if not wire.is_ipv4(addr[0]):
+            return self._drop("not_ipv4_source")
+        try:
+            messages = wire.parse_packet(data)
+        except wire.MalformedPacket:
+            return self._drop("malformed")
+        replies = []
+        for message in messages:
+            replies.extend(self._handle_message(message, addr, now))
+        if not replies:
+            return []
+        bundles = wire.pack_bundles(replies)
+        self.counters["reply_datagrams"] += len(bundles)
+        return [(bundle, addr) for bundle in bundles]
+
+    def _drop(self, reason):
+        self.counters[f"dropped_{reason}"] += 1
+        return []
+
+    def _handle_message(self, message, addr, now):
+        try:
+            request = wire.decode_message(message)
+        except wire.MalformedPacket:
+            return self._drop("bad_arguments")
+        if isinstance(request, wire.UserAlive):
+            return self._user_alive(request, addr, now)
+        if isinstance(request, wire.GroupUsersQuery):
+            return self._group_users_info(request, now)
+        return self._drop("unknown_address")
+
+    def _user_alive(self, request, addr, now):
+        strings = [request.user_name, request.user_password,
+                   *(field for pair in request.groups for field in pair)]
+        if any(len(s.encode("utf-8")) > MAX_STRING_BYTES for s in strings):
+            return self._drop("string_too_long")
+        if len(request.groups) > MAX_GROUPS_PER_USER:
+            return self._drop("too_many_groups")
+
+        def user_status(status):
+            return wire.UserAliveStatus(request.user_name, request.user_password, status).encode()
+
+        user = self.users.get(request.user_name)
+        if user is None:
+            if len(self.users) >= self.max_users:
+                self.counters["refused_user_limit"] += 1
+                return [user_status(wire.STATUS_USER_LIMIT_REACHED)]
+            user = self.users[request.user_name] = User(request.user_name, request.user_password)
+        elif user.password != request.user_password:
+            self.counters["refused_wrong_user_password"] += 1
+            return [user_status(wire.STATUS_WRONG_PASSWORD)]
+
+        # Overwritten on every accepted alive: a takeover or a NAT re-mapping wins.
+        user.private_endpoint = request.private_endpoint
+        user.public_endpoint = (addr[0], addr[1])
+        user.last_alive = int(now)
+        replies = [user_status(wire.STATUS_OK)]
+
+        listed = set()
+        for group_name, group_password in request.groups:
+            listed.add(group_name)
+            status = self._join(user, group_name, group_password)
+            replies.append(wire.UserGroupStatus(
+                request.user_name, request.user_password, group_name, group_password,
+                status).encode())
+        for group in [g for name, g in user.groups.items() if name not in listed]:
+            self._leave(user, group)
+        return replies
+
+    def _join(self, user, group_name, group_password):
+        group = self.groups.get(group_name)
+        if group is not None and user.name in group.members:
+            # The original never re-checks a member's group password (§7.10).
+            return wire.STATUS_OK
+        if not self._group_password_accepted(group, group_name, group_password):
+            self.counters["refused_wrong_group_password"] += 1
+            return wire.STATUS_WRONG_PASSWORD
+        if group is None:
+            if len(self.groups) >= self.max_groups:
+                self.counters["refused_group_limit"] += 1
+                return wire.STATUS_USER_LIMIT_REACHED
+            group = self.groups[group_name] = Group(group_name, group_password)
+        group.members[user.name] = user
+        user.groups[group_name] = group
+        return wire.STATUS_OK
+
+    def _group_password_accepted(self, group, group_name, group_password):
+        if self.authorize_group is not None:
+            verdict = self.authorize_group(group_name, group_password)
+            if verdict is not None:
+                return bool(verdict)
+        # OSCgroups' own rule: the first joiner sets the password of a new group.
+        return group is None or group.password == group_password
+
+    def _leave(self, user, group):
+        del group.members[user.name]
+        del user.groups[group.name]
+        if not group.members:
+            del self.groups[group.name]
+
+    def _group_users_info(self, request, now):
+        group = self.groups.get(request.group_name)
+        if group is None:
+            return self._drop("unknown_group")
+        if not self._group_password_accepted(group, request.group_name, request.group_password):
+            return self._drop("wrong_group_password")
+        return [self._user_info(member, now) for member in group.members.values()]
+
+    def _user_info(self, user, now):
+        public_endpoint = user.public_endpoint
+        if self.advertised_endpoint is not None:
+            public_endpoint = self.advertised_endpoint(user) or public_endpoint
+        return wire.UserInfo(user.name, user.private_endpoint, public_endpoint,
+                             int(now) - user.last_alive, tuple(user.groups)).encode()
+
+    # ------------------------------------------------------------------
+    # Timeouts
+
+    def purge(self, now):
+        """Forget users silent for ≥ timeout whole seconds; return their names."""
+        self._next_purge = now + self.purge_interval
+        stale = [user for user in self.users.values()
+                 if int(now) - user.last_alive >= self.timeout]
+        for user in stale:
+            for group in list(user.groups.values()):
+                self._leave(user, group)
+            del self.users[user.name]
+        self.counters["purged_users"] += len(stale)
+        return [user.name for user in stale]
