@@ -323,7 +323,8 @@ class AppleMidiSession:
         verdict = self.accept(addr)
         if verdict is not True:
             return [Send(CONTROL, self._exchange(INVITATION_REJECTED, packet.token), addr),
-                    self._drop("invitation refused", addr, verdict or "refused")]
+                    self._drop("invitation refused", addr,
+                               verdict if isinstance(verdict, str) and verdict else None)]
         actions = []
         if existing is not None:
             # Same SSRC, new token: the peer restarted; end the old session cleanly.
