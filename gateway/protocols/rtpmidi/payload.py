@@ -1,0 +1,326 @@
+"""RTP-MIDI packets: the RTP header and the MIDI command section, sans-IO.
+
+# implements RFC 3550 §5.1 (RTP fixed header; CSRC list, extension and padding are skipped)
+# implements RFC 6295 §2.1 (RTP header use: V=2, M sent as 0 and accepted either way, PT 97)
+# implements RFC 6295 §3 (MIDI command section: B/J/Z/P header, MIDI list)
+# implements RFC 6295 §3.1 (delta times, 1-4 octets, most significant group first)
+# implements RFC 6295 §3.2 (command coding: running status, system common and
+#   real-time commands, SysEx whole or in F0/F7 segments with F4 cancel)
+# the recovery journal that may follow (RFC 6295 §4-§5) lives in journal.py
+
+Hand-written because no maintained Python library implements RFC 6295 with its
+recovery journal (pymidi, the only one on PyPI, reads delta times
+little-endian, ignores Z and cannot send); see /work/shared/protocols/rtpmidi.md.
+
+Nothing here imports Twisted or touches sockets or clocks: ``RtpMidiPacket.parse``
+takes bytes, ``bytes(packet)`` gives them back.
+"""
+
+import struct
+
+from gateway.midi import SYSEX_END, SYSEX_START, data_length
+from gateway.protocols.rtpmidi.journal import Journal, MalformedPacket
+
+__all__ = [
+    "MalformedPacket", "RtpMidiPacket", "SysExReassembler",
+    "PAYLOAD_TYPE", "MAX_DELTA", "encode_delta",
+]
+
+PAYLOAD_TYPE = 97
+RTP_VERSION = 2
+MAX_DELTA = (1 << 28) - 1
+MAX_LIST_LENGTH = 0x0FFF
+
+SYSEX_CANCEL = 0xF4
+
+_RTP_HEADER = struct.Struct("!BBHII")
+_RTP_HEADER_SIZE = _RTP_HEADER.size
+
+_FLAG_B = 0x80
+_FLAG_J = 0x40
+_FLAG_Z = 0x20
+_FLAG_P = 0x10
+
+# One-octet deltas dominate real traffic; a table avoids building them per packet.
+_SHORT_DELTAS = [bytes((value,)) for value in range(128)]
+_SYSEX_TERMINATORS = (SYSEX_START, SYSEX_END, SYSEX_CANCEL)
+
+
+def encode_delta(delta):
+    """Octets of an RFC 6295 §3.1 delta time (0 ... 2**28-1)."""
+    if delta < 128:
+        if delta < 0:
+            raise ValueError(f"delta time {delta} is negative")
+        return _SHORT_DELTAS[delta]
+    if delta > MAX_DELTA:
+        raise ValueError(f"delta time {delta} exceeds {MAX_DELTA}")
+    groups = [delta & 0x7F]
+    delta >>= 7
+    while delta:
+        groups.append(0x80 | (delta & 0x7F))
+        delta >>= 7
+    return bytes(reversed(groups))
+
+
+def _read_delta(data, pos, end):
+    """Return (delta, next position) for the delta time starting at ``pos``."""
+    value = 0
+    for count in range(4):
+        if pos >= end:
+            raise MalformedPacket("MIDI list ends inside a delta time")
+        octet = data[pos]
+        pos += 1
+        value = (value << 7) | (octet & 0x7F)
+        if octet < 0x80:
+            return value, pos
+    raise MalformedPacket("delta time longer than 4 octets")
+
+
+class RtpMidiPacket:
+    """One RTP-MIDI packet.
+
+    ``commands`` is a list of ``(delta_ticks, message_bytes)``; the first delta is
+    the offset from ``timestamp``, each later one is relative to the previous
+    command. Messages are complete MIDI messages with running status expanded,
+    except SysEx segments, which are kept as sent (``F0..F0``, ``F7..F0``,
+    ``F7..F7``, ``..F4``) for :class:`SysExReassembler`.
+    """
+
+    __slots__ = ("sequence", "timestamp", "ssrc", "marker", "payload_type",
+                 "commands", "phantom", "journal")
+
+    def __init__(self, sequence=0, timestamp=0, ssrc=0, commands=(), journal=None,
+                 marker=False, payload_type=PAYLOAD_TYPE, phantom=False):
+        self.sequence = sequence
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.marker = marker
+        self.payload_type = payload_type
+        self.commands = list(commands)
+        self.phantom = phantom
+        self.journal = journal
+
+    def __eq__(self, other):
+        if not isinstance(other, RtpMidiPacket):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __repr__(self):
+        commands = ", ".join(f"{delta}:{message.hex(' ')}" for delta, message in self.commands)
+        return (f"RtpMidiPacket(seq={self.sequence}, ts={self.timestamp}, "
+                f"ssrc=0x{self.ssrc:08x}, [{commands}], journal={self.journal!r})")
+
+    @classmethod
+    def parse(cls, data):
+        """Decode one datagram; raise :class:`MalformedPacket` for anything invalid."""
+        data = bytes(data)
+        end = len(data)
+        if end < _RTP_HEADER_SIZE + 1:
+            raise MalformedPacket(f"packet of {end} octets is shorter than RTP + command header")
+        first, second, sequence, timestamp, ssrc = _RTP_HEADER.unpack_from(data)
+        if first >> 6 != RTP_VERSION:
+            raise MalformedPacket(f"RTP version {first >> 6}, expected 2")
+        pos = _RTP_HEADER_SIZE + 4 * (first & 0x0F)
+        if first & 0x20:
+            padding = data[-1]
+            if padding == 0 or padding > end - pos:
+                raise MalformedPacket(f"RTP padding count {padding} is invalid")
+            end -= padding
+        if first & 0x10:
+            if pos + 4 > end:
+                raise MalformedPacket("RTP header extension truncated")
+            pos += 4 + 4 * struct.unpack_from("!H", data, pos + 2)[0]
+        if pos >= end:
+            raise MalformedPacket("no MIDI command section after the RTP header")
+
+        flags = data[pos]
+        length = flags & 0x0F
+        pos += 1
+        if flags & _FLAG_B:
+            if pos >= end:
+                raise MalformedPacket("long command section header truncated")
+            length = (length << 8) | data[pos]
+            pos += 1
+        list_end = pos + length
+        if list_end > end:
+            raise MalformedPacket(f"MIDI list LEN={length} runs past the packet end")
+        commands = _parse_midi_list(data, pos, list_end, bool(flags & _FLAG_Z))
+        journal = None
+        if flags & _FLAG_J:
+            journal = Journal.parse(data[list_end:end])
+        return cls(sequence, timestamp, ssrc, commands, journal,
+                   marker=bool(second & 0x80), payload_type=second & 0x7F,
+                   phantom=bool(flags & _FLAG_P))
+
+    def __bytes__(self):
+        midi_list, first_has_delta = _build_midi_list(self.commands)
+        length = len(midi_list)
+        flags = 0
+        if first_has_delta:
+            flags |= _FLAG_Z
+        if self.phantom:
+            flags |= _FLAG_P
+        if self.journal is not None:
+            flags |= _FLAG_J
+        header = _RTP_HEADER.pack(
+            0x80, (0x80 if self.marker else 0) | self.payload_type,
+            self.sequence & 0xFFFF, self.timestamp & 0xFFFFFFFF, self.ssrc & 0xFFFFFFFF)
+        if length <= 0x0F:
+            section = bytes((flags | length,))
+        elif length <= MAX_LIST_LENGTH:
+            section = bytes((flags | _FLAG_B | (length >> 8), length & 0xFF))
+        else:
+            raise ValueError(f"MIDI list of {length} octets exceeds {MAX_LIST_LENGTH}")
+        if self.journal is None:
+            return b"".join((header, section, midi_list))
+        return b"".join((header, section, midi_list, bytes(self.journal)))
+
+
+def _parse_midi_list(data, pos, end, first_has_delta):
+    commands = []
+    running = None
+    delta = 0
+    first = True
+    while pos < end:
+        if first:
+            first = False
+            if first_has_delta:
+                delta, pos = _read_delta(data, pos, end)
+        else:
+            delta, pos = _read_delta(data, pos, end)
+        if pos >= end:
+            raise MalformedPacket("MIDI list ends after a delta time")
+        status = data[pos]
+        if status >= 0xF8:
+            commands.append((delta, data[pos:pos + 1]))
+            pos += 1
+            continue
+        if status == SYSEX_START or status == SYSEX_END:
+            running = None
+            pos = _parse_sysex(data, pos, end, delta, commands)
+            continue
+        if status < 0x80:
+            if running is None:
+                raise MalformedPacket(f"data octet 0x{status:02x} without running status")
+            needed = data_length(running)
+            message = bytes((running,)) + data[pos:pos + needed]
+            pos += needed
+        else:
+            needed = data_length(status)
+            message = data[pos:pos + needed + 1]
+            pos += needed + 1
+            running = status if status < 0xF0 else None
+        if pos > end:
+            raise MalformedPacket("MIDI list ends inside a command")
+        if needed and max(message[1:]) >= 0x80:
+            raise MalformedPacket(f"status octet inside command {message.hex(' ')}")
+        commands.append((delta, message))
+    return commands
+
+
+def _parse_sysex(data, pos, end, delta, commands):
+    """Append the SysEx segment at ``pos`` (and any real-time octets inside it)."""
+    start = pos
+    pos += 1
+    embedded = []
+    while True:
+        if pos >= end:
+            raise MalformedPacket("SysEx segment has no F0/F7/F4 terminator")
+        octet = data[pos]
+        if octet >= 0x80:
+            if octet in _SYSEX_TERMINATORS:
+                break
+            if octet < 0xF8:
+                raise MalformedPacket(f"status 0x{octet:02x} inside SysEx")
+            embedded.append(pos)
+        pos += 1
+    pos += 1
+    if not embedded:
+        commands.append((delta, data[start:pos]))
+        return pos
+    # Real-time octets may interleave SysEx (§3.2); they are delivered first
+    # because they play at this instant while the SysEx only completes later.
+    segment = bytearray()
+    previous = start
+    for index in embedded:
+        commands.append((delta, data[index:index + 1]))
+        delta = 0
+        segment += data[previous:index]
+        previous = index + 1
+    segment += data[previous:pos]
+    commands.append((0, bytes(segment)))
+    return pos
+
+
+def _build_midi_list(commands):
+    """Return (MIDI list octets, whether the first command carries a delta)."""
+    parts = []
+    running = None
+    first_has_delta = False
+    for index, (delta, message) in enumerate(commands):
+        if index:
+            parts.append(encode_delta(delta))
+        elif delta:
+            first_has_delta = True
+            parts.append(encode_delta(delta))
+        status = message[0]
+        if status < 0xF0:
+            if status == running:
+                parts.append(message[1:])
+                continue
+            running = status
+        elif status < 0xF8:
+            running = None
+        parts.append(message)
+    return b"".join(parts), first_has_delta
+
+
+class SysExReassembler:
+    """Joins SysEx segments (RFC 6295 §3.2) from consecutive packets.
+
+    ``feed`` each SysEx command in order; it returns the complete ``F0 ... F7``
+    message when the last segment arrives, else None. A cancelled (``F4``),
+    orphaned or oversized message is dropped and counted in ``dropped``.
+    """
+
+    __slots__ = ("max_size", "dropped", "_pending")
+
+    def __init__(self, max_size=65536):
+        self.max_size = max_size
+        self.dropped = 0
+        self._pending = None
+
+    def feed(self, segment):
+        opening = segment[0] == SYSEX_START
+        closing = segment[-1]
+        if opening and self._pending is not None:
+            self._abandon()
+        if closing == SYSEX_CANCEL:
+            self._abandon()
+            return None
+        if opening:
+            if closing == SYSEX_END:
+                return bytes(segment)
+            self._pending = bytearray(segment[:-1])
+            return None
+        if self._pending is None:
+            self.dropped += 1
+            return None
+        self._pending += segment[1:-1]
+        if len(self._pending) > self.max_size:
+            self._abandon()
+            return None
+        if closing == SYSEX_END:
+            message = bytes(self._pending) + bytes((SYSEX_END,))
+            self._pending = None
+            return message
+        return None
+
+    def reset(self):
+        """Forget a partial message, e.g. after packet loss broke the chain."""
+        self._abandon()
+
+    def _abandon(self):
+        if self._pending is not None:
+            self.dropped += 1
+            self._pending = None
