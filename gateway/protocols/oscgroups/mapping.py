@@ -122,6 +122,8 @@ class OscMidiMapping:
 
     def osc_to_midi(self, message):
         """MIDI messages (list of bytes) carried by a :class:`wire.Message`, or None."""
+        if message.args is None:
+            return None
         try:
             if message.address == self.raw_address:
                 return self._raw_to_midi(message) or None

@@ -53,7 +53,10 @@ class MalformedPacket(ValueError):
 
 
 class Message(NamedTuple):
-    """One OSC message: ``type_tags`` without the leading comma."""
+    """One OSC message: ``type_tags`` without the leading comma.
+
+    ``args`` is None when a type tag is one python-osc cannot decode.
+    """
 
     address: str
     type_tags: str
@@ -109,9 +112,10 @@ def _parse_message(data):
             if not type_tags.startswith(","):
                 raise MalformedPacket("type tag string does not start with ','")
             type_tags = type_tags[1:]
-            unknown = set(type_tags) - _DECODABLE_TAGS
-            if unknown:
-                raise MalformedPacket(f"unsupported type tags {''.join(sorted(unknown))!r}")
+            if not _DECODABLE_TAGS.issuperset(type_tags):
+                # Valid OSC (e.g. an ``S`` symbol) that no OSCgroups message
+                # uses: keep it so callers can refuse it message by message.
+                return Message(address, type_tags, None)
         args = tuple(osc_message.OscMessage(data).params)
     except (osc_types.ParseError, osc_message.ParseError, UnicodeDecodeError) as exc:
         raise MalformedPacket(f"bad OSC message: {exc}") from None
