@@ -1,0 +1,290 @@
+"""YAML configuration -> validated, typed objects.
+
+Every section is a dataclass; its type hints and ``field(metadata=...)``
+bounds are the schema. :func:`load` collects *every* problem (unknown key,
+wrong type, value out of range, duplicate port, short passphrase) as one line
+each that names the key path and what is expected, and raises
+:class:`ConfigError` with all of them, so a user fixes the file in one go.
+
+Door sections (``websocket``, ``rtpmidi``, ...) are declared by the doors
+themselves (see :mod:`gateway.doors`); this module knows only the shape.
+"""
+
+import dataclasses
+import difflib
+import ipaddress
+import typing
+
+import yaml
+
+from gateway import doors
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` holds one line per fault."""
+
+    def __init__(self, problems):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def bounded(default=dataclasses.MISSING, *, minimum=None, maximum=None,
+            choices=None, doc="", default_factory=dataclasses.MISSING):
+    """A dataclass field with validation bounds (inclusive) or allowed values."""
+    metadata = {"min": minimum, "max": maximum, "choices": choices, "doc": doc}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def port(default=dataclasses.MISSING, doc=""):
+    return bounded(default, minimum=1, maximum=65535, doc=doc)
+
+
+@dataclasses.dataclass
+class MirrorConfig:
+    """Makes a session echo every note back to its player, transposed."""
+    interval: int = bounded(7, minimum=-48, maximum=48, doc="semitones; 7 = a perfect fifth")
+    delay: float = bounded(0.0, minimum=0.0, maximum=10.0, doc="seconds before the echo")
+
+
+@dataclasses.dataclass
+class SessionConfig:
+    name: str = bounded(doc="session name peers join by")
+    passphrase: str = bounded(doc="shared secret; see limits.min_passphrase_length")
+    max_members: typing.Optional[int] = bounded(None, minimum=1, maximum=1024,
+                                                doc="overrides limits.max_members_per_session")
+    mirror: typing.Optional[MirrorConfig] = None
+    allow_addresses: typing.List[str] = bounded(
+        default_factory=list,
+        doc="CIDRs allowed for doors without authentication of their own (AppleMIDI)")
+
+
+@dataclasses.dataclass
+class LimitsConfig:
+    min_passphrase_length: int = bounded(20, minimum=1, maximum=1024)
+    max_members_per_session: int = bounded(8, minimum=1, maximum=1024)
+    max_sessions: int = bounded(64, minimum=1, maximum=100000)
+    allow_session_creation: bool = True
+    events_per_second: int = bounded(1000, minimum=1, maximum=1000000,
+                                     doc="per member; excess is dropped and counted")
+    velocity_cap: typing.Optional[int] = bounded(None, minimum=1, maximum=127)
+    idle_timeout: float = bounded(120.0, minimum=1.0, maximum=86400.0,
+                                  doc="seconds without traffic before a member expires")
+
+
+@dataclasses.dataclass
+class TlsConfig:
+    certificate: str = bounded(doc="PEM certificate chain file")
+    key: str = bounded(doc="PEM private key file")
+
+
+@dataclasses.dataclass
+class WebConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = port(8080)
+    tls: typing.Optional[TlsConfig] = None
+
+    def listening_ports(self, path):
+        return [(f"{path}.port", "tcp", self.port)]
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    level: str = bounded("info", choices=("debug", "info", "warn", "error", "critical"))
+    drop_log_interval: float = bounded(
+        10.0, minimum=0.0, maximum=3600.0,
+        doc="log dropped/malformed input at most once per peer per this many seconds")
+
+
+@dataclasses.dataclass
+class GatewayConfig:
+    sessions: typing.List[SessionConfig] = dataclasses.field(default_factory=list)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    web: WebConfig = dataclasses.field(default_factory=WebConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    doors: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+
+    def enabled_doors(self):
+        return {name: section for name, section in self.doors.items()
+                if section is not None and section.enabled}
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _describe(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _describe(inner[0]) + " or null"
+    if origin in (list, typing.List):
+        return "a list"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _convert(annotation, value, path, problems, meta=None):
+    """Check ``value`` against ``annotation``; return the typed value or None."""
+    meta = meta or {}
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _convert(inner[0], value, path, problems, meta)
+    if origin in (list, typing.List):
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {_kind(value)}")
+            return []
+        (item_type,) = typing.get_args(annotation)
+        return [_convert(item_type, item, f"{path}[{index}]", problems)
+                for index, item in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        return load_section(annotation, value, path, problems)
+    if annotation is typing.Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
+        problems.append(f"{path}: expected {_describe(annotation)}, got {_kind(value)}")
+        return None
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        problems.append(f"{path}: expected one of {', '.join(map(str, meta['choices']))},"
+                        f" got {value!r}")
+        return None
+    low, high = meta.get("min"), meta.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        problems.append(f"{path}: expected a value from {low} to {high}, got {value}")
+        return None
+    return value
+
+
+def _kind(value):
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}" if len(value) <= 40 else "a string"
+    return f"{type(value).__name__} {value!r}"
+
+
+def load_section(cls, data, path, problems):
+    """Build dataclass ``cls`` from mapping ``data``, appending to ``problems``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping, got {_kind(data)}")
+        data = {}
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            problems.append(f"{path}.{key}: unknown key{_suggestion(key, fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, field in fields.items():
+        key_path = f"{path}.{name}" if path else name
+        if name in data:
+            values[name] = _convert(hints[name], data[name], key_path, problems,
+                                    field.metadata)
+        elif (field.default is dataclasses.MISSING
+              and field.default_factory is dataclasses.MISSING):
+            problems.append(f"{key_path}: missing; expected {_describe(hints[name])}")
+            values[name] = None
+    return cls(**values)
+
+
+def _suggestion(key, known):
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(sorted(known))})"
+
+
+def _check_sessions(config, problems):
+    minimum = config.limits.min_passphrase_length
+    seen = set()
+    for index, session in enumerate(config.sessions):
+        path = f"sessions[{index}]"
+        if session.name is not None:
+            if not session.name.strip():
+                problems.append(f"{path}.name: expected a non-empty name")
+            elif session.name in seen:
+                problems.append(f"{path}.name: session {session.name!r} is declared twice")
+            seen.add(session.name)
+        # Never echo a passphrase: only its length.
+        if session.passphrase is not None and len(session.passphrase) < minimum:
+            problems.append(f"{path}.passphrase: expected at least {minimum} characters"
+                            f" (limits.min_passphrase_length), got {len(session.passphrase)}")
+        for entry_index, cidr in enumerate(session.allow_addresses or ()):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except (TypeError, ValueError):
+                problems.append(f"{path}.allow_addresses[{entry_index}]: expected an address"
+                                f" or CIDR such as 127.0.0.0/8, got {_kind(cidr)}")
+
+
+def _check_ports(config, problems):
+    owners = {}
+    sections = [("web", config.web)] if config.web.enabled else []
+    sections += list(config.enabled_doors().items())
+    for path, section in sections:
+        for key_path, transport, number in section.listening_ports(path):
+            if number is None:
+                continue
+            other = owners.setdefault((transport, number), key_path)
+            if other != key_path:
+                problems.append(f"{key_path}: {transport} port {number} is already used by"
+                                f" {other}; expected a free port")
+
+
+def parse(data):
+    """Validate an already-loaded YAML document; return a GatewayConfig."""
+    problems = []
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping of sections, got {_kind(data)}"])
+    door_sections = doors.config_classes()
+    fixed = {field.name for field in dataclasses.fields(GatewayConfig)} - {"doors"}
+    base = {key: value for key, value in data.items() if key in fixed}
+    for key in data:
+        if key not in fixed and key not in door_sections:
+            problems.append(f"{key}: unknown section"
+                            f"{_suggestion(key, fixed | set(door_sections))}")
+    config = load_section(GatewayConfig, base, "", problems)
+    # A door whose section is absent stays off and opens no port.
+    config.doors = {name: load_section(cls, data[name], name, problems)
+                    for name, cls in door_sections.items() if name in data}
+    _check_sessions(config, problems)
+    _check_ports(config, problems)
+    if not problems:
+        for name, section in config.enabled_doors().items():
+            check = getattr(section, "check", None)
+            if check is not None:
+                problems.extend(check(name, config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load(path):
+    """Read and validate the YAML file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration file ({exc.strerror})"])
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"])
+    return parse(data)

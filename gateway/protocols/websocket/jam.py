@@ -1,0 +1,172 @@
+"""The jam protocol spoken over WebSocket frames (sans-IO).
+
+# implements netgateway's WebSocket jam protocol (README.rst, "WebSocket protocol")
+
+Text frames carry JSON control messages; MIDI travels either as JSON
+(``{"type": "midi", "data": [144, 60, 100]}``) or as binary frames of raw
+MIDI bytes. :func:`parse_text` and :func:`parse_binary` turn a received frame
+into a request object (or :class:`BadRequest`); the ``encode_*`` functions
+build the server's frames. No I/O, no clock: times are parameters.
+"""
+
+import json
+
+from gateway import midi
+
+MIDI_JSON = "json"
+MIDI_BINARY = "binary"
+MAX_NAME_LENGTH = 64
+MAX_SESSION_LENGTH = 128
+
+
+class Join:
+    __slots__ = ("session", "passphrase", "name", "midi_mode")
+
+    def __init__(self, session, passphrase, name, midi_mode):
+        self.session = session
+        self.passphrase = passphrase
+        self.name = name
+        self.midi_mode = midi_mode
+
+
+class Midi:
+    __slots__ = ("messages",)
+
+    def __init__(self, messages):
+        self.messages = messages
+
+
+class Ping:
+    __slots__ = ("id", "client_time")
+
+    def __init__(self, ping_id, client_time):
+        self.id = ping_id
+        self.client_time = client_time
+
+
+class Pong:
+    __slots__ = ("id",)
+
+    def __init__(self, ping_id):
+        self.id = ping_id
+
+
+class Leave:
+    __slots__ = ()
+
+
+class BadRequest:
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+
+def _midi_messages(values):
+    """Complete MIDI messages from JSON numbers; BadRequest if they are not bytes."""
+    if not isinstance(values, list) or not values:
+        return BadRequest("midi.data must be a non-empty list of byte values")
+    if not all(type(value) is int and 0 <= value <= 255 for value in values):
+        return BadRequest("midi.data values must be integers from 0 to 255")
+    messages = midi.split_messages(bytes(values))
+    if not messages:
+        return BadRequest("midi.data holds no complete MIDI message")
+    return Midi(messages)
+
+
+def _text_field(message, key, limit, required=True):
+    value = message.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValueError(f"{key} must be a string of 1 to {limit} characters")
+    return value
+
+
+def _parse_join(message):
+    try:
+        session = _text_field(message, "session", MAX_SESSION_LENGTH)
+        passphrase = _text_field(message, "passphrase", 1024)
+        name = _text_field(message, "name", MAX_NAME_LENGTH, required=False) or "guest"
+    except ValueError as error:
+        return BadRequest(f"join: {error}")
+    midi_mode = message.get("midi", MIDI_JSON)
+    if midi_mode not in (MIDI_JSON, MIDI_BINARY):
+        return BadRequest("join: midi must be 'json' or 'binary'")
+    return Join(session, passphrase, name.strip() or "guest", midi_mode)
+
+
+def _number(value):
+    return type(value) in (int, float)
+
+
+def parse_text(text):
+    """Turn one text frame into a request object."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return BadRequest("text frames must hold JSON")
+    if not isinstance(message, dict):
+        return BadRequest("a message must be a JSON object")
+    kind = message.get("type")
+    if kind == "midi":
+        return _midi_messages(message.get("data"))
+    if kind == "ping":
+        client_time = message.get("client_time")
+        return Ping(message.get("id"), client_time if _number(client_time) else None)
+    if kind == "pong":
+        return Pong(message.get("id"))
+    if kind == "join":
+        return _parse_join(message)
+    if kind == "leave":
+        return Leave()
+    return BadRequest(f"unknown message type {kind!r}" if isinstance(kind, str)
+                      else "a message needs a string 'type'")
+
+
+def parse_binary(payload):
+    """A binary frame is raw MIDI bytes, possibly several messages."""
+    messages = midi.split_messages(payload)
+    if not messages:
+        return BadRequest("binary frame holds no complete MIDI message")
+    return Midi(messages)
+
+
+def _dumps(message):
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+
+def encode_joined(session, member, roster, mirror):
+    return _dumps({"type": "joined", "session": session, "member": member,
+                   "members": roster, "mirror": mirror})
+
+
+def encode_error(code, message):
+    return _dumps({"type": "error", "code": code, "message": message})
+
+
+def encode_members(change, member, roster):
+    return _dumps({"type": "members", "change": change, "member": member,
+                   "members": roster})
+
+
+def encode_ping(ping_id, server_time):
+    return _dumps({"type": "ping", "id": ping_id, "server_time": server_time})
+
+
+def encode_pong(ping, server_time):
+    return _dumps({"type": "pong", "id": ping.id, "client_time": ping.client_time,
+                   "server_time": server_time})
+
+
+def encode_midi_json(events, source):
+    """One text frame per event: [(payload, is_binary), ...]."""
+    origin = {"id": source.id, "name": source.name, "door": source.door}
+    return [(_dumps({"type": "midi", "from": origin, "data": list(event.data),
+                     "time": event.time}), False)
+            for event in events]
+
+
+def encode_midi_binary(events, source):
+    """All events in one binary frame of raw MIDI bytes."""
+    return [(b"".join(event.data for event in events), True)]

@@ -1,0 +1,82 @@
+"""Builds the gateway: the registry plus one child service per enabled door."""
+
+from twisted.application import internet, service
+from twisted.internet import ssl, task
+from twisted.web import server
+
+from gateway import doors, log as gatewaylog
+from gateway.registry import Registry
+from gateway.web.site import build_root
+
+
+class GatewayContext:
+    """What a door gets to work with: registry, reactor, web root, metrics."""
+
+    def __init__(self, config, reactor):
+        self.config = config
+        self.reactor = reactor
+        self.log = gatewaylog.logger("netgateway")
+        self.registry = Registry(config, reactor, log=self.log)
+        self.doors = {}
+        self.web_root = None
+        self.metrics = None
+
+    def status(self):
+        body = self.registry.snapshot()
+        body["doors"] = {name: door.status() for name, door in self.doors.items()}
+        return body
+
+
+class GatewayService(service.MultiService):
+    """Parent of every door; on stop, doors close first, then every member is released."""
+
+    def __init__(self, context):
+        super().__init__()
+        self.context = context
+        registry = context.registry
+        interval = min(5.0, registry.limits.idle_timeout / 4)
+        self._expiry = task.LoopingCall(registry.expire_idle)
+        self._expiry.clock = context.reactor
+        self._expiry_interval = interval
+
+    def startService(self):
+        super().startService()
+        self._expiry.start(self._expiry_interval, now=False)
+
+    def stopService(self):
+        if self._expiry.running:
+            self._expiry.stop()
+        stopped = super().stopService()
+        stopped.addCallback(lambda _: self.context.registry.close_all("shutdown"))
+        return stopped
+
+
+def _web_service(context, site):
+    web = context.config.web
+    if web.tls is None:
+        return internet.TCPServer(web.port, site, interface=web.host, reactor=context.reactor)
+    with open(web.tls.certificate, "rb") as cert, open(web.tls.key, "rb") as key:
+        options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+    return internet.SSLServer(web.port, site, options, interface=web.host,
+                              reactor=context.reactor)
+
+
+def make_gateway(config, reactor):
+    """Return (GatewayService, GatewayContext) for a validated config."""
+    gatewaylog.set_level(config.logging.level)
+    context = GatewayContext(config, reactor)
+    gateway = GatewayService(context)
+    if config.web.enabled:
+        context.web_root = build_root(context)
+    for name, section in config.enabled_doors().items():
+        door = doors.door_module(name).make_service(section, context)
+        door.setName(name)
+        context.doors[name] = door
+        door.setServiceParent(gateway)
+    if config.web.enabled:
+        site = server.Site(context.web_root)
+        site.displayTracebacks = False
+        web = _web_service(context, site)
+        web.setName("web")
+        web.setServiceParent(gateway)
+    return gateway, context

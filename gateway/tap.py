@@ -1,0 +1,50 @@
+"""``twistd netgateway``: command-line options and the service maker."""
+
+import os
+import sys
+
+from twisted.python import usage
+
+from gateway.config import ConfigError, load
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "config.yaml")
+
+
+class Options(usage.Options):
+    synopsis = "[-c CONFIG.yaml]"
+    longdesc = ("Start the netgateway network-MIDI gateway: every door enabled in the"
+                " configuration (WebSocket, RTP-MIDI, OSCgroups, ...) joins its peers"
+                " into one shared session registry. Without --config the built-in"
+                " default is used: everything on 127.0.0.1 with a demo and a mirror"
+                " session.")
+    optParameters = [
+        ["config", "c", None,
+         "YAML configuration file (default: the built-in config/config.yaml)."],
+    ]
+
+    def postOptions(self):
+        if self["config"] is None:
+            self["config"] = DEFAULT_CONFIG
+
+
+def makeService(options, reactor=None):
+    """Load and validate the config, then build the gateway service.
+
+    A bad config ends start-up with one line per problem on stderr and exit
+    status 2, before any port is opened.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from gateway.service import make_gateway
+
+    try:
+        config = load(options["config"])
+    except ConfigError as error:
+        for problem in error.problems:
+            sys.stderr.write(f"netgateway: config error: {problem}\n")
+        sys.stderr.write(f"netgateway: {len(error.problems)} problem(s) in"
+                         f" {options['config']}; not starting\n")
+        sys.stderr.flush()
+        raise SystemExit(2)
+    gateway, _ = make_gateway(config, reactor)
+    return gateway

@@ -1,0 +1,1 @@
+"""The gateway's web site: jam page, /status (JSON) and /metrics (Prometheus)."""

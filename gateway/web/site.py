@@ -1,0 +1,74 @@
+"""twisted.web resources for the jam page, ``/status`` and ``/metrics``."""
+
+import json
+import os
+import time
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.twisted import MetricsResource
+from twisted.web import resource, static
+
+import gateway
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+
+
+class StatusResource(resource.Resource):
+    """``GET /status``: sessions, members by door, counters, as JSON."""
+
+    isLeaf = True
+
+    def __init__(self, context):
+        super().__init__()
+        self.context = context
+        self.started = time.time()
+
+    def render_GET(self, request):
+        body = self.context.status()
+        body["version"] = gateway.__version__
+        body["uptime"] = round(time.time() - self.started, 3)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, indent=1, sort_keys=True).encode("utf-8")
+
+
+class RegistryCollector:
+    """Exports the registry's sessions, members and drop counters."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def collect(self):
+        registry = self.registry
+        sessions = GaugeMetricFamily("netgateway_sessions", "Open sessions")
+        sessions.add_metric([], len(registry.sessions))
+        yield sessions
+        members = GaugeMetricFamily("netgateway_members", "Members by door", labels=["door"])
+        by_door = {}
+        for session in registry.sessions.values():
+            for membership in session.members:
+                by_door[membership.door] = by_door.get(membership.door, 0) + 1
+        for door, count in sorted(by_door.items()):
+            members.add_metric([door], count)
+        yield members
+        published = CounterMetricFamily("netgateway_events_published",
+                                        "MIDI events accepted from members")
+        published.add_metric([], registry.events_published)
+        yield published
+        drops = CounterMetricFamily("netgateway_dropped", "Input dropped, by door and reason",
+                                    labels=["door", "reason"])
+        for (door, reason), count in registry.drops.items():
+            drops.add_metric([door, reason], count)
+        yield drops
+
+
+def build_root(context):
+    """The site's root: static jam page with /status and /metrics beside it."""
+    root = static.File(STATIC_DIR)
+    root.putChild(b"status", StatusResource(context))
+    metrics = CollectorRegistry(auto_describe=True)
+    metrics.register(RegistryCollector(context.registry))
+    context.metrics = metrics
+    root.putChild(b"metrics", MetricsResource(registry=metrics))
+    return root

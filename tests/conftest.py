@@ -1,0 +1,157 @@
+"""Shared fixtures: a real ``twistd -n netgateway`` process on free ports."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+BASE_CONFIG = {
+    "sessions": [
+        {"name": "demo", "passphrase": "play along with netgateway demo",
+         "allow_addresses": ["127.0.0.0/8"]},
+        {"name": "mirror", "passphrase": "mirror mirror on the wall",
+         "mirror": {"interval": 7, "delay": 0.0}},
+    ],
+    "web": {"host": "127.0.0.1"},
+    "websocket": {"ping_interval": 1.0},
+    "logging": {"level": "debug"},
+}
+
+
+def need_external(available, reason):
+    """Skip when a real external tool is missing, but fail under CI=true."""
+    if available:
+        return
+    if ON_CI:
+        pytest.fail(f"{reason} (CI=true: the test command must install it)")
+    pytest.skip(reason)
+
+
+def free_port(kind=socket.SOCK_STREAM, even=False):
+    """A port the OS says is free now (for UDP pairs: an even one with port+1 free)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            number = probe.getsockname()[1]
+        if not even:
+            return number
+        if number % 2 == 0 and number < 65535:
+            try:
+                with socket.socket(socket.AF_INET, kind) as first, \
+                        socket.socket(socket.AF_INET, kind) as second:
+                    first.bind(("127.0.0.1", number))
+                    second.bind(("127.0.0.1", number + 1))
+            except OSError:
+                continue
+            return number
+    raise RuntimeError("no free port found")
+
+
+def twistd_command():
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(twistd):
+        twistd = shutil.which("twistd")
+    return [twistd, "-n", "--pidfile=", "netgateway"]
+
+
+def merge(base, override):
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class GatewayProcess:
+    """A running gateway; ``web_url``/``ws_url`` point at it."""
+
+    def __init__(self, config, workdir):
+        self.config = config
+        self.workdir = workdir
+        self.config_path = os.path.join(workdir, "config.yaml")
+        with open(self.config_path, "w") as stream:
+            yaml.safe_dump(config, stream)
+        self.log_path = os.path.join(workdir, "twistd.log")
+        self.web_url = f"http://127.0.0.1:{config['web']['port']}"
+        self.ws_url = f"ws://127.0.0.1:{config['web']['port']}/ws"
+        self.process = None
+
+    def start(self, timeout=20.0):
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(twistd_command() + ["-c", self.config_path],
+                                        cwd=self.workdir, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twistd exited with {self.process.returncode}:\n{self.log}")
+            try:
+                self.status()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"twistd did not answer /status within {timeout}s:\n{self.log}")
+
+    def status(self):
+        with urllib.request.urlopen(self.web_url + "/status", timeout=2) as response:
+            return json.loads(response.read())
+
+    def get(self, path):
+        with urllib.request.urlopen(self.web_url + path, timeout=5) as response:
+            return response.status, response.headers, response.read()
+
+    @property
+    def log(self):
+        with open(self.log_path) as stream:
+            return stream.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self._log.close()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    """Call with a config override dict; returns a started GatewayProcess."""
+    started = []
+
+    def start(override=None):
+        config = merge(BASE_CONFIG, {"web": {"port": free_port()}})
+        config = merge(config, override or {})
+        workdir = tmp_path / f"gateway{len(started)}"
+        workdir.mkdir()
+        process = GatewayProcess(config, str(workdir))
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory):
+    """A gateway on the base config: sessions 'demo' and 'mirror', WebSocket on."""
+    return gateway_factory()
