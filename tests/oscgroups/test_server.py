@@ -1,0 +1,251 @@
+"""Rendezvous server state machine, per shared/protocols/oscgroups.md §4.2, §5.1, §6, §7."""
+
+import pytest
+
+from gateway.protocols.oscgroups import server, wire
+
+from .osc_bytes import osc_bundle, osc_message, osc_string
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_INVERTED = -2130706434   # 0x80fffffe
+T0 = 1_000_000.0
+
+
+def md5(text):
+    return wire.password_hash(text)
+
+
+def alive_request(name, port, groups=(("grp", "gpw"),), password=None, private_ip=LOOPBACK,
+                  query=("grp", "gpw")):
+    """The bundle the C++ client sends: user_alive (+ get_group_users_info)."""
+    user_password = md5(password if password is not None else name + "-pw")
+    elements = [wire.UserAlive(name, user_password, (private_ip, port),
+                               tuple((g, md5(p)) for g, p in groups)).encode()]
+    if query is not None:
+        elements.append(wire.GroupUsersQuery(query[0], md5(query[1])).encode())
+    return wire.encode_bundle(elements)
+
+
+def send(rendezvous, data, port, now, host=LOOPBACK):
+    return rendezvous.datagram_received(data, (host, port), now)
+
+
+def messages_of(replies):
+    return [wire.decode_message(m) for reply, _ in replies for m in wire.parse_packet(reply)]
+
+
+def join(rendezvous, name, port, now, **kwargs):
+    return messages_of(send(rendezvous, alive_request(name, port, **kwargs), port, now))
+
+
+@pytest.fixture
+def rendezvous():
+    return server.RendezvousServer(now=T0)
+
+
+def test_bob_joining_alice_and_carol_gets_the_exact_444_byte_reply(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    join(rendezvous, "carol", 22263, T0)
+    replies = send(rendezvous, alive_request("bob", 22253), 22253, T0 + 6)
+
+    bob_pw, gpw = md5("bob-pw"), md5("gpw")
+    expected = osc_bundle(
+        osc_message("/groupclient/user_alive_status", "sss", "bob", bob_pw, "ok"),
+        osc_message("/groupclient/user_group_status", "sssss", "bob", bob_pw, "grp", gpw, "ok"),
+        osc_message("/groupclient/user_info", "siiiiis",
+                    "alice", LOOPBACK_INVERTED, 22243, LOOPBACK_INVERTED, 22243, 6, "grp"),
+        osc_message("/groupclient/user_info", "siiiiis",
+                    "carol", LOOPBACK_INVERTED, 22263, LOOPBACK_INVERTED, 22263, 6, "grp"),
+        osc_message("/groupclient/user_info", "siiiiis",
+                    "bob", LOOPBACK_INVERTED, 22253, LOOPBACK_INVERTED, 22253, 0, "grp"))
+    assert replies == [(expected, (LOOPBACK, 22253))]
+    assert len(expected) == 444
+
+
+def test_private_and_public_endpoints_come_from_payload_and_source(rendezvous):
+    replies = send(rendezvous, alive_request("amy", 22253, private_ip="192.168.1.3"),
+                   36174, T0, host="198.18.1.1")
+    assert replies[0][1] == ("198.18.1.1", 36174)
+    info = messages_of(replies)[-1]
+    assert info == wire.UserInfo("amy", ("192.168.1.3", 22253), ("198.18.1.1", 36174), 0, ("grp",))
+
+
+def test_wrong_user_password_gets_status_only_and_keeps_the_owner(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    replies = join(rendezvous, "alice", 30000, T0 + 30, password="guess")
+    assert replies[0] == wire.UserAliveStatus("alice", md5("guess"), "wrong password")
+    assert not any(isinstance(m, wire.UserGroupStatus) for m in replies)
+    # The group list is still disclosed to anyone with the group password (§5.1).
+    (info,) = replies[1:]
+    assert info.public_endpoint == (LOOPBACK, 22243) and info.seconds_since_alive == 30
+    assert rendezvous.counters["refused_wrong_user_password"] == 1
+
+
+def test_user_limit_reached():
+    small = server.RendezvousServer(max_users=1, now=T0)
+    join(small, "alice", 22243, T0)
+    replies = join(small, "bob", 22253, T0)
+    assert replies[0].status == "user limit reached"
+    assert len(replies) == 2 and isinstance(replies[1], wire.UserInfo)   # alice only
+    assert list(small.users) == ["alice"]
+
+
+def test_group_limit_uses_the_user_limit_string():
+    small = server.RendezvousServer(max_groups=1, now=T0)
+    join(small, "alice", 22243, T0)
+    replies = join(small, "bob", 22253, T0, groups=(("other", "x"),), query=None)
+    assert [m.status for m in replies] == ["ok", "user limit reached"]
+    assert "bob" in small.users   # created even though its join failed
+
+
+def test_wrong_group_password_and_silent_query(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    replies = join(rendezvous, "bob", 22253, T0, groups=(("grp", "nope"),), query=("grp", "nope"))
+    assert [m.status for m in replies] == ["ok", "wrong password"]
+    assert "bob" not in rendezvous.groups["grp"].members
+    assert send(rendezvous, wire.encode_bundle([wire.GroupUsersQuery("grp", md5("nope")).encode()]),
+                22253, T0) == []
+    assert send(rendezvous, wire.encode_bundle([wire.GroupUsersQuery("none", md5("x")).encode()]),
+                22253, T0) == []
+
+
+def test_member_password_is_not_rechecked(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    replies = join(rendezvous, "alice", 22243, T0 + 6, groups=(("grp", "changed"),), query=None)
+    assert [m.status for m in replies] == ["ok", "ok"]
+
+
+def test_takeover_from_another_address_moves_the_public_endpoint(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    replies = send(rendezvous, alive_request("alice", 22243), 40001, T0 + 3, host="198.18.9.9")
+    assert messages_of(replies)[0].status == "ok"
+    assert rendezvous.users["alice"].public_endpoint == ("198.18.9.9", 40001)
+
+
+def test_leaving_groups_and_deleting_empty_ones(rendezvous):
+    join(rendezvous, "alice", 22243, T0, groups=(("grp", "gpw"), ("b", "bpw")))
+    assert list(rendezvous.users["alice"].groups) == ["grp", "b"]
+    join(rendezvous, "alice", 22243, T0 + 6, groups=(("grp", "gpw"),))
+    assert "b" not in rendezvous.groups
+    join(rendezvous, "alice", 22243, T0 + 12, groups=(), query=None)
+    assert rendezvous.groups == {} and rendezvous.users["alice"].groups == {}
+    # The name is free again: the next joiner sets a new password.
+    replies = join(rendezvous, "bob", 22253, T0 + 13, groups=(("grp", "new"),), query=("grp", "new"))
+    assert [m.status for m in replies[:2]] == ["ok", "ok"]
+
+
+def test_same_group_twice_gives_two_statuses(rendezvous):
+    replies = join(rendezvous, "alice", 22243, T0, groups=(("grp", "gpw"), ("grp", "gpw")),
+                   query=None)
+    assert [m.status for m in replies] == ["ok", "ok", "ok"]
+
+
+def test_purge_at_60_seconds(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    join(rendezvous, "bob", 22253, T0 + 30)
+    assert rendezvous.purge(T0 + 59.9) == []
+    assert rendezvous.purge(T0 + 60) == ["alice"]
+    assert list(rendezvous.groups["grp"].members) == ["bob"]
+    assert rendezvous.purge(T0 + 90) == ["bob"]
+    assert rendezvous.groups == {}
+    assert rendezvous.purge_interval == 6
+
+
+def test_purge_also_runs_when_due_before_a_request(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    replies = join(rendezvous, "bob", 22253, T0 + 61)
+    assert [m.user_name for m in replies if isinstance(m, wire.UserInfo)] == ["bob"]
+
+
+def test_a_failed_attempt_does_not_keep_the_owner_alive(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    join(rendezvous, "alice", 22243, T0 + 50, password="guess")
+    assert rendezvous.purge(T0 + 60) == ["alice"]
+
+
+def test_hundred_member_group_is_split_into_parseable_datagrams(rendezvous):
+    for i in range(99):
+        join(rendezvous, f"member{i:02d}-with-a-longish-name", 20000 + i, T0, query=None)
+    replies = send(rendezvous, alive_request("last", 30000), 30000, T0)
+    assert len(replies) > 1
+    names = []
+    for reply, destination in replies:
+        assert len(reply) <= 1536 and destination == (LOOPBACK, 30000)
+        names += [m.user_name for m in messages_of([(reply, destination)])
+                  if isinstance(m, wire.UserInfo)]
+    assert len(names) == 100 and names[-1] == "last"
+    statuses = messages_of(replies[:1])[:2]
+    assert [type(m) for m in statuses] == [wire.UserAliveStatus, wire.UserGroupStatus]
+
+
+def test_two_alives_in_one_request_give_statuses_then_infos(rendezvous):
+    alice = wire.UserAlive("alice", md5("a"), (LOOPBACK, 1), (("grp", md5("g")),)).encode()
+    bob = wire.UserAlive("bob", md5("b"), (LOOPBACK, 2), (("grp", md5("g")),)).encode()
+    query = wire.GroupUsersQuery("grp", md5("g")).encode()
+    data = osc_bundle(alice, osc_bundle(bob), query)
+    kinds = [type(m).__name__ for m in messages_of(send(rendezvous, data, 1, T0))]
+    assert kinds == ["UserAliveStatus", "UserGroupStatus", "UserAliveStatus", "UserGroupStatus",
+                     "UserInfo", "UserInfo"]
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "dropped_empty"),
+    (b"hello world", "dropped_malformed"),
+    (alive_request("alice", 1)[:-3], "dropped_malformed"),
+    (b"/" + b"x" * 5000, "dropped_oversized"),
+    (osc_message("/groupserver/get_group_users_info", "sss", "grp", "x", "extra"),
+     "dropped_bad_arguments"),
+    (osc_string("/groupserver/user_alive") + osc_string(",SSii") + b"\0" * 16,
+     "dropped_bad_arguments"),
+    (osc_message("/groupserver/user_alive", "ssiis", "u", "p", 0, 1, "odd"),
+     "dropped_bad_arguments"),
+    (osc_message("/groupserver/user_alive", "ssii", "u" * 65, "p", 0, 1),
+     "dropped_string_too_long"),
+    (osc_message("/groupserver/whatever", "s", "x"), "dropped_unknown_address"),
+])
+def test_bad_input_is_dropped_and_counted(rendezvous, data, reason):
+    assert send(rendezvous, data, 1, T0) == []
+    assert rendezvous.counters[reason] == 1
+    assert rendezvous.users == {}
+
+
+def test_too_many_groups_per_user_is_refused(rendezvous):
+    groups = tuple((f"g{i}", "x") for i in range(server.MAX_GROUPS_PER_USER + 1))
+    assert join(rendezvous, "alice", 1, T0, groups=groups, query=None) == []
+    assert rendezvous.counters["dropped_too_many_groups"] == 1
+
+
+def test_non_ipv4_source_is_dropped(rendezvous):
+    assert send(rendezvous, alive_request("alice", 1), 1, T0, host="::1") == []
+    assert rendezvous.counters["dropped_not_ipv4_source"] == 1
+
+
+def test_authorize_group_hook_overrides_or_defers():
+    verdicts = {"session": True, "closed": False}
+    calls = []
+
+    def authorize(group_name, password_md5):
+        calls.append((group_name, password_md5))
+        return verdicts.get(group_name)
+
+    rendezvous = server.RendezvousServer(authorize_group=authorize, now=T0)
+    join(rendezvous, "alice", 1, T0, groups=(("session", "s1"),), query=None)
+    replies = join(rendezvous, "bob", 2, T0, groups=(("session", "other"), ("closed", "c"),
+                                                     ("plain", "p")), query=("session", "any"))
+    assert [m.status for m in replies[:4]] == ["ok", "ok", "wrong password", "ok"]
+    assert [m.user_name for m in replies[4:]] == ["alice", "bob"]
+    assert ("session", md5("other")) in calls
+    # None falls back to OSCgroups' own rule.
+    replies = join(rendezvous, "carol", 3, T0, groups=(("plain", "wrong"),), query=None)
+    assert replies[1].status == "wrong password"
+
+
+def test_advertised_endpoint_hook_replaces_the_public_endpoint():
+    relay = ("203.0.113.7", 40000)
+    rendezvous = server.RendezvousServer(
+        advertised_endpoint=lambda user: relay if user.name == "bob" else None, now=T0)
+    join(rendezvous, "alice", 1, T0)
+    infos = {m.user_name: m for m in join(rendezvous, "bob", 2, T0)
+             if isinstance(m, wire.UserInfo)}
+    assert infos["bob"].public_endpoint == relay
+    assert infos["alice"].public_endpoint == (LOOPBACK, 1)
