@@ -614,7 +614,7 @@ class ChannelState:
     def snapshot(self):
         """Comparable summary: sounding notes, controllers, program, pitch, pressures."""
         return {
-            "notes": {note: velocity for note, velocity in enumerate(self.velocities) if velocity},
+            "notes": frozenset(note for note, velocity in enumerate(self.velocities) if velocity),
             "controllers": {number: value for number, value in enumerate(self.controllers)
                             if value != UNSET},
             "program": (self.program, self.bank_valid, self.bank_msb, self.bank_lsb)
@@ -814,18 +814,19 @@ class JournalReceiver:
             if highest is not None:
                 self.unrecoverable_gaps += 1
             return []
+        checkpoint = extend_sequence(journal.checkpoint, current)
         if highest is not None:
-            if extend_sequence(journal.checkpoint, current) > highest + 1:
+            if checkpoint > highest + 1:
                 self.unrecoverable_gaps += 1
             if current == highest + 2 and journal.s_bit:
                 return []
             self.repaired_gaps += 1
         repairs = []
         for channel_journal in journal.channels:
-            self._repair_channel(channel_journal, current, repairs)
+            self._repair_channel(channel_journal, checkpoint, current, repairs)
         return repairs
 
-    def _repair_channel(self, channel_journal, stamp, repairs):
+    def _repair_channel(self, channel_journal, checkpoint, stamp, repairs):
         channel = channel_journal.channel
         state = self.channels[channel]
         start = len(repairs)
@@ -834,7 +835,10 @@ class JournalReceiver:
         if notes is not None:
             logged = {note: (play, velocity) for _, note, play, velocity in notes.logs}
             for note in notes.off_notes:
-                if note not in logged and state.velocities[note]:
+                # A logged note that was also released in the history was struck
+                # again; if what sounds here predates the history, it is the old one.
+                if state.velocities[note] and (
+                        note not in logged or state.on_stamps[note] < checkpoint):
                     repairs.append(bytes((NOTE_OFF | channel, note, 0)))
         program = channel_journal.program
         if program is not None and (
