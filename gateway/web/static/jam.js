@@ -710,6 +710,7 @@ function leave() {
     socket = null;
   }
   clearSessionView();
+  $('#log').replaceChildren();
   setPhase('idle');
   setStatus('Left the session.');
 }
