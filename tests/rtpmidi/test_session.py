@@ -147,7 +147,7 @@ def test_one_ssrc_everywhere(wire):
     a, b = connect(wire)
     wire.run(a, a.send_rtp(rtp(1, a.ssrc)))
     wire.advance(2)
-    wire.run(a, a.close(wire.now))
+    wire.run(a, a.close())
     ssrcs = {A_HOST: set(), B_HOST: set()}
     for _, source, _, _, data in wire.log:
         if is_applemidi(data):
@@ -243,6 +243,14 @@ def test_refused_invitation_gets_no(wire):
     assert len(wire.sent("IN")) == 1
 
 
+def test_invitation_with_our_own_ssrc_is_refused(wire):
+    a = wire.add("A", A_HOST, 5004)
+    wire.run(a, a.invite(wire.address(a), wire.now))
+    assert [entry[3] for entry in wire.log] == ["IN", "NO"]
+    assert a.counters["invitation with our own SSRC"] == 1
+    assert [event.reason for event in wire.of_type(a, InvitationFailed)] == ["refused"]
+
+
 def test_accept_sees_the_inviting_address(wire):
     seen = []
     connect(wire, accept=lambda addr: seen.append(addr) or True)
@@ -278,7 +286,7 @@ def test_responder_gives_up_on_missing_data_invitation(wire):
 
 def test_reinvitation_with_new_token_replaces_the_peer(wire):
     a, b = connect(wire)
-    wire.run(a, a.close(wire.now))
+    wire.run(a, a.close())
     wire.events[b].clear()
     second = wire.add("A again", C_HOST, 5010)
     second.ssrc = a.ssrc
@@ -430,7 +438,7 @@ def test_bye_on_either_port_ends_the_peer(wire, port):
 
 def test_close_says_bye_on_both_ports(wire):
     a, b = connect(wire)
-    wire.run(a, a.close(wire.now))
+    wire.run(a, a.close())
     byes = [(entry[1], entry[2]) for entry in wire.sent("BY", A_HOST)]
     assert byes == [((A_HOST, 5004), (B_HOST, 5006)), ((A_HOST, 5005), (B_HOST, 5007))]
     assert [event.reason for event in wire.of_type(a, PeerLeft)] == ["closed"]
@@ -553,5 +561,5 @@ def test_arbitrary_datagrams_never_raise(data):
     for session in (a, b):
         for event in wire.events[session]:
             assert not isinstance(event, Send)
-        wire.run(session, session.close(wire.now))
+        wire.run(session, session.close())
         assert session.peers == []

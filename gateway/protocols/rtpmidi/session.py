@@ -100,7 +100,7 @@ class Peer:
         self.last_sync_time = now
         self.highest_rtp_seq = None
         self._feedback_due = False
-        self._last_feedback_time = None
+        self._next_feedback_time = 0.0
         self._attempts = 0
         self._next_attempt_time = None
         self._state_since = now
@@ -142,7 +142,7 @@ class PeerLeft:
 @dataclass(frozen=True)
 class InvitationFailed:
     """A peer that never joined is dropped: 'refused' (NO), 'no answer',
-    'timeout' (no data-port IN), 'bye', 'kicked' or 'closed'."""
+    'timeout' (no data-port IN), 'bye', 'kicked', 'closed' or 'rejoined'."""
     peer: Peer
     reason: str
 
@@ -261,9 +261,7 @@ class AppleMidiSession:
             else:
                 if peer.local_role == INITIATOR and now >= peer._next_sync_time:
                     actions.append(self._start_sync(peer, now))
-                if peer._feedback_due and (
-                        peer._last_feedback_time is None
-                        or now - peer._last_feedback_time >= FEEDBACK_INTERVAL):
+                if peer._feedback_due and now >= peer._next_feedback_time:
                     actions.append(self._send_feedback(peer, now))
         return actions
 
@@ -278,7 +276,7 @@ class AppleMidiSession:
             return []
         return self._remove(peer, "kicked", say_bye=True)
 
-    def close(self, now):
+    def close(self):
         """End every peer with BY on both ports; the session then ignores input."""
         actions = []
         for peer in list(self._peers):
@@ -315,6 +313,10 @@ class AppleMidiSession:
         if packet.version != PROTOCOL_VERSION:
             return [Send(port, self._exchange(INVITATION_REJECTED, packet.token), addr),
                     self._drop("unsupported protocol version", addr, str(packet.version))]
+        if packet.ssrc == self.ssrc:
+            # Our own invitation reflected back, or an SSRC collision (RFC 3550 §8).
+            return [Send(port, self._exchange(INVITATION_REJECTED, packet.token), addr),
+                    self._drop("invitation with our own SSRC", addr)]
         if port == DATA:
             return self._data_invitation_received(existing, packet, addr, now)
         if existing is not None and existing.token == packet.token:
@@ -485,7 +487,7 @@ class AppleMidiSession:
 
     def _send_feedback(self, peer, now):
         peer._feedback_due = False
-        peer._last_feedback_time = now
+        peer._next_feedback_time = now + FEEDBACK_INTERVAL
         packet = ReceiverFeedback(self.ssrc, peer.highest_rtp_seq)
         return Send(CONTROL, bytes(packet), peer.control_addr)
 
