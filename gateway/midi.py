@@ -31,6 +31,8 @@ _SYSTEM_DATA_LENGTH = {
     0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF4: 0, 0xF5: 0, 0xF6: 0,
     0xF8: 0, 0xF9: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFD: 0, 0xFE: 0, 0xFF: 0,
 }
+# MIDI 1.0 leaves these undefined; receivers ignore them.
+UNDEFINED_STATUSES = frozenset((0xF4, 0xF5, 0xF9, 0xFD))
 
 
 class MidiEvent:
@@ -127,7 +129,10 @@ class MidiStreamParser:
         pending = self._pending
         for byte in data:
             if byte >= 0xF8:
-                messages.append(bytes((byte,)))
+                if byte in UNDEFINED_STATUSES:
+                    self.dropped_bytes += 1
+                else:
+                    messages.append(bytes((byte,)))
                 continue
             if self._in_sysex:
                 if byte == SYSEX_END:
@@ -175,7 +180,8 @@ class MidiStreamParser:
             self._in_sysex = True
             pending.append(status)
             return
-        if status == SYSEX_END:
+        if status == SYSEX_END or status in UNDEFINED_STATUSES:
+            self.running_status = None
             self.dropped_bytes += 1
             return
         needed = data_length(status)

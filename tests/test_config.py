@@ -1,0 +1,123 @@
+"""Config validation: every problem is one line naming the key path."""
+
+import os
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError, load, parse
+
+DEMO = {"name": "demo", "passphrase": "twenty characters or more"}
+
+
+def problems(data):
+    with pytest.raises(ConfigError) as raised:
+        parse(data)
+    return raised.value.problems
+
+
+def test_default_config_is_valid_and_everything_is_on():
+    config = load(os.path.join(os.path.dirname(__file__), "..", "config", "config.yaml"))
+    assert config.web.host == "127.0.0.1"
+    assert set(config.enabled_doors()) >= {"websocket"}
+    names = [session.name for session in config.sessions]
+    assert "demo" in names and "mirror" in names
+    assert next(s for s in config.sessions if s.name == "mirror").mirror.interval == 7
+
+
+def test_empty_config_gets_defaults_with_no_doors():
+    config = parse({})
+    assert config.limits.max_members_per_session == 8
+    assert config.enabled_doors() == {}
+
+
+def test_unknown_key_names_the_path_and_suggests():
+    assert problems({"web": {"prot": 80}}) == ["web.prot: unknown key (did you mean 'port'?)"]
+
+
+def test_unknown_section():
+    (line,) = problems({"websockets": {}})
+    assert line.startswith("websockets: unknown section (did you mean 'websocket'?)")
+
+
+def test_wrong_type():
+    assert problems({"web": {"port": "eighty"}}) == [
+        "web.port: expected an integer, got the string 'eighty'"]
+
+
+def test_boolean_is_not_an_integer():
+    assert problems({"limits": {"max_sessions": True}}) == [
+        "limits.max_sessions: expected an integer, got true"]
+
+
+def test_port_out_of_range():
+    assert problems({"web": {"port": 70000}}) == [
+        "web.port: expected a value from 1 to 65535, got 70000"]
+
+
+def test_choices():
+    assert problems({"logging": {"level": "loud"}}) == [
+        "logging.level: expected one of debug, info, warn, error, critical, got 'loud'"]
+
+
+def test_short_passphrase_is_refused_without_echoing_it():
+    (line,) = problems({"sessions": [{"name": "demo", "passphrase": "secret"}]})
+    assert line == ("sessions[0].passphrase: expected at least 20 characters"
+                    " (limits.min_passphrase_length), got 6")
+    assert "secret" not in line
+
+
+def test_minimum_passphrase_length_is_configurable():
+    config = parse({"limits": {"min_passphrase_length": 6},
+                    "sessions": [{"name": "demo", "passphrase": "secret"}]})
+    assert config.sessions[0].passphrase == "secret"
+
+
+def test_missing_required_key():
+    assert problems({"sessions": [{"name": "demo"}]}) == [
+        "sessions[0].passphrase: missing; expected a string"]
+
+
+def test_duplicate_session():
+    assert problems({"sessions": [DEMO, DEMO]}) == [
+        "sessions[1].name: session 'demo' is declared twice"]
+
+
+def test_bad_cidr():
+    (line,) = problems({"sessions": [dict(DEMO, allow_addresses=["10.0.0.0/33"])]})
+    assert line.startswith("sessions[0].allow_addresses[0]: expected an address or CIDR")
+
+
+def test_all_problems_are_reported_at_once():
+    lines = problems({"web": {"port": 0, "hots": "x"}, "limits": {"idle_timeout": "soon"}})
+    assert len(lines) == 3
+
+
+def test_websocket_needs_the_web_site():
+    (line,) = problems({"web": {"enabled": False}, "websocket": {}})
+    assert line.startswith("websocket.enabled: the WebSocket door is served by the web site")
+
+
+def test_disabled_door_is_kept_but_not_enabled():
+    config = parse({"websocket": {"enabled": False}})
+    assert "websocket" in config.doors and config.enabled_doors() == {}
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("web:\n  port: [8080\n")
+    with pytest.raises(ConfigError) as raised:
+        load(str(path))
+    (line,) = raised.value.problems
+    assert line.startswith(f"{path}: not valid YAML at line")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load(str(tmp_path / "nope.yaml"))
+    assert "cannot read the configuration file" in raised.value.problems[0]
+
+
+def test_top_level_must_be_a_mapping():
+    assert problems(yaml.safe_load("- a\n- b\n")) == [
+        "(top level): expected a mapping of sections, got a list"]

@@ -1,0 +1,93 @@
+"""The WebSocket jam protocol core (sans-IO)."""
+
+import json
+
+from hypothesis import given, strategies as st
+
+from gateway.midi import MidiEvent
+from gateway.protocols.websocket import jam
+
+
+class Source:
+    id, name, door = 4, "bob", "rtpmidi"
+
+
+def test_join_defaults():
+    request = jam.parse_text('{"type":"join","session":"demo","passphrase":"p"}')
+    assert isinstance(request, jam.Join)
+    assert (request.session, request.name, request.midi_mode) == ("demo", "guest", "json")
+
+
+def test_join_needs_session_and_passphrase():
+    request = jam.parse_text('{"type":"join","session":"demo"}')
+    assert isinstance(request, jam.BadRequest) and "passphrase" in request.message
+
+
+def test_join_midi_mode_is_checked():
+    request = jam.parse_text('{"type":"join","session":"d","passphrase":"p","midi":"xml"}')
+    assert isinstance(request, jam.BadRequest)
+
+
+def test_midi_json_with_running_status():
+    request = jam.parse_text('{"type":"midi","data":[144,60,100,62,90]}')
+    assert request.messages == [bytes([144, 60, 100]), bytes([144, 62, 90])]
+
+
+def test_midi_json_rejects_non_bytes():
+    for data in ("[300]", "[1.5]", "[]", '"x"', "[true]", "[60, 100]"):
+        assert isinstance(jam.parse_text('{"type":"midi","data":%s}' % data), jam.BadRequest)
+
+
+def test_binary_frames_are_midi():
+    assert jam.parse_binary(b"\xc0\x05\xd0\x7f").messages == [b"\xc0\x05", b"\xd0\x7f"]
+    assert isinstance(jam.parse_binary(b"\x05"), jam.BadRequest)
+
+
+def test_ping_and_pong():
+    ping = jam.parse_text('{"type":"ping","id":7,"client_time":12.5}')
+    assert json.loads(jam.encode_pong(ping, 99.0)) == {
+        "type": "pong", "id": 7, "client_time": 12.5, "server_time": 99.0}
+    assert jam.parse_text('{"type":"pong","id":3}').id == 3
+
+
+def test_unknown_and_malformed_messages():
+    assert "unknown message type" in jam.parse_text('{"type":"dance"}').message
+    assert isinstance(jam.parse_text("not json"), jam.BadRequest)
+    assert isinstance(jam.parse_text("[1,2]"), jam.BadRequest)
+    assert isinstance(jam.parse_text('{"type":5}'), jam.BadRequest)
+
+
+def test_midi_encodings():
+    events = [MidiEvent(b"\x90\x3c\x64", 1.5), MidiEvent(b"\x80\x3c\x40", 1.6)]
+    frames = jam.encode_midi_json(events, Source())
+    assert [binary for _, binary in frames] == [False, False]
+    assert json.loads(frames[0][0]) == {"type": "midi", "data": [144, 60, 100], "time": 1.5,
+                                        "from": {"id": 4, "name": "bob", "door": "rtpmidi"}}
+    assert jam.encode_midi_binary(events, Source()) == [(b"\x90\x3c\x64\x80\x3c\x40", True)]
+
+
+def test_error_and_members_frames():
+    assert json.loads(jam.encode_error("session_full", "full")) == {
+        "type": "error", "code": "session_full", "message": "full"}
+    members = json.loads(jam.encode_members("join", {"id": 1}, [{"id": 1}]))
+    assert members["change"] == "join" and members["members"] == [{"id": 1}]
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_raises(text):
+    jam.parse_text(text)
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_binary_never_raises(data):
+    jam.parse_binary(data)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+                    max_leaves=20))
+def test_arbitrary_json_values_never_raise(value):
+    for kind in ("join", "midi", "ping", "pong"):
+        message = {"type": kind, "session": value, "passphrase": value, "name": value,
+                   "data": value, "id": value, "client_time": value, "midi": value}
+        jam.parse_text(json.dumps(message))
