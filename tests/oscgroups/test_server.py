@@ -249,3 +249,14 @@ def test_advertised_endpoint_hook_replaces_the_public_endpoint():
              if isinstance(m, wire.UserInfo)}
     assert infos["bob"].public_endpoint == relay
     assert infos["alice"].public_endpoint == (LOOPBACK, 1)
+
+
+def test_largest_allowed_user_info_fits_one_datagram(rendezvous):
+    name = "n" * server.MAX_STRING_BYTES
+    groups = tuple((f"{i:02d}" + "g" * (server.MAX_STRING_BYTES - 2), "x")
+                   for i in range(server.MAX_GROUPS_PER_USER))
+    replies = send(rendezvous, alive_request(name, 1, groups=groups, query=(groups[0][0], "x")),
+                   1, T0)
+    assert all(len(reply) <= 1536 for reply, _ in replies)
+    info = messages_of(replies)[-1]
+    assert info.user_name == name and len(info.groups) == server.MAX_GROUPS_PER_USER

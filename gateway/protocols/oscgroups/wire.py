@@ -14,6 +14,13 @@ are not multiples of four, logs unidentifiable elements instead of failing,
 and recurses without a depth limit. Arbitrary bytes must end in
 :class:`MalformedPacket` and nothing else, so the walk below bounds all of it.
 
+Speed (python-osc 1.10, this machine, loaded): 25–75 µs to encode one message
+(its builder re-parses what it built), 0.4–1 ms for a 20-message bundle,
+~28 µs to parse the 228-byte alive bundle. Fast enough for the 6-s rendezvous
+cadence and for a jam's few hundred notes a second, provided the door encodes
+each event once and shares the bytes among its members; revisit if the fan-out
+benchmark says otherwise.
+
 Pure functions, no I/O, no Twisted.
 """
 
