@@ -218,3 +218,18 @@ def test_web_midi_devices_carry_notes_both_ways(browser_context, open_jam):
     erin.page.wait_for_function(
         "window.fakeMidiSent.some(m => (m[0] & 0xf0) === 0x80 && m[1] === 65)")
     erin.screenshot("browser-web-midi.png")
+
+
+def test_page_rejoins_after_the_gateway_restarts(open_jam, gateway):
+    gina = open_jam().join("gina")
+    gateway.stop()
+    expect(gina.page.locator("#status")).to_contain_text("Connection lost, retrying in")
+    expect(gina.page.locator("#leave")).to_be_enabled()
+    gina.screenshot("browser-connection-lost.png")
+
+    gateway.start()
+    expect(gina.page.locator("#status")).to_contain_text("Joined", timeout=30_000)
+    expect(gina.member("gina", "websocket")).to_be_visible()
+    # Chromium reports each refused reconnect attempt on the console; those are expected here.
+    gina.console_errors = [text for text in gina.console_errors
+                           if "WebSocket connection to" not in text]

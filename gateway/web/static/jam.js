@@ -603,6 +603,8 @@ function sendJoin() {
 
 function clearSessionView() {
   stopPinging();
+  state.rttMs = null;
+  $('#rtt').textContent = '–';
   stopRemoteNotes(() => true);
   state.members = [];
   state.me = null;
