@@ -78,3 +78,33 @@ def test_client_never_raises(sequence):
         core.datagram_from_network(data, SERVER if from_server else PEER, step)
         core.tick(step)
     core.datagram_from_app(b"anything", 10)
+
+
+endpoints = st.tuples(st.sampled_from(["127.0.0.1", "192.168.1.2", "198.18.2.1"]),
+                      st.integers(0, 65535))
+names = st.sampled_from(["alice", "bob", "carol"])
+client_inputs = st.one_of(
+    st.builds(lambda n, p, q, age, g: ("server", wire.encode_bundle(
+        [wire.UserInfo(n, p, q, age, g).encode()])),
+        names, endpoints, endpoints, st.integers(-2**31, 2**31 - 1),
+        st.lists(st.sampled_from(["grp", "x"]), min_size=1, max_size=3).map(tuple)),
+    st.builds(lambda n, source: (source, wire.encode_bundle([wire.Ping(n).encode()])),
+              names, endpoints),
+    st.builds(lambda step: ("tick", step), st.floats(0, 400)),
+)
+
+
+@fuzz_settings
+@given(st.lists(client_inputs, max_size=30))
+def test_client_only_sends_data_to_peers_that_pinged(inputs):
+    core = client.GroupClient("alice", "a" * 32, "grp", "g" * 32, SERVER, ("127.0.0.1", 1))
+    now = 0.0
+    for source, payload in inputs:
+        if source == "tick":
+            now += payload
+            core.tick(now)
+        else:
+            core.datagram_from_network(payload, SERVER if source == "server" else source, now)
+        sent = {action.address for action in core.datagram_from_app(b"data", now)}
+        pinged = {peer.selected()[1].address for peer in core.peers.values() if peer.selected()}
+        assert sent == pinged
