@@ -1,0 +1,54 @@
+"""A real, non-editable install into a fresh virtualenv lists the twistd dropin."""
+
+import os
+import subprocess
+import sys
+import venv
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("install")
+    env_dir = root / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = str(env_dir / "bin" / "python")
+    # Build from a copy so the checkout's build/ and egg-info never leak in.
+    subprocess.run(["git", "clone", "-q", "--no-local", REPO, str(root / "src")], check=True)
+    subprocess.run(["git", "-C", REPO, "diff", "HEAD", "--binary"],
+                   stdout=open(root / "wip.patch", "wb"), check=True)
+    if os.path.getsize(root / "wip.patch"):
+        subprocess.run(["git", "-C", str(root / "src"), "apply", str(root / "wip.patch")],
+                       check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", str(root / "src")], check=True,
+                   timeout=900)
+    subprocess.run([python, "-m", "gateway.plugincache"], check=True, cwd=str(root))
+    return env_dir
+
+
+def test_twistd_lists_netgateway_after_install(installed):
+    twistd = str(installed / "bin" / "twistd")
+    result = subprocess.run([twistd, "--help"], capture_output=True, text=True, cwd="/",
+                            env={"PATH": os.environ["PATH"]}, timeout=60)
+    assert result.returncode == 0
+    assert "netgateway" in result.stdout
+
+
+def test_installed_package_carries_its_data(installed):
+    python = str(installed / "bin" / "python")
+    script = ("import os, gateway.tap, gateway.web.site as s;"
+              "print(os.path.exists(gateway.tap.DEFAULT_CONFIG),"
+              " os.path.exists(os.path.join(s.STATIC_DIR, 'index.html')))")
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd="/")
+    assert result.stdout.split() == ["True", "True"]
+
+
+def test_plugin_cache_was_regenerated(installed):
+    plugins = next(installed.glob("lib/python*/site-packages/twisted/plugins"))
+    assert (plugins / "netgateway_plugin.py").exists()
+    cache = plugins / "dropin.cache"
+    assert cache.exists()
+    assert cache.stat().st_mtime >= (plugins / "netgateway_plugin.py").stat().st_mtime

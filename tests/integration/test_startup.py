@@ -1,0 +1,67 @@
+"""Start-up through the real twistd: bad config, --help, the default config."""
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import REPO, free_port, twistd_command
+
+
+def run_twistd(args, cwd, timeout=30):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(twistd_command()[:-1] + args, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_bad_config_stops_startup_with_one_line_per_problem(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({
+        "web": {"port": 99999, "hots": "127.0.0.1"},
+        "sessions": [{"name": "demo", "passphrase": "too short"}],
+    }))
+    result = run_twistd(["netgateway", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "netgateway: config error: web.hots: unknown key (did you mean 'host'?)",
+        "netgateway: config error: web.port: expected a value from 1 to 65535, got 99999",
+        "netgateway: config error: sessions[0].passphrase: expected at least 20 characters"
+        " (limits.min_passphrase_length), got 9",
+        f"netgateway: 3 problem(s) in {config}; not starting",
+    ]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "too short" not in result.stderr + result.stdout
+
+
+def test_help_documents_the_options(tmp_path):
+    result = run_twistd(["netgateway", "--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    assert "--config=" in result.stdout and "YAML configuration file" in result.stdout
+
+
+def test_development_checkout_lists_the_plugin(tmp_path):
+    result = run_twistd(["--help"], cwd=tmp_path)
+    assert "netgateway" in result.stdout
+
+
+def test_default_config_starts_every_door(tmp_path):
+    """The shipped config/config.yaml, with only its ports moved to free ones."""
+    with open(os.path.join(REPO, "config", "config.yaml")) as stream:
+        config = yaml.safe_load(stream)
+    config["web"]["port"] = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from tests.conftest import GatewayProcess
+    process = GatewayProcess(config, str(tmp_path))
+    process.config_path = str(path)
+    process.start()
+    try:
+        status = process.status()
+        assert {session["name"] for session in status["sessions"]} >= {"demo", "mirror"}
+        assert set(status["doors"]) == {name for name, section in config.items()
+                                        if isinstance(section, dict)
+                                        and "enabled" in section and name != "web"}
+    finally:
+        process.stop()
