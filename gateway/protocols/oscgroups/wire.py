@@ -148,10 +148,6 @@ def encode_bundle(elements):
     return builder.build().dgram
 
 
-def bundle_size(elements):
-    return _BUNDLE_HEADER_SIZE + sum(_ELEMENT_SIZE_PREFIX + len(e) for e in elements)
-
-
 def pack_bundles(elements, max_size=MAX_SERVER_DATAGRAM):
     """Split encoded messages, in order, over as few bundles ≤ max_size as possible."""
     bundles = []
