@@ -67,6 +67,7 @@ const state = {
   // "memberId|channel|note" -> note
   remoteNotes: new Map(),
   retryAttempt: 0,
+  joinedSinceSubmit: false,
 };
 
 let socket = null;
@@ -75,6 +76,7 @@ let passphrase = '';
 let pingTimer = null;
 let nextPingId = 1;
 let retryTimer = null;
+let errorClearTimer = null;
 
 window.netgateway = {
   state,
@@ -232,8 +234,10 @@ function setStatus(text) {
   $('#status').textContent = text;
 }
 
-function showError(text) {
+function showError(text, { fadeAfterMs = 0 } = {}) {
+  clearTimeout(errorClearTimer);
   $('#error').textContent = text;
+  if (fadeAfterMs) errorClearTimer = setTimeout(() => showError(''), fadeAfterMs);
 }
 
 function errorText(code, serverMessage) {
@@ -536,6 +540,7 @@ function onJoined(message) {
   state.mirror = Boolean(message.mirror);
   state.session = message.session || state.session;
   state.retryAttempt = 0;
+  state.joinedSinceSubmit = true;
   showError('');
   setPhase('joined');
   renderMembers();
@@ -546,12 +551,15 @@ function onJoined(message) {
 
 function onServerError(message) {
   const text = errorText(message.code, message.message);
-  showError(text);
   if (state.phase === 'joining' && JOIN_ERROR_CODES.has(message.code)) {
+    showError(text);
     // The gateway keeps the socket open after a refused join so the user can correct and retry.
     state.wantJoined = false;
     setPhase('idle');
     setStatus('Not joined');
+  } else {
+    // Errors while playing (rate limits) are passing news, not something to fix in the form.
+    showError(text, { fadeAfterMs: 6000 });
   }
 }
 
@@ -669,7 +677,9 @@ function scheduleRetry(reason) {
       connect();
       return;
     }
-    setStatus(`Connection lost, retrying in ${remaining} s… (${reason})`);
+    setStatus(state.joinedSinceSubmit
+      ? `Connection lost, retrying in ${remaining} s… (${reason})`
+      : `Cannot reach ${state.server}, retrying in ${remaining} s…`);
     remaining -= 1;
     retryTimer = setTimeout(tick, 1000);
   };
@@ -692,6 +702,7 @@ function onJoinSubmit(event) {
   showError('');
   readForm();
   state.wantJoined = true;
+  state.joinedSinceSubmit = false;
   state.retryAttempt = 0;
   if (socket && socket.readyState === WebSocket.OPEN && socketServer === state.server) {
     sendJoin();
