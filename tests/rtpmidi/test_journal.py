@@ -509,3 +509,13 @@ def test_loss_simulation_with_reordering(seed):
 @pytest.mark.parametrize("seed", [7, 8])
 def test_loss_simulation_obeying_y_bits_leaves_no_stuck_notes(seed):
     simulate(seed, acknowledge=False, sound_late_notes=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 0xFFFF), journals), min_size=1, max_size=6),
+       st.booleans())
+def test_receiver_survives_any_journal(arrivals, sound_late_notes):
+    receiver = JournalReceiver(sound_late_notes=sound_late_notes)
+    for sequence, journal in arrivals:
+        for _, message in receiver.receive(RtpMidiPacket(sequence, 0, 0, [], journal)):
+            assert 1 <= len(message) <= 3 and message[0] >= 0x80

@@ -368,6 +368,10 @@ _CHAPTERS = (
 _CHAPTER_MINIMUM = {ProgramChapter: 3, ControllerChapter: 3, ParameterChapter: 2,
                     PitchChapter: 2, NoteChapter: 2, ExtrasChapter: 3,
                     PressureChapter: 1, PolyPressureChapter: 3}
+# (TOC bit, attribute, class, fixed size or 0 if variable, minimum size) for parsing.
+_CHAPTER_LAYOUT = tuple((bit, name, chapter_class, getattr(chapter_class, "size", 0),
+                         _CHAPTER_MINIMUM[chapter_class])
+                        for bit, name, chapter_class in _CHAPTERS)
 
 
 class ChannelJournal(_Record):
@@ -402,13 +406,12 @@ class ChannelJournal(_Record):
             raise MalformedPacket(f"channel journal LENGTH {length} does not fit the packet")
         journal = cls((first >> 3) & 0x0F, s_bit=bool(first & 0x80), h_bit=bool(first & 0x04))
         pos += 3
-        for bit, name, chapter_class in _CHAPTERS:
+        for bit, name, chapter_class, size, minimum in _CHAPTER_LAYOUT:
             if not toc & bit:
                 continue
-            if pos + _CHAPTER_MINIMUM[chapter_class] > stop:
+            if pos + minimum > stop:
                 raise MalformedPacket(f"chapter {name} overruns its channel journal")
-            size = getattr(chapter_class, "size", None) or chapter_class.wire_size(data, pos)
-            if pos + size > stop:
+            if pos + (size or chapter_class.wire_size(data, pos)) > stop:
                 raise MalformedPacket(f"chapter {name} overruns its channel journal")
             chapter, pos = chapter_class.parse(data, pos)
             setattr(journal, name, chapter)

@@ -113,7 +113,8 @@ class RtpMidiPacket:
     @classmethod
     def parse(cls, data):
         """Decode one datagram; raise :class:`MalformedPacket` for anything invalid."""
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)
         end = len(data)
         if end < _RTP_HEADER_SIZE + 1:
             raise MalformedPacket(f"packet of {end} octets is shorter than RTP + command header")
@@ -212,7 +213,7 @@ def _parse_midi_list(data, pos, end, first_has_delta):
             running = status if status < 0xF0 else None
         if pos > end:
             raise MalformedPacket("MIDI list ends inside a command")
-        if needed and max(message[1:]) >= 0x80:
+        if needed and (message[1] | message[-1]) & 0x80:
             raise MalformedPacket(f"status octet inside command {message.hex(' ')}")
         commands.append((delta, message))
     return commands
