@@ -1,0 +1,230 @@
+"""WebSocket fan-out through the gateway vs a minimal autobahn broadcast server.
+
+For each shape (sessions x members) and each server (the real ``twistd
+netgateway`` and bench/ws_broadcast_baseline.py, both started here and pinned
+to CPU 0 while this load generator runs on CPU 1), every member sends 3-byte
+MIDI binary frames (pitch bend carrying an 18-bit sequence number) and
+receives everyone else's. Printed per shape:
+
+- light load: 1,000 messages/s sent in total for ``--seconds``: delivered/s,
+  one-way latency p50/p99 (send to receive, same clock);
+- maximum: offered rate doubled step by step; the highest delivered rate
+  whose step lost < 0.1% (late messages count as lost after a 1 s grace);
+- ratios gateway/baseline for throughput and p99.
+
+Run: .venv/bin/python bench/websocket_fanout.py [--shapes 1x2,8x5,50x4]
+Absolute figures are noise on shared 2-core machines; read the ratios.
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SEQ_SPACE = 1 << 18
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def pinned(command, cpu="0"):
+    return (["taskset", "-c", cpu] + command) if os.path.exists("/usr/bin/taskset") else command
+
+
+def start_gateway(shape_sessions, members):
+    port = free_port()
+    config = {
+        "sessions": [{"name": f"s{i}", "passphrase": "benchmark passphrase 0123"}
+                     for i in range(shape_sessions)],
+        "limits": {"events_per_second": 1000000, "max_members_per_session": members,
+                   "max_sessions": shape_sessions + 1},
+        "web": {"host": "127.0.0.1", "port": port},
+        "websocket": {"ping_interval": 300, "send_buffer_bytes": 4 * 1024 * 1024},
+        "logging": {"level": "warn"},
+    }
+    workdir = tempfile.mkdtemp(prefix="bench-ws-")
+    path = os.path.join(workdir, "config.yaml")
+    with open(path, "w") as stream:
+        yaml.safe_dump(config, stream)
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen(pinned([twistd, "-n", "--pidfile=", "-l", os.path.join(
+        workdir, "twistd.log"), "netgateway", "-c", path]), cwd=workdir, env=env)
+    return process, port
+
+
+def start_baseline():
+    port = free_port()
+    process = subprocess.Popen(pinned([sys.executable, os.path.join(HERE,
+                                                                    "ws_broadcast_baseline.py"),
+                                       str(port)]))
+    return process, port
+
+
+def wait_for_port(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+class Member(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.opened.set_result(self)
+
+    def onMessage(self, payload, isBinary):
+        stats = self.factory.stats
+        if not isBinary:
+            if not self.factory.joined.done():
+                self.factory.joined.set_result(payload)
+            return
+        now = time.perf_counter()
+        for offset in range(0, len(payload) - 2, 3):
+            seq = (payload[offset] & 0x0F) << 14 | payload[offset + 1] << 7 | payload[offset + 2]
+            sent = stats.sent_at.get(seq)
+            if sent is not None:
+                stats.latencies.append(now - sent)
+                stats.received += 1
+
+
+class Stats:
+    def __init__(self):
+        self.sent_at = {}
+        self.latencies = []
+        self.received = 0
+
+
+async def connect_members(port, sessions, members, stats):
+    loop = asyncio.get_running_loop()
+    clients = []
+    for session in range(sessions):
+        for index in range(members):
+            factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+            factory.protocol = Member
+            factory.stats = stats
+            factory.opened = loop.create_future()
+            factory.joined = loop.create_future()
+            await loop.create_connection(factory, "127.0.0.1", port)
+            client = await asyncio.wait_for(factory.opened, 10)
+            client.sendMessage(
+                (f'{{"type":"join","session":"s{session}","passphrase":'
+                 f'"benchmark passphrase 0123","name":"m{index}","midi":"binary"}}').encode())
+            await asyncio.wait_for(factory.joined, 10)
+            clients.append(client)
+    return clients
+
+
+async def run_step(clients, members, stats, rate, seconds):
+    """Send ``rate`` messages/s in total for ``seconds``; return step figures."""
+    stats.sent_at.clear()
+    stats.latencies.clear()
+    stats.received = 0
+    total = int(rate * seconds)
+    total = min(total, SEQ_SPACE - 1)
+    start = time.perf_counter()
+    tick = 0.002
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while sent < due:
+            client = clients[sent % len(clients)]
+            seq = sent
+            stats.sent_at[seq] = time.perf_counter()
+            client.sendMessage(bytes((0xE0 | seq >> 14, (seq >> 7) & 0x7F, seq & 0x7F)),
+                               isBinary=True)
+            sent += 1
+        await asyncio.sleep(tick)
+    elapsed = time.perf_counter() - start
+    expected = sent * (members - 1)
+    deadline = time.perf_counter() + 1.0
+    while stats.received < expected and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    latencies = sorted(stats.latencies)
+
+    def pct(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies \
+            else float("nan")
+    return {"offered": sent / elapsed, "delivered": stats.received / elapsed,
+            "loss": 1 - stats.received / expected if expected else 0.0,
+            "p50": pct(0.50), "p99": pct(0.99)}
+
+
+async def measure(port, sessions, members, seconds, max_rate):
+    stats = Stats()
+    clients = await connect_members(port, sessions, members, stats)
+    light = await run_step(clients, members, stats, 1000, seconds)
+    best = None
+    rate = 1000
+    while rate <= max_rate:
+        step = await run_step(clients, members, stats, rate, max(2.0, seconds / 2))
+        if step["loss"] >= 0.001 or step["offered"] < rate * 0.9:
+            break
+        best = step
+        rate *= 2
+    for client in clients:
+        client.sendClose(1000)
+    await asyncio.sleep(0.2)
+    return light, best
+
+
+def run_server(kind, sessions, members, args):
+    process, port = start_gateway(sessions, members) if kind == "gateway" else start_baseline()
+    try:
+        wait_for_port(port)
+        return asyncio.run(measure(port, sessions, members, args.seconds, args.max_rate))
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="1x2,8x5,50x4")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--max-rate", type=int, default=64000)
+    parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() > 1:
+        os.sched_setaffinity(0, {1})
+    print(f"{'shape':>6} {'server':>8} | light 1000/s: {'deliv/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
+          f" | max: {'deliv/s':>8} {'p99 ms':>7}")
+    for shape in args.shapes.split(","):
+        sessions, members = map(int, shape.split("x"))
+        results = {}
+        for kind in ("baseline", "gateway"):
+            runs = [run_server(kind, sessions, members, args) for _ in range(args.runs)]
+            light = {key: statistics.median(run[0][key] for run in runs)
+                     for key in ("delivered", "p50", "p99")}
+            maxima = [run[1]["delivered"] if run[1] else 0.0 for run in runs]
+            max_p99 = [run[1]["p99"] if run[1] else float("nan") for run in runs]
+            results[kind] = (light, statistics.median(maxima), statistics.median(max_p99))
+            print(f"{shape:>6} {kind:>8} | {'':13} {light['delivered']:8.0f} {light['p50']:7.2f}"
+                  f" {light['p99']:7.2f} | {'':4} {results[kind][1]:8.0f}"
+                  f" {results[kind][2]:7.2f}", flush=True)
+        base, ours = results["baseline"], results["gateway"]
+        throughput = ours[1] / base[1] if base[1] else float("nan")
+        p99 = ours[0]["p99"] / base[0]["p99"] if base[0]["p99"] else float("nan")
+        print(f"{shape:>6}   ratio  | max throughput gateway/baseline = {throughput:.2f}"
+              f" (goal >= 0.50); p99 at 1000/s gateway/baseline = {p99:.2f} (goal <= 2)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
