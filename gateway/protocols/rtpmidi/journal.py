@@ -751,13 +751,18 @@ class JournalSender:
                 channels[message[0] & 0x0F].apply(message, current, timestamp)
 
     def acknowledge(self, sequence):
-        """The receiver has everything up to ``sequence`` (AppleMIDI RS): move the checkpoint past it."""
+        """The receiver reports ``sequence`` as its highest received (AppleMIDI RS).
+
+        That packet becomes the checkpoint: its own commands stay journalled, so
+        an RS that raced ahead of the receiver's processing is harmless.
+        Reports older than the checkpoint or newer than anything sent are ignored.
+        """
         if self._last_sent is None:
             return
         acknowledged = extend_sequence(sequence, self._last_sent)
         if acknowledged > self._last_sent:
             return
-        self._checkpoint = max(self._checkpoint, acknowledged + 1)
+        self._checkpoint = max(self._checkpoint, acknowledged)
 
     def snapshot(self):
         return [state.snapshot() for state in self.channels]

@@ -65,7 +65,7 @@ def encode_delta(delta):
 def _read_delta(data, pos, end):
     """Return (delta, next position) for the delta time starting at ``pos``."""
     value = 0
-    for count in range(4):
+    for _ in range(4):
         if pos >= end:
             raise MalformedPacket("MIDI list ends inside a delta time")
         octet = data[pos]
