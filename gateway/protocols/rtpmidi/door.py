@@ -1,0 +1,572 @@
+"""RTP-MIDI door: AppleMIDI sessions over UDP (thin Twisted adapter).
+
+Implements the Twisted side of the RTP-MIDI door: for every configured
+session two UDP ports (control P, data P+1) feed one sans-IO
+:class:`~gateway.protocols.rtpmidi.session.AppleMidiSession`; each joined
+AppleMIDI peer becomes a registry member. RTP payloads go through
+:mod:`~gateway.protocols.rtpmidi.payload` and, per peer and direction, the
+RFC 6295 recovery journal of :mod:`~gateway.protocols.rtpmidi.journal`.
+Sessions can be advertised as ``_apple-midi._udp`` with python-zeroconf.
+
+AppleMIDI has no authentication: a session's ``allow_addresses`` list is what
+admits a peer. Invitations the gateway sends itself (``invite``) name their
+peer in the config and are trusted.
+"""
+
+import dataclasses
+import functools
+import random
+import socket
+import typing
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.application import service
+from twisted.internet import defer, protocol, task, threads
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from zope.interface import implementer
+
+from gateway import log as gatewaylog
+from gateway import midi
+from gateway.config import bounded, port
+from gateway.interfaces import IDoor, IMember
+from gateway.midi import MidiEvent
+from gateway.protocols.rtpmidi import applemidi
+from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
+from gateway.protocols.rtpmidi.payload import (
+    MAX_DELTA, MalformedPacket, RtpMidiPacket, SysExReassembler,
+)
+from gateway.protocols.rtpmidi.session import (
+    CLOCK_RATE, CONTROL, DATA, INITIATOR, AppleMidiSession, Dropped, FeedbackReceived,
+    InvitationFailed, PeerJoined, PeerLeft, RtpReceived, Send, SyncCompleted,
+)
+from gateway.registry import JoinRefused, TrustedPeer
+
+DOOR = "rtpmidi"
+MDNS_SERVICE_TYPE = "_apple-midi._udp.local."
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+MAX_DATAGRAM = 65535
+TIMER_INTERVAL = 0.1
+REINVITE_DELAY = 5.0
+MDNS_STOP_TIMEOUT = 5.0
+# Keeps every packet well inside one Ethernet frame and pymidi's 1024-byte reads.
+MAX_LIST_OCTETS = 900
+_U32 = 0xFFFFFFFF
+
+
+@dataclasses.dataclass
+class SessionPortConfig:
+    session: str = bounded(doc="name of a session declared in the top-level 'sessions'")
+    port: int = bounded(minimum=2, maximum=65534,
+                        doc="even control port; the data port is port + 1")
+    name: typing.Optional[str] = bounded(
+        None, doc="AppleMIDI/Bonjour name; default 'netgateway <session>'")
+
+    @property
+    def display_name(self):
+        return self.name or f"netgateway {self.session}"
+
+
+@dataclasses.dataclass
+class InviteConfig:
+    session: str = bounded(doc="a session listed in rtpmidi.sessions")
+    host: str = bounded(doc="address of the listening AppleMIDI peer (e.g. a Mac)")
+    port: int = port(doc="the peer's control port")
+
+
+@dataclasses.dataclass
+class Config:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    sessions: typing.List[SessionPortConfig] = bounded(default_factory=list)
+    invite: typing.List[InviteConfig] = bounded(
+        default_factory=list, doc="peers the gateway invites (it is the initiator)")
+    mdns: bool = bounded(False, doc="advertise each session as _apple-midi._udp")
+    latetime: float = bounded(1.0, minimum=0.001, maximum=60.0,
+                              doc="seconds; later note-ons are dropped and counted")
+    journal: bool = bounded(True, doc="send the RFC 6295 recovery journal")
+
+    def listening_ports(self, path):
+        ports = []
+        for index, entry in enumerate(self.sessions):
+            if entry is None or entry.port is None:
+                continue
+            key = f"{path}.sessions[{index}].port"
+            ports += [(key, "udp", entry.port), (key, "udp", entry.port + 1)]
+        return ports
+
+    def check(self, name, config):
+        problems = []
+        declared = {session.name for session in config.sessions}
+        served = set()
+        for index, entry in enumerate(self.sessions):
+            path = f"{name}.sessions[{index}]"
+            if entry.port % 2:
+                problems.append(f"{path}.port: expected an even control port (the data port"
+                                f" is port + 1; node-rtpmidi needs it even), got {entry.port}")
+            if entry.session not in declared:
+                problems.append(f"{path}.session: expected a session declared in 'sessions'"
+                                f" (AppleMIDI peers cannot create one), got {entry.session!r}")
+            if entry.session in served:
+                problems.append(f"{path}.session: session {entry.session!r} is already"
+                                f" served on another port")
+            served.add(entry.session)
+        for index, entry in enumerate(self.invite):
+            if entry.session not in served:
+                problems.append(f"{name}.invite[{index}].session: expected a session listed"
+                                f" in {name}.sessions, got {entry.session!r}")
+            if not (isIPAddress(entry.host) or isIPv6Address(entry.host)):
+                problems.append(f"{name}.invite[{index}].host: expected an IP address,"
+                                f" got {entry.host!r}")
+        return problems
+
+
+def _lateness_ticks(peer_ticks_now, event_ticks):
+    """How far ``event_ticks`` lies behind the peer's clock now (signed, 32-bit RTP time)."""
+    behind = (peer_ticks_now - event_ticks) & _U32
+    return behind - (1 << 32) if behind & 0x80000000 else behind
+
+
+@implementer(IMember)
+class RtpMidiMember:
+    """One joined AppleMIDI peer: its RTP streams in both directions."""
+
+    door = DOOR
+
+    def __init__(self, endpoint, peer):
+        self.endpoint = endpoint
+        self.peer = peer
+        self.name = peer.name or "rtpmidi peer"
+        self.membership = None
+        self.data_addr = peer.data_addr
+        self._sendto = endpoint.data_socket.sendto
+        self._sequence = random.getrandbits(16)
+        self.journal_sender = JournalSender()
+        self.journal_receiver = JournalReceiver()
+        self.sysex = SysExReassembler()
+        self.packets_received = 0
+        self.late_dropped = 0
+
+    # Receiving ------------------------------------------------------------
+    def rtp_received(self, data, now):
+        endpoint = self.endpoint
+        try:
+            packet = RtpMidiPacket.parse(data)
+        except MalformedPacket as error:
+            endpoint.drop("malformed", self.data_addr, str(error))
+            return
+        self.packets_received += 1
+        receiver = self.journal_receiver
+        lost_before = receiver.lost_packets
+        commands = receiver.receive(packet)
+        if receiver.lost_packets != lost_before:
+            self.sysex.reset()
+        if not commands:
+            return
+        offset = self.peer.clock_offset
+        peer_ticks_now = None
+        if offset is not None:
+            peer_ticks_now = endpoint.session.ticks(now) + round(offset * CLOCK_RATE)
+        late_ticks = endpoint.late_ticks
+        ticks = packet.timestamp
+        events = []
+        for delta, message in commands:
+            ticks += delta
+            status = message[0]
+            if status == midi.SYSEX_START or status == midi.SYSEX_END:
+                message = self.sysex.feed(message)
+                if message is None:
+                    continue
+            elif (peer_ticks_now is not None and midi.is_note_on(message)
+                  and _lateness_ticks(peer_ticks_now, ticks) > late_ticks):
+                self.late_dropped += 1
+                endpoint.drop("late", self.data_addr, "note-on later than latetime")
+                continue
+            events.append(MidiEvent(message, now + (ticks - packet.timestamp) / CLOCK_RATE))
+        if events and self.membership is not None:
+            self.membership.publish(events)
+
+    # IMember ----------------------------------------------------------------
+    def deliver(self, events, source):
+        endpoint = self.endpoint
+        now = endpoint.reactor.seconds()
+        timestamp = endpoint.session.ticks(now) & _U32
+        commands = []
+        octets = 0
+        previous = events[0].time if events else now
+        for event in events:
+            data = event.data
+            if data[0] in midi.UNDEFINED_STATUSES:
+                continue
+            if octets + len(data) > MAX_LIST_OCTETS and commands:
+                self._send_packet(timestamp, commands)
+                commands, octets = [], 0
+            delta = min(MAX_DELTA, max(0, round((event.time - previous) * CLOCK_RATE)))
+            previous = event.time
+            commands.append((delta if commands else 0, data))
+            octets += len(data) + 1
+        if commands:
+            self._send_packet(timestamp, commands)
+
+    def _send_packet(self, timestamp, commands):
+        endpoint = self.endpoint
+        sequence = self._sequence
+        self._sequence = (sequence + 1) & 0xFFFF
+        journal = None
+        if endpoint.config.journal:
+            journal = self.journal_sender.journal_for(sequence, timestamp)
+            if not journal.channels and journal.system is None:
+                # An empty journal repairs nothing, and pymidi misreads its S=1
+                # as a system journal and drops the whole packet.
+                journal = None
+        packet = RtpMidiPacket(sequence, timestamp, endpoint.session.ssrc, commands, journal)
+        try:
+            data = bytes(packet)
+        except ValueError as error:
+            endpoint.drop("too_large", self.data_addr, str(error))
+            return
+        self.journal_sender.record(sequence, timestamp, [message for _, message in commands])
+        try:
+            self._sendto(data, self.data_addr)
+        except OSError as error:
+            endpoint.drop("send_failed", self.data_addr, error.strerror or str(error))
+
+    def feedback_received(self, sequence):
+        self.journal_sender.acknowledge(sequence)
+
+    def membership_changed(self, change, member, session):
+        pass
+
+    def disconnect(self, reason):
+        self.membership = None
+        self.endpoint.kick(self.peer)
+
+    def describe(self):
+        peer = self.peer
+        receiver = self.journal_receiver
+        host, number = peer.control_addr[:2]
+        return {"rtt_ms": None if peer.rtt is None else round(peer.rtt * 1000.0, 2),
+                "peer": f"{host}:{number}", "role": peer.local_role,
+                "packets_received": self.packets_received,
+                "packets_lost": receiver.lost_packets,
+                "gaps_repaired": receiver.repaired_gaps,
+                "late_dropped": self.late_dropped}
+
+
+class _PortProtocol(protocol.DatagramProtocol):
+    def __init__(self, endpoint, which):
+        self.endpoint = endpoint
+        self.which = which
+
+    def datagramReceived(self, data, addr):
+        self.endpoint.datagram_received(self.which, data, addr)
+
+
+class SessionEndpoint:
+    """One configured session: its two UDP ports, AppleMIDI state and members."""
+
+    def __init__(self, door, entry):
+        self.door = door
+        self.entry = entry
+        self.config = door.config
+        self.reactor = door.reactor
+        self.registry = door.registry
+        self.late_ticks = round(door.config.latetime * CLOCK_RATE)
+        self.session = AppleMidiSession(entry.display_name, random.getrandbits(32),
+                                        self.reactor.seconds(), accept=self.accept)
+        self.members = {}        # Peer -> RtpMidiMember
+        self.control_port = None
+        self.data_port = None
+        self.data_socket = None
+        self._invites = {(invite.host, invite.port) for invite in door.config.invite
+                         if invite.session == entry.session}
+        self._invited_ssrcs = {}   # peer data address -> SSRC of its control-port OK
+        self._reinvitations = {}
+
+    def start(self):
+        host = self.config.host
+        self.control_port = self.reactor.listenUDP(
+            self.entry.port, _PortProtocol(self, CONTROL), interface=host,
+            maxPacketSize=MAX_DATAGRAM)
+        self.data_port = self.reactor.listenUDP(
+            self.entry.port + 1, _PortProtocol(self, DATA), interface=host,
+            maxPacketSize=MAX_DATAGRAM)
+        self.data_socket = self.data_port.socket
+        self.data_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        for target in sorted(self._invites):
+            self.invite(target)
+
+    def stop(self):
+        for call in self._reinvitations.values():
+            if call.active():
+                call.cancel()
+        self._reinvitations.clear()
+        self.carry_out(self.session.close())
+        return defer.gatherResults([defer.maybeDeferred(listening.stopListening)
+                                    for listening in (self.control_port, self.data_port)
+                                    if listening is not None])
+
+    def invite(self, target):
+        self._reinvitations.pop(target, None)
+        self.carry_out(self.session.invite(target, self.reactor.seconds()))
+
+    def accept(self, addr):
+        session = self.registry.session(self.entry.session)
+        if session is None:
+            return f"session {self.entry.session!r} does not exist"
+        if not session.allows_address(addr[0]):
+            return f"{addr[0]} is not in the allow_addresses of session {session.name!r}"
+        if len(session.members) >= session.max_members:
+            return f"session {session.name!r} is full"
+        return True
+
+    def tick(self):
+        self.carry_out(self.session.timer(self.reactor.seconds()))
+
+    def kick(self, peer):
+        self.carry_out(self.session.kick(peer))
+
+    def datagram_received(self, which, data, addr):
+        if which == DATA:
+            data = self._unify_ssrc(data, addr)
+        elif self._invites and data[2:4] == applemidi.INVITATION_ACCEPTED and addr in self._invites:
+            self._invited_ssrcs[(addr[0], addr[1] + 1)] = data[12:16]
+        self.carry_out(self.session.datagram_received(which, data, addr, self.reactor.seconds()))
+
+    def _unify_ssrc(self, data, addr):
+        # pymidi answers from its data port with a second SSRC; a peer we
+        # invited is known by the SSRC of its control-port OK.
+        ssrc = self._invited_ssrcs.get(addr)
+        if ssrc is None or data[:2] != applemidi.SIGNATURE:
+            return data
+        command = data[2:4]
+        if command == applemidi.INVITATION_ACCEPTED and data[12:16] != ssrc:
+            return data[:12] + ssrc + data[16:]
+        if command == applemidi.SYNC and data[4:8] != ssrc:
+            return data[:4] + ssrc + data[8:]
+        return data
+
+    def carry_out(self, actions):
+        now = self.reactor.seconds()
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                listening = self.control_port if action.port == CONTROL else self.data_port
+                listening.write(action.data, action.addr)
+            elif kind is RtpReceived:
+                member = self.members.get(action.peer)
+                if member is not None:
+                    member.rtp_received(action.data, now)
+            elif kind is FeedbackReceived:
+                member = self.members.get(action.peer)
+                if member is not None:
+                    member.feedback_received(action.seq)
+                    self._touch(member)
+            elif kind is SyncCompleted:
+                member = self.members.get(action.peer)
+                if member is not None:
+                    self._touch(member)
+            elif kind is PeerJoined:
+                self._peer_joined(action.peer)
+            elif kind is PeerLeft:
+                self._peer_gone(action.peer, action.reason)
+            elif kind is InvitationFailed:
+                self._peer_gone(action.peer, action.reason)
+            elif kind is Dropped:
+                self.drop(action.reason.replace(" ", "_"), action.addr, action.detail)
+
+    @staticmethod
+    def _touch(member):
+        if member.membership is not None:
+            member.membership.touch()
+
+    def _peer_joined(self, peer):
+        host = peer.data_addr[0]
+        if not (isIPAddress(host) or isIPv6Address(host)):
+            self.drop("bad_address", peer.data_addr, "not an IP address")
+            self.kick(peer)
+            return
+        member = RtpMidiMember(self, peer)
+        self.members[peer] = member
+        try:
+            member.membership = self.registry.join(self.entry.session, member, TrustedPeer())
+        except JoinRefused as refusal:
+            self.door.log.warn("rtpmidi: {peer} refused: {message}", peer=peer.control_addr,
+                               message=refusal.message)
+            self.kick(peer)
+
+    def _peer_gone(self, peer, reason):
+        member = self.members.pop(peer, None)
+        if member is not None and member.membership is not None:
+            membership, member.membership = member.membership, None
+            membership.leave(reason)
+        target = peer.control_addr
+        if (peer.local_role == INITIATOR and target in self._invites and self.door.running
+                and target not in self._reinvitations):
+            self.door.log.info("rtpmidi: invitation to {target} ended ({reason});"
+                               " inviting again in {delay} s", target=target, reason=reason,
+                               delay=REINVITE_DELAY)
+            self._reinvitations[target] = self.reactor.callLater(
+                REINVITE_DELAY, self.invite, target)
+
+    def drop(self, reason, addr, detail=None):
+        self.registry.drops.count(DOOR, reason)
+        self.door.drop_log.dropped(
+            addr, self.reactor.seconds(),
+            "rtpmidi: dropped from {addr} on session {session!r}: {reason}{detail}",
+            addr=addr, session=self.entry.session, reason=reason,
+            detail=f" ({detail})" if detail else "")
+
+    def status(self):
+        return {"session": self.entry.session, "name": self.entry.display_name,
+                "control_port": self.entry.port, "data_port": self.entry.port + 1,
+                "peers": len(self.members)}
+
+
+class RtpMidiCollector:
+    """Prometheus view of every AppleMIDI peer: latency and RTP packet counters."""
+
+    def __init__(self, door):
+        self.door = door
+
+    def collect(self):
+        labels = ["session", "peer"]
+        rtt = GaugeMetricFamily("netgateway_rtpmidi_rtt_seconds",
+                                "Round trip measured by AppleMIDI CK", labels=labels)
+        received = CounterMetricFamily("netgateway_rtpmidi_packets_received",
+                                       "RTP packets received", labels=labels)
+        lost = CounterMetricFamily("netgateway_rtpmidi_packets_lost",
+                                   "RTP packets missing from the sequence", labels=labels)
+        repaired = CounterMetricFamily("netgateway_rtpmidi_gaps_repaired",
+                                       "Losses repaired from the recovery journal",
+                                       labels=labels)
+        late = CounterMetricFamily("netgateway_rtpmidi_late_dropped",
+                                   "Note-ons dropped for arriving after latetime",
+                                   labels=labels)
+        for endpoint in self.door.endpoints:
+            for member in list(endpoint.members.values()):
+                peer = member.peer
+                key = [endpoint.entry.session, f"{peer.control_addr[0]}:{peer.control_addr[1]}"]
+                if peer.rtt is not None:
+                    rtt.add_metric(key, peer.rtt)
+                receiver = member.journal_receiver
+                received.add_metric(key, member.packets_received)
+                lost.add_metric(key, receiver.lost_packets)
+                repaired.add_metric(key, receiver.repaired_gaps)
+                late.add_metric(key, member.late_dropped)
+        yield from (rtt, received, lost, repaired, late)
+
+
+class MdnsAdvertiser:
+    """Registers the sessions with python-zeroconf off the reactor thread.
+
+    ``in_thread(function)`` runs a blocking call elsewhere and returns a
+    Deferred (zeroconf's register waits for its probes, about a second).
+    """
+
+    def __init__(self, in_thread, clock, host, entries, log, zeroconf_module=None):
+        self.in_thread = in_thread
+        self.clock = clock
+        self.host = host
+        self.entries = entries
+        self.log = log
+        self._zeroconf_module = zeroconf_module
+        self._zeroconf = None
+        self._infos = []
+
+    def start(self):
+        return self.in_thread(self._register).addErrback(self._failed)
+
+    def _register(self):
+        zeroconf = self._zeroconf_module
+        if zeroconf is None:
+            import zeroconf
+        wildcard = self.host in ("0.0.0.0", "::")
+        addresses = zeroconf.get_all_addresses() if wildcard else [self.host]
+        interfaces = zeroconf.InterfaceChoice.All if wildcard else [self.host]
+        self._zeroconf = zeroconf.Zeroconf(interfaces=interfaces)
+        for entry in self.entries:
+            info = zeroconf.ServiceInfo(
+                MDNS_SERVICE_TYPE, f"{entry.display_name}.{MDNS_SERVICE_TYPE}",
+                port=entry.port, parsed_addresses=addresses,
+                server=f"{socket.gethostname()}.local.")
+            self._zeroconf.register_service(info)
+            self._infos.append(info)
+
+    def _failed(self, failure):
+        self.log.failure("rtpmidi: mDNS registration failed", failure)
+
+    def stop(self):
+        if self._zeroconf is None:
+            return None
+        unregistered = self.in_thread(self._unregister)
+        unregistered.addErrback(lambda failure: self.log.failure(
+            "rtpmidi: mDNS unregistration failed", failure))
+        return unregistered.addTimeout(MDNS_STOP_TIMEOUT, self.clock).addErrback(
+            lambda _: None)
+
+    def _unregister(self):
+        zeroconf, self._zeroconf = self._zeroconf, None
+        try:
+            for info in self._infos:
+                zeroconf.unregister_service(info)
+        finally:
+            self._infos = []
+            zeroconf.close()
+
+
+@implementer(IDoor)
+class RtpMidiDoor(service.Service):
+    """Opens every configured AppleMIDI session and drives their timers."""
+
+    name = DOOR
+
+    def __init__(self, config, context):
+        self.config = config
+        self.reactor = context.reactor
+        self.registry = context.registry
+        self.log = gatewaylog.logger("netgateway.rtpmidi")
+        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+        self.endpoints = [SessionEndpoint(self, entry) for entry in config.sessions]
+        self._timer = task.LoopingCall(self._tick)
+        self._timer.clock = self.reactor
+        self.mdns = None
+        if config.mdns:
+            in_thread = functools.partial(threads.deferToThreadPool, self.reactor,
+                                          self.reactor.getThreadPool())
+            self.mdns = MdnsAdvertiser(in_thread, self.reactor, config.host, config.sessions,
+                                       self.log)
+        if context.metrics is not None:
+            context.metrics.register(RtpMidiCollector(self))
+
+    def startService(self):
+        super().startService()
+        for endpoint in self.endpoints:
+            endpoint.start()
+            self.log.info("rtpmidi: session {session!r} as {name!r} on udp {host}:{port}"
+                          " (data {data})", session=endpoint.entry.session,
+                          name=endpoint.entry.display_name, host=self.config.host,
+                          port=endpoint.entry.port, data=endpoint.entry.port + 1)
+        self._timer.start(TIMER_INTERVAL, now=False)
+        if self.mdns is not None:
+            self.mdns.start()
+
+    def stopService(self):
+        """Say BY to every peer on both ports, release the members, close the ports."""
+        super().stopService()
+        if self._timer.running:
+            self._timer.stop()
+        stopping = [endpoint.stop() for endpoint in self.endpoints]
+        if self.mdns is not None:
+            stopping.append(defer.maybeDeferred(self.mdns.stop))
+        return defer.gatherResults(stopping)
+
+    def _tick(self):
+        for endpoint in self.endpoints:
+            endpoint.tick()
+
+    def status(self):
+        return {"sessions": [endpoint.status() for endpoint in self.endpoints]}
+
+
+def make_service(config, context):
+    return RtpMidiDoor(config, context)
