@@ -10,6 +10,7 @@ import importlib
 
 DOOR_MODULES = {
     "websocket": "gateway.protocols.websocket.door",
+    "oscgroups": "gateway.protocols.oscgroups.door",
     "rtpmidi": "gateway.protocols.rtpmidi.door",
 }
 

@@ -21,6 +21,14 @@ Deliberate differences from the C++ client:
   ``relay`` path: the gateway's relay is advertised by the server in place of
   a peer's public endpoint (see server ``advertised_endpoint``).
 
+For the gateway's bridge (:mod:`.bridge`), which is one user in several
+groups, a client can also join ``extra_groups`` (the user_alive carries one
+pair per group, which the wire format allows, and one query per group goes
+with it), remembers which of its groups each peer is listed in
+(``Peer.groups``), can forget a peer the server stopped listing
+(``forget_unlisted_after`` seconds; the C++ client never does, §5.4), and can
+send to one peer at a time (:meth:`GroupClient.send_to_peer`).
+
 Feed it :meth:`GroupClient.tick` every :data:`TICK_INTERVAL` seconds and every
 datagram with the time; it returns :class:`SendTo` (from the external socket)
 and :class:`DeliverToApp` actions. Human-readable lines accumulate for
@@ -83,7 +91,7 @@ class Endpoint:
 class Peer:
     __slots__ = ("name", "endpoints", "establishing", "rounds_done", "next_round",
                  "last_alive_reported", "last_ping_received", "last_forwarded",
-                 "last_steady_ping", "reported_path")
+                 "last_steady_ping", "reported_path", "groups", "last_listed")
 
     def __init__(self, name, private_address, public_address):
         self.name = name
@@ -98,6 +106,8 @@ class Peer:
         self.last_forwarded = None
         self.last_steady_ping = 0
         self.reported_path = None
+        self.groups = frozenset()     # our groups the server last listed it in
+        self.last_listed = 0
 
     def selected(self):
         """(kind, Endpoint) that data goes to, or None before any ping arrived."""
@@ -112,11 +122,15 @@ class GroupClient:
     """One OSCgroups user in one group, as OscGroupClient is."""
 
     def __init__(self, user_name, user_password_md5, group_name, group_password_md5,
-                 server, private_endpoint, relay=None):
+                 server, private_endpoint, relay=None, *, extra_groups=(),
+                 forget_unlisted_after=None):
         self.user_name = user_name
         self.user_password_md5 = user_password_md5
         self.group_name = group_name
         self.group_password_md5 = group_password_md5
+        self.groups = ((group_name, group_password_md5),) + tuple(map(tuple, extra_groups))
+        self._group_names = frozenset(name for name, _password in self.groups)
+        self.forget_unlisted_after = forget_unlisted_after
         self.server = tuple(server)
         self.relay = tuple(relay) if relay else None
         self.peers = {}
@@ -124,11 +138,10 @@ class GroupClient:
         self._events = []
         self._last_alive_sent = None
         # Built once, like the original: the same bytes every 6 s.
-        self._alive_bundle = wire.encode_bundle([
-            wire.UserAlive(user_name, user_password_md5, tuple(private_endpoint),
-                           ((group_name, group_password_md5),)).encode(),
-            wire.GroupUsersQuery(group_name, group_password_md5).encode(),
-        ])
+        self._alive_bundle = wire.encode_bundle(
+            [wire.UserAlive(user_name, user_password_md5, tuple(private_endpoint),
+                            self.groups).encode()]
+            + [wire.GroupUsersQuery(*group).encode() for group in self.groups])
         self._ping_bundle = wire.encode_bundle([wire.Ping(user_name).encode()])
 
     def take_events(self):
@@ -151,6 +164,9 @@ class GroupClient:
             if self._expired(peer, seconds):
                 del self.peers[peer.name]
                 self._events.append(f"peer '{peer.name}' purged after {PEER_PURGE_AFTER} s of silence")
+            elif self._unlisted(peer, seconds):
+                del self.peers[peer.name]
+                self._events.append(f"peer '{peer.name}' forgotten: the server stopped listing it")
             else:
                 actions.extend(self._scheduled_pings(peer, seconds))
         return actions
@@ -167,6 +183,26 @@ class GroupClient:
             peer.last_forwarded = seconds
             actions.append(SendTo(data, endpoint.address))
         return actions
+
+    def send_to_peer(self, name, data, now):
+        """[SendTo] of ``data`` on the path to peer ``name``; [] while it has none."""
+        peer = self.peers.get(name)
+        selected = peer.selected() if peer is not None else None
+        if selected is None:
+            return []
+        _kind, endpoint = selected
+        endpoint.packets_forwarded += 1
+        peer.last_forwarded = int(now)
+        return [SendTo(data, endpoint.address)]
+
+    def peer_at(self, address):
+        """The name of the peer with an endpoint at ``address``, or None."""
+        address = (address[0], address[1])
+        for peer in self.peers.values():
+            for endpoint in peer.endpoints.values():
+                if endpoint.address == address:
+                    return peer.name
+        return None
 
     def datagram_from_network(self, data, source, now):
         seconds = int(now)
@@ -222,20 +258,21 @@ class GroupClient:
             else:
                 self._events.append(f"user registration error: server returned status of "
                                     f"'{reply.status}' for user '{self.user_name}'")
-        elif (reply.group_name, reply.group_password) == (self.group_name, self.group_password_md5):
+        elif (reply.group_name, reply.group_password) in self.groups:
             if reply.status == wire.STATUS_OK:
                 self._events.append(f"ok: user '{self.user_name}' is a member of group "
-                                    f"'{self.group_name}'")
+                                    f"'{reply.group_name}'")
             else:
                 self._events.append(f"group membership error: server returned status of "
                                     f"'{reply.status}' for user '{self.user_name}' membership "
-                                    f"of group '{self.group_name}'")
+                                    f"of group '{reply.group_name}'")
 
     def _user_info(self, info, seconds):
         self._events.append(
             f"user info received for '{info.user_name}', private: {_format(info.private_endpoint)} "
             f"public: {_format(info.public_endpoint)}")
-        if info.user_name == self.user_name or self.group_name not in info.groups:
+        listed_in = self._group_names.intersection(info.groups)
+        if info.user_name == self.user_name or not listed_in:
             return []
         peer = self.peers.get(info.user_name)
         if peer is None:
@@ -252,6 +289,8 @@ class GroupClient:
                     peer.endpoints[PING_ENDPOINT].reset()
                     changed = True
         peer.last_alive_reported = seconds - info.seconds_since_alive
+        peer.groups = listed_in
+        peer.last_listed = seconds
         if not changed:
             return []
         self._report_path(peer)
@@ -339,6 +378,10 @@ class GroupClient:
         if peer.last_ping_received is not None:
             newest = max(newest, peer.last_ping_received)
         return seconds - newest > PEER_PURGE_AFTER
+
+    def _unlisted(self, peer, seconds):
+        return (self.forget_unlisted_after is not None
+                and seconds - peer.last_listed > self.forget_unlisted_after)
 
     def _path(self, peer):
         selected = peer.selected()

@@ -24,7 +24,9 @@ Hooks for the gateway: ``authorize_group(group_name, password_md5_hex)``
 returns True/False to decide a group password itself, or None to leave it to
 OSCgroups' own rule; ``advertised_endpoint(user)`` returns an (ip, port) to
 advertise instead of the user's observed public endpoint (e.g. a relay), or
-None to keep it.
+None to keep it. ``on_drop(counter, addr)`` is told of every dropped or
+refused request (``counter`` is the :attr:`counters` key just incremented), so
+an adapter can count and log per peer.
 
 Time is a parameter (seconds, float); like the original, ages are whole seconds.
 """
@@ -72,12 +74,13 @@ class RendezvousServer:
 
     def __init__(self, *, max_users=DEFAULT_MAX_USERS, max_groups=DEFAULT_MAX_GROUPS,
                  timeout=DEFAULT_TIMEOUT, authorize_group=None, advertised_endpoint=None,
-                 now=0.0):
+                 on_drop=None, now=0.0):
         self.max_users = max_users
         self.max_groups = max_groups
         self.timeout = timeout
         self.authorize_group = authorize_group
         self.advertised_endpoint = advertised_endpoint
+        self.on_drop = on_drop
         self.users = {}
         self.groups = {}
         self.counters = collections.Counter()
@@ -97,15 +100,15 @@ class RendezvousServer:
             self.purge(now)
         self.counters["datagrams"] += 1
         if not data:
-            return self._drop("empty")
+            return self._drop("empty", addr)
         if len(data) > MAX_REQUEST_SIZE:
-            return self._drop("oversized")
+            return self._drop("oversized", addr)
         if not wire.is_ipv4(addr[0]):
-            return self._drop("not_ipv4_source")
+            return self._drop("not_ipv4_source", addr)
         try:
             messages = wire.parse_packet(data)
         except wire.MalformedPacket:
-            return self._drop("malformed")
+            return self._drop("malformed", addr)
         replies = []
         for message in messages:
             replies.extend(self._handle_message(message, addr, now))
@@ -115,28 +118,33 @@ class RendezvousServer:
         self.counters["reply_datagrams"] += len(bundles)
         return [(bundle, addr) for bundle in bundles]
 
-    def _drop(self, reason):
-        self.counters[f"dropped_{reason}"] += 1
+    def _drop(self, reason, addr):
+        self._count(f"dropped_{reason}", addr)
         return []
+
+    def _count(self, counter, addr):
+        self.counters[counter] += 1
+        if self.on_drop is not None:
+            self.on_drop(counter, addr)
 
     def _handle_message(self, message, addr, now):
         try:
             request = wire.decode_message(message)
         except wire.MalformedPacket:
-            return self._drop("bad_arguments")
+            return self._drop("bad_arguments", addr)
         if isinstance(request, wire.UserAlive):
             return self._user_alive(request, addr, now)
         if isinstance(request, wire.GroupUsersQuery):
-            return self._group_users_info(request, now)
-        return self._drop("unknown_address")
+            return self._group_users_info(request, addr, now)
+        return self._drop("unknown_address", addr)
 
     def _user_alive(self, request, addr, now):
         strings = [request.user_name, request.user_password,
                    *(field for pair in request.groups for field in pair)]
         if any(len(s.encode("utf-8")) > MAX_STRING_BYTES for s in strings):
-            return self._drop("string_too_long")
+            return self._drop("string_too_long", addr)
         if len(request.groups) > MAX_GROUPS_PER_USER:
-            return self._drop("too_many_groups")
+            return self._drop("too_many_groups", addr)
 
         def user_status(status):
             return wire.UserAliveStatus(request.user_name, request.user_password, status).encode()
@@ -144,11 +152,11 @@ class RendezvousServer:
         user = self.users.get(request.user_name)
         if user is None:
             if len(self.users) >= self.max_users:
-                self.counters["refused_user_limit"] += 1
+                self._count("refused_user_limit", addr)
                 return [user_status(wire.STATUS_USER_LIMIT_REACHED)]
             user = self.users[request.user_name] = User(request.user_name, request.user_password)
         elif user.password != request.user_password:
-            self.counters["refused_wrong_user_password"] += 1
+            self._count("refused_wrong_user_password", addr)
             return [user_status(wire.STATUS_WRONG_PASSWORD)]
 
         # Overwritten on every accepted alive: a takeover or a NAT re-mapping wins.
@@ -160,7 +168,7 @@ class RendezvousServer:
         listed = set()
         for group_name, group_password in request.groups:
             listed.add(group_name)
-            status = self._join(user, group_name, group_password)
+            status = self._join(user, group_name, group_password, addr)
             replies.append(wire.UserGroupStatus(
                 request.user_name, request.user_password, group_name, group_password,
                 status).encode())
@@ -168,17 +176,17 @@ class RendezvousServer:
             self._leave(user, group)
         return replies
 
-    def _join(self, user, group_name, group_password):
+    def _join(self, user, group_name, group_password, addr):
         group = self.groups.get(group_name)
         if group is not None and user.name in group.members:
             # The original never re-checks a member's group password (§7.10).
             return wire.STATUS_OK
         if not self._group_password_accepted(group, group_name, group_password):
-            self.counters["refused_wrong_group_password"] += 1
+            self._count("refused_wrong_group_password", addr)
             return wire.STATUS_WRONG_PASSWORD
         if group is None:
             if len(self.groups) >= self.max_groups:
-                self.counters["refused_group_limit"] += 1
+                self._count("refused_group_limit", addr)
                 return wire.STATUS_USER_LIMIT_REACHED
             group = self.groups[group_name] = Group(group_name, group_password)
         group.members[user.name] = user
@@ -199,12 +207,12 @@ class RendezvousServer:
         if not group.members:
             del self.groups[group.name]
 
-    def _group_users_info(self, request, now):
+    def _group_users_info(self, request, addr, now):
         group = self.groups.get(request.group_name)
         if group is None:
-            return self._drop("unknown_group")
+            return self._drop("unknown_group", addr)
         if not self._group_password_accepted(group, request.group_name, request.group_password):
-            return self._drop("wrong_group_password")
+            return self._drop("wrong_group_password", addr)
         return [self._user_info(member, now) for member in group.members.values()]
 
     def _user_info(self, user, now):

@@ -1,0 +1,176 @@
+"""The gateway's OSCgroups bridge as a sans-IO core: OSCgroups peers <-> session MIDI.
+
+The bridge is an ordinary OSCgroups user (shared/protocols/oscgroups.md §4,
+§5.3–§5.5) in every bridged group at once: a :class:`.client.GroupClient`
+registers it, learns the peers from user_info, punches holes and keeps
+pinging them, exactly as for OscGroupClient. What a C++ client would hand to
+its local application comes here instead, and :class:`.mapping.OscMidiMapping`
+turns it into MIDI; MIDI for a peer goes back as OSC on the path the client
+core chose for that peer (private, public, ping endpoint or relay).
+
+A peer belongs to the gateway while the server lists it in a bridged group:
+the core reports :class:`PeerListed` after every server reply and
+:class:`PeerGone` once the server has stopped listing it for
+:data:`FORGET_UNLISTED_AFTER` seconds (two missed alive replies), so a peer
+the server purged leaves its sessions within seconds of the purge.
+
+Feed :meth:`Bridge.tick` every :data:`.client.TICK_INTERVAL` seconds and every
+datagram the bridge socket receives; act on the returned actions
+(:class:`.client.SendTo`, :class:`PeerListed`, :class:`PeerGone`,
+:class:`PeerAlive`, :class:`PeerMidi`, :class:`Dropped`). No I/O, no Twisted.
+"""
+
+import collections
+from typing import NamedTuple
+
+from . import client, wire
+
+FORGET_UNLISTED_AFTER = 2 * client.ALIVE_INTERVAL + 1
+# The C++ client dies on datagrams above 4098 bytes (§6.6, §7.3); the
+# server's own bound leaves a margin.
+MAX_PEER_DATAGRAM = wire.MAX_SERVER_DATAGRAM
+_BUNDLE_OVERHEAD = 20         # bundle header + one element size prefix
+
+
+class PeerListed(NamedTuple):
+    """The server lists peer ``name`` in these bridged ``groups`` (sent every reply)."""
+
+    name: str
+    groups: frozenset
+
+
+class PeerGone(NamedTuple):
+    """Peer ``name`` is no longer listed (purged by the server, or left every group)."""
+
+    name: str
+
+
+class PeerAlive(NamedTuple):
+    """A datagram (ping or data) came from peer ``name``."""
+
+    name: str
+
+
+class PeerMidi(NamedTuple):
+    """MIDI messages (bytes each) that peer ``name`` sent as OSC."""
+
+    name: str
+    messages: list
+
+
+class Dropped(NamedTuple):
+    """Input or output not passed on; ``source`` is the peer address when known."""
+
+    reason: str
+    source: tuple
+    count: int = 1
+
+
+class Bridge:
+    """One OSCgroups user in several groups, speaking MIDI to the gateway."""
+
+    def __init__(self, user_name, user_password_md5, groups, server, private_endpoint,
+                 mapping, relay=None):
+        (first_group, *extra_groups) = groups
+        self.client = client.GroupClient(
+            user_name, user_password_md5, *first_group, server, private_endpoint,
+            relay=relay, extra_groups=extra_groups,
+            forget_unlisted_after=FORGET_UNLISTED_AFTER)
+        self.mapping = mapping
+        self.counters = collections.Counter()
+        self._known = set()
+
+    # ------------------------------------------------------------------
+    # Inputs
+
+    def tick(self, now):
+        return self.client.tick(now) + self._forgotten()
+
+    def datagram_received(self, data, source, now):
+        core = self.client
+        source = (source[0], source[1])
+        actions = [action for action in core.datagram_from_network(data, source, now)
+                   if isinstance(action, client.SendTo)]
+        if source == core.server:
+            for name, peer in core.peers.items():
+                self._known.add(name)
+                actions.append(PeerListed(name, peer.groups))
+            return actions
+        name = core.peer_at(source)
+        if name is None:
+            actions.append(Dropped("unknown_peer", source))
+            return actions
+        actions.append(PeerAlive(name))
+        self.counters["datagrams_from_peers"] += 1
+        try:
+            messages = wire.parse_packet(data)
+        except wire.MalformedPacket:
+            actions.append(Dropped("malformed", source))
+            return actions
+        events = []
+        unmapped = 0
+        for message in messages:
+            if message.address == wire.PING:
+                continue
+            mapped = self.mapping.osc_to_midi(message)
+            if mapped is None:
+                unmapped += 1
+            else:
+                events.extend(mapped)
+        if unmapped:
+            actions.append(Dropped("unmapped", source, unmapped))
+        if events:
+            self.counters["midi_from_peers"] += len(events)
+            actions.append(PeerMidi(name, events))
+        return actions
+
+    # ------------------------------------------------------------------
+    # Output
+
+    def encode_midi(self, messages):
+        """(datagrams, messages too large to send) for MIDI messages going to peers.
+
+        One message goes as a plain OSC message, several as bundles of at most
+        :data:`MAX_PEER_DATAGRAM` bytes. Encode once per fan-out and share the
+        result among peers.
+        """
+        elements = [self.mapping.midi_to_osc(data) for data in messages]
+        fitting = [element for element in elements
+                   if len(element) + _BUNDLE_OVERHEAD <= MAX_PEER_DATAGRAM]
+        too_large = len(elements) - len(fitting)
+        if len(fitting) == 1:
+            return fitting, too_large
+        return wire.pack_bundles(fitting, MAX_PEER_DATAGRAM), too_large
+
+    def send_to_peer(self, name, datagrams, now):
+        """SendTo actions for encoded datagrams, or a Dropped while ``name`` has no path."""
+        actions = []
+        for datagram in datagrams:
+            actions.extend(self.client.send_to_peer(name, datagram, now))
+        if datagrams and not actions:
+            return [Dropped("no_path_to_peer", None, len(datagrams))]
+        self.counters["datagrams_to_peers"] += len(actions)
+        return actions
+
+    # ------------------------------------------------------------------
+
+    def path(self, name):
+        """``"kind ip:port"`` of the path to peer ``name``, or None before it pinged."""
+        path = self.client.paths().get(name)
+        if path is None:
+            return None
+        kind, (host, port) = path
+        return f"{kind} {host}:{port}"
+
+    def status(self):
+        core = self.client
+        return {"user": core.user_name,
+                "groups": [name for name, _password in core.groups],
+                "peers": {name: {"groups": sorted(peer.groups), "path": self.path(name)}
+                          for name, peer in core.peers.items()},
+                "counters": dict(self.counters + core.counters)}
+
+    def _forgotten(self):
+        gone = self._known.difference(self.client.peers)
+        self._known.difference_update(gone)
+        return [PeerGone(name) for name in sorted(gone)]
