@@ -13,6 +13,7 @@ themselves (see :mod:`gateway.doors`); this module knows only the shape.
 import dataclasses
 import difflib
 import ipaddress
+import os
 import typing
 
 import yaml
@@ -231,6 +232,16 @@ def _check_sessions(config, problems):
                                 f" or CIDR such as 127.0.0.0/8, got {_kind(cidr)}")
 
 
+def _check_tls(config, problems):
+    tls = config.web.tls
+    if not config.web.enabled or tls is None:
+        return
+    for key in ("certificate", "key"):
+        path = getattr(tls, key)
+        if path is not None and not os.access(path, os.R_OK):
+            problems.append(f"web.tls.{key}: expected a readable PEM file, cannot read {path!r}")
+
+
 def _check_ports(config, problems):
     owners = {}
     sections = [("web", config.web)] if config.web.enabled else []
@@ -264,6 +275,7 @@ def parse(data):
     config.doors = {name: load_section(cls, data[name], name, problems)
                     for name, cls in door_sections.items() if name in data}
     _check_sessions(config, problems)
+    _check_tls(config, problems)
     _check_ports(config, problems)
     if not problems:
         for name, section in config.enabled_doors().items():

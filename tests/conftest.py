@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -85,8 +86,11 @@ class GatewayProcess:
         with open(self.config_path, "w") as stream:
             yaml.safe_dump(config, stream)
         self.log_path = os.path.join(workdir, "twistd.log")
-        self.web_url = f"http://127.0.0.1:{config['web']['port']}"
-        self.ws_url = f"ws://127.0.0.1:{config['web']['port']}/ws"
+        tls = config["web"].get("tls")
+        secure = "s" if tls else ""
+        self.web_url = f"http{secure}://127.0.0.1:{config['web']['port']}"
+        self.ws_url = f"ws{secure}://127.0.0.1:{config['web']['port']}/ws"
+        self.ssl_context = ssl.create_default_context(cafile=tls["certificate"]) if tls else None
         self.process = None
 
     def start(self, timeout=20.0):
@@ -107,11 +111,13 @@ class GatewayProcess:
         raise RuntimeError(f"twistd did not answer /status within {timeout}s:\n{self.log}")
 
     def status(self):
-        with urllib.request.urlopen(self.web_url + "/status", timeout=2) as response:
+        with urllib.request.urlopen(self.web_url + "/status", timeout=2,
+                                    context=self.ssl_context) as response:
             return json.loads(response.read())
 
     def get(self, path):
-        with urllib.request.urlopen(self.web_url + path, timeout=5) as response:
+        with urllib.request.urlopen(self.web_url + path, timeout=5,
+                                    context=self.ssl_context) as response:
             return response.status, response.headers, response.read()
 
     @property

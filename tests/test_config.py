@@ -121,3 +121,10 @@ def test_missing_file(tmp_path):
 def test_top_level_must_be_a_mapping():
     assert problems(yaml.safe_load("- a\n- b\n")) == [
         "(top level): expected a mapping of sections, got a list"]
+
+
+def test_tls_files_must_be_readable(tmp_path):
+    (line, other) = problems({"web": {"tls": {"certificate": str(tmp_path / "c.pem"),
+                                              "key": str(tmp_path / "k.pem")}}})
+    assert line.startswith("web.tls.certificate: expected a readable PEM file")
+    assert other.startswith("web.tls.key:")

@@ -30,7 +30,7 @@ class JamClient:
         self.protocol = protocol
 
     @classmethod
-    async def connect(cls, url, timeout=10.0):
+    async def connect(cls, url, timeout=10.0, ssl=None):
         loop = asyncio.get_running_loop()
         factory = WebSocketClientFactory(url)
         factory.protocol = JamClientProtocol
@@ -39,7 +39,7 @@ class JamClient:
         factory.closed = loop.create_future()
         host_port = url.split("//", 1)[1].split("/", 1)[0]
         host, port = host_port.rsplit(":", 1)
-        await loop.create_connection(factory, host, int(port))
+        await loop.create_connection(factory, host, int(port), ssl=ssl)
         protocol = await asyncio.wait_for(factory.opened, timeout)
         return cls(factory, protocol)
 

@@ -1,0 +1,294 @@
+"""WebSocket door server: autobahn on the gateway's twisted.web site (thin adapter).
+
+Bytes move between autobahn and :mod:`gateway.protocols.websocket.jam`;
+members move between the jam protocol and the registry. Protocol logic
+lives in ``jam``.
+
+Back-pressure: every connection registers a push producer with its TCP
+transport. While the kernel buffer is full, frames wait in a per-member
+queue bounded by ``send_buffer_bytes``; past that the reader is too slow, is
+disconnected and counted (``slow_reader``).
+"""
+
+import collections
+import itertools
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.application import service
+from twisted.internet import defer, task
+from zope.interface import implementer
+
+from gateway import log as gatewaylog
+from gateway.interfaces import IDoor, IMember
+from gateway.midi import MidiEvent
+from gateway.protocols.websocket import jam
+from gateway.registry import JoinRefused, Passphrase
+
+DOOR = "websocket"
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_IDLE = 4001
+CLOSE_KICKED = 4002
+_CLOSE_CODES = {"shutdown": CLOSE_GOING_AWAY, "idle": CLOSE_IDLE}
+
+
+class _Encoder:
+    """Encodes one fan-out once and reuses it for every member receiving it.
+
+    The registry hands the same ``events`` list to each member of a session,
+    so remembering the last list (by identity, holding a reference) turns N
+    JSON encodings and frame preparations into one.
+    """
+
+    def __init__(self, factory):
+        self.factory = factory
+        self._key = None
+        self._frames = {}
+
+    def frames(self, events, source, mode):
+        key = (events, source)
+        if self._key is None or self._key[0] is not events or self._key[1] is not source:
+            self._key = key
+            self._frames = {}
+        frames = self._frames.get(mode)
+        if frames is None:
+            encode = jam.encode_midi_binary if mode == jam.MIDI_BINARY else jam.encode_midi_json
+            frames = [self.factory.prepareMessage(payload, isBinary=binary)
+                      for payload, binary in encode(events, source)]
+            self._frames[mode] = frames
+        return frames
+
+
+@implementer(IMember)
+class JamServerProtocol(WebSocketServerProtocol):
+    """One browser or app connected over WebSocket."""
+
+    door = DOOR
+
+    def __init__(self):
+        super().__init__()
+        self.name = "guest"
+        self.membership = None
+        self.midi_mode = jam.MIDI_JSON
+        self.rtt_ms = None
+        self._paused = False
+        self._queue = collections.deque()
+        self._queued_bytes = 0
+        self._pings = {}
+
+    # autobahn callbacks -------------------------------------------------
+    def onOpen(self):
+        # autobahn's own attempt to set TCP_NODELAY happens too early to work
+        # (shared/performance.md): do it here, or latency is ~40 ms.
+        self.transport.setTcpNoDelay(True)
+        # The HTTPChannel that carried the upgrade request is still the
+        # transport's producer; it is done, and this connection takes over.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+        self.factory.door.connections.add(self)
+
+    def onMessage(self, payload, isBinary):
+        door = self.factory.door
+        request = jam.parse_binary(payload) if isBinary else jam.parse_text(payload)
+        if self.membership is not None:
+            self.membership.touch()
+        if isinstance(request, jam.Midi):
+            if self.membership is None:
+                self._send_error("not_joined", "join a session before sending MIDI")
+                return
+            now = door.reactor.seconds()
+            self.membership.publish([MidiEvent(data, now) for data in request.messages])
+        elif isinstance(request, jam.Pong):
+            self._pong(request)
+        elif isinstance(request, jam.Ping):
+            self._send(jam.encode_pong(request, door.reactor.seconds()))
+        elif isinstance(request, jam.Join):
+            self._join(request)
+        elif isinstance(request, jam.Leave):
+            self._leave("left")
+            self.sendClose(CLOSE_NORMAL)
+        else:
+            door.drop(self, "bad_request", request.message)
+            self._send_error("bad_request", request.message)
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.door.connection_closed(self)
+        self._leave("disconnected" if wasClean else "connection lost")
+        self._queue.clear()
+
+    # IPushProducer -------------------------------------------------------
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        while self._queue and not self._paused:
+            frame = self._queue.popleft()
+            self._queued_bytes -= len(frame.payload)
+            self.sendPreparedMessage(frame)
+
+    def stopProducing(self):
+        self._queue.clear()
+
+    # IMember -------------------------------------------------------------
+    def deliver(self, events, source):
+        for frame in self.factory.door.encoder.frames(events, source, self.midi_mode):
+            self._send_prepared(frame)
+
+    def membership_changed(self, change, member, session):
+        self._send(jam.encode_members(change, member.describe(), session.roster()))
+
+    def disconnect(self, reason):
+        self.membership = None
+        self.close_with(_CLOSE_CODES.get(reason, CLOSE_KICKED), reason)
+
+    def close_with(self, code, reason):
+        # sendClose() refuses 1001 (going away) from applications; the frame
+        # method underneath takes any valid code.
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
+
+    def describe(self):
+        return {"rtt_ms": self.rtt_ms, "peer": self.peer}
+
+    # ---------------------------------------------------------------------
+    def _join(self, request):
+        door = self.factory.door
+        if self.membership is not None:
+            self._send_error("already_joined", "leave the current session first")
+            return
+        self.name = request.name
+        self.midi_mode = request.midi_mode
+        try:
+            membership = door.registry.join(request.session, self,
+                                            Passphrase(request.passphrase))
+        except JoinRefused as refusal:
+            self._send_error(refusal.reason, refusal.message)
+            return
+        self.membership = membership
+        session = membership.session
+        self._send(jam.encode_joined(session.name, membership.describe(),
+                                     session.roster(), session.mirror is not None))
+
+    def _leave(self, reason):
+        membership, self.membership = self.membership, None
+        if membership is not None:
+            membership.leave(reason)
+
+    def send_ping(self, ping_id, now):
+        self._pings[ping_id] = now
+        if len(self._pings) > 8:     # unanswered pings are forgotten, not hoarded
+            del self._pings[min(self._pings)]
+        self._send(jam.encode_ping(ping_id, now))
+
+    def _pong(self, pong):
+        sent = self._pings.pop(pong.id, None) if isinstance(pong.id, int) else None
+        if sent is None:
+            return
+        self.rtt_ms = round((self.factory.door.reactor.seconds() - sent) * 1000.0, 2)
+        if self.membership is not None:
+            session = self.membership.session
+            update = jam.encode_members("update", self.membership.describe(), session.roster())
+            for other in session.members:
+                if isinstance(other.member, JamServerProtocol):
+                    other.member._send(update)
+
+    def _send_error(self, code, message):
+        self._send(jam.encode_error(code, message))
+
+    def _send(self, payload):
+        self._send_prepared(self.factory.prepareMessage(payload, isBinary=False))
+
+    def _send_prepared(self, frame):
+        if self.state != self.STATE_OPEN:
+            return
+        if not self._paused:
+            self.sendPreparedMessage(frame)
+            return
+        self._queue.append(frame)
+        self._queued_bytes += len(frame.payload)
+        if self._queued_bytes > self.factory.door.config.send_buffer_bytes:
+            self.factory.door.drop(self, "slow_reader",
+                                   f"more than {self._queued_bytes} bytes queued")
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._leave("too slow")
+            self.dropConnection(abort=True)
+
+
+class JamServerFactory(WebSocketServerFactory):
+    protocol = JamServerProtocol
+
+    def __init__(self, door):
+        super().__init__()
+        self.door = door
+        limit = door.config.max_message_bytes
+        # Past these limits autobahn closes with 1009 (message too big); without
+        # failByDrop=False it would drop the TCP connection and peers see 1006.
+        self.setProtocolOptions(maxMessagePayloadSize=limit, maxFramePayloadSize=limit,
+                                failByDrop=False, autoPingInterval=0,
+                                openHandshakeTimeout=10,
+                                closeHandshakeTimeout=2)
+
+
+@implementer(IDoor)
+class WebSocketDoor(service.Service):
+    """Mounts the WebSocket endpoint on the web site; pings members for latency."""
+
+    name = DOOR
+
+    def __init__(self, config, context):
+        self.config = config
+        self.reactor = context.reactor
+        self.registry = context.registry
+        self.log = gatewaylog.logger("netgateway.websocket")
+        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+        self.connections = set()
+        self._drained = None
+        self.factory = JamServerFactory(self)
+        self.encoder = _Encoder(self.factory)
+        self._ping_ids = itertools.count(1)
+        self._pinger = task.LoopingCall(self._ping_all)
+        self._pinger.clock = self.reactor
+        context.web_root.putChild(config.path.strip("/").encode("ascii"),
+                                  WebSocketResource(self.factory))
+
+    def startService(self):
+        super().startService()
+        self._pinger.start(self.config.ping_interval, now=False)
+
+    def stopService(self):
+        """Tell every peer with a 1001 close; wait (briefly) for the close handshakes."""
+        if self._pinger.running:
+            self._pinger.stop()
+        super().stopService()
+        for connection in list(self.connections):
+            connection._leave("gateway stopping")
+            connection.close_with(CLOSE_GOING_AWAY, "gateway stopping")
+        if not self.connections:
+            return None
+        self._drained = defer.Deferred()
+        timeout = self.reactor.callLater(1.0, self._drained.callback, None)
+        self._drained.addBoth(lambda result: timeout.active() and timeout.cancel())
+        return self._drained
+
+    def connection_closed(self, connection):
+        self.connections.discard(connection)
+        if not self.connections and self._drained is not None and not self._drained.called:
+            self._drained.callback(None)
+
+    def _ping_all(self):
+        now = self.reactor.seconds()
+        ping_id = next(self._ping_ids)
+        for connection in list(self.connections):
+            if connection.membership is not None:
+                connection.send_ping(ping_id, now)
+
+    def drop(self, connection, reason, detail):
+        self.registry.drops.count(DOOR, reason)
+        self.drop_log.dropped(connection.peer, self.reactor.seconds(),
+                              "websocket: dropped input from {peer}: {reason}: {detail}",
+                              peer=connection.peer, reason=reason, detail=detail)
+
+    def status(self):
+        return {"connections": len(self.connections), "path": "/" + self.config.path.strip("/")}

@@ -1,0 +1,76 @@
+"""WebSocket door limits and TLS, against the real twistd process."""
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.wsclient import JamClient
+
+DEMO = ("demo", "play along with netgateway demo")
+
+
+def self_signed(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_wss_with_configured_certificate(gateway_factory, tmp_path):
+    cert, key = self_signed(tmp_path)
+    gateway = gateway_factory({"web": {"tls": {"certificate": cert, "key": key}}})
+    context = ssl.create_default_context(cafile=cert)
+    port = gateway.config["web"]["port"]
+
+    async def scenario():
+        alice = await JamClient.connect(f"wss://127.0.0.1:{port}/ws", ssl=context)
+        bob = await JamClient.connect(f"wss://127.0.0.1:{port}/ws", ssl=context)
+        await alice.join(*DEMO, "alice")
+        await bob.join(*DEMO, "bob")
+        alice.send_midi([0x90, 60, 100])
+        assert (await bob.midi())["data"] == [0x90, 60, 100]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_slow_reader_is_disconnected_and_counted(gateway_factory):
+    gateway = gateway_factory({"websocket": {"send_buffer_bytes": 65536},
+                               "limits": {"events_per_second": 100000}})
+    sysex = [0xF0] + [0x11] * 60000 + [0xF7]
+
+    async def scenario():
+        sleeper = await JamClient.connect(gateway.ws_url)
+        player = await JamClient.connect(gateway.ws_url)
+        await sleeper.join(*DEMO, "sleeper")
+        await player.join(*DEMO, "player")
+        sleeper.protocol.transport.pause_reading()     # reads nothing from now on
+        for _ in range(400):          # ~100 MB of JSON towards the sleeper if all were queued
+            player.send_binary(sysex)
+            await asyncio.sleep(0.005)
+            if gateway.status()["drops"].get("websocket", {}).get("slow_reader"):
+                break
+        left = await player.expect(lambda m: m["type"] == "members" and m["change"] == "leave",
+                                   timeout=20)
+        assert left["member"]["name"] == "sleeper"
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert gateway.status()["drops"]["websocket"]["slow_reader"] == 1
