@@ -7,7 +7,8 @@
 # implements RFC 6295 Appendix B.1 (system journal header; chapters D, V, Q, F, X carried verbatim, skipped by LENGTH)
 # implements RFC 6295 Appendix C.2.2 (closed-loop checkpoint policy, fed by AppleMIDI RS feedback),
 #   with an open-loop bound on the history when no feedback arrives
-# follows RFC 4696 §5-§7 (receiver recovery: stuck-note prevention, late note-ons optional)
+# follows RFC 4696's receiver guidance (use the journal after loss to end stuck notes;
+#   sounding late NoteOns is a receiver option)
 
 Hand-written because no maintained Python library implements the RFC 6295
 recovery journal: pymidi only reads the journal header, node-rtpmidi and
@@ -776,7 +777,7 @@ class JournalReceiver:
     played first: NoteOffs for notes the sender released, then program,
     controllers, pitch and pressure, then NoteOns the sender still holds. A
     missed NoteOn is sounded only when the sender marked it as recent (Y=1)
-    or when ``sound_late_notes`` is set (RFC 4696 §7 leaves that choice to the
+    or when ``sound_late_notes`` is set (RFC 4696 leaves that choice to the
     receiver). Late and duplicate packets are dropped: the journal of the
     packet that revealed the gap already restored their effect.
     """
