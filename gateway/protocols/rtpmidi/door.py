@@ -253,6 +253,8 @@ class RtpMidiMember:
 
 
 class _PortProtocol(protocol.DatagramProtocol):
+    noisy = False
+
     def __init__(self, endpoint, which):
         self.endpoint = endpoint
         self.which = which
