@@ -240,3 +240,29 @@ def test_node_pymidi_and_websocket_hear_each_other(gateway_factory):
     finally:
         node.close()
         driver.close()
+
+
+# -- mDNS -----------------------------------------------------------------------------
+
+def test_sessions_are_advertised_over_mdns_until_stop(gateway_factory):
+    import zeroconf
+
+    port = free_port(socket.SOCK_DGRAM, even=True)
+    name = f"gw mdns {port}"
+    service_name = f"{name}._apple-midi._udp.local."
+    gateway = gateway_factory({"rtpmidi": {
+        "mdns": True, "sessions": [{"session": "demo", "port": port, "name": name}]}})
+    browser = zeroconf.Zeroconf(interfaces=["127.0.0.1"])
+    try:
+        info = wait_for(lambda: browser.get_service_info("_apple-midi._udp.local.",
+                                                         service_name, timeout=1000),
+                        what="mDNS record")
+        assert info.port == port and info.parsed_addresses() == ["127.0.0.1"]
+        gateway.stop()
+        assert "mDNS registration failed" not in gateway.log
+        # Unregistering sends goodbye records: the name disappears.
+        wait_for(lambda: True if browser.get_service_info(
+            "_apple-midi._udp.local.", service_name, timeout=500) is None else None,
+            what="mDNS goodbye")
+    finally:
+        browser.close()
