@@ -15,12 +15,11 @@ import itertools
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.application import service
 from twisted.internet import defer, task
 from zope.interface import implementer
 
-from gateway import log as gatewaylog
-from gateway.interfaces import IDoor, IMember
+from gateway.doorservice import DoorService
+from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.websocket import jam
 from gateway.registry import JoinRefused, Passphrase
@@ -109,7 +108,7 @@ class JamServerProtocol(WebSocketServerProtocol):
             self._leave("left")
             self.sendClose(CLOSE_NORMAL)
         else:
-            door.drop(self, "bad_request", request.message)
+            door.drop(self.peer, "bad_request", request.message)
             self._send_error("bad_request", request.message)
 
     def onClose(self, wasClean, code, reason):
@@ -208,7 +207,7 @@ class JamServerProtocol(WebSocketServerProtocol):
         self._queue.append(frame)
         self._queued_bytes += len(frame.payload)
         if self._queued_bytes > self.factory.door.config.send_buffer_bytes:
-            self.factory.door.drop(self, "slow_reader",
+            self.factory.door.drop(self.peer, "slow_reader",
                                    f"more than {self._queued_bytes} bytes queued")
             self._queue.clear()
             self._queued_bytes = 0
@@ -231,18 +230,13 @@ class JamServerFactory(WebSocketServerFactory):
                                 closeHandshakeTimeout=2)
 
 
-@implementer(IDoor)
-class WebSocketDoor(service.Service):
+class WebSocketDoor(DoorService):
     """Mounts the WebSocket endpoint on the web site; pings members for latency."""
 
     name = DOOR
 
     def __init__(self, config, context):
-        self.config = config
-        self.reactor = context.reactor
-        self.registry = context.registry
-        self.log = gatewaylog.logger("netgateway.websocket")
-        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+        super().__init__(config, context)
         self.connections = set()
         self._drained = None
         self.factory = JamServerFactory(self)
@@ -283,12 +277,6 @@ class WebSocketDoor(service.Service):
         for connection in list(self.connections):
             if connection.membership is not None:
                 connection.send_ping(ping_id, now)
-
-    def drop(self, connection, reason, detail):
-        self.registry.drops.count(DOOR, reason)
-        self.drop_log.dropped(connection.peer, self.reactor.seconds(),
-                              "websocket: dropped input from {peer}: {reason}: {detail}",
-                              peer=connection.peer, reason=reason, detail=detail)
 
     def status(self):
         return {"connections": len(self.connections), "path": "/" + self.config.path.strip("/")}

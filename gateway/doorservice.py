@@ -1,0 +1,32 @@
+"""What every door's Twisted service has in common."""
+
+from twisted.application import service
+from zope.interface import implementer
+
+from gateway import log as gatewaylog
+from gateway.interfaces import IDoor
+
+
+@implementer(IDoor)
+class DoorService(service.Service):
+    """Base of a door's service: config, reactor, registry, logging of drops.
+
+    Subclasses set ``name`` (the door's config section and label in
+    counters) and implement ``status()``.
+    """
+
+    name = None
+
+    def __init__(self, config, context):
+        self.config = config
+        self.reactor = context.reactor
+        self.registry = context.registry
+        self.log = gatewaylog.logger(f"netgateway.{self.name}")
+        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+
+    def drop(self, peer, reason, detail="", amount=1):
+        """Count dropped input by reason; log it at most once per peer per interval."""
+        self.registry.drops.count(self.name, reason, amount)
+        self.drop_log.dropped(peer, self.reactor.seconds(),
+                              "{door}: dropped input from {peer}: {reason} {detail}",
+                              door=self.name, peer=peer, reason=reason, detail=detail)
