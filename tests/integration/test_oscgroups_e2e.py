@@ -199,6 +199,9 @@ def test_osc_client_and_websocket_member_play_together(osc_gateway):
     run(scenario())
     alice_rx.close()
     assert alice.process.poll() is None
+    _status, _headers, metrics = gateway.get("/metrics")
+    assert b"netgateway_oscgroups_users 2.0" in metrics          # alice and the bridge
+    assert b"netgateway_oscgroups_bridge_peers 1.0" in metrics
 
 
 async def until_async(attempt, what, timeout=CONNECT_DEADLINE):

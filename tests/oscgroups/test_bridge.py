@@ -69,6 +69,10 @@ def test_strangers_and_garbage_are_dropped():
     stranger = ("127.0.0.1", 9999)
     assert core.datagram_received(osc_message("/midi/note", "iii", 1, 60, 100), stranger, 1) \
         == [bridge.Dropped("unknown_peer", stranger)]
+    # A ping from a user not learnt yet is how peers meet: no drop, an early alive.
+    (early_alive,) = core.datagram_received(
+        wire.encode_bundle([wire.Ping("bob").encode()]), stranger, 2)
+    assert early_alive.address == SERVER
     assert core.datagram_received(b"not osc", ALICE, 1) == [
         bridge.PeerAlive("alice"), bridge.Dropped("malformed", ALICE)]
 

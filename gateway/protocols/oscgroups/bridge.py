@@ -30,6 +30,7 @@ FORGET_UNLISTED_AFTER = 2 * client.ALIVE_INTERVAL + 1
 # server's own bound leaves a margin.
 MAX_PEER_DATAGRAM = wire.MAX_SERVER_DATAGRAM
 _BUNDLE_OVERHEAD = 20         # bundle header + one element size prefix
+_PING_MARKER = wire.PING.encode("ascii")
 
 
 class PeerListed(NamedTuple):
@@ -98,7 +99,10 @@ class Bridge:
             return actions
         name = core.peer_at(source)
         if name is None:
-            actions.append(Dropped("unknown_peer", source))
+            # A ping from a user we have not learnt yet is normal while peers meet
+            # (the client core re-registers to learn it); anything else is a drop.
+            if _PING_MARKER not in data:
+                actions.append(Dropped("unknown_peer", source))
             return actions
         actions.append(PeerAlive(name))
         self.counters["datagrams_from_peers"] += 1

@@ -74,7 +74,8 @@ class Config:
     host: str = bounded("127.0.0.1", doc="IPv4 address the server and bridge bind to")
     port: int = port(22242, doc="UDP port of the rendezvous server")
     timeout: int = bounded(server.DEFAULT_TIMEOUT, minimum=7, maximum=3600,
-                           doc="seconds without user_alive before a user is purged")
+                           doc="seconds without user_alive before a user is purged;"
+                               " clients send one every 6 s")
     max_users: int = bounded(server.DEFAULT_MAX_USERS, minimum=1, maximum=100000)
     max_groups: int = bounded(server.DEFAULT_MAX_GROUPS, minimum=1, maximum=100000)
     groups: dict = bounded(default_factory=dict,
@@ -151,6 +152,8 @@ class _GroupPassword:
 
 
 class _Datagrams(protocol.DatagramProtocol):
+    noisy = False
+
     def __init__(self, on_datagram):
         self._on_datagram = on_datagram
 
