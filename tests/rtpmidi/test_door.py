@@ -400,3 +400,53 @@ def test_mdns_registers_each_session_and_unregisters_on_stop(reactor):
     assert zeroconf.interfaces == ["127.0.0.1"]
     advertiser.stop()
     assert zeroconf.registered == [] and zeroconf.closed
+
+
+def test_journal_can_be_switched_off(reactor, build):
+    _, _, _, membership = build({"journal": False})
+    peer = RemotePeer(reactor)
+    peer.join()
+    for note in (60, 62):
+        membership.publish([MidiEvent(bytes((0x90, note, 100)), reactor.seconds())])
+    assert [RtpMidiPacket.parse(data).journal for data in peer.data_received()] == [None, None]
+
+
+def test_sysex_too_large_for_one_packet_is_dropped_without_a_gap(reactor, build):
+    _, context, _, membership = build()
+    peer = RemotePeer(reactor)
+    peer.join()
+    membership.publish([MidiEvent(bytes((0x90, 60, 100)), reactor.seconds())])
+    membership.publish([MidiEvent(b"\xf0" + bytes(5000) + b"\xf7", reactor.seconds())])
+    membership.publish([MidiEvent(bytes((0x80, 60, 0)), reactor.seconds())])
+    first, last = [RtpMidiPacket.parse(data) for data in peer.data_received()]
+    assert last.sequence == (first.sequence + 1) & 0xFFFF
+    assert context.registry.drops.get("rtpmidi", "too_large") == 1
+
+
+def test_sysex_segments_are_joined(reactor, build):
+    _, _, recorder, _ = build()
+    peer = RemotePeer(reactor)
+    peer.join()
+    peer.send_midi([b"\xf0\x7e\x7f\xf0"])
+    peer.send_midi([b"\xf7\x06\x01\xf7"])
+    assert recorder.heard == [b"\xf0\x7e\x7f\x06\x01\xf7"]
+
+
+def test_lost_packet_is_repaired_from_the_journal(reactor, build):
+    _, context, recorder, _ = build()
+    peer = RemotePeer(reactor)
+    peer.join()
+    peer.send_midi([bytes((0x90, 60, 100))])
+    # The packet with the note-off is lost; the next one's journal says 60 is off.
+    from gateway.protocols.rtpmidi.journal import JournalSender
+    sender = JournalSender()
+    sender.record(peer.sequence, 0, [bytes((0x90, 60, 100))])
+    sender.record(peer.sequence + 1, 0, [bytes((0x80, 60, 0))])
+    journal = sender.journal_for(peer.sequence + 2, 0)
+    packet = RtpMidiPacket(peer.sequence + 2, peer.ticks(), peer.ssrc,
+                           [(0, bytes((0x90, 64, 90)))], journal)
+    reactor.inject(GATEWAY_PORT + 1, bytes(packet), peer.data)
+    assert recorder.heard[1:] == [bytes((0x80, 60, 0)), bytes((0x90, 64, 90))]
+    [member] = rtpmidi_members(context)
+    assert member.describe()["packets_lost"] == 1
+    assert member.describe()["gaps_repaired"] == 1

@@ -210,10 +210,10 @@ class RtpMidiMember:
     def _send_packet(self, timestamp, commands):
         endpoint = self.endpoint
         sequence = self._sequence
-        self._sequence = (sequence + 1) & 0xFFFF
+        sender = self.journal_sender if endpoint.config.journal else None
         journal = None
-        if endpoint.config.journal:
-            journal = self.journal_sender.journal_for(sequence, timestamp)
+        if sender is not None:
+            journal = sender.journal_for(sequence, timestamp)
             if not journal.channels and journal.system is None:
                 # An empty journal repairs nothing, and pymidi misreads its S=1
                 # as a system journal and drops the whole packet.
@@ -224,7 +224,9 @@ class RtpMidiMember:
         except ValueError as error:
             endpoint.drop("too_large", self.data_addr, str(error))
             return
-        self.journal_sender.record(sequence, timestamp, [message for _, message in commands])
+        self._sequence = (sequence + 1) & 0xFFFF
+        if sender is not None:
+            sender.record(sequence, timestamp, [message for _, message in commands])
         try:
             self._sendto(data, self.data_addr)
         except OSError as error:
