@@ -93,6 +93,9 @@ def test_pymidi_responder_hears_the_gateway_as_initiator(gateway_factory):
             assert await asyncio.to_thread(pymidi.expect, "midi") == NOTE_OFF
 
         run(scenario())
+        _, _, metrics = gateway.get("/metrics")
+        assert b"netgateway_rtpmidi_rtt_seconds{" in metrics
+        assert b'netgateway_dropped_total{door="rtpmidi"' not in metrics
     finally:
         pymidi.close()
 

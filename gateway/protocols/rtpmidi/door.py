@@ -19,6 +19,7 @@ import random
 import socket
 import typing
 
+import zeroconf
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.application import service
 from twisted.internet import defer, protocol, task, threads
@@ -467,7 +468,7 @@ class MdnsAdvertiser:
     Deferred (zeroconf's register waits for its probes, about a second).
     """
 
-    def __init__(self, in_thread, clock, host, entries, log, zeroconf_module=None):
+    def __init__(self, in_thread, clock, host, entries, log, zeroconf_module=zeroconf):
         self.in_thread = in_thread
         self.clock = clock
         self.host = host
@@ -476,40 +477,41 @@ class MdnsAdvertiser:
         self._zeroconf_module = zeroconf_module
         self._zeroconf = None
         self._infos = []
+        self._registered = None
 
     def start(self):
-        return self.in_thread(self._register).addErrback(self._failed)
+        self._registered = self.in_thread(self._register)
+        self._registered.addErrback(
+            lambda failure: self.log.failure("rtpmidi: mDNS registration failed", failure))
 
     def _register(self):
-        zeroconf = self._zeroconf_module
-        if zeroconf is None:
-            import zeroconf
+        mdns = self._zeroconf_module
         wildcard = self.host in ("0.0.0.0", "::")
-        addresses = zeroconf.get_all_addresses() if wildcard else [self.host]
-        interfaces = zeroconf.InterfaceChoice.All if wildcard else [self.host]
-        self._zeroconf = zeroconf.Zeroconf(interfaces=interfaces)
+        addresses = mdns.get_all_addresses() if wildcard else [self.host]
+        interfaces = mdns.InterfaceChoice.All if wildcard else [self.host]
+        self._zeroconf = mdns.Zeroconf(interfaces=interfaces)
         for entry in self.entries:
-            info = zeroconf.ServiceInfo(
+            info = mdns.ServiceInfo(
                 MDNS_SERVICE_TYPE, f"{entry.display_name}.{MDNS_SERVICE_TYPE}",
                 port=entry.port, parsed_addresses=addresses,
                 server=f"{socket.gethostname()}.local.")
             self._zeroconf.register_service(info)
             self._infos.append(info)
 
-    def _failed(self, failure):
-        self.log.failure("rtpmidi: mDNS registration failed", failure)
-
     def stop(self):
-        if self._zeroconf is None:
+        """Unregister (after a registration still in progress); bounded by MDNS_STOP_TIMEOUT."""
+        if self._registered is None:
             return None
-        unregistered = self.in_thread(self._unregister)
-        unregistered.addErrback(lambda failure: self.log.failure(
-            "rtpmidi: mDNS unregistration failed", failure))
-        return unregistered.addTimeout(MDNS_STOP_TIMEOUT, self.clock).addErrback(
-            lambda _: None)
+        registered, self._registered = self._registered, None
+        stopped = registered.addCallback(lambda _: self.in_thread(self._unregister))
+        stopped.addErrback(
+            lambda failure: self.log.failure("rtpmidi: mDNS unregistration failed", failure))
+        return stopped.addTimeout(MDNS_STOP_TIMEOUT, self.clock).addErrback(lambda _: None)
 
     def _unregister(self):
         zeroconf, self._zeroconf = self._zeroconf, None
+        if zeroconf is None:
+            return
         try:
             for info in self._infos:
                 zeroconf.unregister_service(info)
