@@ -35,13 +35,12 @@ import socket
 import typing
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.application import service
 from twisted.internet import protocol, task
 from zope.interface import implementer
 
-from gateway import log as gatewaylog
 from gateway.config import bounded, port
-from gateway.interfaces import IDoor, IMember
+from gateway.doorservice import DoorService
+from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.registry import JoinRefused, TrustedPeer
 
@@ -188,18 +187,13 @@ class OscPeerMember:
         return {"group": self.group, "path": self.door_service.bridge.path(self.name)}
 
 
-@implementer(IDoor)
-class OscGroupsDoor(service.Service):
+class OscGroupsDoor(DoorService):
     """Runs the rendezvous server and, when enabled, the bridge."""
 
     name = DOOR
 
     def __init__(self, config, context):
-        self.config = config
-        self.reactor = context.reactor
-        self.registry = context.registry
-        self.log = gatewaylog.logger("netgateway.oscgroups")
-        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+        super().__init__(config, context)
         self.server = server.RendezvousServer(
             max_users=config.max_users, max_groups=config.max_groups,
             timeout=config.timeout, authorize_group=self._authorize_group,
@@ -278,7 +272,7 @@ class OscGroupsDoor(service.Service):
             self._write(self._server_port, reply, destination)
 
     def _server_dropped(self, counter, addr):
-        self._dropped(counter.removeprefix("dropped_"), addr)
+        self.drop(addr, counter.removeprefix("dropped_"))
 
     def _authorize_group(self, group_name, password_md5):
         session = self.registry.session(self.config.session_name(group_name))
@@ -315,7 +309,7 @@ class OscGroupsDoor(service.Service):
             elif kind is bridge_core.PeerGone:
                 self._listed(action.name, frozenset())
             else:
-                self._dropped(action.reason, action.source, action.count)
+                self.drop(action.source, action.reason, amount=action.count)
         for line in self.bridge.client.take_events():
             self.log.debug("oscgroups bridge: {line}", line=line)
 
@@ -353,14 +347,15 @@ class OscGroupsDoor(service.Service):
                 member.membership.publish(events)
                 published = True
         if not published:
-            self._dropped("not_a_member", None, len(messages))
+            self.drop(name, "not_a_member", amount=len(messages))
 
     def send_midi(self, name, events):
         # The registry hands the same list to every member: encode it once.
         if self._encoded[0] is not events:
             datagrams, too_large = self.bridge.encode_midi([event.data for event in events])
             if too_large:
-                self._dropped("too_large_for_osc_peer", None, too_large)
+                self.drop(None, "too_large_for_osc_peer", "MIDI message over"
+                          f" {bridge_core.MAX_PEER_DATAGRAM} bytes as OSC", too_large)
             self._encoded = (events, datagrams)
         self._perform(self.bridge.send_to_peer(name, self._encoded[1],
                                                self.reactor.seconds()))
@@ -378,15 +373,7 @@ class OscGroupsDoor(service.Service):
         try:
             listening.write(data, address)
         except OSError as exc:
-            self._dropped("send_failed", address)
-            self.log.debug("oscgroups: send to {address} failed: {error}",
-                           address=address, error=exc)
-
-    def _dropped(self, reason, source, count=1):
-        self.registry.drops.count(DOOR, reason, count)
-        self.drop_log.dropped(source, self.reactor.seconds(),
-                              "oscgroups: dropped {count} from {peer}: {reason}",
-                              count=count, peer=source, reason=reason)
+            self.drop(address, "send_failed", str(exc))
 
     def status(self):
         body = {"server": {"address": f"{self.config.host}:{self.config.port}",
