@@ -62,6 +62,7 @@ _JOURNAL_A = 0x20
 _JOURNAL_H = 0x10
 
 _NO_BITMAP_LOW = 15
+_NOTE_GROUPS = 16                # bitmap octets of 8 notes each
 _NO_BITMAP_HIGH = 0
 
 CC_BANK_MSB = 0
@@ -300,6 +301,20 @@ class NoteChapter(_Record):
         for note in off_notes:
             bitmap[(note >> 3) - low] |= 0x80 >> (note & 7)
         return cls(logs, low, bitmap, b_bit)
+
+    def widened(self, octets):
+        """This chapter with zero octets added around its bitmap to make ``octets`` (at most 16).
+
+        A zero octet logs no NoteOff (A.6), so the meaning is unchanged.
+        """
+        missing = octets - len(self.offbits)
+        if missing <= 0:
+            return self
+        high = self.low + len(self.offbits) - 1
+        above = min(missing, _NOTE_GROUPS - 1 - high)
+        below = missing - above
+        return NoteChapter(self.logs, self.low - below,
+                           bytes(below) + self.offbits + bytes(above), self.b_bit)
 
     @property
     def off_notes(self):
@@ -643,6 +658,23 @@ def _recent_items(stamps, checkpoint):
     return recent
 
 
+def _keep_final_bitmap_readable(channel_journal):
+    """Widen a journal-ending chapter N bitmap to as many octets as it has note logs.
+
+    Wireshark (4.0 and earlier; ``decode_cj_chapter_n`` in
+    epan/dissectors/packet-rtp-midi.c) gives the bitmap's tree item the length
+    of the log count instead of HIGH - LOW + 1, so a correct chapter N that ends
+    the packet with more logs than bitmap octets is shown as a Malformed
+    Packet. Zero octets cost a few bytes and no meaning, and captures of the
+    gateway stay readable; beyond 16 logs there is no wider bitmap to give.
+    """
+    notes = channel_journal.notes
+    if (notes is not None and notes.offbits and len(notes.logs) > len(notes.offbits)
+            and channel_journal.extras is None and channel_journal.pressure is None
+            and channel_journal.poly_pressure is None):
+        channel_journal.notes = notes.widened(min(len(notes.logs), _NOTE_GROUPS))
+
+
 class JournalSender:
     """Keeps the checkpoint history of a stream and writes each packet's journal.
 
@@ -687,6 +719,8 @@ class JournalSender:
                                                         timestamp)
                 if channel_journal is not None:
                     channel_journals.append(channel_journal)
+        if channel_journals:
+            _keep_final_bitmap_readable(channel_journals[-1])
         s_bit = all(channel_journal.s_bit for channel_journal in channel_journals)
         return Journal(checkpoint & 0xFFFF, channel_journals, s_bit=s_bit)
 
