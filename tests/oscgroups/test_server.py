@@ -243,12 +243,51 @@ def test_authorize_group_hook_overrides_or_defers():
 def test_advertised_endpoint_hook_replaces_the_public_endpoint():
     relay = ("203.0.113.7", 40000)
     rendezvous = server.RendezvousServer(
-        advertised_endpoint=lambda user: relay if user.name == "bob" else None, now=T0)
+        advertised_endpoint=lambda user, viewer: relay if user.name == "bob" else None, now=T0)
     join(rendezvous, "alice", 1, T0)
     infos = {m.user_name: m for m in join(rendezvous, "bob", 2, T0)
              if isinstance(m, wire.UserInfo)}
     assert infos["bob"].public_endpoint == relay
     assert infos["alice"].public_endpoint == (LOOPBACK, 1)
+
+
+def test_advertised_endpoint_hook_is_told_whose_query_it_answers():
+    seen = []
+    rendezvous = server.RendezvousServer(
+        advertised_endpoint=lambda user, viewer: seen.append(
+            (user.name, viewer and viewer.name)), now=T0)
+    join(rendezvous, "alice", 1, T0)
+    join(rendezvous, "bob", 2, T0)
+    # A query from an address no member registered from has no viewer.
+    send(rendezvous, wire.encode_bundle([wire.GroupUsersQuery("grp", md5("gpw")).encode()]),
+         3, T0)
+    assert seen == [("alice", "alice"),
+                    ("alice", "bob"), ("bob", "bob"),
+                    ("alice", None), ("bob", None)]
+
+
+def test_full_session_answers_user_limit_reached_to_newcomers_only():
+    full = {"grp": False}
+    rendezvous = server.RendezvousServer(
+        group_full=lambda group, user: full[group], now=T0)
+    assert [m.status for m in join(rendezvous, "alice", 1, T0)[:2]] == ["ok", "ok"]
+    full["grp"] = True
+    replies = join(rendezvous, "bob", 2, T0)
+    assert [m.status for m in replies[:2]] == ["ok", "user limit reached"]
+    assert [m.user_name for m in replies[2:]] == ["alice"]       # bob is not listed
+    assert rendezvous.counters["refused_session_full"] == 1
+    # alice is a member already: her alive keeps her in.
+    assert [m.status for m in join(rendezvous, "alice", 1, T0 + 6)[:2]] == ["ok", "ok"]
+
+
+def test_purge_hook_gets_the_purged_names():
+    purged = []
+    rendezvous = server.RendezvousServer(on_purge=purged.append, now=T0)
+    join(rendezvous, "alice", 1, T0)
+    rendezvous.purge(T0 + 30)
+    assert purged == []
+    rendezvous.datagram_received(b"", (LOOPBACK, 9), T0 + server.DEFAULT_TIMEOUT)
+    assert purged == [["alice"]]
 
 
 def test_largest_allowed_user_info_fits_one_datagram(rendezvous):

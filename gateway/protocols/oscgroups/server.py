@@ -22,11 +22,15 @@ on an unknown group) follows the notes, because clients observe it.
 
 Hooks for the gateway: ``authorize_group(group_name, password_md5_hex)``
 returns True/False to decide a group password itself, or None to leave it to
-OSCgroups' own rule; ``advertised_endpoint(user)`` returns an (ip, port) to
-advertise instead of the user's observed public endpoint (e.g. a relay), or
-None to keep it. ``on_drop(counter, addr)`` is told of every dropped or
-refused request (``counter`` is the :attr:`counters` key just incremented), so
-an adapter can count and log per peer.
+OSCgroups' own rule; ``group_full(group_name, user_name)`` returns True when
+a user that is not yet a member may not join (the group's session is full),
+which answers ``user limit reached``, OSCgroups' own busy reply;
+``advertised_endpoint(user, viewer)`` returns an (ip, port) to show ``viewer``
+(the member whose query it is, or None for a non-member) instead of the user's
+observed public endpoint (e.g. a relay), or None to keep it.
+``on_drop(counter, addr)`` is told of every dropped or refused request
+(``counter`` is the :attr:`counters` key just incremented), so an adapter can
+count and log per peer; ``on_purge(names)`` of every user the purge removed.
 
 Time is a parameter (seconds, float); like the original, ages are whole seconds.
 """
@@ -73,14 +77,16 @@ class RendezvousServer:
     """Feed it datagrams and the time; it answers with datagrams to send."""
 
     def __init__(self, *, max_users=DEFAULT_MAX_USERS, max_groups=DEFAULT_MAX_GROUPS,
-                 timeout=DEFAULT_TIMEOUT, authorize_group=None, advertised_endpoint=None,
-                 on_drop=None, now=0.0):
+                 timeout=DEFAULT_TIMEOUT, authorize_group=None, group_full=None,
+                 advertised_endpoint=None, on_drop=None, on_purge=None, now=0.0):
         self.max_users = max_users
         self.max_groups = max_groups
         self.timeout = timeout
         self.authorize_group = authorize_group
+        self.group_full = group_full
         self.advertised_endpoint = advertised_endpoint
         self.on_drop = on_drop
+        self.on_purge = on_purge
         self.users = {}
         self.groups = {}
         self.counters = collections.Counter()
@@ -184,6 +190,9 @@ class RendezvousServer:
         if not self._group_password_accepted(group, group_name, group_password):
             self._count("refused_wrong_group_password", addr)
             return wire.STATUS_WRONG_PASSWORD
+        if self.group_full is not None and self.group_full(group_name, user.name):
+            self._count("refused_session_full", addr)
+            return wire.STATUS_USER_LIMIT_REACHED
         if group is None:
             if len(self.groups) >= self.max_groups:
                 self._count("refused_group_limit", addr)
@@ -213,12 +222,16 @@ class RendezvousServer:
             return self._drop("unknown_group", addr)
         if not self._group_password_accepted(group, request.group_name, request.group_password):
             return self._drop("wrong_group_password", addr)
-        return [self._user_info(member, now) for member in group.members.values()]
+        # The C++ client sends its query right after its user_alive, which has
+        # just stored the source as its public endpoint.
+        viewer = next((member for member in group.members.values()
+                       if member.public_endpoint == addr), None)
+        return [self._user_info(member, viewer, now) for member in group.members.values()]
 
-    def _user_info(self, user, now):
+    def _user_info(self, user, viewer, now):
         public_endpoint = user.public_endpoint
         if self.advertised_endpoint is not None:
-            public_endpoint = self.advertised_endpoint(user) or public_endpoint
+            public_endpoint = self.advertised_endpoint(user, viewer) or public_endpoint
         return wire.UserInfo(user.name, user.private_endpoint, public_endpoint,
                              int(now) - user.last_alive, tuple(user.groups)).encode()
 
@@ -235,4 +248,7 @@ class RendezvousServer:
                 self._leave(user, group)
             del self.users[user.name]
         self.counters["purged_users"] += len(stale)
-        return [user.name for user in stale]
+        names = [user.name for user in stale]
+        if names and self.on_purge is not None:
+            self.on_purge(names)
+        return names
