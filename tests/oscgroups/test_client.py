@@ -219,7 +219,7 @@ def test_unknown_user_ping_triggers_an_early_registration_at_most_once_a_second(
 
 
 def test_relay_endpoint_is_reported_as_relay():
-    core = make_client(relay=RELAY)
+    core = make_client(relay=(RELAY[0], RELAY[1] - 10, RELAY[1]))
     learn_bob(core, public=RELAY)
     core.datagram_from_network(PING_FROM_BOB, RELAY, 1)
     assert core.paths() == {"bob": ("relay", RELAY)}

@@ -17,9 +17,9 @@ Deliberate differences from the C++ client:
 * a ping from a user we don't know yet makes us re-register at once (at most
   once a second), so we learn the peer from the reply instead of waiting up to
   6 s for the next alive;
-* an endpoint equal to the optional ``relay`` address is reported as the
-  ``relay`` path: the gateway's relay is advertised by the server in place of
-  a peer's public endpoint (see server ``advertised_endpoint``).
+* an endpoint inside the optional ``relay`` (host, first port, last port) is
+  reported as the ``relay`` path: the gateway's relay is advertised by the
+  server in place of a peer's public endpoint (see :mod:`.relay`).
 
 For the gateway's bridge (:mod:`.bridge`), which is one user in several
 groups, a client can also join ``extra_groups`` (the user_alive carries one
@@ -132,7 +132,7 @@ class GroupClient:
         self._group_names = frozenset(name for name, _password in self.groups)
         self.forget_unlisted_after = forget_unlisted_after
         self.server = tuple(server)
-        self.relay = tuple(relay) if relay else None
+        self.relay = relay
         self.peers = {}
         self.counters = collections.Counter()
         self._events = []
@@ -388,7 +388,13 @@ class GroupClient:
         if selected is None:
             return None
         kind, endpoint = selected
-        return (RELAY if endpoint.address == self.relay else kind), endpoint.address
+        return (RELAY if self._is_relay(endpoint.address) else kind), endpoint.address
+
+    def _is_relay(self, address):
+        if self.relay is None:
+            return False
+        host, first_port, last_port = self.relay
+        return address[0] == host and first_port <= address[1] <= last_port
 
     def _report_path(self, peer):
         path = self._path(peer)

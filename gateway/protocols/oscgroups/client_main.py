@@ -6,7 +6,7 @@ shared/protocols/oscgroups.md §2.1 and §5.6)::
     python -m gateway.protocols.oscgroups.client_main \\
         serveraddress serverport localtoremoteport localtxport localrxport \\
         username password groupname grouppassword [--bind ADDR] [--tx-interface ADDR]
-        [--relay HOST:PORT]
+        [--relay HOST:FIRST-LAST]
 
 Passwords are sent as lower-case MD5 hex, like the C++ client. Sockets, the
 600-ms LoopingCall and printing live here; every decision is in
@@ -42,17 +42,20 @@ def parse_arguments(argv):
                         help="interface of the socket facing server and peers (default 0.0.0.0)")
     parser.add_argument("--tx-interface", default=LOCALHOST,
                         help="interface the local application sends to (default 127.0.0.1)")
-    parser.add_argument("--relay", type=_host_port, default=None,
-                        help="HOST:PORT of a gateway relay, to label that path")
+    parser.add_argument("--relay", type=_relay_ports, default=None,
+                        help="HOST:FIRST-LAST (or HOST:PORT) of the gateway's relay ports,"
+                             " to label paths through them 'relay'")
     return parser.parse_args(argv)
 
 
-def _host_port(text):
-    host, _, port = text.rpartition(":")
+def _relay_ports(text):
+    host, _, ports = text.rpartition(":")
+    first, _, last = ports.partition("-")
     try:
-        return socket.gethostbyname(host), int(port)
+        return socket.gethostbyname(host), int(first), int(last or first)
     except (OSError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:FIRST-LAST or HOST:PORT, got {text!r}") from None
 
 
 def _local_address_towards(server):

@@ -26,7 +26,17 @@ when the server purges it, so the registry releases whatever it held.
 OSC peers of one group already hear each other directly (OscGroupClient sends
 application traffic to every peer), so the bridge does not pass one OSC
 peer's MIDI to another, except the note-offs the registry sends for a peer
-that left. ``advertised_endpoint`` of the server stays free for a relay.
+that left. A bridged group whose session is full answers newcomers
+``user limit reached``, counting the peers the server lists but the bridge
+has not joined yet.
+
+Unless ``relay.policy`` is ``never``, :class:`.relay.Relay` decides which
+pairs of users meet through relay ports on ``relay.host`` (the server
+advertises them through its ``advertised_endpoint`` hook); this adapter opens
+and closes those ports, frees a user's port when the server purges it, tells
+the relay from which source the bridge hears each peer (a per-destination
+NAT shows there) and forwards with the socket's ``sendto`` directly, since
+the addresses come from the kernel (shared/performance.md).
 """
 
 import dataclasses
@@ -35,7 +45,7 @@ import socket
 import typing
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.internet import protocol, task
+from twisted.internet import error, protocol, task
 from zope.interface import implementer
 
 from gateway.config import bounded, port
@@ -46,6 +56,7 @@ from gateway.registry import JoinRefused, TrustedPeer
 
 from . import bridge as bridge_core
 from . import client, mapping, server, wire
+from . import relay as relay_core
 
 DOOR = "oscgroups"
 MAX_BRIDGED_GROUPS = 8        # keeps the bridge's alive bundle well inside one request
@@ -68,6 +79,22 @@ class BridgeConfig:
 
 
 @dataclasses.dataclass
+class RelayConfig:
+    policy: str = bounded(relay_core.AUTO, choices=relay_core.POLICIES,
+                          doc="auto: relay pairs of NATed users when one NAT changes ports;"
+                              " always: relay every pair; never: no relay")
+    host: typing.Optional[str] = bounded(
+        None, doc="IPv4 address relay ports bind to and are advertised at;"
+                  " null: oscgroups.host")
+    port_min: int = port(22300, doc="first relay UDP port")
+    port_max: int = port(22363, doc="last relay UDP port")
+    max_allocations: int = bounded(64, minimum=1, maximum=65535,
+                                   doc="relay ports open at once (one per relayed user)")
+    packets_per_second: int = bounded(500, minimum=1, maximum=1000000,
+                                      doc="per user; excess is dropped and counted")
+
+
+@dataclasses.dataclass
 class Config:
     enabled: bool = True
     host: str = bounded("127.0.0.1", doc="IPv4 address the server and bridge bind to")
@@ -81,11 +108,19 @@ class Config:
                            doc="group name -> session name; by default a group is the"
                                " session of the same name")
     bridge: BridgeConfig = dataclasses.field(default_factory=BridgeConfig)
+    relay: RelayConfig = dataclasses.field(default_factory=RelayConfig)
+
+    @property
+    def relay_host(self):
+        return self.relay.host or self.host
 
     def listening_ports(self, path):
         ports = [(f"{path}.port", "udp", self.port)]
         if self.bridge.enabled:
             ports.append((f"{path}.bridge.port", "udp", self.bridge.port))
+        if self.relay.policy != relay_core.NEVER:
+            ports.extend((f"{path}.relay.port_min-port_max", "udp", number)
+                         for number in range(self.relay.port_min, self.relay.port_max + 1))
         return ports
 
     def session_name(self, group_name):
@@ -112,6 +147,19 @@ class Config:
                                 + (", ".join(sorted(declared)) or "(none declared)"))
         if self.bridge.enabled:
             problems.extend(self._check_bridge(f"{name}.bridge", declared))
+        if self.relay.policy != relay_core.NEVER:
+            problems.extend(self._check_relay(f"{name}.relay"))
+        return problems
+
+    def _check_relay(self, path):
+        problems = []
+        if self.relay.host is not None and (not wire.is_ipv4(self.relay.host)
+                                            or self.relay.host == "0.0.0.0"):
+            problems.append(f"{path}.host: expected the one IPv4 address clients reach the"
+                            f" relay at (or null for oscgroups.host), got {self.relay.host!r}")
+        if self.relay.port_min > self.relay.port_max:
+            problems.append(f"{path}.port_max: expected at least port_min"
+                            f" ({self.relay.port_min}), got {self.relay.port_max}")
         return problems
 
     def _check_bridge(self, path, declared):
@@ -160,6 +208,17 @@ class _Datagrams(protocol.DatagramProtocol):
         self._on_datagram(data, addr)
 
 
+class _RelayPort(protocol.DatagramProtocol):
+    noisy = False
+
+    def __init__(self, on_datagram, number):
+        self._on_datagram = on_datagram
+        self.number = number
+
+    def datagramReceived(self, data, addr):
+        self._on_datagram(self.number, data, addr)
+
+
 @implementer(IMember)
 class OscPeerMember:
     """An OSCgroups peer in one session, reached through the bridge socket."""
@@ -197,9 +256,12 @@ class OscGroupsDoor(DoorService):
         self.server = server.RendezvousServer(
             max_users=config.max_users, max_groups=config.max_groups,
             timeout=config.timeout, authorize_group=self._authorize_group,
-            on_drop=self._server_dropped, now=self.reactor.seconds())
+            group_full=self._group_full, on_drop=self._server_dropped,
+            on_purge=self._purged, now=self.reactor.seconds())
         self.server_address = (config.host, config.port)
         self.bridge = None
+        self.relay = None
+        self._relay_ports = {}    # port number -> (listening port, its socket)
         self.members = {}         # (peer name, group) -> OscPeerMember
         self._encoded = (None, None)
         self._ports = []
@@ -209,6 +271,16 @@ class OscGroupsDoor(DoorService):
         self._tick.clock = self.reactor
         if config.bridge.enabled:
             self.bridge = self._make_bridge(config, context.config)
+        if config.relay.policy != relay_core.NEVER:
+            self.relay = relay_core.Relay(
+                self.server.users, host=config.relay_host, port_min=config.relay.port_min,
+                port_max=config.relay.port_max, policy=config.relay.policy,
+                max_allocations=config.relay.max_allocations,
+                packets_per_second=config.relay.packets_per_second,
+                exempt=[config.bridge.user] if self.bridge is not None else [],
+                bind=self._open_relay_port, unbind=self._close_relay_port,
+                on_drop=self._relay_dropped)
+            self.server.advertised_endpoint = self._advertised_endpoint
         if context.metrics is not None:
             context.metrics.register(OscGroupsCollector(self))
 
@@ -217,10 +289,12 @@ class OscGroupsDoor(DoorService):
         groups = [(group, wire.password_hash(passphrases[config.session_name(group)]))
                   for group in config.bridge.groups]
         password = config.bridge.password or secrets.token_hex(16)
+        relay_ports = (config.relay_host, config.relay.port_min, config.relay.port_max)
         return bridge_core.Bridge(
             config.bridge.user, wire.password_hash(password), groups, self.server_address,
             (config.host, config.bridge.port),
-            mapping.OscMidiMapping(config.bridge.prefix, config.bridge.outgoing))
+            mapping.OscMidiMapping(config.bridge.prefix, config.bridge.outgoing),
+            relay=relay_ports if config.relay.policy != relay_core.NEVER else None)
 
     # ------------------------------------------------------------------
     # Service
@@ -239,11 +313,15 @@ class OscGroupsDoor(DoorService):
                                                 RECEIVE_BUFFER_BYTES)
             self._ports.append(self._bridge_port)
             self._tick.start(client.TICK_INTERVAL, now=True)
-        self.log.info("oscgroups: server on {host}:{port}, bridge {bridge}",
+        relay_config = self.config.relay
+        self.log.info("oscgroups: server on {host}:{port}, bridge {bridge}, relay {relay}",
                       host=host, port=self.config.port,
                       bridge=(f"user {self.config.bridge.user!r} on port"
                               f" {self.config.bridge.port} in {self.config.bridge.groups}"
-                              if self.bridge is not None else "off"))
+                              if self.bridge is not None else "off"),
+                      relay=(f"{relay_config.policy} on {self.config.relay_host}:"
+                             f"{relay_config.port_min}-{relay_config.port_max}"
+                             if self.relay is not None else "off"))
 
     def stopService(self):
         super().stopService()
@@ -252,6 +330,9 @@ class OscGroupsDoor(DoorService):
                 loop.stop()
         for member in list(self.members.values()):
             self._leave(member, "gateway stopping")
+        if self.relay is not None:
+            for name in list(self.relay.allocations):
+                self.relay.release(name)
         ports, self._ports = self._ports, []
         for listening in ports:
             listening.stopListening()
@@ -280,11 +361,71 @@ class OscGroupsDoor(DoorService):
             return None
         return session.accepts(_GroupPassword(password_md5))
 
+    def _group_full(self, group_name, user_name):
+        """A bridged group's session is full, counting listed peers not joined yet."""
+        if self.bridge is None or group_name not in self.config.bridge.groups:
+            return False
+        bridge_user = self.bridge.client.user_name
+        session = self.registry.session(self.config.session_name(group_name))
+        if user_name == bridge_user or session is None:
+            return False
+        group = self.server.groups.get(group_name)
+        joining = 0 if group is None else sum(
+            1 for name in group.members
+            if name != bridge_user and (name, group_name) not in self.members)
+        return len(session.members) + joining >= session.max_members
+
     def _purge_users(self):
-        purged = self.server.purge(self.reactor.seconds())
-        if purged:
-            self.log.info("oscgroups: purged {users} after {timeout} s without user_alive",
-                          users=purged, timeout=self.config.timeout)
+        self.server.purge(self.reactor.seconds())
+
+    def _purged(self, names):
+        self.log.info("oscgroups: purged {users} after {timeout} s without user_alive",
+                      users=names, timeout=self.config.timeout)
+        if self.relay is not None:
+            for name in names:
+                self.relay.release(name)
+
+    # ------------------------------------------------------------------
+    # Relay
+
+    def _advertised_endpoint(self, user, viewer):
+        return self.relay.advertised_endpoint(user, viewer, self.reactor.seconds())
+
+    def _open_relay_port(self, number):
+        try:
+            listening = self.reactor.listenUDP(
+                number, _RelayPort(self._relay_datagram, number),
+                interface=self.config.relay_host)
+        except error.CannotListenError as exc:
+            self.log.warn("oscgroups: relay port {port} is unavailable: {error}",
+                          port=number, error=exc)
+            return False
+        listening.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        self._relay_ports[number] = (listening, listening.socket)
+        return True
+
+    def _close_relay_port(self, number):
+        listening, _socket = self._relay_ports.pop(number)
+        listening.stopListening()
+
+    def _relay_datagram(self, number, data, addr):
+        try:
+            route = self.relay.datagram_received(number, data, addr, self.reactor.seconds())
+        except Exception:
+            # The core is fuzzed; should it still fail, one datagram must not matter.
+            self.registry.drops.count(DOOR, "relay_error")
+            self.log.failure("oscgroups: relay failed on a datagram from {peer}", peer=addr)
+            return
+        if route is None:
+            return
+        from_port, destination = route
+        try:
+            self._relay_ports[from_port][1].sendto(data, destination)
+        except OSError as exc:
+            self.drop(destination, "send_failed", str(exc))
+
+    def _relay_dropped(self, reason, source):
+        self.drop(source, reason)
 
     # ------------------------------------------------------------------
     # Bridge
@@ -293,7 +434,12 @@ class OscGroupsDoor(DoorService):
         self._perform(self.bridge.tick(self.reactor.seconds()))
 
     def _bridge_datagram(self, data, addr):
-        self._perform(self.bridge.datagram_received(data, addr, self.reactor.seconds()))
+        actions = self.bridge.datagram_received(data, addr, self.reactor.seconds())
+        if self.relay is not None:
+            for action in actions:
+                if type(action) is bridge_core.PeerAlive:
+                    self.relay.saw_mapping(action.name, addr)
+        self._perform(actions)
 
     def _perform(self, actions):
         for action in actions:
@@ -384,7 +530,8 @@ class OscGroupsDoor(DoorService):
                            "groups": {name: sorted(group.members)
                                       for name, group in self.server.groups.items()},
                            "counters": dict(self.server.counters)},
-                "bridge": None}
+                "bridge": None,
+                "relay": self.relay.status() if self.relay is not None else None}
         if self.bridge is not None:
             body["bridge"] = dict(self.bridge.status(),
                                   address=f"{self.config.host}:{self.config.bridge.port}",
@@ -421,6 +568,19 @@ class OscGroupsCollector:
                                       "OSCgroups peers the bridge knows")
             peers.add_metric([], len(door.bridge.client.peers))
             yield peers
+        if door.relay is not None:
+            allocations = GaugeMetricFamily("netgateway_oscgroups_relay_allocations",
+                                            "Relay ports open (one per relayed user)")
+            allocations.add_metric([], len(door.relay.allocations))
+            yield allocations
+            totals = door.relay.totals()
+            for kind, help_text in (("packets", "Data datagrams forwarded by the relay"),
+                                    ("bytes", "Bytes of data forwarded by the relay"),
+                                    ("pings", "OSCgroups pings forwarded by the relay")):
+                forwarded = CounterMetricFamily(
+                    f"netgateway_oscgroups_relay_forwarded_{kind}", help_text)
+                forwarded.add_metric([], totals[kind])
+                yield forwarded
 
 
 def make_service(config, context):
