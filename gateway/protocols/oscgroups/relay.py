@@ -121,7 +121,12 @@ class Relay:
         """(host, port) to show ``viewer`` as ``subject``'s public endpoint, or None."""
         if viewer is None or not self.relays_between(subject, viewer):
             return None
-        if not (self._allocate(subject, now) and self._allocate(viewer, now)):
+        missing = [user for user in (subject, viewer) if user.name not in self.allocations]
+        if len(self.allocations) + len(missing) > self.max_allocations:
+            # Half a pair would hold a port for nothing.
+            self.counters["allocations_refused"] += 1
+            return None
+        if not all(self._allocate(user, now) for user in missing):
             return None
         return self.host, self.allocations[subject.name].port
 
@@ -156,11 +161,6 @@ class Relay:
     # Allocations
 
     def _allocate(self, user, now):
-        if user.name in self.allocations:
-            return True
-        if len(self.allocations) >= self.max_allocations:
-            self.counters["allocations_refused"] += 1
-            return False
         for port in self.port_range:
             if port in self.by_port or port in self._unusable:
                 continue

@@ -1,0 +1,201 @@
+"""Relay core: pair policy, allocations, forwarding learnt from pings, limits, fuzz."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.protocols.oscgroups import relay, server, wire
+
+from .osc_bytes import osc_message
+from .test_fuzz import datagrams, fuzz_settings
+
+GATEWAY = "198.18.0.1"
+T0 = 1000.0
+
+
+def user(name, private, public, groups=("grp",)):
+    entry = server.User(name, "pw")
+    entry.private_endpoint, entry.public_endpoint = private, public
+    entry.groups = {group: None for group in groups}
+    return entry
+
+
+def cone(name, lan_ip, public_ip, port=22243, **kwargs):
+    return user(name, (lan_ip, port), (public_ip, port), **kwargs)
+
+
+def symmetric(name, lan_ip, public_ip, public_port, port=22243, **kwargs):
+    return user(name, (lan_ip, port), (public_ip, public_port), **kwargs)
+
+
+def open_host(name, ip, port=22243):
+    return user(name, (ip, port), (ip, port))
+
+
+ALICE = cone("alice", "192.168.1.2", "198.18.1.1")
+AMY = cone("amy", "192.168.1.3", "198.18.1.1", port=22253)
+BOB = symmetric("bob", "192.168.2.2", "198.18.2.1", 27273)
+PETE = open_host("pete", "198.18.3.1")
+
+
+def make_relay(*users, policy=relay.AUTO, ports=(40000, 40009), **kwargs):
+    opened, closed = [], []
+    core = relay.Relay({u.name: u for u in users}, host=GATEWAY, port_min=ports[0],
+                       port_max=ports[1], policy=policy, bind=lambda p: opened.append(p) or True,
+                       unbind=closed.append, **kwargs)
+    core.opened, core.closed = opened, closed
+    return core
+
+
+def ping(name):
+    return wire.encode_bundle([wire.Ping(name).encode()])
+
+
+def meet(core, first, second, first_source, second_source, now=T0):
+    """Both advertised through the relay, each pings the other's relay port."""
+    port_of_second = core.advertised_endpoint(second, first, now)[1]
+    port_of_first = core.advertised_endpoint(first, second, now)[1]
+    core.datagram_received(port_of_second, ping(first.name), first_source, now)
+    core.datagram_received(port_of_first, ping(second.name), second_source, now)
+    return port_of_first, port_of_second
+
+
+def test_auto_relays_pairs_of_nated_users_with_a_port_changing_nat_only():
+    core = make_relay(ALICE, AMY, BOB, PETE)
+    assert core.relays_between(ALICE, BOB) and core.relays_between(BOB, ALICE)
+    assert not core.relays_between(ALICE, AMY)       # two cone NATs punch holes
+    assert not core.relays_between(BOB, PETE)        # no NAT: bob's ping endpoint works
+    assert not core.relays_between(BOB, BOB)
+    assert core.flagged == {"bob": "its NAT changed the port"}
+
+
+def test_policies_always_never_and_exempt_users():
+    always = make_relay(ALICE, PETE, policy=relay.ALWAYS, exempt=["pete"])
+    assert always.relays_between(ALICE, AMY)
+    assert not always.relays_between(ALICE, PETE)
+    never = make_relay(ALICE, BOB, policy=relay.NEVER)
+    assert not never.relays_between(ALICE, BOB)
+
+
+def test_gateway_seeing_another_port_than_the_server_flags_the_user():
+    carol = cone("carol", "192.168.3.2", "198.18.4.1")
+    core = make_relay(ALICE, carol)
+    assert not core.relays_between(ALICE, carol)
+    core.saw_mapping("carol", ("198.18.4.1", 22243))       # same mapping: fine
+    core.saw_mapping("carol", ("192.168.3.2", 9999))       # not her NAT: ignored
+    assert not core.relays_between(ALICE, carol)
+    core.saw_mapping("carol", ("198.18.4.1", 31000))
+    assert core.relays_between(ALICE, carol)
+
+
+def test_both_of_a_relayed_pair_get_a_port_and_see_each_other_there():
+    core = make_relay(ALICE, BOB)
+    assert core.advertised_endpoint(BOB, ALICE, T0) == (GATEWAY, 40000)
+    assert core.advertised_endpoint(ALICE, BOB, T0) == (GATEWAY, 40001)
+    assert core.advertised_endpoint(BOB, BOB, T0) is None          # her own entry: real
+    assert core.advertised_endpoint(BOB, None, T0) is None         # a non-member's query
+    assert core.opened == [40000, 40001]
+
+
+def test_datagrams_leave_from_the_senders_port_to_where_the_receivers_pings_came_from():
+    core = make_relay(ALICE, BOB)
+    alice_at, bob_at = ("198.18.1.1", 22243), ("198.18.2.1", 18146)
+    # alice pings bob's port first: bob has not pinged alice's port, nothing to do yet.
+    bob_port = core.advertised_endpoint(BOB, ALICE, T0)[1]
+    alice_port = core.advertised_endpoint(ALICE, BOB, T0)[1]
+    assert core.datagram_received(bob_port, ping("alice"), alice_at, T0) is None
+    assert core.counters["pings_before_receiver"] == 1
+    # bob's ping to alice's port goes out of bob's port to alice's source.
+    assert core.datagram_received(alice_port, ping("bob"), bob_at, T0) == (bob_port, alice_at)
+    data = osc_message("/midi/note", "iii", 1, 60, 100)
+    assert core.datagram_received(bob_port, data, alice_at, T0) == (alice_port, bob_at)
+    assert core.datagram_received(alice_port, data, bob_at, T0) == (bob_port, alice_at)
+    assert core.totals() == {"packets": 2, "bytes": 2 * len(data), "pings": 1}
+    assert core.status()["allocations"]["alice"]["peers"] == ["bob"]
+
+
+def test_a_new_source_in_a_ping_replaces_the_old_one():
+    core = make_relay(ALICE, BOB)
+    alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
+    core.datagram_received(alice_port, ping("bob"), ("198.18.2.1", 2222), T0)
+    data = b"x" * 8
+    assert core.datagram_received(bob_port, data, ("198.18.1.1", 22243), T0) == \
+        (alice_port, ("198.18.2.1", 2222))
+    assert core.datagram_received(alice_port, data, ("198.18.2.1", 1111), T0) is None
+
+
+def test_strangers_impostors_and_non_members_are_not_relayed():
+    mallory = symmetric("mallory", "192.168.9.2", "198.18.9.1", 5555, groups=("other",))
+    core = make_relay(ALICE, BOB, mallory, policy=relay.ALWAYS)
+    drops = []
+    core.on_drop = lambda reason, source: drops.append(reason)
+    alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
+    core.advertised_endpoint(mallory, mallory, T0)
+    # A ping naming alice from another IP teaches nothing.
+    assert core.datagram_received(bob_port, ping("alice"), ("203.0.113.5", 1), T0) is None
+    assert core.datagram_received(bob_port, b"data", ("203.0.113.5", 1), T0) is None
+    # mallory shares no group with bob.
+    core.advertised_endpoint(ALICE, mallory, T0)
+    assert core.datagram_received(bob_port, ping("mallory"), ("198.18.9.1", 5555), T0) is None
+    assert drops == ["relay_unknown_source"] * 3
+    # A relayed datagram whose receiver never pinged the sender's port is dropped.
+    core.allocations["bob"].forget("alice")
+    assert core.datagram_received(alice_port, b"data", ("198.18.2.1", 1111), T0) is None
+    assert drops[-1] == "relay_receiver_unknown"
+
+
+def test_each_user_is_rate_limited():
+    core = make_relay(ALICE, BOB, packets_per_second=10)
+    drops = []
+    core.on_drop = lambda reason, source: drops.append(reason)
+    alice_at = ("198.18.1.1", 22243)
+    _alice_port, bob_port = meet(core, ALICE, BOB, alice_at, ("198.18.2.1", 1111))
+    forwarded = [core.datagram_received(bob_port, b"data", alice_at, T0) for _ in range(15)]
+    assert sum(route is not None for route in forwarded) == 10    # one second of burst
+    assert drops == ["relay_rate_limited"] * 5
+    assert core.datagram_received(bob_port, b"data", alice_at, T0 + 0.2) is not None
+
+
+def test_allocations_are_bounded_and_live_as_long_as_the_registration():
+    carol = cone("carol", "192.168.3.2", "198.18.4.1")
+    core = make_relay(ALICE, BOB, carol, max_allocations=2)
+    alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
+    core.datagram_received(bob_port, b"data", ("198.18.1.1", 22243), T0)
+    assert core.advertised_endpoint(carol, BOB, T0) is None
+    assert core.counters["allocations_refused"] == 1
+    core.release("bob")
+    assert core.closed == [bob_port] and "bob" not in core.flagged
+    assert core.allocations["alice"].peer_at == {}
+    assert core.datagram_received(bob_port, b"data", ("198.18.1.1", 22243), T0) is None
+    assert core.totals()["packets"] == 1                 # counted after the release too
+    assert core.advertised_endpoint(carol, BOB, T0) is None      # alice still holds one
+    core.release("alice")
+    assert core.advertised_endpoint(carol, BOB, T0) == (GATEWAY, min(alice_port, bob_port))
+
+
+def test_ports_that_cannot_be_bound_are_skipped():
+    core = make_relay(ALICE, BOB)
+    core.bind = lambda port: port != 40000
+    assert core.advertised_endpoint(BOB, ALICE, T0) == (GATEWAY, 40001)
+    assert core.advertised_endpoint(ALICE, BOB, T0) == (GATEWAY, 40002)
+
+
+@fuzz_settings
+@given(st.lists(st.tuples(st.sampled_from([40000, 40001, 40005]), datagrams,
+                          st.sampled_from([("198.18.1.1", 22243), ("198.18.2.1", 1111),
+                                           ("203.0.113.5", 7)])), max_size=12))
+def test_arbitrary_datagrams_never_raise(sequence):
+    core = make_relay(ALICE, BOB)
+    meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
+    for step, (port, data, source) in enumerate(sequence):
+        route = core.datagram_received(port, data, source, T0 + step / 10)
+        assert route is None or route[0] in (40000, 40001)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["alice", "bob"]), max_size=6),
+       st.lists(st.binary(max_size=64), max_size=6))
+def test_pings_with_arbitrary_names_and_tails_never_raise(names, tails):
+    core = make_relay(ALICE, BOB)
+    for name, tail in zip(names, tails):
+        core.datagram_received(40000, ping(name) + tail, ("198.18.1.1", 22243), T0)
+        core.datagram_received(40001, ping(name)[:-1] + tail, ("198.18.2.1", 1), T0)
