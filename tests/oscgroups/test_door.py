@@ -26,8 +26,14 @@ TIMEOUT = 10
 
 
 class FakeSocket:
+    def __init__(self, port):
+        self.port = port
+
     def setsockopt(self, *args):
         pass
+
+    def sendto(self, data, address):
+        self.port.write(data, address)
 
 
 class FakePort:
@@ -37,7 +43,7 @@ class FakePort:
         self.network = network
         self.address = address
         self.protocol = datagram_protocol
-        self.socket = FakeSocket()
+        self.socket = FakeSocket(self)
         self.sent = []
 
     def write(self, data, address):
