@@ -1,0 +1,383 @@
+"""RTP-MIDI fan-out through the real gateway vs a minimal Twisted UDP relay.
+
+For each shape (sessions x members, one sender per session, every other member
+receives) and each server -- ``twistd netgateway`` with the recovery journal on,
+and bench/udp_relay_baseline.py -- pinned to CPU 0 while this load generator
+runs on CPU 1:
+
+- maximum: the highest forwarded datagrams/s with < 0.1% loss (offered rate
+  raised by 1.5x steps, then bisected twice between the last pass and the
+  first failure; 1 s per step);
+- latency at 10,000 forwarded datagrams/s: one-way added latency (send to
+  receive through the server, same clock) p50 / p99 / p99.9.
+
+Each generator member is an AppleMIDI endpoint set up with the project's
+sans-IO session core (invite, CK); the RTP packets (NoteOn/NoteOff 60 plus a
+pitch bend, with a recovery journal acknowledged up to the previous packet, as
+a peer receiving RS keeps it) are built before each step, so the timed loop
+only calls ``sendto``/``recv_into``. Medians of ``--runs`` runs are printed
+with the gateway/baseline ratios (goals: >= 0.40 of the relay's maximum;
+gateway p99 <= 1 ms at 10k/s).
+
+Run: .venv/bin/python bench/rtpmidi_fanout.py [--shapes 1x1,1x4,8x5] [--runs 3]
+"""
+
+import argparse
+import os
+import random
+import select
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from gateway.protocols.rtpmidi.journal import JournalSender  # noqa: E402
+from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
+from gateway.protocols.rtpmidi.session import (  # noqa: E402
+    CONTROL, DATA, AppleMidiSession, Send,
+)
+from tests.conftest import GatewayProcess, free_port  # noqa: E402
+from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
+
+SHAPES = {"1x1": (1, 2), "1x4": (1, 5), "8x5": (8, 5)}
+LATENCY_RATE = 10_000
+MAX_LOSS = 0.001
+STEP_SECONDS = 1.0
+LATENCY_SECONDS = 2.0
+GRACE_SECONDS = 0.3
+ID_MASK = 0x3FFF
+SIGNATURE = b"\xff\xff"
+PASSPHRASE = "rtp-midi benchmark passphrase"
+
+
+def cpu_seconds(pid):
+    """User + system CPU time the process has used (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stream:
+        fields = stream.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin_to_cpu0(pid):
+    subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+class Member:
+    """One generator endpoint: a control/data socket pair and, for the gateway, a session."""
+
+    def __init__(self, index, rng, with_session):
+        self.control, self.data = bind_port_pair()
+        for sock in (self.control, self.data):
+            sock.setblocking(False)
+        self.session = (AppleMidiSession(f"bench {index}", rng.getrandbits(32),
+                                         time.monotonic(), rng=rng)
+                        if with_session else None)
+        self.target = None
+        self.sequence = rng.getrandbits(16)
+        self.sender = None   # index of the member whose packets this one receives
+
+    def carry_out(self, actions):
+        for action in actions:
+            if type(action) is Send:
+                sock = self.control if action.port == CONTROL else self.data
+                sock.sendto(action.data, action.addr)
+
+    def close(self):
+        if self.session is not None:
+            self.carry_out(self.session.close())
+        self.control.close()
+        self.data.close()
+
+    # Packets: NoteOn/NoteOff 60 alternating plus a pitch bend, journal on.
+    def build_packets(self, count, ids):
+        """``count`` packets continuing this member's sequence; bend = packet id if ``ids``.
+
+        With ``ids`` every packet goes through the codec; without, two codec-built
+        templates (one per NoteOn/NoteOff parity) are stamped with sequence,
+        timestamp and checkpoint, which is what the codec would write for them.
+        """
+        ssrc = self.session.ssrc if self.session else 0x5EED
+        timestamp = int(time.monotonic() * 10_000)
+        journal_sender = JournalSender()
+        built = []
+        for index in range(count if ids else min(count, 4)):
+            sequence = (self.sequence + index) & 0xFFFF
+            bend = index & ID_MASK if ids else 0x2000
+            messages = [bytes((0x90, 60, 100)) if index % 2 == 0 else bytes((0x80, 60, 0)),
+                        bytes((0xE0, bend & 0x7F, bend >> 7))]
+            journal = journal_sender.journal_for(sequence, timestamp + index)
+            built.append(bytes(RtpMidiPacket(sequence, timestamp + index, ssrc,
+                                             [(0, message) for message in messages],
+                                             journal)))
+            journal_sender.record(sequence, timestamp + index, messages)
+            journal_sender.acknowledge(sequence)
+        if not ids and count > 4:
+            templates = built[2:4]
+            checkpoint_at = 12 + 1 + (templates[0][12] & 0x0F) + 1
+            built = built[:2]
+            for index in range(2, count):
+                packet = bytearray(templates[index % 2])
+                sequence = (self.sequence + index) & 0xFFFF
+                struct.pack_into("!HI", packet, 2, sequence, (timestamp + index) & 0xFFFFFFFF)
+                struct.pack_into("!H", packet, checkpoint_at, (sequence - 1) & 0xFFFF)
+                built.append(bytes(packet))
+        self.sequence = (self.sequence + count) & 0xFFFF
+        return built
+
+
+def pump(members, seconds):
+    """Carry AppleMIDI control traffic and timers for ``seconds``; drop leftover RTP."""
+    sockets = {}
+    for member in members:
+        sockets[member.control] = (member, CONTROL)
+        sockets[member.data] = (member, DATA)
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        readable, _, _ = select.select(list(sockets), [], [], min(remaining, 0.05))
+        now = time.monotonic()
+        for sock in readable:
+            member, which = sockets[sock]
+            while True:
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                if member.session is not None and data[:2] == SIGNATURE:
+                    member.carry_out(member.session.datagram_received(which, data, addr, now))
+        for member in members:
+            if member.session is not None:
+                member.carry_out(member.session.timer(now))
+
+
+def make_groups(sessions, size, with_session):
+    rng = random.Random(6295)
+    groups = []
+    for session in range(sessions):
+        group = [Member(session * size + index, rng, with_session) for index in range(size)]
+        for receiver in group[1:]:
+            receiver.sender = session
+        groups.append(group)
+    return groups
+
+
+def setup_gateway(sessions, size):
+    ports = [free_port(socket.SOCK_DGRAM, even=True) for _ in range(sessions)]
+    config = {
+        "sessions": [{"name": f"s{index}", "passphrase": PASSPHRASE,
+                      "allow_addresses": ["127.0.0.0/8"]} for index in range(sessions)],
+        "limits": {"events_per_second": 1000000, "max_members_per_session": size,
+                   "max_sessions": sessions + 1, "idle_timeout": 3600},
+        "web": {"host": "127.0.0.1", "port": free_port()},
+        "logging": {"level": "warn"},
+        "rtpmidi": {"latetime": 60.0, "journal": True,
+                    "sessions": [{"session": f"s{index}", "port": port}
+                                 for index, port in enumerate(ports)]},
+    }
+    gateway = GatewayProcess(config, tempfile.mkdtemp(prefix="bench-rtpmidi-")).start()
+    pin_to_cpu0(gateway.process.pid)
+    groups = make_groups(sessions, size, with_session=True)
+    members = [member for group in groups for member in group]
+    now = time.monotonic()
+    for group, port in zip(groups, ports):
+        for member in group:
+            member.carry_out(member.session.invite(("127.0.0.1", port), now))
+    deadline = time.monotonic() + 20.0
+    while not all(member.session.peers for member in members):
+        if time.monotonic() > deadline:
+            raise RuntimeError("generator members did not all join the gateway")
+        pump(members, 0.1)
+    for member in members:
+        member.target = member.session.peers[0].data_addr
+    pump(members, 0.5)
+    return gateway, groups
+
+
+def setup_baseline(sessions, size):
+    ports = [free_port(socket.SOCK_DGRAM) for _ in range(sessions)]
+    relay = subprocess.Popen(["taskset", "-c", "0", sys.executable,
+                              os.path.join(HERE, "udp_relay_baseline.py"), *map(str, ports)],
+                             stdout=subprocess.PIPE, text=True)
+    if relay.stdout.readline().strip() != "ready":
+        raise RuntimeError("baseline relay did not start")
+    groups = make_groups(sessions, size, with_session=False)
+    for group, port in zip(groups, ports):
+        for member in group:
+            member.target = ("127.0.0.1", port)
+            member.data.sendto(b"join", member.target)
+    pump([member for group in groups for member in group], 0.3)
+    return relay, groups
+
+
+def step(groups, forwarded_rate, seconds, measure_latency, server_pid):
+    """Offer ``forwarded_rate`` forwarded datagrams/s for ``seconds``; return the figures.
+
+    ``cpu_us`` is the server's CPU time per forwarded datagram: on a shared
+    machine where other work also runs on CPU 0 it stays comparable when the
+    rates do not.
+    """
+    senders = [group[0] for group in groups]
+    receivers = [member for group in groups for member in group[1:]]
+    fanout = len(groups[0]) - 1
+    input_rate = forwarded_rate / fanout
+    per_sender = max(1, int(input_rate * seconds / len(senders)))
+    queues = [sender.build_packets(per_sender, measure_latency) for sender in senders]
+    sent_at = [[0.0] * (ID_MASK + 1) for _ in senders]
+    total = per_sender * len(senders)
+    poller = select.epoll()
+    by_fd = {}
+    for receiver in receivers:
+        poller.register(receiver.data.fileno(), select.EPOLLIN)
+        by_fd[receiver.data.fileno()] = receiver
+    buffer = bytearray(65535)
+    view = memoryview(buffer)
+    received = 0
+    latencies = []
+    sent = 0
+    finished = None
+    clock = time.perf_counter
+    cpu_before = cpu_seconds(server_pid)
+    start = clock()
+    stop_sending = start + 3 * seconds + 1.0
+    while True:
+        now = clock()
+        due = min(total, int((now - start) * input_rate) + 1)
+        while sent < due and now < stop_sending:
+            index = sent % len(senders)
+            sender = senders[index]
+            try:
+                sender.data.sendto(queues[index][sent // len(senders)], sender.target)
+            except BlockingIOError:
+                break
+            if measure_latency:
+                sent_at[index][(sent // len(senders)) & ID_MASK] = clock()
+            sent += 1
+        if sent == total and finished is None:
+            finished = clock()
+        for fd, _ in poller.poll(0):
+            receiver = by_fd[fd]
+            sock = receiver.data
+            while True:
+                try:
+                    size = sock.recv_into(buffer)
+                except BlockingIOError:
+                    break
+                if view[:2] == SIGNATURE:
+                    continue
+                received += 1
+                if measure_latency:
+                    arrival = clock()
+                    for _, message in RtpMidiPacket.parse(bytes(view[:size])).commands:
+                        if message[0] == 0xE0:
+                            packet_id = message[1] | (message[2] << 7)
+                            latencies.append(arrival - sent_at[receiver.sender][packet_id])
+        if (sent == total and now > start + total / input_rate + GRACE_SECONDS) \
+                or now > stop_sending:
+            break
+    elapsed = total / input_rate
+    cpu_used = cpu_seconds(server_pid) - cpu_before
+    poller.close()
+    expected = sent * fanout
+    latencies.sort()
+
+    def percentile(fraction):
+        if not latencies:
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000.0
+    return {"offered": sent * fanout / elapsed, "forwarded": received / elapsed,
+            "loss": 1.0 - received / expected if expected else 0.0,
+            # A generator that fell behind measured itself, not the server.
+            "on_schedule": finished is not None and finished - start <= elapsed * 1.05 + 0.01,
+            "cpu_us": cpu_used / received * 1e6 if received else float("nan"),
+            "p50": percentile(0.50), "p99": percentile(0.99), "p999": percentile(0.999)}
+
+
+def find_maximum(groups, start_rate, limit, server_pid):
+    """Highest forwarded rate with < 0.1% loss: 1.5x steps, then two bisections."""
+    members = [member for group in groups for member in group]
+    best, failed = None, None
+    rate = start_rate
+    while rate <= limit:
+        result = step(groups, rate, STEP_SECONDS, False, server_pid)
+        pump(members, 0.3)
+        if result["loss"] >= MAX_LOSS or not result["on_schedule"]:
+            failed = rate
+            break
+        best = (rate, result)
+        rate *= 1.5
+    for _ in range(2 if best and failed else 0):
+        middle = (best[0] + failed) / 2
+        result = step(groups, middle, STEP_SECONDS, False, server_pid)
+        pump(members, 0.3)
+        if result["loss"] < MAX_LOSS and result["on_schedule"]:
+            best = (middle, result)
+        else:
+            failed = middle
+    return best[1]["forwarded"] if best else 0.0
+
+
+def run_server(kind, shape, args):
+    sessions, size = SHAPES[shape]
+    if kind == "gateway":
+        server, groups = setup_gateway(sessions, size)
+    else:
+        server, groups = setup_baseline(sessions, size)
+    pid = server.process.pid if kind == "gateway" else server.pid
+    try:
+        members = [member for group in groups for member in group]
+        latency = step(groups, LATENCY_RATE, LATENCY_SECONDS, True, pid)
+        pump(members, 0.3)
+        maximum = find_maximum(groups, 4000, args.max_rate, pid)
+        return maximum, latency
+    finally:
+        for group in groups:
+            for member in group:
+                member.close()
+        if kind == "gateway":
+            server.stop()
+        else:
+            server.terminate()
+            server.wait(15)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="1x1,1x4,8x5")
+    parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
+    parser.add_argument("--max-rate", type=float, default=400_000)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {1})
+    print(f"{'shape':>5} {'server':>8} | {'max fwd/s':>9} | at {LATENCY_RATE} fwd/s:"
+          f" {'loss':>6} {'cpu µs':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8}", flush=True)
+    for shape in args.shapes.split(","):
+        results = {}
+        for kind in ("baseline", "gateway"):
+            runs = [run_server(kind, shape, args) for _ in range(args.runs)]
+            figures = {"max": statistics.median(run[0] for run in runs)}
+            for key in ("loss", "cpu_us", "p50", "p99", "p999"):
+                figures[key] = statistics.median(run[1][key] for run in runs)
+            results[kind] = figures
+            print(f"{shape:>5} {kind:>8} | {figures['max']:9.0f} | {'':16}"
+                  f" {figures['loss']:6.2%} {figures['cpu_us']:7.1f} {figures['p50']:7.3f} {figures['p99']:7.3f}"
+                  f" {figures['p999']:8.3f}   (runs: "
+                  f"{', '.join(f'{run[0]:.0f}' for run in runs)})", flush=True)
+        ours, base = results["gateway"], results["baseline"]
+        ratio = ours["max"] / base["max"] if base["max"] else float("nan")
+        cpu_ratio = base["cpu_us"] / ours["cpu_us"]
+        print(f"{shape:>5}    ratio | gateway/baseline max = {ratio:.2f} (goal >= 0.40),"
+              f" by CPU per datagram = {cpu_ratio:.2f};"
+              f" gateway p99 at 10k/s = {ours['p99']:.3f} ms (goal <= 1 ms),"
+              f" p99 gateway/baseline = {ours['p99'] / base['p99']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
