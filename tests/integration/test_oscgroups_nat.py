@@ -1,0 +1,322 @@
+"""OSCgroups through real NATs: network namespaces, veth, iptables, a real twistd.
+
+The topology of shared/protocols/oscgroups.md §2.4, with every name prefixed
+``ngw-<pid>-`` and every address inside the namespaces (198.18.0.0/16 is the
+"internet", 192.168.x.0/24 the LANs); nothing is routed outside them::
+
+    srv 198.18.0.1 (twistd: server 22242, bridge 22241, relay 22300-22363)
+     |
+    inet (router) ---- cone NAT 198.18.1.1 ---- alice 192.168.1.2, amy 192.168.1.3
+     |          \\---- symmetric NAT 198.18.2.1 ---- bob 192.168.2.2
+     |          \\---- symmetric NAT 198.18.3.1 ---- carol 192.168.3.2
+     \\--------------- cone NAT 198.18.4.1 ---- dave 192.168.4.2
+
+Cone NAT is MASQUERADE, symmetric MASQUERADE --random-fully; both drop
+unsolicited inbound (conntrack NEW/INVALID on the WAN side, INPUT and
+FORWARD), without which plain MASQUERADE turns symmetric exactly while holes
+are punched (§2.4 pitfall). Clients are ``netgateway-oscgroups-client``;
+``oscsend`` plays into their tx ports and ``oscdump`` listens on their rx
+ports.
+
+Phase 1 starts alice, amy and dave only: cone <-> cone meets directly on
+public endpoints, alice <-> amy on private ones, and the relay forwards
+nothing. Phase 2 adds bob and carol behind symmetric NATs: every pair with
+one of them plays through the relay. Namespaces are deleted even on failure.
+"""
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, need_external
+
+pytestmark = pytest.mark.external
+
+PREFIX = f"ngw-{os.getpid()}-"
+GATEWAY = "198.18.0.1"
+SERVER_PORT, BRIDGE_PORT = 22242, 22241
+RELAY_PORTS = (22300, 22363)
+WEB_PORT = 8080
+DEMO = ("demo", "play along with netgateway demo")
+CONNECT_DEADLINE = 30.0
+
+# name: (NAT, LAN address, localtoremoteport)
+CLIENTS = {"alice": ("cone_a", "192.168.1.2", 22243),
+           "amy": ("cone_a", "192.168.1.3", 22253),
+           "dave": ("cone_d", "192.168.4.2", 22243),
+           "bob": ("sym_b", "192.168.2.2", 22243),
+           "carol": ("sym_c", "192.168.3.2", 22243)}
+# NAT: (WAN address, LAN /24 prefix, symmetric)
+NATS = {"cone_a": ("198.18.1.1", "192.168.1", False),
+        "sym_b": ("198.18.2.1", "192.168.2", True),
+        "sym_c": ("198.18.3.1", "192.168.3", True),
+        "cone_d": ("198.18.4.1", "192.168.4", False)}
+
+
+def run(*command):
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=20)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {completed.stderr.strip()}")
+    return completed.stdout
+
+
+class Rig:
+    """Creates the namespaces; remembers them and every process so all can be undone."""
+
+    def __init__(self):
+        self.namespaces = []
+        self.processes = []
+
+    def namespace(self, short):
+        name = PREFIX + short
+        run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self.ns(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    @staticmethod
+    def ns(name, *command):
+        return run("ip", "netns", "exec", name, *command)
+
+    def link(self, first, first_if, first_ip, second, second_if, second_ip):
+        run("ip", "-n", first, "link", "add", first_if, "type", "veth",
+            "peer", "name", second_if, "netns", second)
+        for namespace, interface, address in ((first, first_if, first_ip),
+                                              (second, second_if, second_ip)):
+            if address:
+                run("ip", "-n", namespace, "addr", "add", address, "dev", interface)
+            run("ip", "-n", namespace, "link", "set", interface, "up")
+
+    def spawn(self, namespace, command, cwd=REPO, **kwargs):
+        process = subprocess.Popen(["ip", "netns", "exec", namespace, *command], cwd=cwd,
+                                   env=dict(os.environ, PYTHONPATH=REPO),
+                                   stdin=subprocess.DEVNULL, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def close(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        for name in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+
+
+def build(rig):
+    inet = rig.namespace("inet")
+    rig.ns(inet, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    srv = rig.namespace("srv")
+    rig.link(inet, "srv", "198.18.0.254/24", srv, "wan", f"{GATEWAY}/24")
+    rig.ns(srv, "ip", "route", "add", "default", "via", "198.18.0.254")
+    hosts = {}
+    for index, (nat_name, (wan_ip, lan, symmetric)) in enumerate(NATS.items()):
+        nat = rig.namespace(nat_name)
+        subnet = wan_ip.rsplit(".", 1)[0]
+        rig.link(inet, nat_name, f"{subnet}.254/24", nat, "wan", f"{wan_ip}/24")
+        rig.ns(nat, "ip", "route", "add", "default", "via", f"{subnet}.254")
+        rig.ns(nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        rig.ns(nat, "ip", "link", "add", "lan", "type", "bridge")
+        rig.ns(nat, "ip", "addr", "add", f"{lan}.1/24", "dev", "lan")
+        rig.ns(nat, "ip", "link", "set", "lan", "up")
+        masquerade = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan",
+                      "-j", "MASQUERADE"] + (["--random-fully"] if symmetric else [])
+        rig.ns(nat, *masquerade)
+        for chain in ("INPUT", "FORWARD"):
+            rig.ns(nat, "iptables", "-A", chain, "-i", "wan", "-m", "conntrack",
+                   "--ctstate", "NEW,INVALID", "-j", "DROP")
+        for client_name, (client_nat, lan_ip, _port) in CLIENTS.items():
+            if client_nat != nat_name:
+                continue
+            host = rig.namespace(client_name)
+            rig.link(nat, f"to_{client_name}", None, host, "eth0", f"{lan_ip}/24")
+            rig.ns(nat, "ip", "link", "set", f"to_{client_name}", "master", "lan")
+            rig.ns(host, "ip", "route", "add", "default", "via", f"{lan}.1")
+            hosts[client_name] = host
+    return srv, hosts
+
+
+class Lines:
+    """Collects a process's output lines in a background thread."""
+
+    def __init__(self, stream):
+        self.lines = []
+        self._queue = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+
+    def current(self):
+        while True:
+            try:
+                self.lines.append(self._queue.get_nowait())
+            except queue.Empty:
+                return self.lines
+
+
+class Client:
+    def __init__(self, rig, namespace, name, port):
+        self.rig, self.namespace, self.name = rig, namespace, name
+        self.tx_port, self.rx_port = port + 1, port + 2
+        self.process = rig.spawn(namespace, [
+            sys.executable, "-m", "gateway.protocols.oscgroups.client_main",
+            GATEWAY, str(SERVER_PORT), str(port), str(self.tx_port), str(self.rx_port),
+            name, name + " password", DEMO[0], DEMO[1],
+            "--relay", f"{GATEWAY}:{RELAY_PORTS[0]}-{RELAY_PORTS[1]}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output = Lines(self.process.stdout)
+        dump = rig.spawn(namespace, ["stdbuf", "-oL", "oscdump", str(self.rx_port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.received = Lines(dump.stdout)
+
+    def paths(self):
+        """{peer: "kind ip:port"} as the client last printed it."""
+        paths = {}
+        for line in self.output.current():
+            match = re.match(r"path to '([^']+)': (.*)", line)
+            if match:
+                paths[match.group(1)] = match.group(2)
+        return paths
+
+    def send(self, text):
+        self.rig.ns(self.namespace, "oscsend", "127.0.0.1", str(self.tx_port),
+                    "/jam/text", "s", text)
+
+    def heard(self, text):
+        return any("/jam/text" in line and text in line for line in self.received.current())
+
+
+def start_gateway(rig, srv, workdir):
+    config = {
+        "sessions": [{"name": DEMO[0], "passphrase": DEMO[1]}],
+        "web": {"host": "127.0.0.1", "port": WEB_PORT},
+        "websocket": {"enabled": False}, "rtpmidi": {"enabled": False},
+        "logging": {"level": "info"},
+        "oscgroups": {"host": GATEWAY, "port": SERVER_PORT,
+                      "bridge": {"port": BRIDGE_PORT, "groups": [DEMO[0]]},
+                      "relay": {"policy": "auto", "port_min": RELAY_PORTS[0],
+                                "port_max": RELAY_PORTS[1]}}}
+    config_path = os.path.join(workdir, "config.yaml")
+    with open(config_path, "w") as stream:
+        yaml.safe_dump(config, stream)
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    log = open(os.path.join(workdir, "twistd.log"), "w")
+    rig.spawn(srv, [twistd, "-n", "--pidfile=", "netgateway", "-c", config_path],
+              cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    return log.name
+
+
+def relay_status(rig, srv):
+    script = textwrap.dedent(f"""
+        import json, urllib.request
+        status = json.load(urllib.request.urlopen("http://127.0.0.1:{WEB_PORT}/status",
+                                                  timeout=3))
+        print(json.dumps(status["doors"]["oscgroups"]["relay"]))
+    """)
+    return yaml.safe_load(rig.ns(srv, sys.executable, "-c", script))
+
+
+def wait_for(condition, what, timeout=CONNECT_DEADLINE):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RuntimeError):
+            result = condition()
+            if result:
+                return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def plays(sender, receiver, serial):
+    """sender's app sends until receiver's app hears it (sends are repeated: UDP)."""
+    text = f"{sender.name}-to-{receiver.name}-{serial}"
+
+    def heard():
+        sender.send(text)
+        return receiver.heard(text)
+    wait_for(heard, f"{receiver.name} to hear {sender.name}", timeout=15)
+
+
+@pytest.fixture
+def rig():
+    need_external(os.geteuid() == 0, "network namespaces need root")
+    need_external(all(shutil.which(tool) for tool in ("ip", "iptables", "oscsend", "oscdump",
+                                                      "stdbuf")),
+                  "ip, iptables and liblo-tools (oscsend, oscdump) are needed")
+    built = Rig()
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+def expect_paths(clients, expected):
+    """Wait until every client reports the expected path kind to every listed peer."""
+    def settled():
+        return all(clients[a].paths().get(b, "").startswith(kind + " ")
+                   for (a, b), kind in expected.items())
+    try:
+        wait_for(settled, "the expected paths")
+    finally:
+        for name, client in clients.items():
+            print(f"{name}: {client.paths()}")
+
+
+def test_cone_meets_directly_symmetric_through_the_relay(rig, tmp_path):
+    srv, hosts = build(rig)
+    log_path = start_gateway(rig, srv, str(tmp_path))
+    wait_for(lambda: relay_status(rig, srv) is not None, "the gateway's /status", timeout=20)
+
+    def start(name):
+        return Client(rig, hosts[name], name, CLIENTS[name][2])
+
+    clients = {name: start(name) for name in ("alice", "amy", "dave")}
+    try:
+        expect_paths(clients, {("alice", "dave"): "public", ("dave", "alice"): "public",
+                               ("alice", "amy"): "private", ("amy", "alice"): "private"})
+        for sender, receiver in (("alice", "dave"), ("dave", "alice"), ("alice", "amy"),
+                                 ("amy", "alice")):
+            plays(clients[sender], clients[receiver], 1)
+        phase_one = relay_status(rig, srv)
+        print("relay after cone pairs:", phase_one["forwarded"], phase_one["allocations"])
+        assert phase_one["forwarded"]["packets"] == 0
+        assert phase_one["allocations"] == {}
+
+        clients.update((name, start(name)) for name in ("bob", "carol"))
+        expect_paths(clients, {(a, b): "relay" for a, b in (
+            ("bob", "alice"), ("alice", "bob"), ("bob", "dave"), ("dave", "bob"),
+            ("bob", "carol"), ("carol", "bob"))})
+        before = relay_status(rig, srv)["forwarded"]["packets"]
+        for sender, receiver in (("bob", "alice"), ("alice", "bob"), ("bob", "carol"),
+                                 ("carol", "bob")):
+            plays(clients[sender], clients[receiver], 2)
+        phase_two = relay_status(rig, srv)
+        print("relay after symmetric pairs:", phase_two["forwarded"],
+              {name: (a["packets"], a["pings"]) for name, a in phase_two["allocations"].items()})
+        assert phase_two["forwarded"]["packets"] >= before + 4
+        for name in ("alice", "bob", "carol"):
+            assert phase_two["allocations"][name]["packets"] > 0, name
+        assert set(phase_two["flagged"]) == {"bob", "carol"}
+        # Cone pairs stayed direct: alice and dave still meet on public endpoints.
+        assert clients["alice"].paths()["dave"].startswith("public ")
+    except BaseException:
+        with open(log_path) as stream:
+            print(stream.read()[-4000:])
+        raise
