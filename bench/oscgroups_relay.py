@@ -1,0 +1,383 @@
+"""OSCgroups relay and OSC -> session -> OSC bridge through twistd vs a minimal UDP relay.
+
+Three servers, each pinned to CPU 0 while this load generator runs on CPU 1:
+
+- baseline: bench/udp_relay_baseline.py, one port per flow, 1 -> 1;
+- relay: ``twistd netgateway`` with ``oscgroups.relay.policy: always``. Each
+  flow is a pair of OSCgroups users registered with the real server over UDP;
+  each pings the relay port the server advertised for the other (as
+  OscGroupClient does), then one sends ``/midi/note`` datagrams to the other's
+  relay port and the other receives them from the sender's relay port;
+- bridge: the same twistd's bridge in a mirror session (interval 7, no
+  delay). Each flow is one OSCgroups user: its ``/midi/note`` goes to the
+  bridge, becomes session MIDI, the mirror echoes it a fifth up, and the
+  bridge sends ``/midi/noteon`` back: OSC -> session -> OSC.
+
+Per server: the highest received datagrams/s with < 0.1% loss (offered rate
+raised in 1.5x steps, then bisected twice; 1 s per step; a step the generator
+could not keep on schedule counts as failed) and the added one-way latency
+p50 / p99 at ``LATENCY_RATE`` (send to receive, same clock). Medians of
+``--runs`` runs, with relay/baseline (goal >= 0.50) and bridge/baseline (goal
+>= 0.30).
+
+Run: .venv/bin/python bench/oscgroups_relay.py [--flows 4] [--runs 3]
+Absolute figures are noise on shared 2-core machines; read the ratios.
+"""
+
+import argparse
+import os
+import select
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]
+
+from rtpmidi_fanout import cpu_seconds, pin_to_cpu0  # noqa: E402
+
+from gateway.protocols.oscgroups import wire  # noqa: E402
+from tests.conftest import GatewayProcess, free_port  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+LATENCY_RATE = 5_000
+MAX_LOSS = 0.001
+STEP_SECONDS = 1.0
+LATENCY_SECONDS = 2.0
+GRACE_SECONDS = 0.3
+MIRROR = ("echo", "mirror benchmark passphrase")
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# Bridge ids ride in note (0-63, below the mirror's fifth) and velocity (1-127).
+BRIDGE_IDS = 64 * 127
+NOTE_HEAD = wire.encode_message("/midi/note", "iii", (1, 0, 0))[:-12]
+ECHO_PREFIX = b"/midi/noteon"
+
+
+def udp_socket():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    sock.bind((LOOPBACK, 0))
+    return sock
+
+
+class Flow:
+    """Datagrams from ``sender`` to ``target``, arriving on ``receiver``; ids inside."""
+
+    def __init__(self, sender, target, receiver, through_bridge=False):
+        self.sender, self.target, self.receiver = sender, target, receiver
+        self.through_bridge = through_bridge
+
+    def packet(self, packet_id):
+        if self.through_bridge:
+            packet_id %= BRIDGE_IDS
+            return NOTE_HEAD + struct.pack(">iii", 1, packet_id & 63, (packet_id >> 6) + 1)
+        return NOTE_HEAD + struct.pack(">iii", 1, 60, packet_id)
+
+    def received_id(self, data):
+        """The id in a datagram this flow's receiver got, or None for anything else."""
+        if self.through_bridge:
+            if not data.startswith(ECHO_PREFIX):
+                return None
+            _channel, note, velocity = struct.unpack_from(">iii", data, len(data) - 12)
+            return (note - 7) | ((velocity - 1) << 6)
+        if not data.startswith(NOTE_HEAD):
+            return None        # the peers' forwarded pings
+        return struct.unpack_from(">i", data, len(data) - 4)[0]
+
+    def drain(self):
+        self.receiver.setblocking(False)
+        while True:
+            try:
+                self.receiver.recv(65535)
+            except BlockingIOError:
+                return
+
+
+def step(flows, rate, seconds, measure_latency, server_pid):
+    """Offer ``rate`` datagrams/s spread over the flows for ``seconds``; return the figures."""
+    per_flow = max(1, int(rate * seconds / len(flows)))
+    packets = [[flow.packet(index) for index in range(per_flow)] for flow in flows]
+    total = per_flow * len(flows)
+    sent_at = [dict() for _ in flows]
+    by_fd = {flow.receiver.fileno(): (number, flow) for number, flow in enumerate(flows)}
+    poller = select.epoll()
+    for fd in by_fd:
+        poller.register(fd, select.EPOLLIN)
+    latencies = []
+    received = sent = 0
+    finished = None
+    clock = time.perf_counter
+    cpu_before = cpu_seconds(server_pid)
+    start = clock()
+    stop_sending = start + 3 * seconds + 1.0
+    while True:
+        now = clock()
+        due = min(total, int((now - start) * rate) + 1)
+        while sent < due and now < stop_sending:
+            number = sent % len(flows)
+            flow = flows[number]
+            index = sent // len(flows)
+            try:
+                flow.sender.sendto(packets[number][index], flow.target)
+            except BlockingIOError:
+                break
+            if measure_latency:
+                sent_at[number][index % BRIDGE_IDS] = clock()
+            sent += 1
+        if sent == total and finished is None:
+            finished = clock()
+        for fd, _ in poller.poll(0):
+            number, flow = by_fd[fd]
+            while True:
+                try:
+                    data = flow.receiver.recv(65535)
+                except BlockingIOError:
+                    break
+                packet_id = flow.received_id(data)
+                if packet_id is None:
+                    continue
+                received += 1
+                if measure_latency:
+                    sent_time = sent_at[number].get(packet_id % BRIDGE_IDS)
+                    if sent_time is not None:
+                        latencies.append(clock() - sent_time)
+        if (sent == total and now > start + total / rate + GRACE_SECONDS) or now > stop_sending:
+            break
+    poller.close()
+    elapsed = total / rate
+    cpu_used = cpu_seconds(server_pid) - cpu_before
+    latencies.sort()
+
+    def percentile(fraction):
+        if not latencies:
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000.0
+    return {"received": received / elapsed, "loss": 1.0 - received / sent if sent else 0.0,
+            "on_schedule": finished is not None and finished - start <= elapsed * 1.05 + 0.01,
+            "cpu_us": cpu_used / received * 1e6 if received else float("nan"),
+            "p50": percentile(0.50), "p99": percentile(0.99)}
+
+
+def find_maximum(flows, start_rate, limit, server_pid):
+    """Highest received rate with < 0.1% loss: 1.5x steps, then two bisections."""
+    best, failed = None, None
+
+    def passes(rate):
+        result = step(flows, rate, STEP_SECONDS, False, server_pid)
+        time.sleep(0.2)
+        for flow in flows:
+            flow.drain()
+        return result if result["loss"] < MAX_LOSS and result["on_schedule"] else None
+
+    rate = start_rate
+    while rate <= limit:
+        result = passes(rate)
+        if result is None:
+            failed = rate
+            break
+        best = (rate, result)
+        rate *= 1.5
+    for _ in range(2 if best and failed else 0):
+        middle = (best[0] + failed) / 2
+        result = passes(middle)
+        if result is not None:
+            best = (middle, result)
+        else:
+            failed = middle
+    return best[1]["received"] if best else 0.0
+
+
+def measure(flows, pid, args):
+    for flow in flows:
+        flow.drain()
+    latency = step(flows, LATENCY_RATE, LATENCY_SECONDS, True, pid)
+    for flow in flows:
+        flow.drain()
+    return find_maximum(flows, 4000, args.max_rate, pid), latency
+
+
+# ----------------------------------------------------------------------
+# Servers
+
+
+def run_baseline(args):
+    ports = [free_port(socket.SOCK_DGRAM) for _ in range(args.flows)]
+    process = subprocess.Popen(["taskset", "-c", "0", sys.executable,
+                                os.path.join(HERE, "udp_relay_baseline.py"), *map(str, ports)],
+                               stdout=subprocess.PIPE, text=True)
+    sockets = []
+    try:
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("baseline relay did not start")
+        flows = []
+        for port in ports:
+            sender, receiver = udp_socket(), udp_socket()
+            sockets += [sender, receiver]
+            for sock in (sender, receiver):
+                sock.sendto(b"join", (LOOPBACK, port))
+            flows.append(Flow(sender, (LOOPBACK, port), receiver))
+        time.sleep(0.3)
+        return measure(flows, process.pid, args)
+    finally:
+        for sock in sockets:
+            sock.close()
+        process.terminate()
+        process.wait(15)
+
+
+def start_gateway(args):
+    server_port, bridge_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    relay_first = 30000 + os.getpid() % 20000
+    config = {
+        "sessions": [{"name": MIRROR[0], "passphrase": MIRROR[1],
+                      "mirror": {"interval": 7, "delay": 0.0}}],
+        "limits": {"events_per_second": 1000000, "max_members_per_session": args.flows + 1},
+        "web": {"host": LOOPBACK, "port": free_port()},
+        "websocket": {"enabled": False}, "rtpmidi": {"enabled": False},
+        "logging": {"level": "warn"},
+        "oscgroups": {"host": LOOPBACK, "port": server_port, "timeout": 3600,
+                      "bridge": {"port": bridge_port, "groups": [MIRROR[0]]},
+                      "relay": {"policy": "always", "port_min": relay_first,
+                                "port_max": relay_first + 2 * args.flows + 7,
+                                "packets_per_second": 1000000}}}
+    gateway = GatewayProcess(config, tempfile.mkdtemp(prefix="bench-oscgroups-")).start()
+    pin_to_cpu0(gateway.process.pid)
+    return gateway, (LOOPBACK, server_port), (LOOPBACK, bridge_port)
+
+
+def register(sock, name, group, group_password):
+    """Send the OscGroupClient alive bundle from ``sock``; return the user_info it gets."""
+    alive = wire.encode_bundle([
+        wire.UserAlive(name, wire.password_hash(name), sock.getsockname(),
+                       ((group, wire.password_hash(group_password)),)).encode(),
+        wire.GroupUsersQuery(group, wire.password_hash(group_password)).encode()])
+    return alive
+
+
+def user_infos(sock, server, alive, timeout=5.0):
+    sock.settimeout(timeout)
+    sock.sendto(alive, server)
+    infos = {}
+    while True:
+        data, source = sock.recvfrom(65535)
+        if source != server:
+            continue
+        for message in wire.parse_packet(data):
+            decoded = wire.decode_message(message)
+            if isinstance(decoded, wire.UserInfo):
+                infos[decoded.user_name] = decoded
+        return infos
+
+
+def ping(name):
+    return wire.encode_bundle([wire.Ping(name).encode()])
+
+
+def relay_flows(server, count, sockets):
+    flows = []
+    for number in range(count):
+        group = f"pair{number}"
+        sender, receiver = udp_socket(), udp_socket()
+        sockets += [sender, receiver]
+        names = {sender: f"x{number}", receiver: f"u{number}"}
+        alives = {sock: register(sock, name, group, "bench") for sock, name in names.items()}
+        user_infos(sender, server, alives[sender])
+        user_infos(receiver, server, alives[receiver])
+        relay_of = {sock: user_infos(sock, server, alives[sock])[names[other]].public_endpoint
+                    for sock, other in ((sender, receiver), (receiver, sender))}
+        for _ in range(2):
+            for sock in (sender, receiver):
+                sock.sendto(ping(names[sock]), relay_of[sock])
+            time.sleep(0.05)
+        flows.append(Flow(sender, relay_of[sender], receiver))
+    return flows
+
+
+def bridge_flows(server, bridge, count, sockets):
+    flows = []
+    for number in range(count):
+        sock = udp_socket()
+        sockets.append(sock)
+        name = f"player{number}"
+        alive = register(sock, name, *MIRROR)
+        flow = Flow(sock, bridge, sock, through_bridge=True)
+        deadline = time.monotonic() + 20.0
+        echoed = False
+        while not echoed:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the bridge never echoed {name}'s notes")
+            user_infos(sock, server, alive)
+            sock.sendto(ping(name), bridge)
+            sock.sendto(flow.packet(0), bridge)
+            sock.settimeout(0.3)
+            try:
+                while not echoed:
+                    echoed = flow.received_id(sock.recv(65535)) == 0
+            except socket.timeout:
+                pass
+        flows.append(flow)
+    return flows
+
+
+def run_gateway(args):
+    gateway, server, bridge = start_gateway(args)
+    sockets = []
+    try:
+        relay = measure(relay_flows(server, args.flows, sockets), gateway.process.pid, args)
+        relay_status = gateway.status()["doors"]["oscgroups"]["relay"]
+        if relay_status["forwarded"]["packets"] == 0:
+            raise RuntimeError("the relay forwarded nothing")
+        bridged = measure(bridge_flows(server, bridge, args.flows, sockets),
+                          gateway.process.pid, args)
+        return relay, bridged
+    finally:
+        for sock in sockets:
+            sock.close()
+        gateway.stop()
+
+
+def summary(runs):
+    return {"max": statistics.median(run[0] for run in runs),
+            **{key: statistics.median(run[1][key] for run in runs)
+               for key in ("loss", "cpu_us", "p50", "p99")},
+            "each": [round(run[0]) for run in runs]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--flows", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
+    parser.add_argument("--max-rate", type=float, default=400_000)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {1})
+    baseline_runs, relay_runs, bridge_runs = [], [], []
+    for _ in range(args.runs):
+        baseline_runs.append(run_baseline(args))
+        relay, bridged = run_gateway(args)
+        relay_runs.append(relay)
+        bridge_runs.append(bridged)
+    results = {"baseline": summary(baseline_runs), "relay": summary(relay_runs),
+               "bridge": summary(bridge_runs)}
+    print(f"{args.flows} flows, medians of {args.runs} runs")
+    print(f"{'server':>8} | {'max recv/s':>10} | at {LATENCY_RATE}/s: {'loss':>6} {'cpu µs':>7}"
+          f" {'p50 ms':>7} {'p99 ms':>7} | runs")
+    for kind, figures in results.items():
+        print(f"{kind:>8} | {figures['max']:10.0f} | {'':12}{figures['loss']:6.2%}"
+              f" {figures['cpu_us']:7.1f} {figures['p50']:7.3f} {figures['p99']:7.3f}"
+              f" | {figures['each']}")
+    base = results["baseline"]
+    for kind, goal in (("relay", 0.50), ("bridge", 0.30)):
+        figures = results[kind]
+        print(f"{kind}/baseline: max {figures['max'] / base['max']:.2f} (goal >= {goal:.2f}),"
+              f" by CPU per datagram {base['cpu_us'] / figures['cpu_us']:.2f},"
+              f" added p50 {figures['p50'] - base['p50']:+.3f} ms,"
+              f" p99 {figures['p99'] - base['p99']:+.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
