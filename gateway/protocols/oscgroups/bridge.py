@@ -80,24 +80,36 @@ class Bridge:
         self.mapping = mapping
         self.counters = collections.Counter()
         self._known = set()
+        # Peer names by source address, valid until the client core's state
+        # changes (a server reply or a ping): data datagrams never change it.
+        self._peer_by_source = {}
 
     # ------------------------------------------------------------------
     # Inputs
 
     def tick(self, now):
+        self._peer_by_source.clear()
         return self.client.tick(now) + self._forgotten()
 
     def datagram_received(self, data, source, now):
         core = self.client
         source = (source[0], source[1])
-        actions = [action for action in core.datagram_from_network(data, source, now)
-                   if isinstance(action, client.SendTo)]
+        if source == core.server or _PING_MARKER in data:
+            self._peer_by_source.clear()
+            actions = [action for action in core.datagram_from_network(data, source, now)
+                       if type(action) is client.SendTo]
+        else:
+            actions = []      # the core would only hand it to the application: us
         if source == core.server:
             for name, peer in core.peers.items():
                 self._known.add(name)
                 actions.append(PeerListed(name, peer.groups))
             return actions
-        name = core.peer_at(source)
+        name = self._peer_by_source.get(source)
+        if name is None:
+            name = core.peer_at(source)
+            if name is not None:
+                self._peer_by_source[source] = name
         if name is None:
             # A ping from a user we have not learnt yet is normal while peers meet
             # (the client core re-registers to learn it); anything else is a drop.

@@ -516,8 +516,10 @@ class OscGroupsDoor(DoorService):
     # ------------------------------------------------------------------
 
     def _write(self, listening, data, address):
+        # Straight to the socket: every address here came from the kernel or
+        # from wire's IPv4 decoding, so Twisted's per-write checks only cost.
         try:
-            listening.write(data, address)
+            listening.socket.sendto(data, address)
         except OSError as exc:
             self.drop(address, "send_failed", str(exc))
 

@@ -5,21 +5,20 @@ nested bundles, exact address matching, inverted IPv4 addresses, MD5-hex
 passwords) and the message catalogue of §4.1–§4.3 with the strict type tags
 the C++ programs insist on (``s`` for strings, ``i`` for ints).
 
-Messages are built with python-osc's ``OscMessageBuilder`` / ``OscBundleBuilder``
-and message bodies are parsed with its ``OscMessage``. Bundle *framing* is
-walked here by hand on purpose: python-osc 1.10's ``OscBundle`` loops forever
+Message bodies are parsed with python-osc's ``OscMessage``, except int-only
+messages (every MIDI message the bridge sees), which a precompiled ``struct``
+reads directly. Bundle *framing* is walked here by hand on purpose: python-osc 1.10's ``OscBundle`` loops forever
 on a negative element size (measured: ``#bundle`` + time tag + ``ff ff ff fc``
 never returns and logs a warning per iteration), accepts element sizes that
 are not multiples of four, logs unidentifiable elements instead of failing,
 and recurses without a depth limit. Arbitrary bytes must end in
 :class:`MalformedPacket` and nothing else, so the walk below bounds all of it.
 
-Speed (python-osc 1.10, this machine, loaded): 25–75 µs to encode one message
-(its builder re-parses what it built), 0.4–1 ms for a 20-message bundle,
-~28 µs to parse the 228-byte alive bundle. Fast enough for the 6-s rendezvous
-cadence and for a jam's few hundred notes a second, provided the door encodes
-each event once and shares the bytes among its members; revisit if the fan-out
-benchmark says otherwise.
+Encoding is written here too, for the type tags OSCgroups and the bridge
+send (``i``, ``s``, ``f``, ``b``, ``m``): python-osc 1.10's builders take
+25–75 µs per message because they re-parse what they built, which made them
+the largest cost of the OSC -> session -> OSC path in bench/oscgroups_relay.py;
+the ``struct`` version takes about 1 µs.
 
 Pure functions, no I/O, no Twisted.
 """
@@ -29,8 +28,7 @@ import ipaddress
 import struct
 from typing import NamedTuple
 
-from pythonosc import osc_bundle_builder, osc_message, osc_message_builder
-from pythonosc.parsing import osc_types
+from pythonosc import osc_message
 
 # The original server never sends more; the C++ client survives up to 4098 (§6.6).
 MAX_SERVER_DATAGRAM = 1536
@@ -42,6 +40,10 @@ _ELEMENT_SIZE_PREFIX = 4
 # Type tags python-osc decodes; anything else it would skip with a warning,
 # silently misaligning the arguments that follow.
 _DECODABLE_TAGS = frozenset("ihfdsbrmtTFN[]")
+_TIME_TAG_IMMEDIATELY = struct.pack(">q", 1)
+_INT_ARGUMENTS = {}           # count -> struct.Struct of that many big-endian int32
+_HEADS = {}                   # (address, type tags) -> their encoded strings
+_MAX_HEADS = 256
 
 USER_ALIVE = "/groupserver/user_alive"
 GET_GROUP_USERS_INFO = "/groupserver/get_group_users_info"
@@ -110,12 +112,26 @@ def _parse_bundle(data, depth, messages):
         index += size
 
 
+def _read_string(data, start):
+    """(text, index after its padding) of the OSC string at ``start``."""
+    end = data.find(b"\x00", start)
+    if end < 0:
+        raise MalformedPacket("unterminated OSC string")
+    after = end + 4 - (end % 4)
+    if after > len(data):
+        raise MalformedPacket("OSC string padding cut short")
+    try:
+        return data[start:end].decode("utf-8"), after
+    except UnicodeDecodeError:
+        raise MalformedPacket("OSC string is not UTF-8") from None
+
+
 def _parse_message(data):
     try:
-        address, index = osc_types.get_string(data, 0)
+        address, index = _read_string(data, 0)
         type_tags = ""
         if index < len(data):
-            type_tags, _ = osc_types.get_string(data, index)
+            type_tags, arguments_at = _read_string(data, index)
             if not type_tags.startswith(","):
                 raise MalformedPacket("type tag string does not start with ','")
             type_tags = type_tags[1:]
@@ -123,29 +139,80 @@ def _parse_message(data):
                 # Valid OSC (e.g. an ``S`` symbol) that no OSCgroups message
                 # uses: keep it so callers can refuse it message by message.
                 return Message(address, type_tags, None)
+            if type_tags and type_tags == "i" * len(type_tags):
+                return Message(address, type_tags,
+                               _parse_ints(data, arguments_at, len(type_tags)))
         args = tuple(osc_message.OscMessage(data).params)
-    except (osc_types.ParseError, osc_message.ParseError, UnicodeDecodeError) as exc:
+    except (osc_message.ParseError, UnicodeDecodeError) as exc:
         raise MalformedPacket(f"bad OSC message: {exc}") from None
     return Message(address, type_tags, args)
 
 
+def _int_arguments(count):
+    layout = _INT_ARGUMENTS.get(count)
+    if layout is None:
+        layout = _INT_ARGUMENTS[count] = struct.Struct(">" + "i" * count)
+    return layout
+
+
+def _parse_ints(data, start, count):
+    layout = _int_arguments(count)
+    if len(data) < start + layout.size:
+        raise MalformedPacket("int arguments cut short")
+    return layout.unpack_from(data, start)
+
+
+def _osc_string(text):
+    encoded = text.encode("utf-8")
+    if b"\x00" in encoded:
+        raise ValueError(f"an OSC string cannot contain NUL: {text!r}")
+    return encoded + b"\x00" * (4 - len(encoded) % 4)
+
+
+def _osc_blob(data):
+    return struct.pack(">i", len(data)) + bytes(data) + b"\x00" * (-len(data) % 4)
+
+
 def encode_message(address, type_tags, args):
-    """OSC message bytes with exactly the given type tags (no inference)."""
-    builder = osc_message_builder.OscMessageBuilder(address)
-    for tag, value in zip(type_tags, args, strict=True):
-        builder.add_arg(value, tag)
+    """OSC message bytes with exactly the given type tags (i, s, f, b, m; no inference)."""
+    head = _HEADS.get((address, type_tags))
+    if head is None:
+        head = _osc_string(address) + _osc_string("," + type_tags)
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()
+        _HEADS[(address, type_tags)] = head
+    if type_tags == "i" * len(type_tags):
+        try:
+            return head + _int_arguments(len(type_tags)).pack(*args)
+        except (struct.error, TypeError) as exc:
+            raise ValueError(f"cannot encode {address}: {exc}") from None
+    parts = [head]
     try:
-        return builder.build().dgram
-    except osc_message_builder.BuildError as exc:
+        for tag, value in zip(type_tags, args, strict=True):
+            if tag == "i":
+                parts.append(struct.pack(">i", value))
+            elif tag == "s":
+                parts.append(_osc_string(value))
+            elif tag == "f":
+                parts.append(struct.pack(">f", value))
+            elif tag == "b":
+                parts.append(_osc_blob(value))
+            elif tag == "m":
+                parts.append(struct.pack(">4B", *value))
+            else:
+                raise ValueError(f"type tag {tag!r} is not one the gateway sends")
+    except (struct.error, TypeError) as exc:
         raise ValueError(f"cannot encode {address}: {exc}") from None
+    return b"".join(parts)
 
 
 def encode_bundle(elements):
     """A bundle with time tag 1 ("immediately") holding encoded messages."""
-    builder = osc_bundle_builder.OscBundleBuilder(osc_bundle_builder.IMMEDIATELY)
+    parts = [_BUNDLE_PREFIX, _TIME_TAG_IMMEDIATELY]
     for element in elements:
-        builder.add_content(osc_message.OscMessage(element))
-    return builder.build().dgram
+        parts.append(struct.pack(">i", len(element)))
+        parts.append(element)
+    return b"".join(parts)
 
 
 def pack_bundles(elements, max_size=MAX_SERVER_DATAGRAM):
