@@ -6,6 +6,7 @@ Known bugs of the peers (shared/protocols/rtpmidi.md §2, §3) are worked
 around here, at run time, never in the installed packages.
 """
 
+import importlib.util
 import json
 import os
 import queue
@@ -28,12 +29,7 @@ def node_available():
 
 
 def pymidi_available():
-    try:
-        import pymidi.packets  # noqa: F401
-        import pymidi.server  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("pymidi") is not None
 
 
 def _wait(inbox, predicate, timeout, what):

@@ -5,6 +5,7 @@ import socket
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway import config as gatewayconfig
@@ -12,6 +13,7 @@ from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi import applemidi, door as rtpdoor
 from gateway.protocols.rtpmidi.applemidi import ReceiverFeedback, SessionExchange, Sync
+from gateway.protocols.rtpmidi.journal import JournalSender
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
 from gateway.registry import Passphrase
 from gateway.service import GatewayContext
@@ -387,7 +389,6 @@ class FakeZeroconfModule:
 
 
 def test_mdns_registers_each_session_and_unregisters_on_stop(reactor):
-    from twisted.logger import Logger
     zeroconf = FakeZeroconfModule()
     entries = make_config().doors["rtpmidi"].sessions
     advertiser = rtpdoor.MdnsAdvertiser(defer.maybeDeferred, reactor, "127.0.0.1", entries,
@@ -438,7 +439,6 @@ def test_lost_packet_is_repaired_from_the_journal(reactor, build):
     peer.join()
     peer.send_midi([bytes((0x90, 60, 100))])
     # The packet with the note-off is lost; the next one's journal says 60 is off.
-    from gateway.protocols.rtpmidi.journal import JournalSender
     sender = JournalSender()
     sender.record(peer.sequence, 0, [bytes((0x90, 60, 100))])
     sender.record(peer.sequence + 1, 0, [bytes((0x80, 60, 0))])
