@@ -206,14 +206,15 @@ def measure(flows, pid, args):
 
 
 def run_baseline(args):
-    ports = [free_port(socket.SOCK_DGRAM) for _ in range(args.flows)]
     process = subprocess.Popen(["taskset", "-c", "0", sys.executable,
-                                os.path.join(HERE, "udp_relay_baseline.py"), *map(str, ports)],
+                                os.path.join(HERE, "udp_relay_baseline.py"), str(args.flows)],
                                stdout=subprocess.PIPE, text=True)
     sockets = []
     try:
-        if process.stdout.readline().strip() != "ready":
+        ready, *ports = process.stdout.readline().split()
+        if ready != "ready":
             raise RuntimeError("baseline relay did not start")
+        ports = [int(port) for port in ports]
         flows = []
         for port in ports:
             sender, receiver = udp_socket(), udp_socket()

@@ -1,6 +1,9 @@
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pythonosc.osc_message import OscMessage
 
 from gateway.protocols.oscgroups import wire
 
@@ -102,3 +105,21 @@ def test_user_info_round_trip():
     (message,) = wire.parse_packet(info.encode())
     assert message.type_tags == "siiiiiss"
     assert wire.decode_message(message) == info
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=1, max_size=20),
+       st.lists(st.one_of(st.integers(-2**31, 2**31 - 1).map(lambda v: ("i", v)),
+                          st.text(alphabet=st.characters(blacklist_characters="\x00"),
+                                  max_size=12).map(lambda v: ("s", v)),
+                          st.binary(max_size=9).map(lambda v: ("b", v))), max_size=5))
+def test_our_encoder_and_int_fast_path_agree_with_python_osc(address, arguments):
+    """Hand-written encoding and int parsing (for speed) must read back as python-osc reads."""
+    tags = "".join(tag for tag, _ in arguments)
+    values = [value for _, value in arguments]
+    data = wire.encode_message("/" + address, tags, values)
+    assert len(data) % 4 == 0
+    reference = OscMessage(data)
+    (message,) = wire.parse_packet(data)
+    assert (message.address, message.type_tags) == ("/" + address, tags)
+    assert list(message.args) == list(reference.params) == values
