@@ -1,9 +1,9 @@
 """The baseline for bench/rtpmidi_fanout.py: a minimal Twisted UDP fan-out relay.
 
-No AppleMIDI, no RTP-MIDI parsing, no registry: each listed port is one group;
-whoever sends a datagram to it becomes a member, and every datagram is written
-as is to the group's other members with ``transport.write``.
-Usage: python udp_relay_baseline.py PORT [PORT ...]; prints "ready" when listening.
+No AppleMIDI, no RTP-MIDI parsing, no registry: each group listens on its own
+port; whoever sends a datagram to it becomes a member, and every datagram is
+written as is to the group's other members with ``transport.write``.
+Usage: python udp_relay_baseline.py GROUPS; prints "ready PORT ..." when listening.
 """
 
 import socket
@@ -34,7 +34,8 @@ class Group(protocol.DatagramProtocol):
                 write(data, member)
 
 
-for number in sys.argv[1:]:
-    reactor.listenUDP(int(number), Group(), interface="127.0.0.1", maxPacketSize=65535)
-reactor.callWhenRunning(lambda: print("ready", flush=True))
+ports = [reactor.listenUDP(0, Group(), interface="127.0.0.1", maxPacketSize=65535)
+         for _ in range(int(sys.argv[1]))]
+reactor.callWhenRunning(lambda: print(
+    "ready", *(port.getHost().port for port in ports), flush=True))
 reactor.run()
