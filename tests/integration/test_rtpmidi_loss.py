@@ -42,7 +42,8 @@ class LossyProxy:
 
     def __init__(self, gateway_port, seed, loss=LOSS):
         self.loss = loss
-        self._rng = random.Random(seed)
+        # One generator per direction keeps the drops independent of thread timing.
+        self._rngs = {"upstream": random.Random(seed), "downstream": random.Random(seed + 1)}
         peer_side = bind_port_pair()
         gateway_side = bind_port_pair()
         self.port = peer_side[0].getsockname()[1]
@@ -72,7 +73,7 @@ class LossyProxy:
                 if target is None:
                     continue
                 if (sock in self._data_sockets and not data.startswith(APPLEMIDI_SIGNATURE)
-                        and self._rng.random() < self.loss):
+                        and self._rngs[direction].random() < self.loss):
                     self.dropped[direction] += 1
                     continue
                 self.forwarded[direction] += 1
