@@ -333,7 +333,8 @@ class SessionEndpoint:
     def datagram_received(self, which, data, addr):
         if which == DATA:
             data = self._unify_ssrc(data, addr)
-        elif self._invites and data[2:4] == applemidi.INVITATION_ACCEPTED and addr in self._invites:
+        elif (addr in self._invites and data[2:4] == applemidi.INVITATION_ACCEPTED
+              and len(data) >= 16):
             self._invited_ssrcs[(addr[0], addr[1] + 1)] = data[12:16]
         self.carry_out(self.session.datagram_received(which, data, addr, self.reactor.seconds()))
 
