@@ -12,6 +12,7 @@ from twisted.internet import task
 
 from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
+from gateway.protocols.oscgroups.door import OscGroupsCollector
 from gateway.registry import Passphrase
 
 from .osc_bytes import osc_message
@@ -143,11 +144,15 @@ def test_two_cone_nats_meet_directly_and_the_relay_stays_idle():
 
 def test_policy_never_leaves_symmetric_nat_stuck_as_the_original():
     door, _registry, network = relay_door("never")
-    alice = NattedClient(network, FakeNat(network, "198.18.1.1", False), "alice", "192.168.1.2")
-    bob = NattedClient(network, FakeNat(network, "198.18.2.1", True), "bob", "192.168.2.2")
+    cone_nat = FakeNat(network, "198.18.1.1", symmetric=False)
+    symmetric_nat = FakeNat(network, "198.18.2.1", symmetric=True)
+    alice = NattedClient(network, cone_nat, "alice", "192.168.1.2")
+    bob = NattedClient(network, symmetric_nat, "bob", "192.168.2.2")
     network.run(20)
     assert door.relay is None and door.status()["relay"] is None
     assert not playing(alice, bob)
+    # Each NAT turned the other's pings away (§7.6).
+    assert cone_nat.dropped > 0 and symmetric_nat.dropped > 0
 
 
 def test_bridge_hears_a_symmetric_nat_directly_and_the_relay_metrics_are_exported():
@@ -162,14 +167,9 @@ def test_bridge_hears_a_symmetric_nat_directly_and_the_relay_metrics_are_exporte
     network.run(0.2)
     assert bob.app_messages() == [wire.Message("/midi/noteon", "iii", (1, 60, 100))]
     assert door.relay.allocations == {}
-    names = {metric.name for metric in door_collector(door).collect()}
+    names = {metric.name for metric in OscGroupsCollector(door).collect()}
     assert {"netgateway_oscgroups_relay_allocations",
             "netgateway_oscgroups_relay_forwarded_packets"} <= names
-
-
-def door_collector(door):
-    from gateway.protocols.oscgroups.door import OscGroupsCollector
-    return OscGroupsCollector(door)
 
 
 def test_full_session_answers_user_limit_reached():

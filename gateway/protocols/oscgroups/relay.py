@@ -141,6 +141,7 @@ class Relay:
                 and (self._needs_relay(first) or self._needs_relay(second)))
 
     def _needs_relay(self, user):
+        """Whether ``user``'s NAT defeats hole punching; the reason is kept for /status."""
         if user.name in self.flagged:
             return True
         if user.public_endpoint[1] != user.private_endpoint[1]:
