@@ -251,16 +251,16 @@ def start_gateway(args):
     return gateway, (LOOPBACK, server_port), (LOOPBACK, bridge_port)
 
 
-def register(sock, name, group, group_password):
-    """Send the OscGroupClient alive bundle from ``sock``; return the user_info it gets."""
-    alive = wire.encode_bundle([
+def alive_bundle(sock, name, group, group_password):
+    """The bundle OscGroupClient sends every 6 s, for a client on ``sock``."""
+    return wire.encode_bundle([
         wire.UserAlive(name, wire.password_hash(name), sock.getsockname(),
                        ((group, wire.password_hash(group_password)),)).encode(),
         wire.GroupUsersQuery(group, wire.password_hash(group_password)).encode()])
-    return alive
 
 
 def user_infos(sock, server, alive, timeout=5.0):
+    """Send ``alive`` to the server; {name: UserInfo} from its reply."""
     sock.settimeout(timeout)
     sock.sendto(alive, server)
     infos = {}
@@ -286,7 +286,7 @@ def relay_flows(server, count, sockets):
         sender, receiver = udp_socket(), udp_socket()
         sockets += [sender, receiver]
         names = {sender: f"x{number}", receiver: f"u{number}"}
-        alives = {sock: register(sock, name, group, "bench") for sock, name in names.items()}
+        alives = {sock: alive_bundle(sock, name, group, "bench") for sock, name in names.items()}
         user_infos(sender, server, alives[sender])
         user_infos(receiver, server, alives[receiver])
         relay_of = {sock: user_infos(sock, server, alives[sock])[names[other]].public_endpoint
@@ -305,7 +305,7 @@ def bridge_flows(server, bridge, count, sockets):
         sock = udp_socket()
         sockets.append(sock)
         name = f"player{number}"
-        alive = register(sock, name, *MIRROR)
+        alive = alive_bundle(sock, name, *MIRROR)
         flow = Flow(sock, bridge, sock, through_bridge=True)
         deadline = time.monotonic() + 20.0
         echoed = False

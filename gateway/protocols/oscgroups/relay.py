@@ -150,7 +150,7 @@ class Relay:
         return False
 
     def saw_mapping(self, user_name, source):
-        """The gateway got a datagram from ``user_name`` at ``source``: flag per-destination NATs."""
+        """The bridge heard ``user_name`` from ``source``: flag a per-destination NAT."""
         user = self.users.get(user_name)
         if user is None or user_name in self.flagged or user.public_endpoint is None:
             return

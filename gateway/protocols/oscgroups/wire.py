@@ -5,10 +5,11 @@ nested bundles, exact address matching, inverted IPv4 addresses, MD5-hex
 passwords) and the message catalogue of §4.1–§4.3 with the strict type tags
 the C++ programs insist on (``s`` for strings, ``i`` for ints).
 
-Message bodies are parsed with python-osc's ``OscMessage``, except int-only
-messages (every MIDI message the bridge sees), which a precompiled ``struct``
-reads directly. Bundle *framing* is walked here by hand on purpose: python-osc 1.10's ``OscBundle`` loops forever
-on a negative element size (measured: ``#bundle`` + time tag + ``ff ff ff fc``
+Addresses and type tags are read here; argument values by python-osc's
+``OscMessage``, except int-only messages (every MIDI message the bridge sees),
+which a precompiled ``struct`` reads directly. Bundle *framing* is walked here
+by hand on purpose: python-osc 1.10's ``OscBundle`` loops forever on a
+negative element size (measured: ``#bundle`` + time tag + ``ff ff ff fc``
 never returns and logs a warning per iteration), accepts element sizes that
 are not multiples of four, logs unidentifiable elements instead of failing,
 and recurses without a depth limit. Arbitrary bytes must end in
