@@ -60,8 +60,10 @@ def test_peer_osc_becomes_midi_and_pings_only_say_alive():
                                osc_message("/other", "i", 3),
                                osc_message("/midi/cc", "iii", 1, 64, 127)])
     assert core.datagram_received(data, ALICE, 1) == [
-        bridge.PeerAlive("alice"), bridge.Dropped("unmapped", ALICE, 1),
+        bridge.Dropped("unmapped", ALICE, 1),
         bridge.PeerMidi("alice", [bytes([0x90, 60, 100]), bytes([0xB0, 64, 127])])]
+    assert core.datagram_received(osc_message("/other", "i", 3), ALICE, 1) == [
+        bridge.Dropped("unmapped", ALICE, 1), bridge.PeerAlive("alice")]
 
 
 def test_strangers_and_garbage_are_dropped():

@@ -47,7 +47,10 @@ class PeerGone(NamedTuple):
 
 
 class PeerAlive(NamedTuple):
-    """A datagram (ping or data) came from peer ``name``."""
+    """A datagram without MIDI (a ping, say) came from peer ``name``.
+
+    :class:`PeerMidi` says the same, so a datagram gives one or the other.
+    """
 
     name: str
 
@@ -116,11 +119,11 @@ class Bridge:
             if _PING_MARKER not in data:
                 actions.append(Dropped("unknown_peer", source))
             return actions
-        actions.append(PeerAlive(name))
         self.counters["datagrams_from_peers"] += 1
         try:
             messages = wire.parse_packet(data)
         except wire.MalformedPacket:
+            actions.append(PeerAlive(name))
             actions.append(Dropped("malformed", source))
             return actions
         events = []
@@ -138,6 +141,8 @@ class Bridge:
         if events:
             self.counters["midi_from_peers"] += len(events)
             actions.append(PeerMidi(name, events))
+        else:
+            actions.append(PeerAlive(name))
         return actions
 
     # ------------------------------------------------------------------
