@@ -128,3 +128,12 @@ def test_tls_files_must_be_readable(tmp_path):
                                               "key": str(tmp_path / "k.pem")}}})
     assert line.startswith("web.tls.certificate: expected a readable PEM file")
     assert other.startswith("web.tls.key:")
+
+
+def test_duplicate_ports_across_doors_name_both_keys():
+    lines = problems({"sessions": [DEMO],
+                      "rtpmidi": {"sessions": [{"session": "demo", "port": 22242}]},
+                      "oscgroups": {"port": 22243, "bridge": {"enabled": False}}})
+    # 22243 is the RTP-MIDI data port (control port + 1).
+    assert lines == ["rtpmidi.sessions[0].port: udp port 22243 is already used by"
+                     " oscgroups.port; expected a free port"]

@@ -1,6 +1,7 @@
 """Start-up through the real twistd: bad config, --help, the default config."""
 
 import os
+import socket
 import subprocess
 
 import yaml
@@ -45,11 +46,25 @@ def test_development_checkout_lists_the_plugin(tmp_path):
     assert "netgateway" in result.stdout
 
 
+def move_to_free_ports(config):
+    """The default config's ports, moved to ones free now (keeps tests off 5004, 22242...)."""
+    config["web"]["port"] = free_port()
+    for session in config["rtpmidi"]["sessions"]:
+        session["port"] = free_port(socket.SOCK_DGRAM, even=True)
+    oscgroups = config["oscgroups"]
+    oscgroups["port"] = free_port(socket.SOCK_DGRAM)
+    oscgroups["bridge"]["port"] = free_port(socket.SOCK_DGRAM)
+    relay_base = free_port(socket.SOCK_DGRAM)
+    span = oscgroups["relay"]["port_max"] - oscgroups["relay"]["port_min"]
+    oscgroups["relay"]["port_min"], oscgroups["relay"]["port_max"] = relay_base, min(
+        65535, relay_base + span)
+
+
 def test_default_config_starts_every_door(tmp_path):
     """The shipped config/config.yaml, with only its ports moved to free ones."""
     with open(os.path.join(REPO, "config", "config.yaml")) as stream:
         config = yaml.safe_load(stream)
-    config["web"]["port"] = free_port()
+    move_to_free_ports(config)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     from tests.conftest import GatewayProcess
