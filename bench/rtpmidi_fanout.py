@@ -196,7 +196,7 @@ def setup_gateway(sessions, size):
     now = time.monotonic()
     for group, port in zip(groups, ports):
         for member in group:
-            member.carry_out(member.session.invite(("127.0.0.1", port), now))
+            member.carry_out(member.session.invite(("127.0.0.1", port), now)[1])
     deadline = time.monotonic() + 20.0
     while not all(member.session.peers for member in members):
         if time.monotonic() > deadline:

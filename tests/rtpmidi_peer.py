@@ -87,7 +87,8 @@ class RtpMidiPeer:
     def invite(self, control_addr, timeout=10.0):
         """Invite the session at ``control_addr`` and wait until both ports are joined."""
         with self._lock:
-            self._carry_out(self.session.invite(control_addr, time.monotonic()))
+            _, actions = self.session.invite(control_addr, time.monotonic())
+            self._carry_out(actions)
         return wait_until(self.joined_peer, timeout, f"joining {control_addr}")
 
     def joined_peer(self):

@@ -94,6 +94,12 @@ class Wire:
             pending += [(target, reply)
                         for reply in target.datagram_received(port, action.data, source, self.now)]
 
+    def invite(self, session, addr):
+        """``session`` invites ``addr``; returns the Peer the invitation created."""
+        peer, actions = session.invite(addr, self.now)
+        self.run(session, actions)
+        return peer
+
     def advance(self, seconds, step=0.1):
         end = self.now + seconds
         while self.now < end - 1e-9:
@@ -117,7 +123,7 @@ def wire():
 def connect(wire, **responder_options):
     a = wire.add("A", A_HOST, 5004)
     b = wire.add("B", B_HOST, 5006, **responder_options)
-    wire.run(a, a.invite(wire.address(b), wire.now))
+    wire.invite(a, wire.address(b))
     return a, b
 
 
@@ -172,8 +178,8 @@ def test_send_rtp_to_chosen_peers(wire):
     b = wire.add("B", B_HOST, 5006)
     a = wire.add("A", A_HOST, 5004)
     c = wire.add("C", C_HOST, 5008)
-    wire.run(a, a.invite(wire.address(b), wire.now))
-    wire.run(c, c.invite(wire.address(b), wire.now))
+    wire.invite(a, wire.address(b))
+    wire.invite(c, wire.address(b))
     assert len(b.peers) == 2
     peer_c = next(peer for peer in b.peers if peer.ssrc == c.ssrc)
     assert b.send_rtp(b"x") == [Send(DATA, b"x", (A_HOST, 5005)), Send(DATA, b"x", (C_HOST, 5009))]
@@ -200,7 +206,7 @@ def test_invitation_is_retried(wire):
 
 def test_invitation_gives_up(wire):
     a = wire.add("A", A_HOST, 5004)
-    wire.run(a, a.invite(("10.9.9.9", 5004), wire.now))
+    wire.invite(a, ("10.9.9.9", 5004))
     wire.advance(INVITATION_ATTEMPTS + 1)
     assert len(wire.sent("IN")) == INVITATION_ATTEMPTS
     [failed] = wire.of_type(a, InvitationFailed)
@@ -245,7 +251,7 @@ def test_refused_invitation_gets_no(wire):
 
 def test_invitation_with_our_own_ssrc_is_refused(wire):
     a = wire.add("A", A_HOST, 5004)
-    wire.run(a, a.invite(wire.address(a), wire.now))
+    wire.invite(a, wire.address(a))
     assert [entry[3] for entry in wire.log] == ["IN", "NO"]
     assert a.counters["invitation with our own SSRC"] == 1
     assert [event.reason for event in wire.of_type(a, InvitationFailed)] == ["refused"]
@@ -290,12 +296,12 @@ def test_reinvitation_with_new_token_replaces_the_peer(wire):
     wire.events[b].clear()
     second = wire.add("A again", C_HOST, 5010)
     second.ssrc = a.ssrc
-    wire.run(second, second.invite(wire.address(b), wire.now))
+    wire.invite(second, wire.address(b))
     assert len(b.peers) == 1 and b.peers[0].control_addr == (C_HOST, 5010)
 
     third = wire.add("A third", C_HOST, 5012)
     third.ssrc = a.ssrc
-    wire.run(third, third.invite(wire.address(b), wire.now))
+    wire.invite(third, wire.address(b))
     [left] = wire.of_type(b, PeerLeft)
     assert left.reason == "rejoined" and left.peer.control_addr == (C_HOST, 5010)
     assert [peer.control_addr for peer in b.peers] == [(C_HOST, 5012)]
@@ -303,7 +309,7 @@ def test_reinvitation_with_new_token_replaces_the_peer(wire):
 
 def test_clock_offset_and_rtt_as_initiator():
     session = AppleMidiSession("A", 1, now=0.0, rng=random.Random(1))
-    [invitation] = session.invite((B_HOST, 5006), 10.0)
+    _, [invitation] = session.invite((B_HOST, 5006), 10.0)
     token = parse_control(invitation.data).token
     session.datagram_received(CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, 2, "B")),
                               (B_HOST, 5006), 10.0)
@@ -320,6 +326,56 @@ def test_clock_offset_and_rtt_as_initiator():
     assert completed.rtt == pytest.approx(0.004)
     assert completed.offset == pytest.approx((5_000_000 - 100_020) / 10_000)
     assert completed.peer.clock_offset == completed.offset
+
+
+def test_invite_returns_the_peer_its_events_name(wire):
+    a = wire.add("A", A_HOST, 5004)
+    b = wire.add("B", B_HOST, 5006)
+    peer = wire.invite(a, wire.address(b))
+    assert [joined.peer for joined in wire.of_type(a, PeerJoined)] == [peer]
+    unanswered = wire.invite(a, ("10.9.9.9", 5004))
+    wire.advance(INVITATION_ATTEMPTS + 1)
+    assert [failed.peer for failed in wire.of_type(a, InvitationFailed)] == [unanswered]
+
+
+def test_data_port_answering_with_a_second_ssrc_is_the_same_peer():
+    # pymidi picks one SSRC per port: control OK with 2, data OK, CK and BY with 3.
+    session = AppleMidiSession("A", 1, now=0.0, rng=random.Random(3))
+    peer, [invitation] = session.invite((B_HOST, 5006), 0.0)
+    token = parse_control(invitation.data).token
+    session.datagram_received(CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, 2, "p")),
+                              (B_HOST, 5006), 0.0)
+    actions = session.datagram_received(
+        DATA, bytes(SessionExchange(INVITATION_ACCEPTED, token, 3, "p")), (B_HOST, 5007), 0.0)
+    assert [type(action) for action in actions] == [PeerJoined, Send]
+    assert session.peers == [peer] and (peer.ssrc, peer.data_port_ssrc) == (2, 3)
+    ck0 = parse_control(actions[-1].data)
+    actions = session.datagram_received(DATA, bytes(Sync(3, 1, ck0.ts1, 500)), (B_HOST, 5007),
+                                        0.001)
+    assert isinstance(actions[-1], SyncCompleted) and actions[-1].peer is peer
+    [feedback] = session.datagram_received(CONTROL, bytes(ReceiverFeedback(3, 9)),
+                                           (B_HOST, 5006), 0.002)
+    assert feedback == FeedbackReceived(peer, 9)
+    [received] = session.datagram_received(DATA, rtp(1, 3), (B_HOST, 5007), 0.003)
+    assert received.peer is peer
+    [left] = session.datagram_received(CONTROL, bytes(SessionExchange(END_SESSION, token, 3)),
+                                       (B_HOST, 5006), 0.004)
+    assert left == PeerLeft(peer, "bye") and session.peers == []
+    [dropped] = session.datagram_received(DATA, rtp(2, 3), (B_HOST, 5007), 0.005)
+    assert dropped.reason == "RTP from non-member"
+
+
+def test_data_port_ssrc_of_another_peer_is_refused(wire):
+    a, b = connect(wire)
+    peer, [invitation] = a.invite((C_HOST, 5010), wire.now)
+    token = parse_control(invitation.data).token
+    a.datagram_received(CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, 7, "C")),
+                        (C_HOST, 5010), wire.now)
+    actions = a.datagram_received(
+        DATA, bytes(SessionExchange(INVITATION_ACCEPTED, token, b.ssrc, "C")), (C_HOST, 5011),
+        wire.now)
+    assert [action.reason for action in actions] == ["data-port SSRC belongs to another peer"]
+    assert not peer.joined
 
 
 def test_clock_offset_and_rtt_as_responder_from_captured_ck2(wire):
@@ -343,7 +399,7 @@ def test_ck1_that_answers_nothing_is_dropped(wire):
 
 def test_ck1_with_only_low_32_bits_echoed_is_accepted():
     session = AppleMidiSession("A", 1, now=0.0, clock_base=-1_000_000.0, rng=random.Random(2))
-    [invitation] = session.invite((B_HOST, 5006), 0.0)
+    _, [invitation] = session.invite((B_HOST, 5006), 0.0)
     token = parse_control(invitation.data).token
     accepted = bytes(SessionExchange(INVITATION_ACCEPTED, token, 2, "node"))
     session.datagram_received(CONTROL, accepted, (B_HOST, 5006), 0.0)

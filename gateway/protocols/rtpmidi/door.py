@@ -31,13 +31,12 @@ from gateway import midi
 from gateway.config import bounded, port
 from gateway.interfaces import IDoor, IMember
 from gateway.midi import MidiEvent
-from gateway.protocols.rtpmidi import applemidi
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import (
     MAX_DELTA, MalformedPacket, RtpMidiPacket, SysExReassembler,
 )
 from gateway.protocols.rtpmidi.session import (
-    CLOCK_RATE, CONTROL, DATA, INITIATOR, AppleMidiSession, Dropped, FeedbackReceived,
+    CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,
     InvitationFailed, PeerJoined, PeerLeft, RtpReceived, Send, SyncCompleted,
 )
 from gateway.registry import JoinRefused, TrustedPeer
@@ -282,9 +281,9 @@ class SessionEndpoint:
         self.control_port = None
         self.data_port = None
         self.data_socket = None
-        self._invites = {(invite.host, invite.port) for invite in door.config.invite
-                         if invite.session == entry.session}
-        self._invited_ssrcs = {}   # peer data address -> SSRC of its control-port OK
+        self._invite_targets = sorted({(invite.host, invite.port) for invite in door.config.invite
+                                       if invite.session == entry.session})
+        self._invited = {}         # Peer -> the configured target its invitation went to
         self._reinvitations = {}
 
     def start(self):
@@ -297,7 +296,7 @@ class SessionEndpoint:
             maxPacketSize=MAX_DATAGRAM)
         self.data_socket = self.data_port.socket
         self.data_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-        for target in sorted(self._invites):
+        for target in self._invite_targets:
             self.invite(target)
 
     def stop(self):
@@ -312,7 +311,9 @@ class SessionEndpoint:
 
     def invite(self, target):
         self._reinvitations.pop(target, None)
-        self.carry_out(self.session.invite(target, self.reactor.seconds()))
+        peer, actions = self.session.invite(target, self.reactor.seconds())
+        self._invited[peer] = target
+        self.carry_out(actions)
 
     def accept(self, addr):
         session = self.registry.session(self.entry.session)
@@ -331,25 +332,7 @@ class SessionEndpoint:
         self.carry_out(self.session.kick(peer))
 
     def datagram_received(self, which, data, addr):
-        if which == DATA:
-            data = self._unify_ssrc(data, addr)
-        elif (addr in self._invites and data[2:4] == applemidi.INVITATION_ACCEPTED
-              and len(data) >= 16):
-            self._invited_ssrcs[(addr[0], addr[1] + 1)] = data[12:16]
         self.carry_out(self.session.datagram_received(which, data, addr, self.reactor.seconds()))
-
-    def _unify_ssrc(self, data, addr):
-        # pymidi answers from its data port with a second SSRC; a peer we
-        # invited is known by the SSRC of its control-port OK.
-        ssrc = self._invited_ssrcs.get(addr)
-        if ssrc is None or data[:2] != applemidi.SIGNATURE:
-            return data
-        command = data[2:4]
-        if command == applemidi.INVITATION_ACCEPTED and data[12:16] != ssrc:
-            return data[:12] + ssrc + data[16:]
-        if command == applemidi.SYNC and data[4:8] != ssrc:
-            return data[:4] + ssrc + data[8:]
-        return data
 
     def carry_out(self, actions):
         now = self.reactor.seconds()
@@ -405,9 +388,8 @@ class SessionEndpoint:
         if member is not None and member.membership is not None:
             membership, member.membership = member.membership, None
             membership.leave(reason)
-        target = peer.control_addr
-        if (peer.local_role == INITIATOR and target in self._invites and self.door.running
-                and target not in self._reinvitations):
+        target = self._invited.pop(peer, None)
+        if target is not None and self.door.running and target not in self._reinvitations:
             self.door.log.info("rtpmidi: invitation to {target} ended ({reason});"
                                " inviting again in {delay} s", target=target, reason=reason,
                                delay=REINVITE_DELAY)

@@ -5,7 +5,8 @@ Implements the session side of Apple's MIDI Network Driver Protocol
 (BY), three-way clock synchronisation (CK) and receiver feedback (RS), for
 both roles, with many peers sharing one local endpoint. One SSRC is used
 everywhere (IN/OK on both ports, CK, RS and the RTP header), as RFC 6295 §2.1
-requires of an RTP stream and as pymidi fails to do.
+requires of an RTP stream. pymidi fails to do so: its data port answers with a
+second SSRC, which the session keeps as an alias of the peer it invited.
 
 Written by hand because no maintained Python library implements AppleMIDI.
 The behaviour follows shared/protocols/rtpmidi.md §8, including the defences
@@ -85,6 +86,8 @@ class Peer:
     ours, so ``their_ticks ≈ our_ticks + clock_offset * CLOCK_RATE``) are
     None until a CK exchange completes. ``highest_rtp_seq`` is the highest
     RTP sequence number received from the peer, in 16-bit serial order.
+    ``data_port_ssrc`` is set when a peer we invited answered on its data port
+    with an SSRC other than its control port's (pymidi); both then name it.
     """
 
     def __init__(self, local_role, token, control_addr, now):
@@ -93,6 +96,7 @@ class Peer:
         self.control_addr = control_addr
         self.data_addr = None
         self.ssrc = None
+        self.data_port_ssrc = None
         self.name = None
         self.state = None
         self.rtt = None
@@ -201,6 +205,7 @@ class AppleMidiSession:
         self._rng = rng or random.SystemRandom()
         self._peers = []
         self._joined_by_ssrc = {}
+        self._joined_by_data_port_ssrc = {}
 
     # -- public inputs --------------------------------------------------
 
@@ -231,7 +236,7 @@ class AppleMidiSession:
         if isinstance(packet, Sync):
             return self._sync_received(port, packet, addr, now)
         if isinstance(packet, ReceiverFeedback):
-            peer = self._joined_by_ssrc.get(packet.ssrc)
+            peer = self._joined_peer(packet.ssrc)
             if peer is None:
                 return [self._drop("feedback from unknown peer", addr)]
             return [FeedbackReceived(peer, packet.seq)]
@@ -239,12 +244,16 @@ class AppleMidiSession:
         return [self._drop("bitrate limit not supported", addr, f"{packet.limit} bit/s")]
 
     def invite(self, addr, now):
-        """Invite the session whose control port is at ``addr``."""
+        """Invite the session whose control port is at ``addr``; return ``(peer, actions)``.
+
+        The same Peer object later appears in PeerJoined, PeerLeft or
+        InvitationFailed, so the caller can tell its own invitations apart.
+        """
         if self.closed:
             raise RuntimeError("session is closed")
         peer = Peer(INITIATOR, self._rng.getrandbits(32), addr, now)
         self._peers.append(peer)
-        return self._enter_inviting(peer, PeerState.INVITING_CONTROL, now)
+        return peer, self._enter_inviting(peer, PeerState.INVITING_CONTROL, now)
 
     def timer(self, now):
         """Retries, clock syncs, receiver feedback and timeouts due by ``now``."""
@@ -370,8 +379,10 @@ class AppleMidiSession:
             peer.data_addr = (addr[0], addr[1] + 1) + tuple(addr[2:])
             return self._enter_inviting(peer, PeerState.INVITING_DATA, now)
         if packet.ssrc != peer.ssrc:
-            return [self._drop("SSRC differs between ports", addr,
-                               f"{packet.ssrc:#010x} != {peer.ssrc:#010x}")]
+            if packet.ssrc == self.ssrc or self._joined_peer(packet.ssrc) is not None:
+                return [self._drop("data-port SSRC belongs to another peer", addr,
+                                   f"{packet.ssrc:#010x}")]
+            peer.data_port_ssrc = packet.ssrc
         peer.data_addr = addr
         actions = self._join(peer, now)
         actions.append(self._start_sync(peer, now))
@@ -387,6 +398,8 @@ class AppleMidiSession:
         peer.last_sync_time = now
         peer._next_sync_time = now
         self._joined_by_ssrc[peer.ssrc] = peer
+        if peer.data_port_ssrc is not None:
+            self._joined_by_data_port_ssrc[peer.data_port_ssrc] = peer
         actions.append(PeerJoined(peer))
         return actions
 
@@ -406,6 +419,8 @@ class AppleMidiSession:
                 actions.append(Send(DATA, bye, peer.data_addr))
         if peer.joined:
             del self._joined_by_ssrc[peer.ssrc]
+            if peer.data_port_ssrc is not None:
+                del self._joined_by_data_port_ssrc[peer.data_port_ssrc]
             actions.append(PeerLeft(peer, reason))
         else:
             actions.append(InvitationFailed(peer, reason))
@@ -413,8 +428,14 @@ class AppleMidiSession:
         peer.state = PeerState.GONE
         return actions
 
-    def _peer_by_ssrc(self, ssrc):
+    def _joined_peer(self, ssrc):
         peer = self._joined_by_ssrc.get(ssrc)
+        if peer is None:
+            return self._joined_by_data_port_ssrc.get(ssrc)
+        return peer
+
+    def _peer_by_ssrc(self, ssrc):
+        peer = self._joined_peer(ssrc)
         if peer is not None:
             return peer
         for peer in self._peers:
@@ -440,7 +461,7 @@ class AppleMidiSession:
                     peer.data_addr)
 
     def _sync_received(self, port, packet, addr, now):
-        peer = self._joined_by_ssrc.get(packet.ssrc)
+        peer = self._joined_peer(packet.ssrc)
         if peer is None:
             return [self._drop("sync from unknown peer", addr)]
         peer.last_sync_time = now
@@ -476,7 +497,9 @@ class AppleMidiSession:
         ssrc = int.from_bytes(data[8:12], "big")
         peer = self._joined_by_ssrc.get(ssrc)
         if peer is None:
-            return [self._drop("RTP from non-member", addr)]
+            peer = self._joined_by_data_port_ssrc.get(ssrc)
+            if peer is None:
+                return [self._drop("RTP from non-member", addr)]
         if addr != peer.data_addr:
             return [self._drop("RTP from unexpected address", addr, f"ssrc {ssrc:#010x}")]
         seq = int.from_bytes(data[2:4], "big")
