@@ -219,6 +219,12 @@ def test_purge_runs_without_traffic():
     ({"groups": {"jam": "nope"}}, "oscgroups.groups.jam: session 'nope' is not declared"),
     ({"bridge": {"prefix": "midi/"}}, "oscgroups.bridge.prefix: OSC prefix must start"),
     ({"bridge": {"port": SERVER_PORT}}, "oscgroups.bridge.port: udp port 22242 is already used"),
+    ({"relay": {"host": "0.0.0.0"}}, "oscgroups.relay.host: expected the one IPv4 address"),
+    ({"relay": {"port_min": 30010, "port_max": 30000}},
+     "oscgroups.relay.port_max: expected at least port_min (30010)"),
+    ({"relay": {"port_min": 22240, "port_max": 22250}},
+     "oscgroups.relay.port_min-port_max: udp port 22241 is already used by oscgroups.bridge"),
+    ({"relay": {"policy": "sometimes"}}, "oscgroups.relay.policy"),
 ])
 def test_config_problems_name_the_key(section, fragment):
     with pytest.raises(ConfigError) as raised:
