@@ -3,7 +3,8 @@
 It owns two UDP sockets (control P, data P+1) on 127.0.0.1 and one thread that
 feeds every datagram and timer tick into an
 :class:`~gateway.protocols.rtpmidi.session.AppleMidiSession`. What it sends
-carries a recovery journal from a :class:`JournalSender`; what it receives goes
+goes out on an :class:`OutgoingStream` with a recovery journal and guard
+packets, as the gateway sends; what it receives goes
 through a :class:`JournalReceiver`, and every command that comes out (repairs
 included) is applied to ``heard``, one :class:`ChannelState` per channel, as a
 synthesizer would play it. Compare ``heard_snapshot()`` with another peer's
@@ -18,11 +19,13 @@ import socket
 import threading
 import time
 
+from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi.journal import ChannelState, JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
 from gateway.protocols.rtpmidi.session import (
     CONTROL, DATA, AppleMidiSession, FeedbackReceived, RtpReceived, Send,
 )
+from gateway.protocols.rtpmidi.stream import OutgoingStream, prepare
 from tests.conftest import free_port
 
 POLL_INTERVAL = 0.02
@@ -68,13 +71,11 @@ class RtpMidiPeer:
         self.sockets = dict(zip((CONTROL, DATA), bind_port_pair()))
         self.port = self.sockets[CONTROL].getsockname()[1]
         self.session = AppleMidiSession(name, rng.getrandbits(32), time.monotonic(), rng=rng)
-        self.journal_sender = JournalSender()
+        self.stream = OutgoingStream(self.session.ssrc, rng.getrandbits(16), JournalSender())
         self.journal_receiver = JournalReceiver(sound_late_notes=sound_late_notes)
         self.heard = [ChannelState() for _ in range(16)]
-        self.packets_sent = 0
         self.packets_received = 0
         self.malformed = 0
-        self._sequence = rng.getrandbits(16)
         self._heard_count = 0
         self._lock = threading.Lock()
         self._running = True
@@ -115,26 +116,18 @@ class RtpMidiPeer:
     # -- MIDI ------------------------------------------------------------------
 
     def send(self, messages):
-        """Send ``messages`` (complete MIDI messages) in one RTP packet with a journal.
-
-        An empty list sends a journal-only packet, the "guard packet" a quiet
-        sender uses so that a receiver can repair the loss of its last packet.
-        """
+        """Send ``messages`` (complete MIDI messages) now, with the stream's journal."""
         with self._lock:
             now = time.monotonic()
             timestamp = self.session.ticks(now) & 0xFFFFFFFF
-            sequence = self._sequence
-            self._sequence = (sequence + 1) & 0xFFFF
-            journal = self.journal_sender.journal_for(sequence, timestamp)
-            packet = RtpMidiPacket(sequence, timestamp, self.session.ssrc,
-                                   [(0, message) for message in messages], journal)
-            self.journal_sender.record(sequence, timestamp, messages)
-            self.packets_sent += 1
-            self._carry_out(self.session.send_rtp(bytes(packet)))
+            packets, _ = prepare([MidiEvent(message, now) for message in messages])
+            for prepared in packets:
+                self._carry_out(self.session.send_rtp(self.stream.packet(prepared, timestamp,
+                                                                         now)))
 
     def sent_snapshot(self):
         with self._lock:
-            return self.journal_sender.snapshot()
+            return self.stream.journal.snapshot()
 
     def heard_snapshot(self):
         with self._lock:
@@ -155,6 +148,9 @@ class RtpMidiPeer:
                     self._carry_out(self.session.datagram_received(by_socket[sock], data,
                                                                    addr, now))
                 self._carry_out(self.session.timer(now))
+                guard = self.stream.guard_packet(self.session.ticks(now) & 0xFFFFFFFF, now)
+                if guard is not None:
+                    self._carry_out(self.session.send_rtp(guard))
 
     def _carry_out(self, actions):
         for action in actions:
@@ -167,7 +163,7 @@ class RtpMidiPeer:
             elif kind is RtpReceived:
                 self._rtp_received(action.data)
             elif kind is FeedbackReceived:
-                self.journal_sender.acknowledge(action.seq)
+                self.stream.acknowledge(action.seq)
 
     def _rtp_received(self, data):
         try:

@@ -15,6 +15,7 @@ from gateway.protocols.rtpmidi import applemidi, door as rtpdoor
 from gateway.protocols.rtpmidi.applemidi import ReceiverFeedback, SessionExchange, Sync
 from gateway.protocols.rtpmidi.journal import JournalSender
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
+from gateway.protocols.rtpmidi.stream import prepare
 from gateway.registry import Passphrase
 from gateway.service import GatewayContext
 
@@ -230,6 +231,37 @@ def test_notes_both_ways(reactor, build):
     assert packets[1].journal.channels[0].channel == 1
 
 
+def test_fan_out_is_encoded_once_for_every_peer(reactor, build, monkeypatch):
+    _, _, _, membership = build()
+    peers = [RemotePeer(reactor, port=port, ssrc=port) for port in (7000, 7002, 7004)]
+    for peer in peers:
+        peer.join()
+    encoded = []
+    monkeypatch.setattr(rtpdoor, "prepare",
+                        lambda events: encoded.append(events) or prepare(events))
+    membership.publish([MidiEvent(bytes((0x90, 60, 100)), reactor.seconds())])
+    assert len(encoded) == 1
+    for peer in peers:
+        [packet] = [RtpMidiPacket.parse(data) for data in peer.data_received()]
+        assert packet.commands == [(0, bytes((0x90, 60, 100)))]
+
+
+def test_guard_packets_follow_the_last_midi(reactor, build):
+    _, _, _, membership = build()
+    peer = RemotePeer(reactor)
+    peer.join()
+    peer.data_received()
+    membership.publish([MidiEvent(bytes((0x90, 60, 100)), reactor.seconds())])
+    membership.publish([MidiEvent(bytes((0x80, 60, 0)), reactor.seconds())])
+    reactor.pump([rtpdoor.TIMER_INTERVAL] * 20)
+    packets = [RtpMidiPacket.parse(data) for data in peer.data_received()
+               if data[:2] != b"\xff\xff"]
+    assert [len(packet.commands) for packet in packets] == [1, 1, 0, 0]
+    assert [packet.journal.channels[0].notes.off_notes for packet in packets[2:]] == [[60], [60]]
+    assert all(packet.sequence == (packets[0].sequence + index) & 0xFFFF
+               for index, packet in enumerate(packets))
+
+
 def test_receiver_feedback_moves_the_journal_checkpoint(reactor, build):
     _, context, _, membership = build()
     peer = RemotePeer(reactor)
@@ -323,9 +355,10 @@ def test_gateway_invites_a_pymidi_style_peer(reactor, build):
 def test_invitation_without_answer_is_retried_later(reactor, build):
     target = ("127.0.0.1", 7200)
     build({"invite": [{"session": "demo", "host": target[0], "port": target[1]}]})
-    reactor.pump([rtpdoor.TIMER_INTERVAL] * 200)       # 20 s: attempts run out
+    ticks_per_second = round(1 / rtpdoor.TIMER_INTERVAL)
+    reactor.pump([rtpdoor.TIMER_INTERVAL] * 20 * ticks_per_second)   # attempts run out
     first_round = len(reactor.take(target))
-    reactor.pump([rtpdoor.TIMER_INTERVAL] * 60)
+    reactor.pump([rtpdoor.TIMER_INTERVAL] * 6 * ticks_per_second)
     assert first_round >= 12 and len(reactor.take(target)) >= 1
 
 

@@ -226,6 +226,16 @@ def test_malformed(data, reason):
         RtpMidiPacket.parse(data)
 
 
+def test_lazy_journal_is_read_on_first_use():
+    eager = RtpMidiPacket.parse(golden("macos_note_on_chapter_n"))
+    lazy = RtpMidiPacket.parse(golden("macos_note_on_chapter_n"), lazy_journal=True)
+    assert lazy.commands == eager.commands and lazy.journal == eager.journal
+    broken = RtpMidiPacket.parse(header() + b"\x41\xf8\x00", lazy_journal=True)
+    assert broken.commands == [(0, b"\xf8")]
+    with pytest.raises(MalformedPacket, match="journal header truncated"):
+        broken.journal
+
+
 # -- properties -------------------------------------------------------------
 
 data_byte = st.integers(0, 127)

@@ -3,9 +3,11 @@
 Implements the Twisted side of the RTP-MIDI door: for every configured
 session two UDP ports (control P, data P+1) feed one sans-IO
 :class:`~gateway.protocols.rtpmidi.session.AppleMidiSession`; each joined
-AppleMIDI peer becomes a registry member. RTP payloads go through
-:mod:`~gateway.protocols.rtpmidi.payload` and, per peer and direction, the
-RFC 6295 recovery journal of :mod:`~gateway.protocols.rtpmidi.journal`.
+AppleMIDI peer becomes a registry member. Incoming RTP goes through
+:mod:`~gateway.protocols.rtpmidi.payload` and the peer's RFC 6295
+:class:`~gateway.protocols.rtpmidi.journal.JournalReceiver`; outgoing MIDI is
+encoded once per fan-out and sent on each peer's
+:class:`~gateway.protocols.rtpmidi.stream.OutgoingStream`.
 Sessions can be advertised as ``_apple-midi._udp`` with python-zeroconf.
 
 AppleMIDI has no authentication: a session's ``allow_addresses`` list is what
@@ -32,24 +34,22 @@ from gateway.config import bounded, port
 from gateway.interfaces import IDoor, IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
-from gateway.protocols.rtpmidi.payload import (
-    MAX_DELTA, MalformedPacket, RtpMidiPacket, SysExReassembler,
-)
+from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
 from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,
     InvitationFailed, PeerJoined, PeerLeft, RtpReceived, Send, SyncCompleted,
 )
+from gateway.protocols.rtpmidi.stream import OutgoingStream, prepare
 from gateway.registry import JoinRefused, TrustedPeer
 
 DOOR = "rtpmidi"
 MDNS_SERVICE_TYPE = "_apple-midi._udp.local."
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_DATAGRAM = 65535
-TIMER_INTERVAL = 0.1
+# Often enough that guard packets leave within 50 ms of when they are due.
+TIMER_INTERVAL = 0.05
 REINVITE_DELAY = 5.0
 MDNS_STOP_TIMEOUT = 5.0
-# Keeps every packet well inside one Ethernet frame and pymidi's 1024-byte reads.
-MAX_LIST_OCTETS = 900
 _U32 = 0xFFFFFFFF
 
 
@@ -139,8 +139,8 @@ class RtpMidiMember:
         self.membership = None
         self.data_addr = peer.data_addr
         self._sendto = endpoint.data_socket.sendto
-        self._sequence = random.getrandbits(16)
-        self.journal_sender = JournalSender()
+        self.stream = OutgoingStream(endpoint.session.ssrc, random.getrandbits(16),
+                                     JournalSender() if endpoint.config.journal else None)
         self.journal_receiver = JournalReceiver()
         self.sysex = SysExReassembler()
         self.packets_received = 0
@@ -149,15 +149,15 @@ class RtpMidiMember:
     # Receiving ------------------------------------------------------------
     def rtp_received(self, data, now):
         endpoint = self.endpoint
+        receiver = self.journal_receiver
+        lost_before = receiver.lost_packets
         try:
-            packet = RtpMidiPacket.parse(data)
+            packet = RtpMidiPacket.parse(data, lazy_journal=True)
+            commands = receiver.receive(packet)
         except MalformedPacket as error:
             endpoint.drop("malformed", self.data_addr, str(error))
             return
         self.packets_received += 1
-        receiver = self.journal_receiver
-        lost_before = receiver.lost_packets
-        commands = receiver.receive(packet)
         if receiver.lost_packets != lost_before:
             self.sysex.reset()
         if not commands:
@@ -187,53 +187,24 @@ class RtpMidiMember:
 
     # IMember ----------------------------------------------------------------
     def deliver(self, events, source):
-        endpoint = self.endpoint
-        now = endpoint.reactor.seconds()
-        timestamp = endpoint.session.ticks(now) & _U32
-        commands = []
-        octets = 0
-        previous = events[0].time if events else now
-        for event in events:
-            data = event.data
-            if data[0] in midi.UNDEFINED_STATUSES:
-                continue
-            if octets + len(data) > MAX_LIST_OCTETS and commands:
-                self._send_packet(timestamp, commands)
-                commands, octets = [], 0
-            delta = min(MAX_DELTA, max(0, round((event.time - previous) * CLOCK_RATE)))
-            previous = event.time
-            commands.append((delta if commands else 0, data))
-            octets += len(data) + 1
-        if commands:
-            self._send_packet(timestamp, commands)
+        now, timestamp, packets = self.endpoint.encode(events, source)
+        stream = self.stream
+        for prepared in packets:
+            self._send(stream.packet(prepared, timestamp, now))
 
-    def _send_packet(self, timestamp, commands):
-        endpoint = self.endpoint
-        sequence = self._sequence
-        sender = self.journal_sender if endpoint.config.journal else None
-        journal = None
-        if sender is not None:
-            journal = sender.journal_for(sequence, timestamp)
-            if not journal.channels and journal.system is None:
-                # An empty journal repairs nothing, and pymidi misreads its S=1
-                # as a system journal and drops the whole packet.
-                journal = None
-        packet = RtpMidiPacket(sequence, timestamp, endpoint.session.ssrc, commands, journal)
-        try:
-            data = bytes(packet)
-        except ValueError as error:
-            endpoint.drop("too_large", self.data_addr, str(error))
-            return
-        self._sequence = (sequence + 1) & 0xFFFF
-        if sender is not None:
-            sender.record(sequence, timestamp, [message for _, message in commands])
+    def send_guard_packet(self, now, timestamp):
+        data = self.stream.guard_packet(timestamp, now)
+        if data is not None:
+            self._send(data)
+
+    def _send(self, data):
         try:
             self._sendto(data, self.data_addr)
         except OSError as error:
-            endpoint.drop("send_failed", self.data_addr, error.strerror or str(error))
+            self.endpoint.drop("send_failed", self.data_addr, error.strerror or str(error))
 
     def feedback_received(self, sequence):
-        self.journal_sender.acknowledge(sequence)
+        self.stream.acknowledge(sequence)
 
     def membership_changed(self, change, member, session):
         pass
@@ -285,6 +256,10 @@ class SessionEndpoint:
                                        if invite.session == entry.session})
         self._invited = {}         # Peer -> the configured target its invitation went to
         self._reinvitations = {}
+        # The registry hands every member of a fan-out the same list; holding it
+        # keeps its identity from being reused by a later list.
+        self._encoded_events = None
+        self._encoded = None
 
     def start(self):
         host = self.config.host
@@ -325,8 +300,24 @@ class SessionEndpoint:
             return f"session {session.name!r} is full"
         return True
 
+    def encode(self, events, source):
+        """``(now, RTP timestamp, prepared packets)`` for ``events``, once per fan-out."""
+        if events is not self._encoded_events:
+            now = self.reactor.seconds()
+            packets, refused = prepare(events)
+            for reason in refused:
+                self.drop("too_large", source.name, reason)
+            self._encoded_events = events
+            self._encoded = (now, self.session.ticks(now) & _U32, packets)
+        return self._encoded
+
     def tick(self):
-        self.carry_out(self.session.timer(self.reactor.seconds()))
+        now = self.reactor.seconds()
+        self.carry_out(self.session.timer(now))
+        if self.config.journal:
+            timestamp = self.session.ticks(now) & _U32
+            for member in list(self.members.values()):
+                member.send_guard_packet(now, timestamp)
 
     def kick(self, peer):
         self.carry_out(self.session.kick(peer))

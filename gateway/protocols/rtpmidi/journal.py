@@ -296,25 +296,16 @@ class NoteChapter(_Record):
     def with_off_notes(cls, logs, off_notes, b_bit=False):
         if not off_notes:
             return cls(logs, b_bit=b_bit)
-        low = min(off_notes) >> 3
-        bitmap = bytearray((max(off_notes) >> 3) - low + 1)
-        for note in off_notes:
-            bitmap[(note >> 3) - low] |= 0x80 >> (note & 7)
-        return cls(logs, low, bitmap, b_bit)
+        return cls(logs, *_off_bitmap(off_notes), b_bit)
 
     def widened(self, octets):
         """This chapter with zero octets added around its bitmap to make ``octets`` (at most 16).
 
         A zero octet logs no NoteOff (A.6), so the meaning is unchanged.
         """
-        missing = octets - len(self.offbits)
-        if missing <= 0:
+        if octets <= len(self.offbits):
             return self
-        high = self.low + len(self.offbits) - 1
-        above = min(missing, _NOTE_GROUPS - 1 - high)
-        below = missing - above
-        return NoteChapter(self.logs, self.low - below,
-                           bytes(below) + self.offbits + bytes(above), self.b_bit)
+        return NoteChapter(self.logs, *_widen_bitmap(self.low, self.offbits, octets), self.b_bit)
 
     @property
     def off_notes(self):
@@ -367,6 +358,24 @@ class NoteChapter(_Record):
         out.append((low << 4) | high)
         _build_logs(out, self.logs)
         out += self.offbits
+
+
+def _off_bitmap(off_notes):
+    """(LOW, bitmap octets) of a chapter N NoteOff bitmap holding ``off_notes`` (not empty)."""
+    low = min(off_notes) >> 3
+    bitmap = bytearray((max(off_notes) >> 3) - low + 1)
+    for note in off_notes:
+        bitmap[(note >> 3) - low] |= 0x80 >> (note & 7)
+    return low, bytes(bitmap)
+
+
+def _widen_bitmap(low, offbits, octets):
+    """(LOW, bitmap) with zero octets around ``offbits`` to make ``octets`` (at most 16)."""
+    missing = octets - len(offbits)
+    high = low + len(offbits) - 1
+    above = min(missing, _NOTE_GROUPS - 1 - high)
+    below = missing - above
+    return low - below, bytes(below) + offbits + bytes(above)
 
 
 # Chapters in table-of-contents order, as (TOC bit, attribute, class).
@@ -658,21 +667,17 @@ def _recent_items(stamps, checkpoint):
     return recent
 
 
-def _keep_final_bitmap_readable(channel_journal):
-    """Widen a journal-ending chapter N bitmap to as many octets as it has note logs.
-
-    Wireshark (4.0 and earlier; ``decode_cj_chapter_n`` in
-    epan/dissectors/packet-rtp-midi.c) gives the bitmap's tree item the length
-    of the log count instead of HIGH - LOW + 1, so a correct chapter N that ends
-    the packet with more logs than bitmap octets is shown as a Malformed
-    Packet. Zero octets cost a few bytes and no meaning, and captures of the
-    gateway stay readable; beyond 16 logs there is no wider bitmap to give.
-    """
-    notes = channel_journal.notes
-    if (notes is not None and notes.offbits and len(notes.logs) > len(notes.offbits)
-            and channel_journal.extras is None and channel_journal.pressure is None
-            and channel_journal.poly_pressure is None):
-        channel_journal.notes = notes.widened(min(len(notes.logs), _NOTE_GROUPS))
+def _append_logs(out, items, values, previous):
+    """A chapter of ``S LEN`` then two-octet logs (C, A): ``(number, stamp)`` items, value tool."""
+    chapter_s = True
+    start = len(out)
+    out.append(0)
+    for number, stamp in items:
+        older = stamp != previous
+        chapter_s = chapter_s and older
+        out.append((older << 7) | number)
+        out.append(values[number])
+    out[start] = (chapter_s << 7) | (len(items) - 1)
 
 
 class JournalSender:
@@ -683,6 +688,9 @@ class JournalSender:
     1000 is 100 ms at AppleMIDI's 10 kHz clock. ``max_history``: without
     receiver feedback the checkpoint trails the newest packet by at most this
     many packets (open-loop bound), so the journal stays bounded.
+
+    The journal is written straight to octets (:meth:`journal_octets`, the
+    per-packet path); :meth:`journal_for` reads them back as a :class:`Journal`.
     """
 
     def __init__(self, late_note_ticks=1000, max_history=1024):
@@ -705,74 +713,120 @@ class JournalSender:
         return extend_sequence(sequence, self._last_sent)
 
     def journal_for(self, sequence, timestamp):
-        """The journal for packet ``sequence`` (sent at RTP ``timestamp``): checkpoint .. n-1."""
+        """The journal for packet ``sequence`` (sent at RTP ``timestamp``), or None if empty."""
+        octets = self.journal_octets(sequence, timestamp)
+        return None if octets is None else Journal.parse(octets)
+
+    def journal_octets(self, sequence, timestamp):
+        """The journal of packet ``sequence``, covering checkpoint .. n-1, as octets.
+
+        None when it would hold no channel journal: an empty journal repairs
+        nothing, and pymidi misreads its header (S=1 taken for a system
+        journal) and drops the whole packet, so the packet goes without (J=0).
+        """
         current = self._extend(sequence)
         if self._checkpoint is None:
             self._checkpoint = current
-        self._checkpoint = max(self._checkpoint, current - self.max_history)
-        checkpoint = self._checkpoint
+        checkpoint = max(self._checkpoint, current - self.max_history)
+        self._checkpoint = checkpoint
         previous = current - 1
-        channel_journals = []
-        for channel, state in enumerate(self.channels):
-            if state.last_stamp >= checkpoint:
-                channel_journal = self._channel_journal(channel, state, checkpoint, previous,
-                                                        timestamp)
-                if channel_journal is not None:
-                    channel_journals.append(channel_journal)
-        if channel_journals:
-            _keep_final_bitmap_readable(channel_journals[-1])
-        s_bit = all(channel_journal.s_bit for channel_journal in channel_journals)
-        return Journal(checkpoint & 0xFFFF, channel_journals, s_bit=s_bit)
+        parts = []
+        s_bit = True
+        final = True
+        # Backwards, because only the journal's final chapter N gets a widened bitmap.
+        for channel in range(15, -1, -1):
+            state = self.channels[channel]
+            if state.last_stamp < checkpoint:
+                continue
+            octets = self._channel_octets(channel, state, checkpoint, previous, timestamp, final)
+            if octets is not None:
+                parts.append(octets)
+                final = False
+                s_bit = s_bit and state.last_stamp != previous
+        if not parts:
+            return None
+        parts.append(bytes(((s_bit << 7) | _JOURNAL_A | (len(parts) - 1),
+                            (checkpoint >> 8) & 0xFF, checkpoint & 0xFF)))
+        parts.reverse()
+        return b"".join(parts)
 
-    def _channel_journal(self, channel, state, checkpoint, previous, timestamp):
-        journal = ChannelJournal(channel, s_bit=state.last_stamp != previous)
+    def _channel_octets(self, channel, state, checkpoint, previous, timestamp, final):
+        """One channel journal (§5.2) as octets, None if no chapter has anything to say."""
+        out = bytearray(3)
+        toc = 0
         if state.program_stamp >= checkpoint:
-            journal.program = ProgramChapter(
-                state.program, state.bank_msb, state.bank_lsb, state.bank_valid,
-                s_bit=state.program_stamp != previous)
+            toc |= _TOC_P
+            out += bytes((((state.program_stamp != previous) << 7) | state.program,
+                          (state.bank_valid << 7) | state.bank_msb, state.bank_lsb))
         controllers = _recent_items(state.controller_stamps, checkpoint)
         if controllers:
-            journal.controllers = ControllerChapter(
-                [(stamp != previous, number, False, state.controllers[number])
-                 for number, stamp in controllers],
-                s_bit=all(stamp != previous for _, stamp in controllers))
+            toc |= _TOC_C
+            _append_logs(out, controllers, state.controllers, previous)
         if state.pitch_stamp >= checkpoint:
-            journal.pitch = PitchChapter(state.pitch & 0x7F, state.pitch >> 7,
-                                         s_bit=state.pitch_stamp != previous)
+            toc |= _TOC_W
+            out.append(((state.pitch_stamp != previous) << 7) | (state.pitch & 0x7F))
+            out.append(state.pitch >> 7)
         notes = _recent_items(state.note_stamps, checkpoint)
-        if notes:
-            journal.notes = self._note_chapter(state, notes, checkpoint, previous, timestamp)
-        if state.pressure_stamp >= checkpoint:
-            journal.pressure = PressureChapter(state.pressure,
-                                               s_bit=state.pressure_stamp != previous)
+        pressure = state.pressure_stamp >= checkpoint
         pressures = _recent_items(state.poly_stamps, checkpoint)
+        if notes:
+            toc |= _TOC_N
+            self._append_note_chapter(out, state, notes, checkpoint, previous, timestamp,
+                                      final and not pressure and not pressures)
+        if pressure:
+            toc |= _TOC_T
+            out.append(((state.pressure_stamp != previous) << 7) | state.pressure)
         if pressures:
-            journal.poly_pressure = PolyPressureChapter(
-                [(stamp != previous, note, False, state.poly_pressure[note])
-                 for note, stamp in pressures],
-                s_bit=all(stamp != previous for _, stamp in pressures))
-        if all(getattr(journal, name) is None for _, name, _ in _CHAPTERS):
+            toc |= _TOC_A
+            _append_logs(out, pressures, state.poly_pressure, previous)
+        if not toc:
             return None
-        return journal
+        length = len(out)
+        if length > 0x3FF:
+            raise ValueError(f"channel {channel} journal of {length} octets exceeds 1023")
+        out[0] = ((state.last_stamp != previous) << 7) | (channel << 3) | (length >> 8)
+        out[1] = length & 0xFF
+        out[2] = toc
+        return out
 
-    def _note_chapter(self, state, notes, checkpoint, previous, timestamp):
-        logs = []
+    def _append_note_chapter(self, out, state, notes, checkpoint, previous, timestamp,
+                             ends_journal):
+        """Chapter N (A.6); ``ends_journal``: it is the last chapter of the packet."""
+        logs = bytearray()
         off_notes = []
         offs_from_previous = False
         late_ticks = self.late_note_ticks
+        velocities = state.velocities
         for note, _ in notes:
-            velocity = state.velocities[note]
+            velocity = velocities[note]
             if velocity:
                 age = (timestamp - state.on_times[note]) & 0xFFFFFFFF
-                logs.append((state.on_stamps[note] != previous, note, age < late_ticks, velocity))
+                logs.append(((state.on_stamps[note] != previous) << 7) | note)
+                logs.append(((age < late_ticks) << 7) | velocity)
             off_stamp = state.off_stamps[note]
             if off_stamp >= checkpoint:
                 off_notes.append(note)
                 offs_from_previous = offs_from_previous or off_stamp == previous
-        if len(logs) == 128:
-            # 128 logs leave no room for a bitmap; every note is sounding anyway.
-            off_notes = []
-        return NoteChapter.with_off_notes(logs, off_notes, b_bit=not offs_from_previous)
+        count = len(logs) >> 1
+        if off_notes and count < 128:
+            low, offbits = _off_bitmap(off_notes)
+            if ends_journal and count > len(offbits):
+                # Wireshark 4.0 and earlier (decode_cj_chapter_n in
+                # packet-rtp-midi.c) sizes the bitmap of a packet-ending chapter
+                # N by its log count, not HIGH - LOW + 1, and calls the correct
+                # chapter malformed; zero octets log nothing (A.6) and keep
+                # captures of the gateway readable.
+                low, offbits = _widen_bitmap(low, offbits, min(count, _NOTE_GROUPS))
+            high = low + len(offbits) - 1
+        else:
+            # 128 logs leave no room for a bitmap (every note is sounding anyway);
+            # LOW=15, HIGH=0 with LEN=127 would mean 128 logs, so 127 uses HIGH=1.
+            offbits = b""
+            low, high = _NO_BITMAP_LOW, 1 if count == 127 else _NO_BITMAP_HIGH
+        out.append(((not offs_from_previous) << 7) | min(count, 127))
+        out.append((low << 4) | high)
+        out += logs
+        out += offbits
 
     def record(self, sequence, timestamp, messages):
         """Note the MIDI messages packet ``sequence`` carried (call after journal_for)."""

@@ -23,7 +23,7 @@ from gateway.protocols.rtpmidi.journal import Journal, MalformedPacket
 
 __all__ = [
     "MalformedPacket", "RtpMidiPacket", "SysExReassembler",
-    "PAYLOAD_TYPE", "MAX_DELTA", "encode_delta",
+    "PAYLOAD_TYPE", "MAX_DELTA", "encode_delta", "rtp_header", "command_section",
 ]
 
 PAYLOAD_TYPE = 97
@@ -86,8 +86,9 @@ class RtpMidiPacket:
     ``F7..F7``, ``..F4``) for :class:`SysExReassembler`.
     """
 
-    __slots__ = ("sequence", "timestamp", "ssrc", "marker", "payload_type",
-                 "commands", "phantom", "journal")
+    _FIELDS = ("sequence", "timestamp", "ssrc", "marker", "payload_type",
+               "commands", "phantom", "journal")
+    __slots__ = _FIELDS[:-1] + ("_journal", "_journal_octets")
 
     def __init__(self, sequence=0, timestamp=0, ssrc=0, commands=(), journal=None,
                  marker=False, payload_type=PAYLOAD_TYPE, phantom=False):
@@ -98,12 +99,31 @@ class RtpMidiPacket:
         self.payload_type = payload_type
         self.commands = list(commands)
         self.phantom = phantom
-        self.journal = journal
+        self._journal = journal
+        self._journal_octets = None
+
+    @property
+    def journal(self):
+        """The recovery journal, None if the packet has none (J=0).
+
+        Read from the wire on first use when parsed with ``lazy_journal``, so it
+        may then raise :class:`MalformedPacket`.
+        """
+        octets = self._journal_octets
+        if octets is not None:
+            self._journal_octets = None
+            self._journal = Journal.parse(octets)
+        return self._journal
+
+    @journal.setter
+    def journal(self, journal):
+        self._journal = journal
+        self._journal_octets = None
 
     def __eq__(self, other):
         if not isinstance(other, RtpMidiPacket):
             return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+        return all(getattr(self, name) == getattr(other, name) for name in self._FIELDS)
 
     def __repr__(self):
         commands = ", ".join(f"{delta}:{message.hex(' ')}" for delta, message in self.commands)
@@ -111,8 +131,12 @@ class RtpMidiPacket:
                 f"ssrc=0x{self.ssrc:08x}, [{commands}], journal={self.journal!r})")
 
     @classmethod
-    def parse(cls, data):
-        """Decode one datagram; raise :class:`MalformedPacket` for anything invalid."""
+    def parse(cls, data, lazy_journal=False):
+        """Decode one datagram; raise :class:`MalformedPacket` for anything invalid.
+
+        With ``lazy_journal`` the recovery journal is only read when
+        :attr:`journal` is first used: a receiver needs it only after a loss.
+        """
         if type(data) is not bytes:
             data = bytes(data)
         end = len(data)
@@ -146,35 +170,50 @@ class RtpMidiPacket:
         if list_end > end:
             raise MalformedPacket(f"MIDI list LEN={length} runs past the packet end")
         commands = _parse_midi_list(data, pos, list_end, bool(flags & _FLAG_Z))
-        journal = None
+        packet = cls(sequence, timestamp, ssrc, commands, marker=bool(second & 0x80),
+                     payload_type=second & 0x7F, phantom=bool(flags & _FLAG_P))
         if flags & _FLAG_J:
-            journal = Journal.parse(data[list_end:end])
-        return cls(sequence, timestamp, ssrc, commands, journal,
-                   marker=bool(second & 0x80), payload_type=second & 0x7F,
-                   phantom=bool(flags & _FLAG_P))
+            if lazy_journal:
+                packet._journal_octets = data[list_end:end]
+            else:
+                packet._journal = Journal.parse(data[list_end:end])
+        return packet
 
     def __bytes__(self):
-        midi_list, first_has_delta = _build_midi_list(self.commands)
-        length = len(midi_list)
-        flags = 0
-        if first_has_delta:
-            flags |= _FLAG_Z
-        if self.phantom:
-            flags |= _FLAG_P
-        if self.journal is not None:
-            flags |= _FLAG_J
-        header = _RTP_HEADER.pack(
-            0x80, (0x80 if self.marker else 0) | self.payload_type,
-            self.sequence & 0xFFFF, self.timestamp & 0xFFFFFFFF, self.ssrc & 0xFFFFFFFF)
-        if length <= 0x0F:
-            section = bytes((flags | length,))
-        elif length <= MAX_LIST_LENGTH:
-            section = bytes((flags | _FLAG_B | (length >> 8), length & 0xFF))
-        else:
-            raise ValueError(f"MIDI list of {length} octets exceeds {MAX_LIST_LENGTH}")
-        if self.journal is None:
-            return b"".join((header, section, midi_list))
-        return b"".join((header, section, midi_list, bytes(self.journal)))
+        journal = self.journal
+        header = rtp_header(self.sequence, self.timestamp, self.ssrc, self.marker,
+                            self.payload_type)
+        section = command_section(self.commands, journal is not None, self.phantom)
+        if journal is None:
+            return header + section
+        return b"".join((header, section, bytes(journal)))
+
+
+def rtp_header(sequence, timestamp, ssrc, marker=False, payload_type=PAYLOAD_TYPE):
+    """The 12-octet RTP fixed header RFC 6295 §2.1 asks for."""
+    return _RTP_HEADER.pack(0x80, (0x80 if marker else 0) | payload_type, sequence & 0xFFFF,
+                            timestamp & 0xFFFFFFFF, ssrc & 0xFFFFFFFF)
+
+
+def command_section(commands, journal_follows, phantom=False):
+    """The MIDI command section (§3): B/J/Z/P/LEN header and the MIDI list of ``commands``.
+
+    Raises ValueError when the list exceeds LEN's 4095 octets.
+    """
+    midi_list, first_has_delta = _build_midi_list(commands)
+    length = len(midi_list)
+    flags = 0
+    if first_has_delta:
+        flags |= _FLAG_Z
+    if phantom:
+        flags |= _FLAG_P
+    if journal_follows:
+        flags |= _FLAG_J
+    if length <= 0x0F:
+        return bytes((flags | length,)) + midi_list
+    if length <= MAX_LIST_LENGTH:
+        return bytes((flags | _FLAG_B | (length >> 8), length & 0xFF)) + midi_list
+    raise ValueError(f"MIDI list of {length} octets exceeds {MAX_LIST_LENGTH}")
 
 
 def _parse_midi_list(data, pos, end, first_has_delta):

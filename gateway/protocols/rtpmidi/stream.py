@@ -1,0 +1,139 @@
+"""Sending RTP-MIDI to the peers of a session: each fan-out encoded once, one stream per peer.
+
+# implements RFC 6295 §2.1 and §3 on the sending side (through payload.py): one RTP
+#   stream per peer, MIDI lists split to stay well inside one datagram
+# implements RFC 6295 §4 on the sending side (through journal.py): every packet
+#   carries the peer's recovery journal, or J=0 when that journal would be empty
+# follows RFC 4696's sender guidance: after the last MIDI packet a quiet stream
+#   sends journal-only "guard" packets, so a receiver that lost that packet repairs it
+
+The registry hands the same list of events to every member of a session. What
+a packet says about those events (the MIDI command section) is the same for
+every peer; only the RTP header's sequence number and the journal differ. So
+:func:`prepare` encodes a fan-out once and :meth:`OutgoingStream.packet` adds
+the per-peer parts.
+
+Sans-IO: no Twisted, sockets or clocks; ``now`` (seconds) and RTP timestamps
+are parameters, packets are returned as bytes.
+"""
+
+from gateway.midi import UNDEFINED_STATUSES
+from gateway.protocols.rtpmidi.payload import MAX_DELTA, command_section, rtp_header
+from gateway.protocols.rtpmidi.session import CLOCK_RATE
+
+__all__ = ["PreparedPacket", "prepare", "OutgoingStream", "GUARD_DELAYS", "MAX_LIST_OCTETS"]
+
+MAX_LIST_OCTETS = 900
+"""Keeps every packet well inside one Ethernet frame and pymidi's 1024-byte reads."""
+
+GUARD_DELAYS = (0.05, 0.25)
+"""Seconds after a stream's last MIDI packet at which a guard packet is sent."""
+
+_JOURNAL_ONLY_SECTION = command_section([], journal_follows=True)
+
+
+class PreparedPacket:
+    """The peer-independent part of one packet: its command section and channel messages.
+
+    ``section`` has J=0, ``journalled_section`` the same with J=1;
+    ``messages`` are what the packet carries, for the journal to record.
+    """
+
+    __slots__ = ("section", "journalled_section", "messages")
+
+    def __init__(self, commands):
+        self.journalled_section = command_section(commands, journal_follows=True)
+        self.section = bytes((self.journalled_section[0] & ~0x40,)) + self.journalled_section[1:]
+        self.messages = [message for _, message in commands if message[0] < 0xF0]
+
+
+def prepare(events, max_list_octets=MAX_LIST_OCTETS):
+    """Split ``events`` (MidiEvent) into packets; return ``(packets, refused)``.
+
+    Delta times come from the events' times. A packet whose MIDI list exceeds
+    what RFC 6295 can carry (a huge SysEx) is left out and described in
+    ``refused``, so no sequence number is spent on it. Undefined statuses
+    have no meaning on the wire and are skipped.
+    """
+    packets = []
+    refused = []
+    commands = []
+    octets = 0
+    previous = events[0].time if events else 0.0
+    for event in events:
+        data = event.data
+        if data[0] in UNDEFINED_STATUSES:
+            continue
+        if octets + len(data) > max_list_octets and commands:
+            _add_packet(packets, refused, commands)
+            commands, octets = [], 0
+        delta = min(MAX_DELTA, max(0, round((event.time - previous) * CLOCK_RATE)))
+        previous = event.time
+        commands.append((delta if commands else 0, data))
+        octets += len(data) + 1
+    if commands:
+        _add_packet(packets, refused, commands)
+    return packets, refused
+
+
+def _add_packet(packets, refused, commands):
+    try:
+        packets.append(PreparedPacket(commands))
+    except ValueError as error:
+        refused.append(str(error))
+
+
+class OutgoingStream:
+    """Our RTP stream to one peer: SSRC, sequence numbers, recovery journal, guard packets.
+
+    ``journal`` is a :class:`~gateway.protocols.rtpmidi.journal.JournalSender`,
+    or None to send without one (and then without guard packets).
+    """
+
+    __slots__ = ("ssrc", "sequence", "journal", "last_midi_time", "_guards_sent")
+
+    def __init__(self, ssrc, sequence, journal):
+        self.ssrc = ssrc
+        self.sequence = sequence
+        self.journal = journal
+        self.last_midi_time = None
+        self._guards_sent = len(GUARD_DELAYS)
+
+    def packet(self, prepared, timestamp, now):
+        """The datagram carrying ``prepared`` to this peer, sent at RTP ``timestamp``."""
+        sequence = self.sequence
+        self.sequence = (sequence + 1) & 0xFFFF
+        header = rtp_header(sequence, timestamp, self.ssrc)
+        journal = self.journal
+        if journal is None:
+            return header + prepared.section
+        self.last_midi_time = now
+        self._guards_sent = 0
+        octets = journal.journal_octets(sequence, timestamp)
+        journal.record(sequence, timestamp, prepared.messages)
+        if octets is None:
+            return header + prepared.section
+        return b"".join((header, prepared.journalled_section, octets))
+
+    def guard_packet(self, timestamp, now):
+        """A journal-only packet if one is due at ``now``, else None."""
+        sent = self._guards_sent
+        if sent >= len(GUARD_DELAYS) or now - self.last_midi_time < GUARD_DELAYS[sent]:
+            return None
+        self._guards_sent = sent + 1
+        journal = self.journal
+        sequence = self.sequence
+        octets = journal.journal_octets(sequence, timestamp)
+        if octets is None:
+            # Everything sent has been acknowledged: nothing left to repair.
+            self._guards_sent = len(GUARD_DELAYS)
+            return None
+        self.sequence = (sequence + 1) & 0xFFFF
+        journal.record(sequence, timestamp, ())
+        return b"".join((rtp_header(sequence, timestamp, self.ssrc), _JOURNAL_ONLY_SECTION,
+                         octets))
+
+    def acknowledge(self, sequence):
+        """The peer reports ``sequence`` as the highest it received (AppleMIDI RS)."""
+        if self.journal is not None:
+            self.journal.acknowledge(sequence)
