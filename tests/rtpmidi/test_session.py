@@ -571,7 +571,8 @@ def test_control_port_garbage_and_rl_are_counted(wire):
 
 # -- fuzzing ---------------------------------------------------------------
 
-names = st.text(st.characters(exclude_characters="\0"), max_size=8)
+# Names travel as UTF-8, which cannot carry lone surrogates.
+names = st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=8)
 ADDRESSES = [(A_HOST, 5004), (A_HOST, 5005), (B_HOST, 5006), (B_HOST, 5007), (C_HOST, 7)]
 
 

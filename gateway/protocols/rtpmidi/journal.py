@@ -362,6 +362,9 @@ class NoteChapter(_Record):
 
 def _off_bitmap(off_notes):
     """(LOW, bitmap octets) of a chapter N NoteOff bitmap holding ``off_notes`` (not empty)."""
+    if len(off_notes) == 1:
+        note = off_notes[0]
+        return note >> 3, bytes((0x80 >> (note & 7),))
     low = min(off_notes) >> 3
     bitmap = bytearray((max(off_notes) >> 3) - low + 1)
     for note in off_notes:
@@ -655,15 +658,10 @@ class ChannelState:
 
 def _recent_items(stamps, checkpoint):
     """Items of ``stamps`` changed at or after ``checkpoint``; older ones are forgotten."""
-    recent = []
-    stale = []
-    for item, stamp in stamps.items():
-        if stamp >= checkpoint:
-            recent.append((item, stamp))
-        else:
-            stale.append(item)
-    for item in stale:
-        del stamps[item]
+    recent = [(item, stamp) for item, stamp in stamps.items() if stamp >= checkpoint]
+    if len(recent) < len(stamps):
+        for item in [item for item, stamp in stamps.items() if stamp < checkpoint]:
+            del stamps[item]
     return recent
 
 
@@ -699,6 +697,8 @@ class JournalSender:
         self.late_note_ticks = late_note_ticks
         self.max_history = max_history
         self.channels = [ChannelState() for _ in range(16)]
+        # Channels that may have changed since the checkpoint, highest first.
+        self._recent_channels = []
         self._checkpoint = None      # extended sequence number of the oldest packet journalled
         self._last_sent = None       # extended sequence number of the newest recorded packet
 
@@ -733,10 +733,13 @@ class JournalSender:
         parts = []
         s_bit = True
         final = True
+        channels = self.channels
+        recent_channels = self._recent_channels
         # Backwards, because only the journal's final chapter N gets a widened bitmap.
-        for channel in range(15, -1, -1):
-            state = self.channels[channel]
+        for channel in list(recent_channels):
+            state = channels[channel]
             if state.last_stamp < checkpoint:
+                recent_channels.remove(channel)
                 continue
             octets = self._channel_octets(channel, state, checkpoint, previous, timestamp, final)
             if octets is not None:
@@ -758,7 +761,8 @@ class JournalSender:
             toc |= _TOC_P
             out += bytes((((state.program_stamp != previous) << 7) | state.program,
                           (state.bank_valid << 7) | state.bank_msb, state.bank_lsb))
-        controllers = _recent_items(state.controller_stamps, checkpoint)
+        controllers = (state.controller_stamps
+                       and _recent_items(state.controller_stamps, checkpoint))
         if controllers:
             toc |= _TOC_C
             _append_logs(out, controllers, state.controllers, previous)
@@ -766,9 +770,9 @@ class JournalSender:
             toc |= _TOC_W
             out.append(((state.pitch_stamp != previous) << 7) | (state.pitch & 0x7F))
             out.append(state.pitch >> 7)
-        notes = _recent_items(state.note_stamps, checkpoint)
+        notes = state.note_stamps and _recent_items(state.note_stamps, checkpoint)
         pressure = state.pressure_stamp >= checkpoint
-        pressures = _recent_items(state.poly_stamps, checkpoint)
+        pressures = state.poly_stamps and _recent_items(state.poly_stamps, checkpoint)
         if notes:
             toc |= _TOC_N
             self._append_note_chapter(out, state, notes, checkpoint, previous, timestamp,
@@ -797,13 +801,16 @@ class JournalSender:
         offs_from_previous = False
         late_ticks = self.late_note_ticks
         velocities = state.velocities
+        on_stamps = state.on_stamps
+        off_stamps = state.off_stamps
+        on_times = state.on_times
         for note, _ in notes:
             velocity = velocities[note]
             if velocity:
-                age = (timestamp - state.on_times[note]) & 0xFFFFFFFF
-                logs.append(((state.on_stamps[note] != previous) << 7) | note)
+                age = (timestamp - on_times[note]) & 0xFFFFFFFF
+                logs.append(((on_stamps[note] != previous) << 7) | note)
                 logs.append(((age < late_ticks) << 7) | velocity)
-            off_stamp = state.off_stamps[note]
+            off_stamp = off_stamps[note]
             if off_stamp >= checkpoint:
                 off_notes.append(note)
                 offs_from_previous = offs_from_previous or off_stamp == previous
@@ -835,9 +842,15 @@ class JournalSender:
             self._checkpoint = current
         self._last_sent = current
         channels = self.channels
+        recent_channels = self._recent_channels
         for message in messages:
-            if message[0] < 0xF0:
-                channels[message[0] & 0x0F].apply(message, current, timestamp)
+            status = message[0]
+            if status < 0xF0:
+                channel = status & 0x0F
+                channels[channel].apply(message, current, timestamp)
+                if channel not in recent_channels:
+                    recent_channels.append(channel)
+                    recent_channels.sort(reverse=True)
 
     def acknowledge(self, sequence):
         """The receiver reports ``sequence`` as its highest received (AppleMIDI RS).
