@@ -19,13 +19,14 @@ are passed in; nothing here reads the time.
 
 Flow on the sending side, per packet ``n``::
 
-    journal = sender.journal_for(seq, timestamp)      # covers checkpoint .. n-1
+    journal = sender.journal_for(seq, timestamp)      # checkpoint .. n-1; None if empty
     packet = RtpMidiPacket(seq, timestamp, ssrc, commands, journal)
     sender.record(seq, timestamp, [message for _, message in commands])
     ...
     sender.acknowledge(rs_sequence)                   # AppleMIDI RS feedback
 
-and on the receiving side ``receiver.receive(packet)`` returns the commands to
+(stream.py puts ``sender.journal_octets(seq, timestamp)``, the same journal
+as octets, straight on the wire) and on the receiving side ``receiver.receive(packet)`` returns the commands to
 play, repairs for any loss first.
 """
 
