@@ -60,6 +60,8 @@ LATENCY_GRACE = 0.3
 THROUGHPUT_GRACE = 0.05
 ID_MASK = 0x3FFF
 SIGNATURE = b"\xff\xff"
+RTP_HEADER_SIZE = 12
+COMMAND_LIST_SIZE = 0x8F     # the B flag and LEN of the command section header
 PASSPHRASE = "rtp-midi benchmark passphrase"
 
 
@@ -278,7 +280,9 @@ def step(groups, forwarded_rate, seconds, measure_latency, server_pid, grace):
                     size = sock.recv_into(buffer)
                 except BlockingIOError:
                     break
-                if view[:2] == SIGNATURE:
+                # AppleMIDI control packets and journal-only guard packets (no
+                # MIDI list: B=0, LEN=0) forward nothing that was sent.
+                if view[:2] == SIGNATURE or not view[RTP_HEADER_SIZE] & COMMAND_LIST_SIZE:
                     continue
                 received += 1
                 if measure_latency:
