@@ -23,7 +23,7 @@ from gateway.protocols.rtpmidi.journal import Journal, MalformedPacket
 
 __all__ = [
     "MalformedPacket", "RtpMidiPacket", "SysExReassembler",
-    "PAYLOAD_TYPE", "MAX_DELTA", "encode_delta", "rtp_header", "command_section",
+    "PAYLOAD_TYPE", "MAX_DELTA", "FLAG_J", "encode_delta", "rtp_header", "command_section",
 ]
 
 PAYLOAD_TYPE = 97
@@ -37,7 +37,7 @@ _RTP_HEADER = struct.Struct("!BBHII")
 _RTP_HEADER_SIZE = _RTP_HEADER.size
 
 _FLAG_B = 0x80
-_FLAG_J = 0x40
+FLAG_J = 0x40
 _FLAG_Z = 0x20
 _FLAG_P = 0x10
 
@@ -172,7 +172,7 @@ class RtpMidiPacket:
         commands = _parse_midi_list(data, pos, list_end, bool(flags & _FLAG_Z))
         packet = cls(sequence, timestamp, ssrc, commands, marker=bool(second & 0x80),
                      payload_type=second & 0x7F, phantom=bool(flags & _FLAG_P))
-        if flags & _FLAG_J:
+        if flags & FLAG_J:
             if lazy_journal:
                 packet._journal_octets = data[list_end:end]
             else:
@@ -208,7 +208,7 @@ def command_section(commands, journal_follows, phantom=False):
     if phantom:
         flags |= _FLAG_P
     if journal_follows:
-        flags |= _FLAG_J
+        flags |= FLAG_J
     if length <= 0x0F:
         return bytes((flags | length,)) + midi_list
     if length <= MAX_LIST_LENGTH:

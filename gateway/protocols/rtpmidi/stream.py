@@ -18,7 +18,7 @@ are parameters, packets are returned as bytes.
 """
 
 from gateway.midi import UNDEFINED_STATUSES
-from gateway.protocols.rtpmidi.payload import MAX_DELTA, command_section, rtp_header
+from gateway.protocols.rtpmidi.payload import FLAG_J, MAX_DELTA, command_section, rtp_header
 from gateway.protocols.rtpmidi.session import CLOCK_RATE
 
 __all__ = ["PreparedPacket", "prepare", "OutgoingStream", "GUARD_DELAYS", "MAX_LIST_OCTETS"]
@@ -42,8 +42,8 @@ class PreparedPacket:
     __slots__ = ("section", "journalled_section", "messages")
 
     def __init__(self, commands):
-        self.journalled_section = command_section(commands, journal_follows=True)
-        self.section = bytes((self.journalled_section[0] & ~0x40,)) + self.journalled_section[1:]
+        self.section = command_section(commands, journal_follows=False)
+        self.journalled_section = bytes((self.section[0] | FLAG_J,)) + self.section[1:]
         self.messages = [message for _, message in commands if message[0] < 0xF0]
 
 
