@@ -23,15 +23,14 @@ import typing
 
 import zeroconf
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from twisted.application import service
 from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import implementer
 
-from gateway import log as gatewaylog
 from gateway import midi
 from gateway.config import bounded, port
-from gateway.interfaces import IDoor, IMember
+from gateway.doorservice import DoorService
+from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
@@ -388,12 +387,8 @@ class SessionEndpoint:
                 REINVITE_DELAY, self.invite, target)
 
     def drop(self, reason, addr, detail=None):
-        self.registry.drops.count(DOOR, reason)
-        self.door.drop_log.dropped(
-            addr, self.reactor.seconds(),
-            "rtpmidi: dropped from {addr} on session {session!r}: {reason}{detail}",
-            addr=addr, session=self.entry.session, reason=reason,
-            detail=f" ({detail})" if detail else "")
+        where = f"(session {self.entry.session!r})"
+        self.door.drop(addr, reason, f"{detail} {where}" if detail else where)
 
     def status(self):
         return {"session": self.entry.session, "name": self.entry.display_name,
@@ -494,18 +489,13 @@ class MdnsAdvertiser:
             zeroconf.close()
 
 
-@implementer(IDoor)
-class RtpMidiDoor(service.Service):
+class RtpMidiDoor(DoorService):
     """Opens every configured AppleMIDI session and drives their timers."""
 
     name = DOOR
 
     def __init__(self, config, context):
-        self.config = config
-        self.reactor = context.reactor
-        self.registry = context.registry
-        self.log = gatewaylog.logger("netgateway.rtpmidi")
-        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+        super().__init__(config, context)
         self.endpoints = [SessionEndpoint(self, entry) for entry in config.sessions]
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = self.reactor
