@@ -2,38 +2,15 @@
 
 import pytest
 from twisted.internet import task
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway.config import parse
 from gateway.interfaces import IMember
+from tests.members import RecordingMember
 from gateway.midi import MidiEvent
 from gateway.registry import JoinRefused, Passphrase, Registry, TrustedPeer
 
 DEMO_PASS = "twenty characters or more"
-
-
-@implementer(IMember)
-class RecordingMember:
-    door = "test"
-
-    def __init__(self, name):
-        self.name = name
-        self.received = []       # (data bytes, source name)
-        self.changes = []
-        self.disconnected = None
-
-    def deliver(self, events, source):
-        self.received.extend((event.data, source.name) for event in events)
-
-    def membership_changed(self, change, member, session):
-        self.changes.append((change, member.name))
-
-    def disconnect(self, reason):
-        self.disconnected = reason
-
-    def describe(self):
-        return {}
 
 
 def make_registry(**overrides):

@@ -8,10 +8,9 @@ Client peers are the real :class:`GroupClient` core driven the way
 
 import pytest
 from twisted.internet import protocol, task
-from zope.interface import implementer
 
 from gateway.config import ConfigError, parse
-from gateway.interfaces import IMember
+from tests.members import RecordingMember
 from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
 from gateway.protocols.oscgroups.door import make_service
@@ -123,26 +122,6 @@ class FakeClientProgram:
         self.port.stopListening()
 
 
-@implementer(IMember)
-class Recorder:
-    door, name = "websocket", "wendy"
-
-    def __init__(self):
-        self.received = []
-
-    def deliver(self, events, source):
-        self.received.extend((bytes(event.data), source.name) for event in events)
-
-    def membership_changed(self, change, member, session):
-        pass
-
-    def disconnect(self, reason):
-        pass
-
-    def describe(self):
-        return {}
-
-
 def make_door(oscgroups=None):
     network = FakeNetwork()
     section = {"host": HOST, "port": SERVER_PORT, "timeout": TIMEOUT,
@@ -243,7 +222,7 @@ def test_mapped_group_bridges_into_its_session():
 def joined_bridge(door, registry, network):
     """alice (an OSC client) and wendy (a recorder) in demo, with the bridge between."""
     alice = FakeClientProgram(network, "alice", 7000)
-    wendy = Recorder()
+    wendy = RecordingMember("wendy", door="websocket")
     wendy_membership = registry.join("demo", wendy, Passphrase(DEMO_PASSPHRASE))
     network.run(10)
     assert door.bridge.path("alice") == f"private {HOST}:7000"

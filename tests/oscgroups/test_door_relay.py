@@ -14,9 +14,10 @@ from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
 from gateway.protocols.oscgroups.door import OscGroupsCollector
 from gateway.registry import Passphrase
+from tests.members import RecordingMember
 
 from .osc_bytes import osc_message
-from .test_door import DEMO_PASSPHRASE, SERVER_PORT, FakeClientProgram, Recorder, make_door, \
+from .test_door import DEMO_PASSPHRASE, SERVER_PORT, FakeClientProgram, make_door, \
     statuses
 
 GATEWAY = "198.18.0.1"
@@ -157,7 +158,7 @@ def test_policy_never_leaves_symmetric_nat_stuck_as_the_original():
 
 def test_bridge_hears_a_symmetric_nat_directly_and_the_relay_metrics_are_exported():
     door, registry, network = relay_door(enabled=True)
-    wendy = Recorder()
+    wendy = RecordingMember("wendy", door="websocket")
     wendy_membership = registry.join("demo", wendy, Passphrase(DEMO_PASSPHRASE))
     bob = NattedClient(network, FakeNat(network, "198.18.2.1", True), "bob", "192.168.2.2")
     network.run(20)
@@ -177,7 +178,7 @@ def test_full_session_answers_user_limit_reached():
         {"bridge": {"enabled": True, "groups": ["demo"]}})
     session = registry.session("demo")
     session.max_members = 2
-    registry.join("demo", Recorder(), Passphrase(DEMO_PASSPHRASE))
+    registry.join("demo", RecordingMember("wendy", door="websocket"), Passphrase(DEMO_PASSPHRASE))
     alice = FakeClientProgram(network, "alice", 7000)
     network.run(10)
     assert [m.name for m in session.members] == ["wendy", "alice"]

@@ -6,10 +6,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from gateway import config as gatewayconfig
-from gateway.interfaces import IMember
+from tests.members import RecordingMember
 from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi import applemidi, door as rtpdoor
 from gateway.protocols.rtpmidi.applemidi import ReceiverFeedback, SessionExchange, Sync
@@ -75,27 +74,6 @@ class MemoryReactor(task.Clock):
         taken = [data for _, data, addr in self.sent if addr == destination]
         self.sent = [item for item in self.sent if item[2] != destination]
         return taken
-
-
-@implementer(IMember)
-class Recorder:
-    door = "test"
-
-    def __init__(self, name="recorder"):
-        self.name = name
-        self.heard = []
-
-    def deliver(self, events, source):
-        self.heard += [event.data for event in events]
-
-    def membership_changed(self, change, member, session):
-        pass
-
-    def disconnect(self, reason):
-        pass
-
-    def describe(self):
-        return {}
 
 
 class RemotePeer:
@@ -178,7 +156,7 @@ def build(reactor):
         service = rtpdoor.make_service(config.doors["rtpmidi"], context)
         service.startService()
         started.append(service)
-        recorder = Recorder()
+        recorder = RecordingMember()
         membership = context.registry.join("demo", recorder, Passphrase(PASSPHRASE))
         return service, context, recorder, membership
 
