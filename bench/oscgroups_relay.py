@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from rtpmidi_fanout import cpu_seconds, pin_to_cpu0  # noqa: E402
+from benchlib import cpu_seconds, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
@@ -358,7 +358,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
     parser.add_argument("--max-rate", type=float, default=400_000)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {1})
+    run_generator_on_cpu1()
     baseline_runs, relay_runs, bridge_runs = [], [], []
     for _ in range(args.runs):
         baseline_runs.append(run_baseline(args))

@@ -46,6 +46,7 @@ from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,
 )
+from benchlib import cpu_seconds, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
@@ -63,18 +64,6 @@ SIGNATURE = b"\xff\xff"
 RTP_HEADER_SIZE = 12
 COMMAND_LIST_SIZE = 0x8F     # the B flag and LEN of the command section header
 PASSPHRASE = "rtp-midi benchmark passphrase"
-
-
-def cpu_seconds(pid):
-    """User + system CPU time the process has used (all its threads)."""
-    with open(f"/proc/{pid}/stat") as stream:
-        fields = stream.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pin_to_cpu0(pid):
-    subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], check=True,
-                   stdout=subprocess.DEVNULL)
 
 
 class Member:
@@ -366,7 +355,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
     parser.add_argument("--max-rate", type=float, default=400_000)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {1})
+    run_generator_on_cpu1()
     print(f"{'shape':>5} {'server':>8} | {'max fwd/s':>9} | at {LATENCY_RATE} fwd/s:"
           f" {'loss':>6} {'cpu µs':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8}", flush=True)
     for shape in args.shapes.split(","):

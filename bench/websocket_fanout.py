@@ -29,6 +29,8 @@ import time
 import yaml
 from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
 
+from benchlib import cpu_seconds, run_generator_on_cpu1
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SEQ_SPACE = 1 << 18
@@ -131,8 +133,9 @@ async def connect_members(port, sessions, members, stats):
     return clients
 
 
-async def run_step(clients, members, stats, rate, seconds):
+async def run_step(clients, members, stats, rate, seconds, server_pid):
     """Send ``rate`` messages/s in total for ``seconds``; return step figures."""
+    cpu_before = cpu_seconds(server_pid)
     stats.sent_at.clear()
     stats.latencies.clear()
     stats.received = 0
@@ -156,6 +159,7 @@ async def run_step(clients, members, stats, rate, seconds):
     deadline = time.perf_counter() + 1.0
     while stats.received < expected and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
+    cpu_used = cpu_seconds(server_pid) - cpu_before
     latencies = sorted(stats.latencies)
 
     def pct(q):
@@ -163,17 +167,18 @@ async def run_step(clients, members, stats, rate, seconds):
             else float("nan")
     return {"offered": sent / elapsed, "delivered": stats.received / elapsed,
             "loss": 1 - stats.received / expected if expected else 0.0,
-            "p50": pct(0.50), "p99": pct(0.99)}
+            "p50": pct(0.50), "p99": pct(0.99),
+            "cpu_us": cpu_used / stats.received * 1e6 if stats.received else float("nan")}
 
 
-async def measure(port, sessions, members, seconds, max_rate):
+async def measure(port, server_pid, sessions, members, seconds, max_rate):
     stats = Stats()
     clients = await connect_members(port, sessions, members, stats)
-    light = await run_step(clients, members, stats, 1000, seconds)
+    light = await run_step(clients, members, stats, 1000, seconds, server_pid)
     best = None
     rate = 1000
     while rate <= max_rate:
-        step = await run_step(clients, members, stats, rate, max(2.0, seconds / 2))
+        step = await run_step(clients, members, stats, rate, max(2.0, seconds / 2), server_pid)
         if step["loss"] >= 0.001 or step["offered"] < rate * 0.9:
             break
         best = step
@@ -189,10 +194,24 @@ def run_server(kind, sessions, members, args):
     process, port = start_gateway(sessions, members) if kind == "gateway" else start_baseline()
     try:
         wait_for_port(port)
-        return asyncio.run(measure(port, sessions, members, args.seconds, args.max_rate))
+        return asyncio.run(measure(port, process.pid, sessions, members, args.seconds,
+                                   args.max_rate))
     finally:
         process.terminate()
         process.wait(15)
+
+
+def summarise(runs):
+    """Medians over runs of (light step, best max step)."""
+    light = {key: statistics.median(run[0][key] for run in runs)
+             for key in ("delivered", "p50", "p99", "cpu_us")}
+    best = [run[1] for run in runs]
+    maximum = {"delivered": statistics.median(step["delivered"] if step else 0.0
+                                              for step in best),
+               "p99": statistics.median(step["p99"] if step else float("nan") for step in best),
+               "cpu_us": statistics.median(step["cpu_us"] if step else float("nan")
+                                           for step in best)}
+    return light, maximum
 
 
 def main():
@@ -202,29 +221,29 @@ def main():
     parser.add_argument("--max-rate", type=int, default=64000)
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity") and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {1})
+    run_generator_on_cpu1()
     print(f"{'shape':>6} {'server':>8} | light 1000/s: {'deliv/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
-          f" | max: {'deliv/s':>8} {'p99 ms':>7}")
+          f" {'cpu us/msg':>10} | max: {'deliv/s':>8} {'p99 ms':>7} {'cpu us/msg':>10}")
     for shape in args.shapes.split(","):
         sessions, members = map(int, shape.split("x"))
+        runs = {"baseline": [], "gateway": []}
+        # Interleaved, so both servers meet the same noise from the shared machine.
+        for _ in range(args.runs):
+            for kind in runs:
+                runs[kind].append(run_server(kind, sessions, members, args))
         results = {}
-        for kind in ("baseline", "gateway"):
-            runs = [run_server(kind, sessions, members, args) for _ in range(args.runs)]
-            light = {key: statistics.median(run[0][key] for run in runs)
-                     for key in ("delivered", "p50", "p99")}
-            maxima = [run[1]["delivered"] if run[1] else 0.0 for run in runs]
-            max_p99 = [run[1]["p99"] if run[1] else float("nan") for run in runs]
-            results[kind] = (light, statistics.median(maxima), statistics.median(max_p99))
+        for kind, kind_runs in runs.items():
+            light, maximum = results[kind] = summarise(kind_runs)
             print(f"{shape:>6} {kind:>8} | {'':13} {light['delivered']:8.0f} {light['p50']:7.2f}"
-                  f" {light['p99']:7.2f} | {'':4} {results[kind][1]:8.0f}"
-                  f" {results[kind][2]:7.2f}", flush=True)
-        base, ours = results["baseline"], results["gateway"]
-        throughput = ours[1] / base[1] if base[1] else float("nan")
-        p99 = ours[0]["p99"] / base[0]["p99"] if base[0]["p99"] else float("nan")
-        print(f"{shape:>6}   ratio  | max throughput gateway/baseline = {throughput:.2f}"
-              f" (goal >= 0.50); p99 at 1000/s gateway/baseline = {p99:.2f} (goal <= 2)",
-              flush=True)
+                  f" {light['p99']:7.2f} {light['cpu_us']:10.1f} | {'':4}"
+                  f" {maximum['delivered']:8.0f} {maximum['p99']:7.2f}"
+                  f" {maximum['cpu_us']:10.1f}", flush=True)
+        (base_light, base_max), (light, maximum) = results["baseline"], results["gateway"]
+        print(f"{shape:>6}   ratio  | max throughput gateway/baseline ="
+              f" {maximum['delivered'] / base_max['delivered']:.2f} (goal >= 0.50);"
+              f" baseline/gateway CPU per message = {base_max['cpu_us'] / maximum['cpu_us']:.2f};"
+              f" p99 at 1000/s gateway/baseline = {light['p99'] / base_light['p99']:.2f}"
+              f" (goal <= 2)", flush=True)
 
 
 if __name__ == "__main__":
