@@ -6,7 +6,9 @@ so every benchmark prints it next to the rates.
 """
 
 import os
+import select
 import subprocess
+import time
 
 
 def cpu_seconds(pid):
@@ -25,3 +27,81 @@ def pin_to_cpu0(pid):
 def run_generator_on_cpu1():
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
+
+
+def percentile(sorted_seconds, fraction):
+    """The ``fraction`` percentile of sorted durations, in milliseconds."""
+    if not sorted_seconds:
+        return float("nan")
+    return sorted_seconds[min(len(sorted_seconds) - 1, int(fraction * len(sorted_seconds)))] * 1e3
+
+
+def paced_exchange(sources, receivers, rate, grace, server_pid, classify, id_of=None):
+    """Send datagrams at ``rate``/s and count what comes back, on non-blocking sockets.
+
+    ``sources`` is a list of (socket, target, packets), all with as many
+    packets, sent round-robin; ``receivers`` maps each receiving socket to a
+    tag. ``classify(tag, view, size)`` says what a received datagram is: None
+    for traffic that carries nothing sent (control packets), else (source
+    index, packet id). With ``id_of(index)`` (the id of a source's index-th
+    packet) latencies are measured. Sending stops at three times the planned
+    duration plus a second, so a stalled server cannot hang the benchmark.
+    """
+    per_source = len(sources[0][2])
+    total = per_source * len(sources)
+    sent_at = [{} for _ in sources]
+    poller = select.epoll()
+    for sock in receivers:
+        poller.register(sock.fileno(), select.EPOLLIN)
+    by_fd = {sock.fileno(): (sock, tag) for sock, tag in receivers.items()}
+    buffer = bytearray(65535)
+    view = memoryview(buffer)
+    latencies = []
+    sent = received = 0
+    finished = None
+    clock = time.perf_counter
+    cpu_before = cpu_seconds(server_pid)
+    start = clock()
+    planned = total / rate
+    stop_sending = start + 3 * planned + 1.0
+    while True:
+        now = clock()
+        due = min(total, int((now - start) * rate) + 1)
+        while sent < due and now < stop_sending:
+            number = sent % len(sources)
+            sock, target, packets = sources[number]
+            index = sent // len(sources)
+            try:
+                sock.sendto(packets[index], target)
+            except BlockingIOError:
+                break
+            if id_of is not None:
+                sent_at[number][id_of(index)] = clock()
+            sent += 1
+        if sent == total and finished is None:
+            finished = clock()
+        for fd, _ in poller.poll(0):
+            sock, tag = by_fd[fd]
+            while True:
+                try:
+                    size = sock.recv_into(buffer)
+                except BlockingIOError:
+                    break
+                kind = classify(tag, view, size)
+                if kind is None:
+                    continue
+                received += 1
+                if id_of is not None and kind[1] is not None:
+                    sent_time = sent_at[kind[0]].get(kind[1])
+                    if sent_time is not None:
+                        latencies.append(clock() - sent_time)
+        if (sent == total and now > start + planned + grace) or now > stop_sending:
+            break
+    poller.close()
+    cpu_used = cpu_seconds(server_pid) - cpu_before
+    latencies.sort()
+    return {"sent": sent, "received": received, "elapsed": planned,
+            # A generator that fell behind measured itself, not the server.
+            "on_schedule": finished is not None and finished - start <= planned * 1.05 + 0.01,
+            "cpu_us": cpu_used / received * 1e6 if received else float("nan"),
+            "latencies": latencies}

@@ -27,7 +27,6 @@ Absolute figures are noise on shared 2-core machines; read the ratios.
 
 import argparse
 import os
-import select
 import socket
 import statistics
 import struct
@@ -40,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from benchlib import cpu_seconds, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
+from benchlib import paced_exchange, percentile, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
@@ -104,66 +103,21 @@ class Flow:
 def step(flows, rate, seconds, measure_latency, server_pid):
     """Offer ``rate`` datagrams/s spread over the flows for ``seconds``; return the figures."""
     per_flow = max(1, int(rate * seconds / len(flows)))
-    packets = [[flow.packet(index) for index in range(per_flow)] for flow in flows]
-    total = per_flow * len(flows)
-    sent_at = [dict() for _ in flows]
-    by_fd = {flow.receiver.fileno(): (number, flow) for number, flow in enumerate(flows)}
-    poller = select.epoll()
-    for fd in by_fd:
-        poller.register(fd, select.EPOLLIN)
-    latencies = []
-    received = sent = 0
-    finished = None
-    clock = time.perf_counter
-    cpu_before = cpu_seconds(server_pid)
-    start = clock()
-    stop_sending = start + 3 * seconds + 1.0
-    while True:
-        now = clock()
-        due = min(total, int((now - start) * rate) + 1)
-        while sent < due and now < stop_sending:
-            number = sent % len(flows)
-            flow = flows[number]
-            index = sent // len(flows)
-            try:
-                flow.sender.sendto(packets[number][index], flow.target)
-            except BlockingIOError:
-                break
-            if measure_latency:
-                sent_at[number][index % BRIDGE_IDS] = clock()
-            sent += 1
-        if sent == total and finished is None:
-            finished = clock()
-        for fd, _ in poller.poll(0):
-            number, flow = by_fd[fd]
-            while True:
-                try:
-                    data = flow.receiver.recv(65535)
-                except BlockingIOError:
-                    break
-                packet_id = flow.received_id(data)
-                if packet_id is None:
-                    continue
-                received += 1
-                if measure_latency:
-                    sent_time = sent_at[number].get(packet_id % BRIDGE_IDS)
-                    if sent_time is not None:
-                        latencies.append(clock() - sent_time)
-        if (sent == total and now > start + total / rate + GRACE_SECONDS) or now > stop_sending:
-            break
-    poller.close()
-    elapsed = total / rate
-    cpu_used = cpu_seconds(server_pid) - cpu_before
-    latencies.sort()
+    sources = [(flow.sender, flow.target, [flow.packet(index) for index in range(per_flow)])
+               for flow in flows]
 
-    def percentile(fraction):
-        if not latencies:
-            return float("nan")
-        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000.0
-    return {"received": received / elapsed, "loss": 1.0 - received / sent if sent else 0.0,
-            "on_schedule": finished is not None and finished - start <= elapsed * 1.05 + 0.01,
-            "cpu_us": cpu_used / received * 1e6 if received else float("nan"),
-            "p50": percentile(0.50), "p99": percentile(0.99)}
+    def classify(number, view, size):
+        packet_id = flows[number].received_id(bytes(view[:size]))
+        return None if packet_id is None else (number, packet_id % BRIDGE_IDS)
+
+    result = paced_exchange(sources, {flow.receiver: number for number, flow in enumerate(flows)},
+                            rate, GRACE_SECONDS, server_pid, classify,
+                            (lambda index: index % BRIDGE_IDS) if measure_latency else None)
+    received, sent, latencies = result["received"], result["sent"], result["latencies"]
+    return {"received": received / result["elapsed"],
+            "loss": 1.0 - received / sent if sent else 0.0,
+            "on_schedule": result["on_schedule"], "cpu_us": result["cpu_us"],
+            "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99)}
 
 
 def find_maximum(flows, start_rate, limit, server_pid):

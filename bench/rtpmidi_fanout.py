@@ -46,7 +46,7 @@ from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,
 )
-from benchlib import cpu_seconds, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
+from benchlib import paced_exchange, percentile, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
@@ -228,77 +228,31 @@ def step(groups, forwarded_rate, seconds, measure_latency, server_pid, grace):
     fanout = len(groups[0]) - 1
     input_rate = forwarded_rate / fanout
     per_sender = max(1, int(input_rate * seconds / len(senders)))
-    queues = [sender.build_packets(per_sender, measure_latency) for sender in senders]
-    sent_at = [[0.0] * (ID_MASK + 1) for _ in senders]
-    total = per_sender * len(senders)
-    poller = select.epoll()
-    by_fd = {}
-    for receiver in receivers:
-        poller.register(receiver.data.fileno(), select.EPOLLIN)
-        by_fd[receiver.data.fileno()] = receiver
-    buffer = bytearray(65535)
-    view = memoryview(buffer)
-    received = 0
-    latencies = []
-    sent = 0
-    finished = None
-    clock = time.perf_counter
-    cpu_before = cpu_seconds(server_pid)
-    start = clock()
-    stop_sending = start + 3 * seconds + 1.0
-    while True:
-        now = clock()
-        due = min(total, int((now - start) * input_rate) + 1)
-        while sent < due and now < stop_sending:
-            index = sent % len(senders)
-            sender = senders[index]
-            try:
-                sender.data.sendto(queues[index][sent // len(senders)], sender.target)
-            except BlockingIOError:
-                break
-            if measure_latency:
-                sent_at[index][(sent // len(senders)) & ID_MASK] = clock()
-            sent += 1
-        if sent == total and finished is None:
-            finished = clock()
-        for fd, _ in poller.poll(0):
-            receiver = by_fd[fd]
-            sock = receiver.data
-            while True:
-                try:
-                    size = sock.recv_into(buffer)
-                except BlockingIOError:
-                    break
-                # AppleMIDI control packets and journal-only guard packets (no
-                # MIDI list: B=0, LEN=0) forward nothing that was sent.
-                if view[:2] == SIGNATURE or not view[RTP_HEADER_SIZE] & COMMAND_LIST_SIZE:
-                    continue
-                received += 1
-                if measure_latency:
-                    arrival = clock()
-                    for _, message in RtpMidiPacket.parse(bytes(view[:size])).commands:
-                        if message[0] == 0xE0:
-                            packet_id = message[1] | (message[2] << 7)
-                            latencies.append(arrival - sent_at[receiver.sender][packet_id])
-        if (sent == total and now > start + total / input_rate + grace) \
-                or now > stop_sending:
-            break
-    elapsed = total / input_rate
-    cpu_used = cpu_seconds(server_pid) - cpu_before
-    poller.close()
-    expected = sent * fanout
-    latencies.sort()
+    sources = [(sender.data, sender.target, sender.build_packets(per_sender, measure_latency))
+               for sender in senders]
 
-    def percentile(fraction):
-        if not latencies:
-            return float("nan")
-        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1000.0
-    return {"offered": sent * fanout / elapsed, "forwarded": received / elapsed,
+    def classify(receiver, view, size):
+        # AppleMIDI control packets and journal-only guard packets (no MIDI
+        # list: B=0, LEN=0) forward nothing that was sent.
+        if view[:2] == SIGNATURE or not view[RTP_HEADER_SIZE] & COMMAND_LIST_SIZE:
+            return None
+        if not measure_latency:
+            return receiver.sender, None
+        for _, message in RtpMidiPacket.parse(bytes(view[:size])).commands:
+            if message[0] == 0xE0:
+                return receiver.sender, message[1] | (message[2] << 7)
+        return receiver.sender, None
+
+    result = paced_exchange(sources, {receiver.data: receiver for receiver in receivers},
+                            input_rate, grace, server_pid, classify,
+                            (lambda index: index & ID_MASK) if measure_latency else None)
+    received, expected, latencies = result["received"], result["sent"] * fanout, result["latencies"]
+    elapsed = result["elapsed"]
+    return {"offered": expected / elapsed, "forwarded": received / elapsed,
             "loss": 1.0 - received / expected if expected else 0.0,
-            # A generator that fell behind measured itself, not the server.
-            "on_schedule": finished is not None and finished - start <= elapsed * 1.05 + 0.01,
-            "cpu_us": cpu_used / received * 1e6 if received else float("nan"),
-            "p50": percentile(0.50), "p99": percentile(0.99), "p999": percentile(0.999)}
+            "on_schedule": result["on_schedule"], "cpu_us": result["cpu_us"],
+            "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
+            "p999": percentile(latencies, 0.999)}
 
 
 def find_maximum(groups, start_rate, limit, server_pid):
