@@ -105,3 +105,28 @@ def paced_exchange(sources, receivers, rate, grace, server_pid, classify, id_of=
             "on_schedule": finished is not None and finished - start <= planned * 1.05 + 0.01,
             "cpu_us": cpu_used / received * 1e6 if received else float("nan"),
             "latencies": latencies}
+
+
+def find_maximum(passes, start_rate, limit):
+    """The highest rate whose step passes: 1.5x steps up, then two bisections.
+
+    ``passes(rate)`` runs one step and returns its figures, or None when it
+    lost too much or fell behind schedule. Returns (rate, figures) or None.
+    """
+    best, failed = None, None
+    rate = start_rate
+    while rate <= limit:
+        result = passes(rate)
+        if result is None:
+            failed = rate
+            break
+        best = (rate, result)
+        rate *= 1.5
+    for _ in range(2 if best and failed else 0):
+        middle = (best[0] + failed) / 2
+        result = passes(middle)
+        if result is not None:
+            best = (middle, result)
+        else:
+            failed = middle
+    return best

@@ -39,7 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from benchlib import paced_exchange, percentile, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
+from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
+                      run_generator_on_cpu1)
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
@@ -120,10 +121,8 @@ def step(flows, rate, seconds, measure_latency, server_pid):
             "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99)}
 
 
-def find_maximum(flows, start_rate, limit, server_pid):
+def max_received_rate(flows, start_rate, limit, server_pid):
     """Highest received rate with < 0.1% loss: 1.5x steps, then two bisections."""
-    best, failed = None, None
-
     def passes(rate):
         result = step(flows, rate, STEP_SECONDS, False, server_pid)
         time.sleep(0.2)
@@ -131,21 +130,7 @@ def find_maximum(flows, start_rate, limit, server_pid):
             flow.drain()
         return result if result["loss"] < MAX_LOSS and result["on_schedule"] else None
 
-    rate = start_rate
-    while rate <= limit:
-        result = passes(rate)
-        if result is None:
-            failed = rate
-            break
-        best = (rate, result)
-        rate *= 1.5
-    for _ in range(2 if best and failed else 0):
-        middle = (best[0] + failed) / 2
-        result = passes(middle)
-        if result is not None:
-            best = (middle, result)
-        else:
-            failed = middle
+    best = find_maximum(passes, start_rate, limit)
     return best[1]["received"] if best else 0.0
 
 
@@ -155,7 +140,7 @@ def measure(flows, pid, args):
     latency = step(flows, LATENCY_RATE, LATENCY_SECONDS, True, pid)
     for flow in flows:
         flow.drain()
-    return find_maximum(flows, 4000, args.max_rate, pid), latency
+    return max_received_rate(flows, 4000, args.max_rate, pid), latency
 
 
 # ----------------------------------------------------------------------

@@ -46,7 +46,8 @@ from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,
 )
-from benchlib import paced_exchange, percentile, pin_to_cpu0, run_generator_on_cpu1  # noqa: E402
+from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
+                      run_generator_on_cpu1)
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
@@ -255,27 +256,16 @@ def step(groups, forwarded_rate, seconds, measure_latency, server_pid, grace):
             "p999": percentile(latencies, 0.999)}
 
 
-def find_maximum(groups, start_rate, limit, server_pid):
+def max_forwarded_rate(groups, start_rate, limit, server_pid):
     """Highest forwarded rate with < 0.1% loss: 1.5x steps, then two bisections."""
     members = [member for group in groups for member in group]
-    best, failed = None, None
-    rate = start_rate
-    while rate <= limit:
+
+    def passes(rate):
         result = step(groups, rate, STEP_SECONDS, False, server_pid, THROUGHPUT_GRACE)
         pump(members, 0.3)
-        if result["loss"] >= MAX_LOSS or not result["on_schedule"]:
-            failed = rate
-            break
-        best = (rate, result)
-        rate *= 1.5
-    for _ in range(2 if best and failed else 0):
-        middle = (best[0] + failed) / 2
-        result = step(groups, middle, STEP_SECONDS, False, server_pid, THROUGHPUT_GRACE)
-        pump(members, 0.3)
-        if result["loss"] < MAX_LOSS and result["on_schedule"]:
-            best = (middle, result)
-        else:
-            failed = middle
+        return result if result["loss"] < MAX_LOSS and result["on_schedule"] else None
+
+    best = find_maximum(passes, start_rate, limit)
     return best[1]["forwarded"] if best else 0.0
 
 
@@ -290,7 +280,7 @@ def run_server(kind, shape, args):
         members = [member for group in groups for member in group]
         latency = step(groups, LATENCY_RATE, LATENCY_SECONDS, True, pid, LATENCY_GRACE)
         pump(members, 0.3)
-        maximum = find_maximum(groups, 4000, args.max_rate, pid)
+        maximum = max_forwarded_rate(groups, 4000, args.max_rate, pid)
         return maximum, latency
     finally:
         for group in groups:
