@@ -80,10 +80,6 @@ def data_length(status):
     return _SYSTEM_DATA_LENGTH[status]
 
 
-def is_realtime(status):
-    return status >= 0xF8
-
-
 def is_note_on(data):
     return (data[0] & 0xF0) == NOTE_ON and data[2] > 0
 
