@@ -84,6 +84,27 @@ class DropCounters:
         return dict(nested)
 
 
+class FanOutCache:
+    """Computes something once per fan-out and reuses it for every member.
+
+    The registry hands the same ``events`` list to every member a fan-out
+    reaches, so a door can encode it once: the cache remembers the last list
+    by identity, and holds a reference so a later list cannot reuse its id.
+    """
+
+    __slots__ = ("_events", "_value")
+
+    def __init__(self):
+        self._events = None
+        self._value = None
+
+    def get(self, events, compute):
+        if events is not self._events:
+            self._value = compute()
+            self._events = events
+        return self._value
+
+
 class _RateLimit:
     """Token bucket: ``rate`` events per second with a burst of one second."""
 

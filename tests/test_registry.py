@@ -8,7 +8,7 @@ from gateway.config import parse
 from gateway.interfaces import IMember
 from tests.members import RecordingMember
 from gateway.midi import MidiEvent
-from gateway.registry import JoinRefused, Passphrase, Registry, TrustedPeer
+from gateway.registry import FanOutCache, JoinRefused, Passphrase, Registry, TrustedPeer
 
 DEMO_PASS = "twenty characters or more"
 
@@ -220,3 +220,12 @@ def test_leave_twice_is_harmless_and_publish_after_leave_is_ignored():
     alice_in.leave()
     alice_in.publish(events([0x90, 60, 100]))
     assert bob.received == []
+
+
+def test_fan_out_cache_computes_once_per_events_list():
+    cache = FanOutCache()
+    calls = []
+    first, second = events([0x90, 60, 100]), events([0x90, 60, 100])
+    for batch in (first, first, second, second, first):
+        cache.get(batch, lambda: calls.append(1) or len(calls))
+    assert len(calls) == 3

@@ -52,7 +52,7 @@ from gateway.config import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
-from gateway.registry import JoinRefused, TrustedPeer
+from gateway.registry import FanOutCache, JoinRefused, TrustedPeer
 
 from . import bridge as bridge_core
 from . import client, mapping, server, wire
@@ -263,7 +263,7 @@ class OscGroupsDoor(DoorService):
         self.relay = None
         self._relay_ports = {}    # port number -> (listening port, its socket)
         self.members = {}         # (peer name, group) -> OscPeerMember
-        self._encoded = (None, None)
+        self._encoded = FanOutCache()
         self._ports = []
         self._purge = task.LoopingCall(self._purge_users)
         self._purge.clock = self.reactor
@@ -496,15 +496,15 @@ class OscGroupsDoor(DoorService):
             self.drop(name, "not_a_member", amount=len(messages))
 
     def send_midi(self, name, events):
-        # The registry hands the same list to every member: encode it once.
-        if self._encoded[0] is not events:
-            datagrams, too_large = self.bridge.encode_midi([event.data for event in events])
-            if too_large:
-                self.drop(None, "too_large_for_osc_peer", "MIDI message over"
-                          f" {bridge_core.MAX_PEER_DATAGRAM} bytes as OSC", too_large)
-            self._encoded = (events, datagrams)
-        self._perform(self.bridge.send_to_peer(name, self._encoded[1],
-                                               self.reactor.seconds()))
+        datagrams = self._encoded.get(events, lambda: self._encode_for_peers(events))
+        self._perform(self.bridge.send_to_peer(name, datagrams, self.reactor.seconds()))
+
+    def _encode_for_peers(self, events):
+        datagrams, too_large = self.bridge.encode_midi([event.data for event in events])
+        if too_large:
+            self.drop(None, "too_large_for_osc_peer", "MIDI message over"
+                      f" {bridge_core.MAX_PEER_DATAGRAM} bytes as OSC", too_large)
+        return datagrams
 
     def member_ended(self, member):
         self.members.pop((member.name, member.group), None)

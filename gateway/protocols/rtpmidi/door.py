@@ -39,7 +39,7 @@ from gateway.protocols.rtpmidi.session import (
     InvitationFailed, PeerJoined, PeerLeft, RtpReceived, Send, SyncCompleted,
 )
 from gateway.protocols.rtpmidi.stream import OutgoingStream, prepare
-from gateway.registry import JoinRefused, TrustedPeer
+from gateway.registry import FanOutCache, JoinRefused, TrustedPeer
 
 DOOR = "rtpmidi"
 MDNS_SERVICE_TYPE = "_apple-midi._udp.local."
@@ -255,10 +255,7 @@ class SessionEndpoint:
                                        if invite.session == entry.session})
         self._invited = {}         # Peer -> the configured target its invitation went to
         self._reinvitations = {}
-        # The registry hands every member of a fan-out the same list; holding it
-        # keeps its identity from being reused by a later list.
-        self._encoded_events = None
-        self._encoded = None
+        self._encoded = FanOutCache()
 
     def start(self):
         host = self.config.host
@@ -301,14 +298,14 @@ class SessionEndpoint:
 
     def encode(self, events, source):
         """``(now, RTP timestamp, prepared packets)`` for ``events``, once per fan-out."""
-        if events is not self._encoded_events:
-            now = self.reactor.seconds()
-            packets, refused = prepare(events)
-            for reason in refused:
-                self.drop("too_large", source.name, reason)
-            self._encoded_events = events
-            self._encoded = (now, self.session.ticks(now) & _U32, packets)
-        return self._encoded
+        return self._encoded.get(events, lambda: self._prepare(events, source))
+
+    def _prepare(self, events, source):
+        now = self.reactor.seconds()
+        packets, refused = prepare(events)
+        for reason in refused:
+            self.drop("too_large", source.name, reason)
+        return now, self.session.ticks(now) & _U32, packets
 
     def tick(self):
         now = self.reactor.seconds()

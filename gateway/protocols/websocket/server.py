@@ -22,7 +22,7 @@ from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.websocket import jam
-from gateway.registry import JoinRefused, Passphrase
+from gateway.registry import FanOutCache, JoinRefused, Passphrase
 
 DOOR = "websocket"
 CLOSE_NORMAL = 1000
@@ -33,29 +33,20 @@ _CLOSE_CODES = {"shutdown": CLOSE_GOING_AWAY, "idle": CLOSE_IDLE}
 
 
 class _Encoder:
-    """Encodes one fan-out once and reuses it for every member receiving it.
-
-    The registry hands the same ``events`` list to each member of a session,
-    so remembering the last list (by identity, holding a reference) turns N
-    JSON encodings and frame preparations into one.
-    """
+    """Prepares each fan-out's frames once per MIDI mode, for all members."""
 
     def __init__(self, factory):
         self.factory = factory
-        self._key = None
-        self._frames = {}
+        self._by_mode = FanOutCache()
 
     def frames(self, events, source, mode):
-        key = (events, source)
-        if self._key is None or self._key[0] is not events or self._key[1] is not source:
-            self._key = key
-            self._frames = {}
-        frames = self._frames.get(mode)
+        by_mode = self._by_mode.get(events, dict)
+        frames = by_mode.get(mode)
         if frames is None:
             encode = jam.encode_midi_binary if mode == jam.MIDI_BINARY else jam.encode_midi_json
             frames = [self.factory.prepareMessage(payload, isBinary=binary)
                       for payload, binary in encode(events, source)]
-            self._frames[mode] = frames
+            by_mode[mode] = frames
         return frames
 
 
