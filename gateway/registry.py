@@ -98,9 +98,10 @@ class FanOutCache:
         self._events = None
         self._value = None
 
-    def get(self, events, compute):
+    def get(self, events, compute, *args):
+        """``compute(*args)``, computed once for the fan-out of ``events``."""
         if events is not self._events:
-            self._value = compute()
+            self._value = compute(*args)
             self._events = events
         return self._value
 
@@ -115,24 +116,29 @@ class _RateLimit:
         self.tokens = float(rate)
         self.stamp = now
 
-    def take(self, now):
+    def refill(self, now):
+        """The tokens available at ``now``; the caller stores what it leaves in ``tokens``."""
         tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
-        return False
+        return tokens
 
 
-def _is_release(data):
-    """Messages that end sound; never rate-limited, so nothing sticks."""
-    if midi.is_note_off(data):
-        return True
-    status = data[0]
-    return ((status & 0xF0) == midi.CONTROL_CHANGE and status < 0xF0
-            and (data[1] in (120, 123) or (data[1] in (midi.CC_SUSTAIN, midi.CC_SOSTENUTO)
-                                           and data[2] < 64)))
+# How a status octet can end sound, so that the message is never rate-limited
+# and nothing sticks; every such message is also one a NoteTracker follows.
+_NEVER_RELEASES, _RELEASES, _RELEASES_IF_SILENT, _RELEASES_IF_CONTROL_SAYS = range(4)
+_RELEASE_KIND = bytes(
+    _RELEASES if status & 0xF0 == midi.NOTE_OFF
+    else _RELEASES_IF_SILENT if status & 0xF0 == midi.NOTE_ON
+    else _RELEASES_IF_CONTROL_SAYS if status & 0xF0 == midi.CONTROL_CHANGE
+    else _NEVER_RELEASES
+    for status in range(0x100))
+
+
+def _control_releases(data):
+    """All Sound Off, All Notes Off, or a sustain/sostenuto pedal lifted."""
+    number = data[1]
+    return number in (120, 123) or (number in (midi.CC_SUSTAIN, midi.CC_SOSTENUTO)
+                                    and data[2] < 64)
 
 
 class Membership:
@@ -170,19 +176,26 @@ class Membership:
         self.last_seen = now
         cap = registry.limits.velocity_cap
         limit = self._limit
+        tokens = limit.refill(now)
         accepted = []
         for event in events:
             data = event.data
-            if not _is_release(data) and not limit.take(now):
-                registry.drops.count(self.door, "rate_limited")
-                continue
+            release = _RELEASE_KIND[data[0]]
+            if (release == _NEVER_RELEASES or (release == _RELEASES_IF_SILENT and data[2])
+                    or (release == _RELEASES_IF_CONTROL_SAYS and not _control_releases(data))):
+                if tokens < 1.0:
+                    registry.drops.count(self.door, "rate_limited")
+                    continue
+                tokens -= 1.0
             if cap is not None:
                 capped = midi.cap_velocity(data, cap)
                 if capped is not data:
                     event = midi.MidiEvent(capped, event.time)
                     data = capped
-            self.notes.observe(data)
+            if release != _NEVER_RELEASES:
+                self.notes.observe(data)
             accepted.append(event)
+        limit.tokens = tokens
         if accepted:
             registry.events_published += len(accepted)
             self.session.fan_out(self, accepted)

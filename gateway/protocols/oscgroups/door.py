@@ -496,7 +496,7 @@ class OscGroupsDoor(DoorService):
             self.drop(name, "not_a_member", amount=len(messages))
 
     def send_midi(self, name, events):
-        datagrams = self._encoded.get(events, lambda: self._encode_for_peers(events))
+        datagrams = self._encoded.get(events, self._encode_for_peers, events)
         self._perform(self.bridge.send_to_peer(name, datagrams, self.reactor.seconds()))
 
     def _encode_for_peers(self, events):

@@ -32,11 +32,12 @@ from gateway.config import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
+from gateway.protocols.rtpmidi.applemidi import is_applemidi
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
 from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,
-    InvitationFailed, PeerJoined, PeerLeft, RtpReceived, Send, SyncCompleted,
+    InvitationFailed, Peer, PeerJoined, PeerLeft, Send, SyncCompleted,
 )
 from gateway.protocols.rtpmidi.stream import OutgoingStream, prepare
 from gateway.registry import FanOutCache, JoinRefused, TrustedPeer
@@ -161,12 +162,9 @@ class RtpMidiMember:
             self.sysex.reset()
         if not commands:
             return
-        offset = self.peer.clock_offset
+        start = packet.timestamp
+        ticks = start
         peer_ticks_now = None
-        if offset is not None:
-            peer_ticks_now = endpoint.session.ticks(now) + round(offset * CLOCK_RATE)
-        late_ticks = endpoint.late_ticks
-        ticks = packet.timestamp
         events = []
         for delta, message in commands:
             ticks += delta
@@ -175,14 +173,24 @@ class RtpMidiMember:
                 message = self.sysex.feed(message)
                 if message is None:
                     continue
-            elif (peer_ticks_now is not None and midi.is_note_on(message)
-                  and _lateness_ticks(peer_ticks_now, ticks) > late_ticks):
-                self.late_dropped += 1
-                endpoint.drop("late", self.data_addr, "note-on later than latetime")
-                continue
-            events.append(MidiEvent(message, now + (ticks - packet.timestamp) / CLOCK_RATE))
+            elif status & 0xF0 == midi.NOTE_ON and message[2]:
+                if peer_ticks_now is None:
+                    peer_ticks_now = self._peer_ticks(now)
+                if (peer_ticks_now is not False
+                        and _lateness_ticks(peer_ticks_now, ticks) > endpoint.late_ticks):
+                    self.late_dropped += 1
+                    endpoint.drop("late", self.data_addr, "note-on later than latetime")
+                    continue
+            events.append(MidiEvent(message, now + (ticks - start) / CLOCK_RATE))
         if events and self.membership is not None:
             self.membership.publish(events)
+
+    def _peer_ticks(self, now):
+        """The peer's RTP clock at ``now``, False before a clock sync has measured it."""
+        offset = self.peer.clock_offset
+        if offset is None:
+            return False
+        return self.endpoint.session.ticks(now) + round(offset * CLOCK_RATE)
 
     # IMember ----------------------------------------------------------------
     def deliver(self, events, source):
@@ -235,6 +243,19 @@ class _PortProtocol(protocol.DatagramProtocol):
         self.endpoint.datagram_received(self.which, data, addr)
 
 
+class _DataPortProtocol(_PortProtocol):
+    """The data port: RTP takes the endpoint's direct path, AppleMIDI the general one."""
+
+    def __init__(self, endpoint):
+        super().__init__(endpoint, DATA)
+
+    def datagramReceived(self, data, addr):
+        if is_applemidi(data):
+            self.endpoint.datagram_received(DATA, data, addr)
+        else:
+            self.endpoint.rtp_received(data, addr)
+
+
 class SessionEndpoint:
     """One configured session: its two UDP ports, AppleMIDI state and members."""
 
@@ -263,7 +284,7 @@ class SessionEndpoint:
             self.entry.port, _PortProtocol(self, CONTROL), interface=host,
             maxPacketSize=MAX_DATAGRAM)
         self.data_port = self.reactor.listenUDP(
-            self.entry.port + 1, _PortProtocol(self, DATA), interface=host,
+            self.entry.port + 1, _DataPortProtocol(self), interface=host,
             maxPacketSize=MAX_DATAGRAM)
         self.data_socket = self.data_port.socket
         self.data_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
@@ -298,7 +319,7 @@ class SessionEndpoint:
 
     def encode(self, events, source):
         """``(now, RTP timestamp, prepared packets)`` for ``events``, once per fan-out."""
-        return self._encoded.get(events, lambda: self._prepare(events, source))
+        return self._encoded.get(events, self._prepare, events, source)
 
     def _prepare(self, events, source):
         now = self.reactor.seconds()
@@ -321,17 +342,21 @@ class SessionEndpoint:
     def datagram_received(self, which, data, addr):
         self.carry_out(self.session.datagram_received(which, data, addr, self.reactor.seconds()))
 
+    def rtp_received(self, data, addr):
+        source = self.session.rtp_source(data, addr)
+        if type(source) is Peer:
+            member = self.members.get(source)
+            if member is not None:
+                member.rtp_received(data, self.reactor.seconds())
+        else:
+            self._dropped(source)
+
     def carry_out(self, actions):
-        now = self.reactor.seconds()
         for action in actions:
             kind = type(action)
             if kind is Send:
                 listening = self.control_port if action.port == CONTROL else self.data_port
                 listening.write(action.data, action.addr)
-            elif kind is RtpReceived:
-                member = self.members.get(action.peer)
-                if member is not None:
-                    member.rtp_received(action.data, now)
             elif kind is FeedbackReceived:
                 member = self.members.get(action.peer)
                 if member is not None:
@@ -348,7 +373,10 @@ class SessionEndpoint:
             elif kind is InvitationFailed:
                 self._peer_gone(action.peer, action.reason)
             elif kind is Dropped:
-                self.drop(action.reason.replace(" ", "_"), action.addr, action.detail)
+                self._dropped(action)
+
+    def _dropped(self, action):
+        self.drop(action.reason.replace(" ", "_"), action.addr, action.detail)
 
     @staticmethod
     def _touch(member):

@@ -725,27 +725,41 @@ class JournalSender:
         nothing, and pymidi misreads its header (S=1 taken for a system
         journal) and drops the whole packet, so the packet goes without (J=0).
         """
+        return self._octets(self._extend(sequence), timestamp)
+
+    def record(self, sequence, timestamp, messages):
+        """Note the MIDI messages packet ``sequence`` carried (call after journal_for)."""
+        self._record(self._extend(sequence), timestamp, messages)
+
+    def send(self, sequence, timestamp, messages):
+        """:meth:`journal_octets` then :meth:`record` for one packet: the per-packet path."""
         current = self._extend(sequence)
-        if self._checkpoint is None:
-            self._checkpoint = current
-        checkpoint = max(self._checkpoint, current - self.max_history)
-        self._checkpoint = checkpoint
+        octets = self._octets(current, timestamp)
+        self._record(current, timestamp, messages)
+        return octets
+
+    def _octets(self, current, timestamp):
+        checkpoint = self._checkpoint
+        if checkpoint is None or checkpoint < current - self.max_history:
+            checkpoint = current if checkpoint is None else current - self.max_history
+            self._checkpoint = checkpoint
+        recent_channels = self._recent_channels
+        if not recent_channels:
+            return None
         previous = current - 1
         parts = []
         s_bit = True
-        final = True
         channels = self.channels
-        recent_channels = self._recent_channels
         # Backwards, because only the journal's final chapter N gets a widened bitmap.
         for channel in list(recent_channels):
             state = channels[channel]
             if state.last_stamp < checkpoint:
                 recent_channels.remove(channel)
                 continue
-            octets = self._channel_octets(channel, state, checkpoint, previous, timestamp, final)
+            octets = self._channel_octets(channel, state, checkpoint, previous, timestamp,
+                                          not parts)
             if octets is not None:
                 parts.append(octets)
-                final = False
                 s_bit = s_bit and state.last_stamp != previous
         if not parts:
             return None
@@ -759,25 +773,27 @@ class JournalSender:
         out = bytearray(3)
         toc = 0
         if state.program_stamp >= checkpoint:
-            toc |= _TOC_P
+            toc = _TOC_P
             out += bytes((((state.program_stamp != previous) << 7) | state.program,
                           (state.bank_valid << 7) | state.bank_msb, state.bank_lsb))
-        controllers = (state.controller_stamps
-                       and _recent_items(state.controller_stamps, checkpoint))
-        if controllers:
-            toc |= _TOC_C
-            _append_logs(out, controllers, state.controllers, previous)
+        if state.controller_stamps:
+            controllers = _recent_items(state.controller_stamps, checkpoint)
+            if controllers:
+                toc |= _TOC_C
+                _append_logs(out, controllers, state.controllers, previous)
         if state.pitch_stamp >= checkpoint:
             toc |= _TOC_W
-            out.append(((state.pitch_stamp != previous) << 7) | (state.pitch & 0x7F))
-            out.append(state.pitch >> 7)
-        notes = state.note_stamps and _recent_items(state.note_stamps, checkpoint)
+            pitch = state.pitch
+            out.append(((state.pitch_stamp != previous) << 7) | (pitch & 0x7F))
+            out.append(pitch >> 7)
         pressure = state.pressure_stamp >= checkpoint
         pressures = state.poly_stamps and _recent_items(state.poly_stamps, checkpoint)
-        if notes:
-            toc |= _TOC_N
-            self._append_note_chapter(out, state, notes, checkpoint, previous, timestamp,
-                                      final and not pressure and not pressures)
+        if state.note_stamps:
+            notes = _recent_items(state.note_stamps, checkpoint)
+            if notes:
+                toc |= _TOC_N
+                self._append_note_chapter(out, state, notes, checkpoint, previous, timestamp,
+                                          final and not pressure and not pressures)
         if pressure:
             toc |= _TOC_T
             out.append(((state.pressure_stamp != previous) << 7) | state.pressure)
@@ -797,7 +813,8 @@ class JournalSender:
     def _append_note_chapter(self, out, state, notes, checkpoint, previous, timestamp,
                              ends_journal):
         """Chapter N (A.6); ``ends_journal``: it is the last chapter of the packet."""
-        logs = bytearray()
+        header_at = len(out)
+        out += b"\0\0"
         off_notes = []
         offs_from_previous = False
         late_ticks = self.late_note_ticks
@@ -805,17 +822,18 @@ class JournalSender:
         on_stamps = state.on_stamps
         off_stamps = state.off_stamps
         on_times = state.on_times
+        count = 0
         for note, _ in notes:
             velocity = velocities[note]
             if velocity:
-                age = (timestamp - on_times[note]) & 0xFFFFFFFF
-                logs.append(((on_stamps[note] != previous) << 7) | note)
-                logs.append(((age < late_ticks) << 7) | velocity)
+                count += 1
+                out.append(((on_stamps[note] != previous) << 7) | note)
+                out.append(((((timestamp - on_times[note]) & 0xFFFFFFFF) < late_ticks) << 7)
+                           | velocity)
             off_stamp = off_stamps[note]
             if off_stamp >= checkpoint:
                 off_notes.append(note)
                 offs_from_previous = offs_from_previous or off_stamp == previous
-        count = len(logs) >> 1
         if off_notes and count < 128:
             low, offbits = _off_bitmap(off_notes)
             if ends_journal and count > len(offbits):
@@ -826,19 +844,15 @@ class JournalSender:
                 # captures of the gateway readable.
                 low, offbits = _widen_bitmap(low, offbits, min(count, _NOTE_GROUPS))
             high = low + len(offbits) - 1
+            out += offbits
         else:
             # 128 logs leave no room for a bitmap (every note is sounding anyway);
             # LOW=15, HIGH=0 with LEN=127 would mean 128 logs, so 127 uses HIGH=1.
-            offbits = b""
             low, high = _NO_BITMAP_LOW, 1 if count == 127 else _NO_BITMAP_HIGH
-        out.append(((not offs_from_previous) << 7) | min(count, 127))
-        out.append((low << 4) | high)
-        out += logs
-        out += offbits
+        out[header_at] = ((not offs_from_previous) << 7) | min(count, 127)
+        out[header_at + 1] = (low << 4) | high
 
-    def record(self, sequence, timestamp, messages):
-        """Note the MIDI messages packet ``sequence`` carried (call after journal_for)."""
-        current = self._extend(sequence)
+    def _record(self, current, timestamp, messages):
         if self._checkpoint is None:
             self._checkpoint = current
         self._last_sent = current

@@ -43,6 +43,11 @@ _FLAG_P = 0x10
 
 # One-octet deltas dominate real traffic; a table avoids building them per packet.
 _SHORT_DELTAS = [bytes((value,)) for value in range(128)]
+# Data octets after each status octet (SysEx: 0, it is parsed separately), and
+# each status as one octet, for expanding running status.
+_DATA_OCTETS = tuple(0 if status < 0x80 or status in (SYSEX_START, SYSEX_END)
+                     else data_length(status) for status in range(0x100))
+_STATUS_OCTETS = [bytes((status,)) for status in range(0x100)]
 _SYSEX_TERMINATORS = (SYSEX_START, SYSEX_END, SYSEX_CANCEL)
 
 
@@ -169,9 +174,17 @@ class RtpMidiPacket:
         list_end = pos + length
         if list_end > end:
             raise MalformedPacket(f"MIDI list LEN={length} runs past the packet end")
-        commands = _parse_midi_list(data, pos, list_end, bool(flags & _FLAG_Z))
-        packet = cls(sequence, timestamp, ssrc, commands, marker=bool(second & 0x80),
-                     payload_type=second & 0x7F, phantom=bool(flags & _FLAG_P))
+        # Set field by field: __init__ would copy the freshly parsed command list.
+        packet = cls.__new__(cls)
+        packet.sequence = sequence
+        packet.timestamp = timestamp
+        packet.ssrc = ssrc
+        packet.marker = bool(second & 0x80)
+        packet.payload_type = second & 0x7F
+        packet.commands = _parse_midi_list(data, pos, list_end, flags & _FLAG_Z)
+        packet.phantom = bool(flags & _FLAG_P)
+        packet._journal = None
+        packet._journal_octets = None
         if flags & FLAG_J:
             if lazy_journal:
                 packet._journal_octets = data[list_end:end]
@@ -217,44 +230,53 @@ def command_section(commands, journal_follows, phantom=False):
 
 
 def _parse_midi_list(data, pos, end, first_has_delta):
+    # The per-packet path of every received RTP-MIDI packet: one-octet deltas
+    # and channel messages are decoded inline, the rest by helpers.
     commands = []
+    append = commands.append
     running = None
     delta = 0
-    first = True
+    read_delta = first_has_delta
     while pos < end:
-        if first:
-            first = False
-            if first_has_delta:
+        if read_delta:
+            delta = data[pos]
+            if delta < 0x80:
+                pos += 1
+            else:
                 delta, pos = _read_delta(data, pos, end)
-        else:
-            delta, pos = _read_delta(data, pos, end)
-        if pos >= end:
-            raise MalformedPacket("MIDI list ends after a delta time")
+            if pos >= end:
+                raise MalformedPacket("MIDI list ends after a delta time")
+        read_delta = True
         status = data[pos]
-        if status >= 0xF8:
-            commands.append((delta, data[pos:pos + 1]))
-            pos += 1
-            continue
-        if status == SYSEX_START or status == SYSEX_END:
-            running = None
-            pos = _parse_sysex(data, pos, end, delta, commands)
-            continue
         if status < 0x80:
             if running is None:
                 raise MalformedPacket(f"data octet 0x{status:02x} without running status")
-            needed = data_length(running)
-            message = bytes((running,)) + data[pos:pos + needed]
+            needed = _DATA_OCTETS[running]
+            message = _STATUS_OCTETS[running] + data[pos:pos + needed]
             pos += needed
-        else:
-            needed = data_length(status)
+        elif status < 0xF0:
+            needed = _DATA_OCTETS[status]
             message = data[pos:pos + needed + 1]
             pos += needed + 1
-            running = status if status < 0xF0 else None
+            running = status
+        elif status >= 0xF8:
+            append((delta, data[pos:pos + 1]))
+            pos += 1
+            continue
+        elif status == SYSEX_START or status == SYSEX_END:
+            running = None
+            pos = _parse_sysex(data, pos, end, delta, commands)
+            continue
+        else:
+            needed = _DATA_OCTETS[status]
+            message = data[pos:pos + needed + 1]
+            pos += needed + 1
+            running = None
         if pos > end:
             raise MalformedPacket("MIDI list ends inside a command")
         if needed and (message[1] | message[-1]) & 0x80:
             raise MalformedPacket(f"status octet inside command {message.hex(' ')}")
-        commands.append((delta, message))
+        append((delta, message))
     return commands
 
 
@@ -295,23 +317,27 @@ def _parse_sysex(data, pos, end, delta, commands):
 def _build_midi_list(commands):
     """Return (MIDI list octets, whether the first command carries a delta)."""
     parts = []
+    append = parts.append
     running = None
     first_has_delta = False
-    for index, (delta, message) in enumerate(commands):
-        if index:
-            parts.append(encode_delta(delta))
-        elif delta:
-            first_has_delta = True
-            parts.append(encode_delta(delta))
+    first = True
+    for delta, message in commands:
+        if first:
+            first = False
+            if delta:
+                first_has_delta = True
+                append(encode_delta(delta))
+        else:
+            append(_SHORT_DELTAS[delta] if 0 <= delta < 128 else encode_delta(delta))
         status = message[0]
         if status < 0xF0:
             if status == running:
-                parts.append(message[1:])
+                append(message[1:])
                 continue
             running = status
         elif status < 0xF8:
             running = None
-        parts.append(message)
+        append(message)
     return b"".join(parts), first_has_delta
 
 

@@ -181,10 +181,6 @@ class Dropped:
     detail: Optional[str] = None
 
 
-def _is_newer_seq(seq, than):
-    return 0 < (seq - than) & 0xFFFF < 0x8000
-
-
 class AppleMidiSession:
     """One local endpoint: control port P (even) and data port P+1.
 
@@ -219,10 +215,10 @@ class AppleMidiSession:
         return list(self._joined_by_ssrc.values())
 
     def datagram_received(self, port, data, addr, now):
-        if self.closed:
-            return [self._drop("session closed", addr)]
         if port == DATA and not is_applemidi(data):
             return self._rtp_received(data, addr)
+        if self.closed:
+            return [self._drop("session closed", addr)]
         try:
             packet = parse_control(data)
         except MalformedPacket as error:
@@ -491,22 +487,36 @@ class AppleMidiSession:
 
     # -- RTP and receiver feedback --------------------------------------
 
-    def _rtp_received(self, data, addr):
+    def rtp_source(self, data, addr):
+        """The joined peer that sent the RTP packet ``data`` from ``addr``, or a Dropped.
+
+        The data port's per-packet path: the adapter calls it directly (after
+        ruling out AppleMIDI with :func:`is_applemidi`) so that a valid packet
+        costs no action list. It also notes the sequence number that the next
+        receiver feedback (RS) reports.
+        """
+        if self.closed:
+            return self._drop("session closed", addr)
         if len(data) < _MIN_RTP_HEADER or data[0] & 0xC0 != _RTP_VERSION_2:
-            return [self._drop("not RTP", addr)]
+            return self._drop("not RTP", addr)
         ssrc = int.from_bytes(data[8:12], "big")
         peer = self._joined_by_ssrc.get(ssrc)
         if peer is None:
             peer = self._joined_by_data_port_ssrc.get(ssrc)
             if peer is None:
-                return [self._drop("RTP from non-member", addr)]
+                return self._drop("RTP from non-member", addr)
         if addr != peer.data_addr:
-            return [self._drop("RTP from unexpected address", addr, f"ssrc {ssrc:#010x}")]
-        seq = int.from_bytes(data[2:4], "big")
-        if peer.highest_rtp_seq is None or _is_newer_seq(seq, peer.highest_rtp_seq):
+            return self._drop("RTP from unexpected address", addr, f"ssrc {ssrc:#010x}")
+        seq = (data[2] << 8) | data[3]
+        highest = peer.highest_rtp_seq
+        if highest is None or 0 < (seq - highest) & 0xFFFF < 0x8000:
             peer.highest_rtp_seq = seq
             peer._feedback_due = True
-        return [RtpReceived(peer, data)]
+        return peer
+
+    def _rtp_received(self, data, addr):
+        source = self.rtp_source(data, addr)
+        return [RtpReceived(source, data) if type(source) is Peer else source]
 
     def _send_feedback(self, peer, now):
         peer._feedback_due = False

@@ -36,15 +36,19 @@ class PreparedPacket:
     """The peer-independent part of one packet: its command section and channel messages.
 
     ``section`` has J=0, ``journalled_section`` the same with J=1;
-    ``messages`` are what the packet carries, for the journal to record.
+    ``messages`` are the channel messages it carries, for the journal to record.
     """
 
     __slots__ = ("section", "journalled_section", "messages")
 
-    def __init__(self, commands):
-        self.section = command_section(commands, journal_follows=False)
-        self.journalled_section = bytes((self.section[0] | FLAG_J,)) + self.section[1:]
-        self.messages = [message for _, message in commands if message[0] < 0xF0]
+    def __init__(self, commands, messages):
+        section = command_section(commands, journal_follows=False)
+        self.section = section
+        self.journalled_section = _JOURNALLED_HEADERS[section[0]] + section[1:]
+        self.messages = messages
+
+
+_JOURNALLED_HEADERS = [bytes((octet | FLAG_J,)) for octet in range(0x100)]
 
 
 def prepare(events, max_list_octets=MAX_LIST_OCTETS):
@@ -58,27 +62,35 @@ def prepare(events, max_list_octets=MAX_LIST_OCTETS):
     packets = []
     refused = []
     commands = []
+    messages = []
     octets = 0
     previous = events[0].time if events else 0.0
     for event in events:
         data = event.data
-        if data[0] in UNDEFINED_STATUSES:
+        status = data[0]
+        if status in UNDEFINED_STATUSES:
             continue
         if octets + len(data) > max_list_octets and commands:
-            _add_packet(packets, refused, commands)
-            commands, octets = [], 0
-        delta = min(MAX_DELTA, max(0, round((event.time - previous) * CLOCK_RATE)))
-        previous = event.time
-        commands.append((delta if commands else 0, data))
+            _add_packet(packets, refused, commands, messages)
+            commands, messages, octets = [], [], 0
+        time = event.time
+        if time == previous or not commands:
+            delta = 0
+        else:
+            delta = min(MAX_DELTA, max(0, round((time - previous) * CLOCK_RATE)))
+        previous = time
+        commands.append((delta, data))
+        if status < 0xF0:
+            messages.append(data)
         octets += len(data) + 1
     if commands:
-        _add_packet(packets, refused, commands)
+        _add_packet(packets, refused, commands, messages)
     return packets, refused
 
 
-def _add_packet(packets, refused, commands):
+def _add_packet(packets, refused, commands, messages):
     try:
-        packets.append(PreparedPacket(commands))
+        packets.append(PreparedPacket(commands, messages))
     except ValueError as error:
         refused.append(str(error))
 
@@ -109,8 +121,7 @@ class OutgoingStream:
             return header + prepared.section
         self.last_midi_time = now
         self._guards_sent = 0
-        octets = journal.journal_octets(sequence, timestamp)
-        journal.record(sequence, timestamp, prepared.messages)
+        octets = journal.send(sequence, timestamp, prepared.messages)
         if octets is None:
             return header + prepared.section
         return b"".join((header, prepared.journalled_section, octets))
