@@ -657,26 +657,23 @@ class ChannelState:
         }
 
 
-def _recent_items(stamps, checkpoint):
-    """Items of ``stamps`` changed at or after ``checkpoint``; older ones are forgotten."""
-    recent = [(item, stamp) for item, stamp in stamps.items() if stamp >= checkpoint]
-    if len(recent) < len(stamps):
-        for item in [item for item, stamp in stamps.items() if stamp < checkpoint]:
-            del stamps[item]
-    return recent
+def _forget_older(stamps, checkpoint):
+    """Drop the items of ``stamps`` last changed before ``checkpoint``."""
+    for item in [item for item, stamp in stamps.items() if stamp < checkpoint]:
+        del stamps[item]
 
 
-def _append_logs(out, items, values, previous):
-    """A chapter of ``S LEN`` then two-octet logs (C, A): ``(number, stamp)`` items, value tool."""
+def _append_logs(out, stamps, values, previous):
+    """A chapter of ``S LEN`` then two-octet logs (C, A) for the items of ``stamps``."""
     chapter_s = True
     start = len(out)
     out.append(0)
-    for number, stamp in items:
+    for number, stamp in stamps.items():
         older = stamp != previous
         chapter_s = chapter_s and older
         out.append((older << 7) | number)
         out.append(values[number])
-    out[start] = (chapter_s << 7) | (len(items) - 1)
+    out[start] = (chapter_s << 7) | (len(stamps) - 1)
 
 
 class JournalSender:
@@ -702,6 +699,8 @@ class JournalSender:
         self._recent_channels = []
         self._checkpoint = None      # extended sequence number of the oldest packet journalled
         self._last_sent = None       # extended sequence number of the newest recorded packet
+        self._forgotten_before = None   # the checkpoint older items were last dropped at
+        self._forget_step = max(1, max_history // 32)
 
     @property
     def checkpoint(self):
@@ -740,9 +739,12 @@ class JournalSender:
 
     def _octets(self, current, timestamp):
         checkpoint = self._checkpoint
-        if checkpoint is None or checkpoint < current - self.max_history:
-            checkpoint = current if checkpoint is None else current - self.max_history
-            self._checkpoint = checkpoint
+        if checkpoint is None:
+            checkpoint = self._checkpoint = self._forgotten_before = current
+        elif checkpoint < current - self.max_history:
+            checkpoint = self._checkpoint = current - self.max_history
+            if checkpoint - self._forgotten_before >= self._forget_step:
+                self._forget_before(checkpoint)
         recent_channels = self._recent_channels
         if not recent_channels:
             return None
@@ -750,12 +752,10 @@ class JournalSender:
         parts = []
         s_bit = True
         channels = self.channels
-        # Backwards, because only the journal's final chapter N gets a widened bitmap.
-        for channel in list(recent_channels):
+        # Highest channel first, because only the journal's final chapter N gets
+        # a widened bitmap; the parts are reversed into wire order below.
+        for channel in recent_channels:
             state = channels[channel]
-            if state.last_stamp < checkpoint:
-                recent_channels.remove(channel)
-                continue
             octets = self._channel_octets(channel, state, checkpoint, previous, timestamp,
                                           not parts)
             if octets is not None:
@@ -768,6 +768,28 @@ class JournalSender:
         parts.reverse()
         return b"".join(parts)
 
+    def _forget_before(self, checkpoint):
+        """Drop what changed before ``checkpoint``: the journal no longer needs it.
+
+        Done when feedback moves the checkpoint, and every ``max_history / 32``
+        packets while the history bound drags it along, rather than per packet:
+        the per-packet path journals every item still held, and an item a
+        little older than the checkpoint states what the receiver already has.
+        """
+        self._forgotten_before = checkpoint
+        channels = self.channels
+        for channel in list(self._recent_channels):
+            state = channels[channel]
+            if state.last_stamp < checkpoint:
+                self._recent_channels.remove(channel)
+                state.note_stamps.clear()
+                state.controller_stamps.clear()
+                state.poly_stamps.clear()
+                continue
+            _forget_older(state.note_stamps, checkpoint)
+            _forget_older(state.controller_stamps, checkpoint)
+            _forget_older(state.poly_stamps, checkpoint)
+
     def _channel_octets(self, channel, state, checkpoint, previous, timestamp, final):
         """One channel journal (§5.2) as octets, None if no chapter has anything to say."""
         out = bytearray(3)
@@ -777,29 +799,24 @@ class JournalSender:
             out += bytes((((state.program_stamp != previous) << 7) | state.program,
                           (state.bank_valid << 7) | state.bank_msb, state.bank_lsb))
         if state.controller_stamps:
-            controllers = _recent_items(state.controller_stamps, checkpoint)
-            if controllers:
-                toc |= _TOC_C
-                _append_logs(out, controllers, state.controllers, previous)
+            toc |= _TOC_C
+            _append_logs(out, state.controller_stamps, state.controllers, previous)
         if state.pitch_stamp >= checkpoint:
             toc |= _TOC_W
             pitch = state.pitch
             out.append(((state.pitch_stamp != previous) << 7) | (pitch & 0x7F))
             out.append(pitch >> 7)
         pressure = state.pressure_stamp >= checkpoint
-        pressures = state.poly_stamps and _recent_items(state.poly_stamps, checkpoint)
         if state.note_stamps:
-            notes = _recent_items(state.note_stamps, checkpoint)
-            if notes:
-                toc |= _TOC_N
-                self._append_note_chapter(out, state, notes, checkpoint, previous, timestamp,
-                                          final and not pressure and not pressures)
+            toc |= _TOC_N
+            self._append_note_chapter(out, state, checkpoint, previous, timestamp,
+                                      final and not pressure and not state.poly_stamps)
         if pressure:
             toc |= _TOC_T
             out.append(((state.pressure_stamp != previous) << 7) | state.pressure)
-        if pressures:
+        if state.poly_stamps:
             toc |= _TOC_A
-            _append_logs(out, pressures, state.poly_pressure, previous)
+            _append_logs(out, state.poly_stamps, state.poly_pressure, previous)
         if not toc:
             return None
         length = len(out)
@@ -810,9 +827,11 @@ class JournalSender:
         out[2] = toc
         return out
 
-    def _append_note_chapter(self, out, state, notes, checkpoint, previous, timestamp,
-                             ends_journal):
-        """Chapter N (A.6); ``ends_journal``: it is the last chapter of the packet."""
+    def _append_note_chapter(self, out, state, checkpoint, previous, timestamp, ends_journal):
+        """Chapter N (A.6) for the notes changed since the checkpoint.
+
+        ``ends_journal``: it is the last chapter of the packet.
+        """
         header_at = len(out)
         out += b"\0\0"
         off_notes = []
@@ -823,7 +842,7 @@ class JournalSender:
         off_stamps = state.off_stamps
         on_times = state.on_times
         count = 0
-        for note, _ in notes:
+        for note in state.note_stamps:
             velocity = velocities[note]
             if velocity:
                 count += 1
@@ -877,9 +896,9 @@ class JournalSender:
         if self._last_sent is None:
             return
         acknowledged = extend_sequence(sequence, self._last_sent)
-        if acknowledged > self._last_sent:
-            return
-        self._checkpoint = max(self._checkpoint, acknowledged)
+        if acknowledged > self._checkpoint and acknowledged <= self._last_sent:
+            self._checkpoint = acknowledged
+            self._forget_before(acknowledged)
 
     def snapshot(self):
         return [state.snapshot() for state in self.channels]
