@@ -21,6 +21,9 @@ p50 / p99 at ``LATENCY_RATE`` (send to receive, same clock). Medians of
 ``--runs`` runs, with relay/baseline (goal >= 0.50) and bridge/baseline (goal
 >= 0.30).
 
+CPU 0 is kept from halting between datagrams as in bench/rtpmidi_fanout.py
+(``--let-cpu0-idle`` turns that off).
+
 Run: .venv/bin/python bench/oscgroups_relay.py [--flows 4] [--runs 3]
 Absolute figures are noise on shared 2-core machines; read the ratios.
 """
@@ -39,8 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
-                      run_generator_on_cpu1)
+from benchlib import (cpu0_kept_awake, find_maximum, paced_exchange, percentile,  # noqa: E402
+                      pin_to_cpu0, run_generator_on_cpu1)
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
@@ -296,8 +299,16 @@ def main():
     parser.add_argument("--flows", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
     parser.add_argument("--max-rate", type=float, default=400_000)
+    parser.add_argument("--let-cpu0-idle", action="store_true",
+                        help="do not keep CPU 0 busy at SCHED_IDLE (then p99 measures the"
+                             " host's vCPU wake-ups; see benchlib.cpu0_kept_awake)")
     args = parser.parse_args()
     run_generator_on_cpu1()
+    with cpu0_kept_awake(not args.let_cpu0_idle):
+        run_all(args)
+
+
+def run_all(args):
     baseline_runs, relay_runs, bridge_runs = [], [], []
     for _ in range(args.runs):
         baseline_runs.append(run_baseline(args))

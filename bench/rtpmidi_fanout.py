@@ -22,6 +22,10 @@ only calls ``sendto``/``recv_into``. Medians of ``--runs`` runs are printed
 with the gateway/baseline ratios (goals: >= 0.40 of the relay's maximum;
 gateway p99 <= 1 ms at 10k/s).
 
+While it runs, a SCHED_IDLE busy loop keeps CPU 0's vCPU from halting
+between datagrams (benchlib.cpu0_kept_awake; ``--let-cpu0-idle`` turns it
+off), so that latency measures the servers rather than the host's wake-ups.
+
 Run: .venv/bin/python bench/rtpmidi_fanout.py [--shapes 1x1,1x4,8x5] [--runs 3]
 """
 
@@ -46,8 +50,8 @@ from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,
 )
-from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
-                      run_generator_on_cpu1)
+from benchlib import (cpu0_kept_awake, find_maximum, paced_exchange, percentile,  # noqa: E402
+                      pin_to_cpu0, run_generator_on_cpu1)
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
@@ -298,8 +302,16 @@ def main():
     parser.add_argument("--shapes", default="1x1,1x4,8x5")
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
     parser.add_argument("--max-rate", type=float, default=400_000)
+    parser.add_argument("--let-cpu0-idle", action="store_true",
+                        help="do not keep CPU 0 busy at SCHED_IDLE (then p99 measures the"
+                             " host's vCPU wake-ups; see benchlib.cpu0_kept_awake)")
     args = parser.parse_args()
     run_generator_on_cpu1()
+    with cpu0_kept_awake(not args.let_cpu0_idle):
+        run_all(args)
+
+
+def run_all(args):
     print(f"{'shape':>5} {'server':>8} | {'max fwd/s':>9} | at {LATENCY_RATE} fwd/s:"
           f" {'loss':>6} {'cpu µs':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8}", flush=True)
     for shape in args.shapes.split(","):
