@@ -27,11 +27,10 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import implementer
 
-from gateway import midi
 from gateway.config import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
-from gateway.midi import MidiEvent
+from gateway.midi import NOTE_ON, SYSEX_END, SYSEX_START, MidiEvent
 from gateway.protocols.rtpmidi.applemidi import is_applemidi
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
@@ -120,12 +119,6 @@ class Config:
         return problems
 
 
-def _lateness_ticks(peer_ticks_now, event_ticks):
-    """How far ``event_ticks`` lies behind the peer's clock now (signed, 32-bit RTP time)."""
-    behind = (peer_ticks_now - event_ticks) & _U32
-    return behind - (1 << 32) if behind & 0x80000000 else behind
-
-
 @implementer(IMember)
 class RtpMidiMember:
     """One joined AppleMIDI peer: its RTP streams in both directions."""
@@ -164,20 +157,20 @@ class RtpMidiMember:
             return
         start = packet.timestamp
         ticks = start
-        peer_ticks_now = None
+        late_before = None
         events = []
         for delta, message in commands:
             ticks += delta
             status = message[0]
-            if status == midi.SYSEX_START or status == midi.SYSEX_END:
+            if status == SYSEX_START or status == SYSEX_END:
                 message = self.sysex.feed(message)
                 if message is None:
                     continue
-            elif status & 0xF0 == midi.NOTE_ON and message[2]:
-                if peer_ticks_now is None:
-                    peer_ticks_now = self._peer_ticks(now)
-                if (peer_ticks_now is not False
-                        and _lateness_ticks(peer_ticks_now, ticks) > endpoint.late_ticks):
+            elif status & 0xF0 == NOTE_ON and message[2]:
+                if late_before is None:
+                    late_before = self._late_before(now)
+                # Played before late_before on the peer's clock (signed 32-bit RTP time).
+                if late_before is not False and 0 < (late_before - ticks) & _U32 < 0x80000000:
                     self.late_dropped += 1
                     endpoint.drop("late", self.data_addr, "note-on later than latetime")
                     continue
@@ -185,12 +178,17 @@ class RtpMidiMember:
         if events and self.membership is not None:
             self.membership.publish(events)
 
-    def _peer_ticks(self, now):
-        """The peer's RTP clock at ``now``, False before a clock sync has measured it."""
+    def _late_before(self, now):
+        """The RTP time on the peer's clock before which a note-on arriving at ``now`` is late.
+
+        False until a clock sync has measured the peer's clock.
+        """
         offset = self.peer.clock_offset
         if offset is None:
             return False
-        return self.endpoint.session.ticks(now) + round(offset * CLOCK_RATE)
+        endpoint = self.endpoint
+        return (endpoint.session.ticks(now) + round(offset * CLOCK_RATE)
+                - endpoint.late_ticks) & _U32
 
     # IMember ----------------------------------------------------------------
     def deliver(self, events, source):

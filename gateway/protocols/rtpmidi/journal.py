@@ -763,8 +763,11 @@ class JournalSender:
                 s_bit = s_bit and state.last_stamp != previous
         if not parts:
             return None
-        parts.append(bytes(((s_bit << 7) | _JOURNAL_A | (len(parts) - 1),
-                            (checkpoint >> 8) & 0xFF, checkpoint & 0xFF)))
+        header = bytes(((s_bit << 7) | _JOURNAL_A | (len(parts) - 1),
+                        (checkpoint >> 8) & 0xFF, checkpoint & 0xFF))
+        if len(parts) == 1:
+            return header + parts[0]
+        parts.append(header)
         parts.reverse()
         return b"".join(parts)
 
@@ -929,22 +932,26 @@ class JournalReceiver:
     def receive(self, packet):
         """Return ``(delta, message)`` pairs to play: repairs (delta 0) then the packet's commands."""
         highest = self._highest
-        if highest is None:
-            current = packet.sequence
+        sequence = packet.sequence
+        played = None
+        if highest is not None and sequence == (highest + 1) & 0xFFFF:
+            current = highest + 1
         else:
-            current = extend_sequence(packet.sequence, highest)
-            if current <= highest:
-                self.late_packets += 1
-                return []
+            if highest is None:
+                current = sequence
+            else:
+                current = extend_sequence(sequence, highest)
+                if current <= highest:
+                    self.late_packets += 1
+                    return []
+            played = [(0, message) for message in self._recover(packet.journal, highest, current)]
         self._highest = current
         commands = packet.commands
-        played = []
-        if highest is None or current != highest + 1:
-            played = [(0, message) for message in self._recover(packet.journal, highest, current)]
         channels = self.channels
         for _, message in commands:
-            if message[0] < 0xF0:
-                channels[message[0] & 0x0F].apply(message, current)
+            status = message[0]
+            if status < 0xF0:
+                channels[status & 0x0F].apply(message, current)
         if not played:
             return commands
         played.extend(commands)
