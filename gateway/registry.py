@@ -178,6 +178,7 @@ class Membership:
         limit = self._limit
         tokens = limit.refill(now)
         accepted = []
+        changed = False
         for event in events:
             data = event.data
             release = _RELEASE_KIND[data[0]]
@@ -185,6 +186,7 @@ class Membership:
                     or (release == _RELEASES_IF_CONTROL_SAYS and not _control_releases(data))):
                 if tokens < 1.0:
                     registry.drops.count(self.door, "rate_limited")
+                    changed = True
                     continue
                 tokens -= 1.0
             if cap is not None:
@@ -192,13 +194,15 @@ class Membership:
                 if capped is not data:
                     event = midi.MidiEvent(capped, event.time)
                     data = capped
+                    changed = True
             if release != _NEVER_RELEASES:
                 self.notes.observe(data)
             accepted.append(event)
         limit.tokens = tokens
         if accepted:
             registry.events_published += len(accepted)
-            self.session.fan_out(self, accepted)
+            # Unchanged, the door's own list goes on: it may carry its wire encoding.
+            self.session.fan_out(self, accepted if changed else events)
 
     def leave(self, reason="left"):
         """Take the member out of its session; safe to call more than once."""

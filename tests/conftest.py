@@ -13,6 +13,12 @@ import urllib.request
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# Property tests check behaviour, not speed (speed lives in bench/): no
+# per-example deadline, which a loaded 2-core CI machine would trip at random.
+settings.register_profile("netgateway", deadline=None)
+settings.load_profile("netgateway")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_CI = os.environ.get("CI", "").lower() == "true"

@@ -38,7 +38,7 @@ from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,
     InvitationFailed, Peer, PeerJoined, PeerLeft, Send, SyncCompleted,
 )
-from gateway.protocols.rtpmidi.stream import OutgoingStream, prepare
+from gateway.protocols.rtpmidi.stream import ForwardableEvents, OutgoingStream, prepare
 from gateway.registry import FanOutCache, JoinRefused, TrustedPeer
 
 DOOR = "rtpmidi"
@@ -159,13 +159,17 @@ class RtpMidiMember:
         ticks = start
         late_before = None
         events = []
+        # Channel messages only, none dropped, no repairs: the list can go on as it came.
+        forwardable = packet.midi_list is not None and commands is packet.commands
         for delta, message in commands:
             ticks += delta
             status = message[0]
-            if status == SYSEX_START or status == SYSEX_END:
-                message = self.sysex.feed(message)
-                if message is None:
-                    continue
+            if status >= 0xF0:
+                forwardable = False
+                if status == SYSEX_START or status == SYSEX_END:
+                    message = self.sysex.feed(message)
+                    if message is None:
+                        continue
             elif status & 0xF0 == NOTE_ON and message[2]:
                 if late_before is None:
                     late_before = self._late_before(now)
@@ -173,9 +177,13 @@ class RtpMidiMember:
                 if late_before is not False and 0 < (late_before - ticks) & _U32 < 0x80000000:
                     self.late_dropped += 1
                     endpoint.drop("late", self.data_addr, "note-on later than latetime")
+                    forwardable = False
                     continue
             events.append(MidiEvent(message, now + (ticks - start) / CLOCK_RATE))
         if events and self.membership is not None:
+            if forwardable:
+                events = ForwardableEvents(events, packet.midi_list,
+                                           [message for _, message in commands])
             self.membership.publish(events)
 
     def _late_before(self, now):

@@ -24,6 +24,7 @@ from gateway.protocols.rtpmidi.journal import Journal, MalformedPacket
 __all__ = [
     "MalformedPacket", "RtpMidiPacket", "SysExReassembler",
     "PAYLOAD_TYPE", "MAX_DELTA", "FLAG_J", "encode_delta", "rtp_header", "command_section",
+    "section_of_list",
 ]
 
 PAYLOAD_TYPE = 97
@@ -89,11 +90,15 @@ class RtpMidiPacket:
     command. Messages are complete MIDI messages with running status expanded,
     except SysEx segments, which are kept as sent (``F0..F0``, ``F7..F0``,
     ``F7..F7``, ``..F4``) for :class:`SysExReassembler`.
+
+    ``midi_list`` (parsed packets only) holds the MIDI list octets as received
+    when the list starts at ``timestamp`` with a status octet (Z=0, P=0), so
+    that a relay can forward it without encoding it again; otherwise None.
     """
 
     _FIELDS = ("sequence", "timestamp", "ssrc", "marker", "payload_type",
                "commands", "phantom", "journal")
-    __slots__ = _FIELDS[:-1] + ("_journal", "_journal_octets")
+    __slots__ = _FIELDS[:-1] + ("_journal", "_journal_octets", "midi_list")
 
     def __init__(self, sequence=0, timestamp=0, ssrc=0, commands=(), journal=None,
                  marker=False, payload_type=PAYLOAD_TYPE, phantom=False):
@@ -106,6 +111,7 @@ class RtpMidiPacket:
         self.phantom = phantom
         self._journal = journal
         self._journal_octets = None
+        self.midi_list = None
 
     @property
     def journal(self):
@@ -183,6 +189,8 @@ class RtpMidiPacket:
         packet.payload_type = second & 0x7F
         packet.commands = _parse_midi_list(data, pos, list_end, flags & _FLAG_Z)
         packet.phantom = bool(flags & _FLAG_P)
+        # Forwardable as it came when it starts at the packet's time with a status octet.
+        packet.midi_list = None if flags & (_FLAG_Z | _FLAG_P) else data[pos:list_end]
         packet._journal = None
         packet._journal_octets = None
         if flags & FLAG_J:
@@ -214,6 +222,11 @@ def command_section(commands, journal_follows, phantom=False):
     Raises ValueError when the list exceeds LEN's 4095 octets.
     """
     midi_list, first_has_delta = _build_midi_list(commands)
+    return section_of_list(midi_list, first_has_delta, journal_follows, phantom)
+
+
+def section_of_list(midi_list, first_has_delta=False, journal_follows=False, phantom=False):
+    """The command section for an already encoded MIDI list (as :attr:`RtpMidiPacket.midi_list`)."""
     length = len(midi_list)
     flags = 0
     if first_has_delta:

@@ -18,10 +18,13 @@ are parameters, packets are returned as bytes.
 """
 
 from gateway.midi import UNDEFINED_STATUSES
-from gateway.protocols.rtpmidi.payload import FLAG_J, MAX_DELTA, command_section, rtp_header
+from gateway.protocols.rtpmidi.payload import (
+    FLAG_J, MAX_DELTA, command_section, rtp_header, section_of_list,
+)
 from gateway.protocols.rtpmidi.session import CLOCK_RATE
 
-__all__ = ["PreparedPacket", "prepare", "OutgoingStream", "GUARD_DELAYS", "MAX_LIST_OCTETS"]
+__all__ = ["PreparedPacket", "ForwardableEvents", "prepare", "OutgoingStream", "GUARD_DELAYS",
+           "MAX_LIST_OCTETS"]
 
 MAX_LIST_OCTETS = 900
 """Keeps every packet well inside one Ethernet frame and pymidi's 1024-byte reads."""
@@ -41,14 +44,30 @@ class PreparedPacket:
 
     __slots__ = ("section", "journalled_section", "messages")
 
-    def __init__(self, commands, messages):
-        section = command_section(commands, journal_follows=False)
+    def __init__(self, section, messages):
         self.section = section
         self.journalled_section = _JOURNALLED_HEADERS[section[0]] + section[1:]
         self.messages = messages
 
 
 _JOURNALLED_HEADERS = [bytes((octet | FLAG_J,)) for octet in range(0x100)]
+
+
+class ForwardableEvents(list):
+    """Events that are exactly what one received RTP-MIDI packet carried.
+
+    ``midi_list`` is that packet's MIDI list (:attr:`RtpMidiPacket.midi_list`)
+    and ``messages`` its channel messages: :func:`prepare` sends the list on
+    as it came instead of encoding the events again. A list the registry
+    changes (a velocity cap, a rate limit) reaches the doors as a plain list.
+    """
+
+    __slots__ = ("midi_list", "messages")
+
+    def __init__(self, events, midi_list, messages):
+        super().__init__(events)
+        self.midi_list = midi_list
+        self.messages = messages
 
 
 def prepare(events, max_list_octets=MAX_LIST_OCTETS):
@@ -59,6 +78,8 @@ def prepare(events, max_list_octets=MAX_LIST_OCTETS):
     ``refused``, so no sequence number is spent on it. Undefined statuses
     have no meaning on the wire and are skipped.
     """
+    if type(events) is ForwardableEvents and len(events.midi_list) <= max_list_octets:
+        return [PreparedPacket(section_of_list(events.midi_list), events.messages)], []
     packets = []
     refused = []
     commands = []
@@ -90,7 +111,7 @@ def prepare(events, max_list_octets=MAX_LIST_OCTETS):
 
 def _add_packet(packets, refused, commands, messages):
     try:
-        packets.append(PreparedPacket(commands, messages))
+        packets.append(PreparedPacket(command_section(commands, journal_follows=False), messages))
     except ValueError as error:
         refused.append(str(error))
 
