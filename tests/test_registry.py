@@ -175,6 +175,23 @@ def test_velocity_cap():
     assert [data for data, _ in bob.received] == [bytes([0x90, 60, 90]), bytes([0x90, 61, 50])]
 
 
+def test_a_fan_out_passes_the_publisher_list_on_only_when_nothing_changed():
+    # Doors may hang their wire encoding on the list they publish (RTP-MIDI does).
+    registry, _ = make_registry(limits={"velocity_cap": 90, "events_per_second": 3})
+    _, alice_in = join(registry, "alice")
+    lists = []
+    bob = RecordingMember("bob")
+    bob.deliver = lambda events, source: lists.append(events)
+    registry.join("demo", bob, Passphrase(DEMO_PASS))
+    quiet, loud = events([0x90, 60, 80]), events([0x90, 61, 127])
+    too_many = events([0x90, 62, 1], [0x90, 63, 1])
+    for published in (quiet, loud, too_many):
+        alice_in.publish(published)
+    assert lists[0] is quiet
+    assert lists[1] is not loud and [event.data for event in lists[1]] == [bytes([0x90, 61, 90])]
+    assert lists[2] is not too_many and [event.data for event in lists[2]] == [too_many[0].data]
+
+
 def test_mirror_echoes_a_fifth_up_after_the_delay_to_the_player_only():
     registry, clock = make_registry()
     solo, solo_in = join(registry, "solo", session="mirror")

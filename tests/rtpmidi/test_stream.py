@@ -4,7 +4,7 @@ from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
 from gateway.protocols.rtpmidi.stream import (
-    GUARD_DELAYS, MAX_LIST_OCTETS, OutgoingStream, prepare,
+    GUARD_DELAYS, MAX_LIST_OCTETS, ForwardableEvents, OutgoingStream, prepare,
 )
 
 NOTE_ON = bytes((0x90, 60, 100))
@@ -22,6 +22,26 @@ def test_prepared_packet_is_what_the_codec_builds_for_every_peer():
         assert packet == RtpMidiPacket(sequence, 5000, 0xABCD,
                                        [(0, NOTE_ON), (15, bytes((0xE0, 0, 64)))])
         assert stream.sequence == (sequence + 1) & 0xFFFF
+
+
+def test_a_received_list_is_forwarded_as_it_came():
+    # Running status and a three-octet delta: not what prepare() would encode itself.
+    sent = RtpMidiPacket(9, 700, 0x51, [(0, NOTE_ON), (20000, bytes((0x90, 64, 90)))])
+    received = RtpMidiPacket.parse(bytes(sent))
+    assert received.midi_list == bytes(sent)[13:]
+    messages = [message for _, message in received.commands]
+    forwardable = ForwardableEvents([MidiEvent(message) for message in messages],
+                                    received.midi_list, messages)
+    [prepared], refused = prepare(forwardable)
+    assert refused == [] and prepared.messages == messages
+    stream = OutgoingStream(0xABCD, 3, None)
+    assert RtpMidiPacket.parse(stream.packet(prepared, 5000, 1.0)) == RtpMidiPacket(
+        3, 5000, 0xABCD, received.commands)
+
+
+def test_a_list_starting_with_a_delta_is_not_forwarded_as_it_came():
+    received = RtpMidiPacket.parse(bytes(RtpMidiPacket(9, 700, 0x51, [(5, NOTE_ON)])))
+    assert received.midi_list is None
 
 
 def test_journal_follows_from_the_second_packet_and_an_empty_one_is_left_out():
