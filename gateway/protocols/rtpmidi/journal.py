@@ -597,6 +597,9 @@ class ChannelState:
             self.note_stamps[note] = stamp
         elif kind == NOTE_OFF or kind == NOTE_ON:
             self._note_off(message[1], stamp)
+        elif kind == PITCH_BEND:
+            self.pitch = message[1] | (message[2] << 7)
+            self.pitch_stamp = stamp
         elif kind == CONTROL_CHANGE:
             self._control_change(message[1], message[2], stamp)
         elif kind == PROGRAM_CHANGE:
@@ -606,9 +609,6 @@ class ChannelState:
             self.bank_msb = max(msb, 0)
             self.bank_lsb = max(lsb, 0)
             self.program_stamp = stamp
-        elif kind == PITCH_BEND:
-            self.pitch = message[1] | (message[2] << 7)
-            self.pitch_stamp = stamp
         elif kind == CHANNEL_PRESSURE:
             self.pressure = message[1]
             self.pressure_stamp = stamp
@@ -856,7 +856,12 @@ class JournalSender:
             if off_stamp >= checkpoint:
                 off_notes.append(note)
                 offs_from_previous = offs_from_previous or off_stamp == previous
-        if off_notes and count < 128:
+        if len(off_notes) == 1 and count <= 1:
+            # The common case, one note released: a one-octet bitmap, nothing to widen.
+            note = off_notes[0]
+            low = high = note >> 3
+            out.append(0x80 >> (note & 7))
+        elif off_notes and count < 128:
             low, offbits = _off_bitmap(off_notes)
             if ends_journal and count > len(offbits):
                 # Wireshark 4.0 and earlier (decode_cj_chapter_n in
