@@ -238,6 +238,15 @@ def test_open_loop_history_is_bounded():
     assert len(sender.channels[0].note_stamps) == 8
 
 
+def test_history_bound_holds_when_recording_starts_before_any_journal():
+    sender = JournalSender(max_history=8)
+    for sequence in range(100):
+        sender.record(sequence, 0, [bytes((0x90, sequence, 100))])
+    journal = sender.journal_for(100, 0)
+    assert journal.checkpoint == 92
+    assert [note for _, note, _, _ in journal.channels[0].notes.logs] == list(range(92, 100))
+
+
 def test_sender_sequence_wraps():
     sender = JournalSender()
     send(sender, 0xFFFE, 0, [b"\x90\x3c\x64"])

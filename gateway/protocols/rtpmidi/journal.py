@@ -856,12 +856,7 @@ class JournalSender:
             if off_stamp >= checkpoint:
                 off_notes.append(note)
                 offs_from_previous = offs_from_previous or off_stamp == previous
-        if len(off_notes) == 1 and count <= 1:
-            # The common case, one note released: a one-octet bitmap, nothing to widen.
-            note = off_notes[0]
-            low = high = note >> 3
-            out.append(0x80 >> (note & 7))
-        elif off_notes and count < 128:
+        if off_notes and count < 128:
             low, offbits = _off_bitmap(off_notes)
             if ends_journal and count > len(offbits):
                 # Wireshark 4.0 and earlier (decode_cj_chapter_n in
@@ -881,7 +876,7 @@ class JournalSender:
 
     def _record(self, current, timestamp, messages):
         if self._checkpoint is None:
-            self._checkpoint = current
+            self._checkpoint = self._forgotten_before = current
         self._last_sent = current
         channels = self.channels
         recent_channels = self._recent_channels
