@@ -182,8 +182,7 @@ class RtpMidiMember:
             events.append(MidiEvent(message, now + (ticks - start) / CLOCK_RATE))
         if events and self.membership is not None:
             if forwardable:
-                events = ForwardableEvents(events, packet.midi_list,
-                                           [message for _, message in commands])
+                events = ForwardableEvents(events, packet.midi_list)
             self.membership.publish(events)
 
     def _late_before(self, now):

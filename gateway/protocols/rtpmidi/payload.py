@@ -267,11 +267,6 @@ def _parse_midi_list(data, pos, end, first_has_delta):
             needed = _DATA_OCTETS[running]
             message = _STATUS_OCTETS[running] + data[pos:pos + needed]
             pos += needed
-        elif status < 0xF0:
-            needed = _DATA_OCTETS[status]
-            message = data[pos:pos + needed + 1]
-            pos += needed + 1
-            running = status
         elif status >= 0xF8:
             append((delta, data[pos:pos + 1]))
             pos += 1
@@ -284,7 +279,7 @@ def _parse_midi_list(data, pos, end, first_has_delta):
             needed = _DATA_OCTETS[status]
             message = data[pos:pos + needed + 1]
             pos += needed + 1
-            running = None
+            running = status if status < 0xF0 else None
         if pos > end:
             raise MalformedPacket("MIDI list ends inside a command")
         if needed and (message[1] | message[-1]) & 0x80:
@@ -341,7 +336,7 @@ def _build_midi_list(commands):
                 first_has_delta = True
                 append(encode_delta(delta))
         else:
-            append(_SHORT_DELTAS[delta] if 0 <= delta < 128 else encode_delta(delta))
+            append(encode_delta(delta))
         status = message[0]
         if status < 0xF0:
             if status == running:

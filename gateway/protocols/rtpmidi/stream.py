@@ -56,18 +56,17 @@ _JOURNALLED_HEADERS = [bytes((octet | FLAG_J,)) for octet in range(0x100)]
 class ForwardableEvents(list):
     """Events that are exactly what one received RTP-MIDI packet carried.
 
-    ``midi_list`` is that packet's MIDI list (:attr:`RtpMidiPacket.midi_list`)
-    and ``messages`` its channel messages: :func:`prepare` sends the list on
-    as it came instead of encoding the events again. A list the registry
-    changes (a velocity cap, a rate limit) reaches the doors as a plain list.
+    ``midi_list`` is that packet's MIDI list (:attr:`RtpMidiPacket.midi_list`),
+    all channel messages: :func:`prepare` sends the list on as it came instead
+    of encoding the events again. A list the registry changes (a velocity cap,
+    a rate limit) reaches the doors as a plain list.
     """
 
-    __slots__ = ("midi_list", "messages")
+    __slots__ = ("midi_list",)
 
-    def __init__(self, events, midi_list, messages):
+    def __init__(self, events, midi_list):
         super().__init__(events)
         self.midi_list = midi_list
-        self.messages = messages
 
 
 def prepare(events, max_list_octets=MAX_LIST_OCTETS):
@@ -79,7 +78,8 @@ def prepare(events, max_list_octets=MAX_LIST_OCTETS):
     have no meaning on the wire and are skipped.
     """
     if type(events) is ForwardableEvents and len(events.midi_list) <= max_list_octets:
-        return [PreparedPacket(section_of_list(events.midi_list), events.messages)], []
+        return [PreparedPacket(section_of_list(events.midi_list),
+                               [event.data for event in events])], []
     packets = []
     refused = []
     commands = []
