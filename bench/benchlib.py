@@ -5,6 +5,7 @@ machines; the CPU time a server spends per message is the steadier figure,
 so every benchmark prints it next to the rates.
 """
 
+import argparse
 import contextlib
 import os
 import select
@@ -53,6 +54,24 @@ def cpu0_kept_awake(enabled=True):
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def udp_benchmark_main(description, add_arguments, run_all):
+    """Parse the options the UDP benchmarks share, then ``run_all(args)`` with CPU 0 awake.
+
+    ``add_arguments(parser)`` adds the benchmark's own options.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser)
+    parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
+    parser.add_argument("--max-rate", type=float, default=400_000)
+    parser.add_argument("--let-cpu0-idle", action="store_true",
+                        help="do not keep CPU 0 busy at SCHED_IDLE (then p99 measures the"
+                             " host's vCPU wake-ups; see benchlib.cpu0_kept_awake)")
+    args = parser.parse_args()
+    run_generator_on_cpu1()
+    with cpu0_kept_awake(not args.let_cpu0_idle):
+        run_all(args)
 
 
 def run_generator_on_cpu1():

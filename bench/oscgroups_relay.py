@@ -28,7 +28,6 @@ Run: .venv/bin/python bench/oscgroups_relay.py [--flows 4] [--runs 3]
 Absolute figures are noise on shared 2-core machines; read the ratios.
 """
 
-import argparse
 import os
 import socket
 import statistics
@@ -42,8 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from benchlib import (cpu0_kept_awake, find_maximum, paced_exchange, percentile,  # noqa: E402
-                      pin_to_cpu0, run_generator_on_cpu1)
+from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
+                      udp_benchmark_main)
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
@@ -295,17 +294,10 @@ def summary(runs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--flows", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
-    parser.add_argument("--max-rate", type=float, default=400_000)
-    parser.add_argument("--let-cpu0-idle", action="store_true",
-                        help="do not keep CPU 0 busy at SCHED_IDLE (then p99 measures the"
-                             " host's vCPU wake-ups; see benchlib.cpu0_kept_awake)")
-    args = parser.parse_args()
-    run_generator_on_cpu1()
-    with cpu0_kept_awake(not args.let_cpu0_idle):
-        run_all(args)
+    def add_arguments(parser):
+        parser.add_argument("--flows", type=int, default=4)
+
+    udp_benchmark_main(__doc__.split("\n")[0], add_arguments, run_all)
 
 
 def run_all(args):

@@ -29,7 +29,6 @@ off), so that latency measures the servers rather than the host's wake-ups.
 Run: .venv/bin/python bench/rtpmidi_fanout.py [--shapes 1x1,1x4,8x5] [--runs 3]
 """
 
-import argparse
 import os
 import random
 import select
@@ -50,8 +49,8 @@ from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,
 )
-from benchlib import (cpu0_kept_awake, find_maximum, paced_exchange, percentile,  # noqa: E402
-                      pin_to_cpu0, run_generator_on_cpu1)
+from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
+                      udp_benchmark_main)
 from tests.conftest import GatewayProcess, free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
@@ -298,17 +297,10 @@ def run_server(kind, shape, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", default="1x1,1x4,8x5")
-    parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
-    parser.add_argument("--max-rate", type=float, default=400_000)
-    parser.add_argument("--let-cpu0-idle", action="store_true",
-                        help="do not keep CPU 0 busy at SCHED_IDLE (then p99 measures the"
-                             " host's vCPU wake-ups; see benchlib.cpu0_kept_awake)")
-    args = parser.parse_args()
-    run_generator_on_cpu1()
-    with cpu0_kept_awake(not args.let_cpu0_idle):
-        run_all(args)
+    def add_arguments(parser):
+        parser.add_argument("--shapes", default="1x1,1x4,8x5")
+
+    udp_benchmark_main(__doc__.split("\n")[0], add_arguments, run_all)
 
 
 def run_all(args):
