@@ -307,14 +307,22 @@ def test_reinvitation_with_new_token_replaces_the_peer(wire):
     assert [peer.control_addr for peer in b.peers] == [(C_HOST, 5012)]
 
 
+def accepted_by_b(session, now, name, control_ssrc, data_ssrc):
+    """Invite B at (B_HOST, 5006) and let it accept on both ports; return the peer and
+    the session's actions on the data-port OK."""
+    peer, [invitation] = session.invite((B_HOST, 5006), now)
+    token = parse_control(invitation.data).token
+    session.datagram_received(
+        CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, control_ssrc, name)),
+        (B_HOST, 5006), now)
+    return peer, session.datagram_received(
+        DATA, bytes(SessionExchange(INVITATION_ACCEPTED, token, data_ssrc, name)),
+        (B_HOST, 5007), now)
+
+
 def test_clock_offset_and_rtt_as_initiator():
     session = AppleMidiSession("A", 1, now=0.0, rng=random.Random(1))
-    _, [invitation] = session.invite((B_HOST, 5006), 10.0)
-    token = parse_control(invitation.data).token
-    session.datagram_received(CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, 2, "B")),
-                              (B_HOST, 5006), 10.0)
-    actions = session.datagram_received(
-        DATA, bytes(SessionExchange(INVITATION_ACCEPTED, token, 2, "B")), (B_HOST, 5007), 10.0)
+    _, actions = accepted_by_b(session, 10.0, "B", 2, 2)
     ck0 = parse_control(actions[-1].data)
     assert ck0 == Sync(1, 0, ts1=100_000)
 
@@ -341,12 +349,7 @@ def test_invite_returns_the_peer_its_events_name(wire):
 def test_data_port_answering_with_a_second_ssrc_is_the_same_peer():
     # pymidi picks one SSRC per port: control OK with 2, data OK, CK and BY with 3.
     session = AppleMidiSession("A", 1, now=0.0, rng=random.Random(3))
-    peer, [invitation] = session.invite((B_HOST, 5006), 0.0)
-    token = parse_control(invitation.data).token
-    session.datagram_received(CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, 2, "p")),
-                              (B_HOST, 5006), 0.0)
-    actions = session.datagram_received(
-        DATA, bytes(SessionExchange(INVITATION_ACCEPTED, token, 3, "p")), (B_HOST, 5007), 0.0)
+    peer, actions = accepted_by_b(session, 0.0, "p", 2, 3)
     assert [type(action) for action in actions] == [PeerJoined, Send]
     assert session.peers == [peer] and (peer.ssrc, peer.data_port_ssrc) == (2, 3)
     ck0 = parse_control(actions[-1].data)
@@ -358,7 +361,7 @@ def test_data_port_answering_with_a_second_ssrc_is_the_same_peer():
     assert feedback == FeedbackReceived(peer, 9)
     [received] = session.datagram_received(DATA, rtp(1, 3), (B_HOST, 5007), 0.003)
     assert received.peer is peer
-    [left] = session.datagram_received(CONTROL, bytes(SessionExchange(END_SESSION, token, 3)),
+    [left] = session.datagram_received(CONTROL, bytes(SessionExchange(END_SESSION, peer.token, 3)),
                                        (B_HOST, 5006), 0.004)
     assert left == PeerLeft(peer, "bye") and session.peers == []
     [dropped] = session.datagram_received(DATA, rtp(2, 3), (B_HOST, 5007), 0.005)
@@ -399,11 +402,8 @@ def test_ck1_that_answers_nothing_is_dropped(wire):
 
 def test_ck1_with_only_low_32_bits_echoed_is_accepted():
     session = AppleMidiSession("A", 1, now=0.0, clock_base=-1_000_000.0, rng=random.Random(2))
-    _, [invitation] = session.invite((B_HOST, 5006), 0.0)
-    token = parse_control(invitation.data).token
-    accepted = bytes(SessionExchange(INVITATION_ACCEPTED, token, 2, "node"))
-    session.datagram_received(CONTROL, accepted, (B_HOST, 5006), 0.0)
-    ck0 = parse_control(session.datagram_received(DATA, accepted, (B_HOST, 5007), 0.0)[-1].data)
+    _, actions = accepted_by_b(session, 0.0, "node", 2, 2)
+    ck0 = parse_control(actions[-1].data)
     assert ck0.ts1 > 0xFFFFFFFF
     truncated = Sync(2, 1, ck0.ts1 & 0xFFFFFFFF, 77, 99)
     actions = session.datagram_received(DATA, bytes(truncated), (B_HOST, 5007), 0.01)
