@@ -11,6 +11,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -65,6 +66,9 @@ def udp_benchmark_main(description, add_arguments, run_all):
     add_arguments(parser)
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
     parser.add_argument("--max-rate", type=float, default=400_000)
+    parser.add_argument("--source", action="store_true",
+                        help="run the checkout's sources instead of the installed build"
+                             " (scripts/setup-python; its hot path is compiled)")
     parser.add_argument("--let-cpu0-idle", action="store_true",
                         help="do not keep CPU 0 busy at SCHED_IDLE (then p99 measures the"
                              " host's vCPU wake-ups; see benchlib.cpu0_kept_awake)")
@@ -72,6 +76,28 @@ def udp_benchmark_main(description, add_arguments, run_all):
     run_generator_on_cpu1()
     with cpu0_kept_awake(not args.let_cpu0_idle):
         run_all(args)
+
+
+def start_gateway(config, prefix, args):
+    """A started GatewayProcess on CPU 0: the installed build, or the checkout's sources.
+
+    Says once which build it measures, as /status reports it.
+    """
+    from tests.conftest import GatewayProcess, installed_build
+    if not args.source:
+        installed_build()
+    gateway = GatewayProcess(config, tempfile.mkdtemp(prefix=prefix),
+                             installed=not args.source).start()
+    pin_to_cpu0(gateway.process.pid)
+    if not _build_reported:
+        compiled = gateway.status()["compiled_modules"]
+        print(f"gateway build: {'checkout sources' if args.source else 'installed'},"
+              f" {len(compiled)} hot modules compiled", flush=True)
+        _build_reported.append(compiled)
+    return gateway
+
+
+_build_reported = []
 
 
 def run_generator_on_cpu1():

@@ -34,18 +34,17 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
+from benchlib import (find_maximum, paced_exchange, percentile, start_gateway,  # noqa: E402
                       udp_benchmark_main)
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
-from tests.conftest import GatewayProcess, free_port  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 LATENCY_RATE = 5_000
@@ -175,7 +174,7 @@ def run_baseline(args):
         process.wait(15)
 
 
-def start_gateway(args):
+def setup_gateway(args):
     server_port, bridge_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     relay_first = 30000 + os.getpid() % 20000
     config = {
@@ -190,8 +189,7 @@ def start_gateway(args):
                       "relay": {"policy": "always", "port_min": relay_first,
                                 "port_max": relay_first + 2 * args.flows + 7,
                                 "packets_per_second": 1000000}}}
-    gateway = GatewayProcess(config, tempfile.mkdtemp(prefix="bench-oscgroups-")).start()
-    pin_to_cpu0(gateway.process.pid)
+    gateway = start_gateway(config, "bench-oscgroups-", args)
     return gateway, (LOOPBACK, server_port), (LOOPBACK, bridge_port)
 
 
@@ -270,7 +268,7 @@ def bridge_flows(server, bridge, count, sockets):
 
 
 def run_gateway(args):
-    gateway, server, bridge = start_gateway(args)
+    gateway, server, bridge = setup_gateway(args)
     sockets = []
     try:
         relay = measure(relay_flows(server, args.flows, sockets), gateway.process.pid, args)

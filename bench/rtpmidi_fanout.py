@@ -37,7 +37,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,9 +48,9 @@ from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,
 )
-from benchlib import (find_maximum, paced_exchange, percentile, pin_to_cpu0,  # noqa: E402
+from benchlib import (find_maximum, paced_exchange, percentile, start_gateway,  # noqa: E402
                       udp_benchmark_main)
-from tests.conftest import GatewayProcess, free_port  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
 SHAPES = {"1x1": (1, 2), "1x4": (1, 5), "8x5": (8, 5)}
@@ -171,7 +170,7 @@ def make_groups(sessions, size, with_session):
     return groups
 
 
-def setup_gateway(sessions, size):
+def setup_gateway(sessions, size, args):
     ports = [free_port(socket.SOCK_DGRAM, even=True) for _ in range(sessions)]
     config = {
         "sessions": [{"name": f"s{index}", "passphrase": PASSPHRASE,
@@ -184,8 +183,7 @@ def setup_gateway(sessions, size):
                     "sessions": [{"session": f"s{index}", "port": port}
                                  for index, port in enumerate(ports)]},
     }
-    gateway = GatewayProcess(config, tempfile.mkdtemp(prefix="bench-rtpmidi-")).start()
-    pin_to_cpu0(gateway.process.pid)
+    gateway = start_gateway(config, "bench-rtpmidi-", args)
     groups = make_groups(sessions, size, with_session=True)
     members = [member for group in groups for member in group]
     now = time.monotonic()
@@ -275,7 +273,7 @@ def max_forwarded_rate(groups, start_rate, limit, server_pid):
 def run_server(kind, shape, args):
     sessions, size = SHAPES[shape]
     if kind == "gateway":
-        server, groups = setup_gateway(sessions, size)
+        server, groups = setup_gateway(sessions, size, args)
     else:
         server, groups = setup_baseline(sessions, size)
     pid = server.process.pid if kind == "gateway" else server.pid

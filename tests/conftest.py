@@ -82,12 +82,62 @@ def merge(base, override):
     return merged
 
 
-class GatewayProcess:
-    """A running gateway; ``web_url``/``ws_url`` point at it."""
+def installed_build():
+    """``(compiled, hot_modules)`` of the package scripts/setup-python installed.
 
-    def __init__(self, config, workdir):
+    Raises RuntimeError when it is missing or its sources differ from the
+    checkout's, so that nothing measures or tests a stale build.
+    """
+    script = ("import json, os, gateway.build as b;"
+              "print(json.dumps([b.compiled_modules(), list(b.HOT_MODULES),"
+              " os.path.dirname(os.path.dirname(b.__file__))]))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd="/", env=environ_without_checkout(os.environ), timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"netgateway is not installed for {sys.executable}:"
+                           f" run scripts/setup-python test\n{result.stderr}")
+    compiled, hot_modules, site = json.loads(result.stdout)
+    for name in hot_modules:
+        relative = name.replace(".", os.sep) + ".py"
+        with open(os.path.join(REPO, relative), "rb") as ours, \
+                open(os.path.join(site, relative), "rb") as installed:
+            if ours.read() != installed.read():
+                raise RuntimeError(f"the installed {relative} differs from the checkout's:"
+                                   " run scripts/setup-python test")
+    return compiled, hot_modules
+
+
+def installed_gateway_python():
+    """The interpreter whose installed build has every hot module compiled and up to date.
+
+    Fails under CI=true, and skips elsewhere, when a module runs uncompiled.
+    """
+    try:
+        compiled, hot_modules = installed_build()
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    need_external(compiled == hot_modules,
+                  f"only {len(compiled)} of the {len(hot_modules)} hot modules are compiled in"
+                  " the installed build (installing needs a C compiler and the Python headers)")
+    return sys.executable
+
+
+def environ_without_checkout(environ):
+    """``environ`` without PYTHONPATH, so that ``gateway`` comes from site-packages."""
+    return {key: value for key, value in environ.items() if key != "PYTHONPATH"}
+
+
+class GatewayProcess:
+    """A running gateway; ``web_url``/``ws_url`` point at it.
+
+    It runs the checkout's sources, or with ``installed`` the package
+    scripts/setup-python installed (compiled where it could be).
+    """
+
+    def __init__(self, config, workdir, installed=False):
         self.config = config
         self.workdir = workdir
+        self.installed = installed
         self.config_path = os.path.join(workdir, "config.yaml")
         with open(self.config_path, "w") as stream:
             yaml.safe_dump(config, stream)
@@ -100,7 +150,11 @@ class GatewayProcess:
         self.process = None
 
     def start(self, timeout=20.0):
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if self.installed:
+            env = environ_without_checkout(os.environ)
+        else:
+            env = dict(os.environ,
+                       PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(twistd_command() + ["-c", self.config_path],
                                         cwd=self.workdir, env=env, stdout=self._log,
@@ -146,15 +200,20 @@ class GatewayProcess:
 
 @pytest.fixture
 def gateway_factory(tmp_path):
-    """Call with a config override dict; returns a started GatewayProcess."""
+    """Call with a config override dict; returns a started GatewayProcess.
+
+    ``installed=True`` runs the installed build (see installed_gateway_python).
+    """
     started = []
 
-    def start(override=None):
+    def start(override=None, installed=False):
         config = merge(BASE_CONFIG, {"web": {"port": free_port()}})
         config = merge(config, override or {})
         workdir = tmp_path / f"gateway{len(started)}"
         workdir.mkdir()
-        process = GatewayProcess(config, str(workdir))
+        if installed:
+            installed_gateway_python()
+        process = GatewayProcess(config, str(workdir), installed)
         started.append(process)
         return process.start()
 

@@ -10,6 +10,7 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web import resource, static
 
 import gateway
+from gateway import build
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 
@@ -27,6 +28,7 @@ class StatusResource(resource.Resource):
     def render_GET(self, request):
         body = self.context.status()
         body["version"] = gateway.__version__
+        body["compiled_modules"] = build.compiled_modules()
         body["uptime"] = round(time.time() - self.started, 3)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")

@@ -22,6 +22,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from tests.conftest import free_port
 from tests.rtpmidi.test_journal import performance
 from tests.rtpmidi_peer import RtpMidiPeer, bind_port_pair, wait_until
@@ -96,13 +98,15 @@ def play(peer, packets, rng):
         time.sleep(PACKET_INTERVAL * rng.uniform(0.5, 1.5))
 
 
-def test_thousand_events_each_way_through_ten_percent_rtp_loss(gateway_factory):
+# The installed build runs the hot path compiled (setup.py): the journal must work there too.
+@pytest.mark.parametrize("installed", [False, True], ids=["source", "installed build"])
+def test_thousand_events_each_way_through_ten_percent_rtp_loss(gateway_factory, installed):
     port = free_port(socket.SOCK_DGRAM, even=True)
     gateway = gateway_factory({
         "limits": {"events_per_second": 100000},
         "logging": {"level": "info"},
         "rtpmidi": {"sessions": [{"session": "demo", "port": port}]},
-    })
+    }, installed=installed)
     proxy = LossyProxy(port, seed=6295)
     lossy = RtpMidiPeer("lossy peer", random.Random(1))
     clean = RtpMidiPeer("clean peer", random.Random(2))

@@ -135,7 +135,7 @@ class ProgramChapter(_Record):
 
     @classmethod
     def parse(cls, data, pos):
-        first, second, third = data[pos:pos + 3]
+        first, second, third = data[pos], data[pos + 1], data[pos + 2]
         return cls(first & 0x7F, second & 0x7F, third & 0x7F, bool(second & 0x80),
                    bool(third & 0x80), bool(first & 0x80)), pos + 3
 

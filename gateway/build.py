@@ -1,0 +1,37 @@
+"""Which of the hot-path modules this installation runs compiled.
+
+setup.py compiles :data:`HOT_MODULES` with Cython when it can; each one that
+did not compile (no C compiler, another interpreter) runs as the same Python
+source. ``/status`` reports the result, so a benchmark or an operator can
+tell which build they are looking at.
+
+Kept free of imports from the rest of the package: setup.py reads this file
+before the package is installed.
+"""
+
+import importlib.machinery
+import importlib.util
+
+HOT_MODULES = (
+    # The registry every door publishes through, and its MIDI helpers.
+    "gateway.midi",
+    "gateway.registry",
+    # The per-packet path of the RTP-MIDI door.
+    "gateway.protocols.rtpmidi.payload",
+    "gateway.protocols.rtpmidi.journal",
+    "gateway.protocols.rtpmidi.stream",
+    "gateway.protocols.rtpmidi.session",
+    "gateway.protocols.rtpmidi.door",
+)
+
+
+def is_compiled(module_name):
+    """Whether ``module_name`` is imported from an extension module rather than source."""
+    spec = importlib.util.find_spec(module_name)
+    return spec is not None and spec.origin is not None and spec.origin.endswith(
+        tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def compiled_modules():
+    """The hot-path modules that run compiled here."""
+    return [name for name in HOT_MODULES if is_compiled(name)]
