@@ -45,7 +45,7 @@ class MidiEvent:
     __slots__ = ("data", "time")
 
     def __init__(self, data, time=0.0):
-        self.data = bytes(data)
+        self.data = data if type(data) is bytes else bytes(data)
         self.time = time
 
     def __repr__(self):

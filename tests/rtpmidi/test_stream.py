@@ -30,8 +30,8 @@ def test_a_received_list_is_forwarded_as_it_came():
     received = RtpMidiPacket.parse(bytes(sent))
     assert received.midi_list == bytes(sent)[13:]
     messages = [message for _, message in received.commands]
-    forwardable = ForwardableEvents([MidiEvent(message) for message in messages],
-                                    received.midi_list)
+    forwardable = ForwardableEvents(MidiEvent(message) for message in messages)
+    forwardable.midi_list = received.midi_list
     [prepared], refused = prepare(forwardable)
     assert refused == [] and prepared.messages == messages
     stream = OutgoingStream(0xABCD, 3, None)

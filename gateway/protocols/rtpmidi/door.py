@@ -25,7 +25,7 @@ import zeroconf
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from gateway.config import bounded, port
 from gateway.doorservice import DoorService
@@ -119,7 +119,6 @@ class Config:
         return problems
 
 
-@implementer(IMember)
 class RtpMidiMember:
     """One joined AppleMIDI peer: its RTP streams in both directions."""
 
@@ -157,12 +156,15 @@ class RtpMidiMember:
             return
         start = packet.timestamp
         ticks = start
+        time = now
         late_before = None
-        events = []
+        events = ForwardableEvents()
         # Channel messages only, none dropped, no repairs: the list can go on as it came.
         forwardable = packet.midi_list is not None and commands is packet.commands
         for delta, message in commands:
-            ticks += delta
+            if delta:
+                ticks += delta
+                time = now + (ticks - start) / CLOCK_RATE
             status = message[0]
             if status >= 0xF0:
                 forwardable = False
@@ -179,10 +181,9 @@ class RtpMidiMember:
                     endpoint.drop("late", self.data_addr, "note-on later than latetime")
                     forwardable = False
                     continue
-            events.append(MidiEvent(message, now + (ticks - start) / CLOCK_RATE))
+            events.append(MidiEvent(message, time))
         if events and self.membership is not None:
-            if forwardable:
-                events = ForwardableEvents(events, packet.midi_list)
+            events.midi_list = packet.midi_list if forwardable else None
             self.membership.publish(events)
 
     def _late_before(self, now):
@@ -235,6 +236,11 @@ class RtpMidiMember:
                 "packets_lost": receiver.lost_packets,
                 "gaps_repaired": receiver.repaired_gaps,
                 "late_dropped": self.late_dropped}
+
+
+# Not @implementer: the compiled build makes RtpMidiMember an extension type
+# (door.pxd), which takes no class decorators.
+classImplements(RtpMidiMember, IMember)
 
 
 class _PortProtocol(protocol.DatagramProtocol):

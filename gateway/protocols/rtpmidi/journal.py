@@ -364,13 +364,16 @@ class NoteChapter(_Record):
 def _off_bitmap(off_notes):
     """(LOW, bitmap octets) of a chapter N NoteOff bitmap holding ``off_notes`` (not empty)."""
     if len(off_notes) == 1:
-        note = off_notes[0]
-        return note >> 3, bytes((0x80 >> (note & 7),))
+        return _ONE_NOTE_BITMAPS[off_notes[0]]
     low = min(off_notes) >> 3
     bitmap = bytearray((max(off_notes) >> 3) - low + 1)
     for note in off_notes:
         bitmap[(note >> 3) - low] |= 0x80 >> (note & 7)
     return low, bytes(bitmap)
+
+
+# The common case of one released note, prepared for every note number.
+_ONE_NOTE_BITMAPS = tuple((note >> 3, bytes((0x80 >> (note & 7),))) for note in range(128))
 
 
 def _widen_bitmap(low, offbits, octets):
@@ -732,7 +735,11 @@ class JournalSender:
 
     def send(self, sequence, timestamp, messages):
         """:meth:`journal_octets` then :meth:`record` for one packet: the per-packet path."""
-        current = self._extend(sequence)
+        last = self._last_sent
+        if last is not None and sequence == (last + 1) & 0xFFFF:
+            current = last + 1
+        else:
+            current = self._extend(sequence)
         octets = self._octets(current, timestamp)
         self._record(current, timestamp, messages)
         return octets
@@ -884,7 +891,8 @@ class JournalSender:
             status = message[0]
             if status < 0xF0:
                 channel = status & 0x0F
-                channels[channel].apply(message, current, timestamp)
+                state = channels[channel]
+                state.apply(message, current, timestamp)
                 if channel not in recent_channels:
                     recent_channels.append(channel)
                     recent_channels.sort(reverse=True)
@@ -951,7 +959,8 @@ class JournalReceiver:
         for _, message in commands:
             status = message[0]
             if status < 0xF0:
-                channels[status & 0x0F].apply(message, current)
+                state = channels[status & 0x0F]
+                state.apply(message, current)
         if not played:
             return commands
         played.extend(commands)

@@ -148,57 +148,7 @@ class RtpMidiPacket:
         With ``lazy_journal`` the recovery journal is only read when
         :attr:`journal` is first used: a receiver needs it only after a loss.
         """
-        if type(data) is not bytes:
-            data = bytes(data)
-        end = len(data)
-        if end < _RTP_HEADER_SIZE + 1:
-            raise MalformedPacket(f"packet of {end} octets is shorter than RTP + command header")
-        first, second, sequence, timestamp, ssrc = _RTP_HEADER.unpack_from(data)
-        if first >> 6 != RTP_VERSION:
-            raise MalformedPacket(f"RTP version {first >> 6}, expected 2")
-        pos = _RTP_HEADER_SIZE + 4 * (first & 0x0F)
-        if first & 0x20:
-            padding = data[-1]
-            if padding == 0 or padding > end - pos:
-                raise MalformedPacket(f"RTP padding count {padding} is invalid")
-            end -= padding
-        if first & 0x10:
-            if pos + 4 > end:
-                raise MalformedPacket("RTP header extension truncated")
-            pos += 4 + 4 * struct.unpack_from("!H", data, pos + 2)[0]
-        if pos >= end:
-            raise MalformedPacket("no MIDI command section after the RTP header")
-
-        flags = data[pos]
-        length = flags & 0x0F
-        pos += 1
-        if flags & _FLAG_B:
-            if pos >= end:
-                raise MalformedPacket("long command section header truncated")
-            length = (length << 8) | data[pos]
-            pos += 1
-        list_end = pos + length
-        if list_end > end:
-            raise MalformedPacket(f"MIDI list LEN={length} runs past the packet end")
-        # Set field by field: __init__ would copy the freshly parsed command list.
-        packet = cls.__new__(cls)
-        packet.sequence = sequence
-        packet.timestamp = timestamp
-        packet.ssrc = ssrc
-        packet.marker = bool(second & 0x80)
-        packet.payload_type = second & 0x7F
-        packet.commands = _parse_midi_list(data, pos, list_end, flags & _FLAG_Z)
-        packet.phantom = bool(flags & _FLAG_P)
-        # Forwardable as it came when it starts at the packet's time with a status octet.
-        packet.midi_list = None if flags & (_FLAG_Z | _FLAG_P) else data[pos:list_end]
-        packet._journal = None
-        packet._journal_octets = None
-        if flags & FLAG_J:
-            if lazy_journal:
-                packet._journal_octets = data[list_end:end]
-            else:
-                packet._journal = Journal.parse(data[list_end:end])
-        return packet
+        return _parse_packet(data, lazy_journal)
 
     def __bytes__(self):
         journal = self.journal
@@ -208,6 +158,61 @@ class RtpMidiPacket:
         if journal is None:
             return header + section
         return b"".join((header, section, bytes(journal)))
+
+
+def _parse_packet(data, lazy_journal):
+    # RtpMidiPacket.parse; a function so that the compiled build can type it (payload.pxd).
+    if type(data) is not bytes:
+        data = bytes(data)
+    end = len(data)
+    if end < _RTP_HEADER_SIZE + 1:
+        raise MalformedPacket(f"packet of {end} octets is shorter than RTP + command header")
+    first, second, sequence, timestamp, ssrc = _RTP_HEADER.unpack_from(data)
+    if first >> 6 != RTP_VERSION:
+        raise MalformedPacket(f"RTP version {first >> 6}, expected 2")
+    pos = _RTP_HEADER_SIZE + 4 * (first & 0x0F)
+    if first & 0x20:
+        padding = data[-1]
+        if padding == 0 or padding > end - pos:
+            raise MalformedPacket(f"RTP padding count {padding} is invalid")
+        end -= padding
+    if first & 0x10:
+        if pos + 4 > end:
+            raise MalformedPacket("RTP header extension truncated")
+        pos += 4 + 4 * struct.unpack_from("!H", data, pos + 2)[0]
+    if pos >= end:
+        raise MalformedPacket("no MIDI command section after the RTP header")
+
+    flags = data[pos]
+    length = flags & 0x0F
+    pos += 1
+    if flags & _FLAG_B:
+        if pos >= end:
+            raise MalformedPacket("long command section header truncated")
+        length = (length << 8) | data[pos]
+        pos += 1
+    list_end = pos + length
+    if list_end > end:
+        raise MalformedPacket(f"MIDI list LEN={length} runs past the packet end")
+    # Set field by field: __init__ would copy the freshly parsed command list.
+    packet = RtpMidiPacket.__new__(RtpMidiPacket)
+    packet.sequence = sequence
+    packet.timestamp = timestamp
+    packet.ssrc = ssrc
+    packet.marker = bool(second & 0x80)
+    packet.payload_type = second & 0x7F
+    packet.commands = _parse_midi_list(data, pos, list_end, flags & _FLAG_Z)
+    packet.phantom = bool(flags & _FLAG_P)
+    # Forwardable as it came when it starts at the packet's time with a status octet.
+    packet.midi_list = None if flags & (_FLAG_Z | _FLAG_P) else data[pos:list_end]
+    packet._journal = None
+    packet._journal_octets = None
+    if flags & FLAG_J:
+        if lazy_journal:
+            packet._journal_octets = data[list_end:end]
+        else:
+            packet._journal = Journal.parse(data[list_end:end])
+    return packet
 
 
 def rtp_header(sequence, timestamp, ssrc, marker=False, payload_type=PAYLOAD_TYPE):

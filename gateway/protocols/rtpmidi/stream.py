@@ -54,19 +54,18 @@ _JOURNALLED_HEADERS = [bytes((octet | FLAG_J,)) for octet in range(0x100)]
 
 
 class ForwardableEvents(list):
-    """Events that are exactly what one received RTP-MIDI packet carried.
+    """Events from one received RTP-MIDI packet, with that packet's MIDI list.
 
-    ``midi_list`` is that packet's MIDI list (:attr:`RtpMidiPacket.midi_list`),
-    all channel messages: :func:`prepare` sends the list on as it came instead
-    of encoding the events again. A list the registry changes (a velocity cap,
-    a rate limit) reaches the doors as a plain list.
+    ``midi_list`` is the packet's MIDI list (:attr:`RtpMidiPacket.midi_list`)
+    when the events are exactly what it carried, all channel messages; then
+    :func:`prepare` sends the list on as it came instead of encoding the
+    events again. Otherwise it is None. A list the registry changes (a
+    velocity cap, a rate limit) reaches the doors as a plain list.
+
+    Filled like a list; set ``midi_list`` before handing it on.
     """
 
     __slots__ = ("midi_list",)
-
-    def __init__(self, events, midi_list):
-        super().__init__(events)
-        self.midi_list = midi_list
 
 
 def prepare(events, max_list_octets=MAX_LIST_OCTETS):
@@ -77,9 +76,11 @@ def prepare(events, max_list_octets=MAX_LIST_OCTETS):
     ``refused``, so no sequence number is spent on it. Undefined statuses
     have no meaning on the wire and are skipped.
     """
-    if type(events) is ForwardableEvents and len(events.midi_list) <= max_list_octets:
-        return [PreparedPacket(section_of_list(events.midi_list),
-                               [event.data for event in events])], []
+    if type(events) is ForwardableEvents:
+        midi_list = events.midi_list
+        if midi_list is not None and len(midi_list) <= max_list_octets:
+            return [PreparedPacket(section_of_list(midi_list),
+                                   [event.data for event in events])], []
     packets = []
     refused = []
     commands = []

@@ -1,0 +1,28 @@
+# Compile-time declarations for door.py (see setup.py and journal.pxd).
+cimport cython
+
+from gateway.protocols.rtpmidi.journal cimport JournalReceiver
+from gateway.protocols.rtpmidi.payload cimport RtpMidiPacket
+from gateway.protocols.rtpmidi.session cimport AppleMidiSession
+from gateway.protocols.rtpmidi.stream cimport OutgoingStream
+
+cdef class SessionEndpoint
+
+cdef class RtpMidiMember:
+    cdef public object peer, name, membership, data_addr, _sendto, sysex
+    cdef public object packets_received, late_dropped
+    cdef public SessionEndpoint endpoint
+    cdef public OutgoingStream stream
+    cdef public JournalReceiver journal_receiver
+
+    @cython.locals(receiver=JournalReceiver, packet=RtpMidiPacket, endpoint=SessionEndpoint)
+    cpdef rtp_received(self, data, now)
+
+cdef class SessionEndpoint:
+    cdef public object door, entry, config, reactor, registry, late_ticks, members
+    cdef public object control_port, data_port, data_socket, _invite_targets, _invited
+    cdef public object _reinvitations, _encoded
+    cdef public AppleMidiSession session
+
+    @cython.locals(member=RtpMidiMember)
+    cpdef rtp_received(self, data, addr)

@@ -1,0 +1,11 @@
+# Compile-time declarations for stream.py (see setup.py and journal.pxd).
+from gateway.protocols.rtpmidi.journal cimport JournalSender
+
+cdef class PreparedPacket:
+    cdef public object section, journalled_section, messages
+
+cdef class OutgoingStream:
+    cdef public object ssrc, sequence, last_midi_time, _guards_sent
+    cdef public JournalSender journal
+
+    cpdef packet(self, prepared, timestamp, now)
