@@ -17,6 +17,8 @@ cdef class RtpMidiMember:
 
     @cython.locals(receiver=JournalReceiver, packet=RtpMidiPacket, endpoint=SessionEndpoint)
     cpdef rtp_received(self, data, now)
+    @cython.locals(stream=OutgoingStream)
+    cpdef deliver(self, events, source)
 
 cdef class SessionEndpoint:
     cdef public object door, entry, config, reactor, registry, late_ticks, members

@@ -201,9 +201,9 @@ class RtpMidiMember:
     # IMember ----------------------------------------------------------------
     def deliver(self, events, source):
         now, timestamp, packets = self.endpoint.encode(events, source)
-        packet = self.stream.packet
+        stream = self.stream
         for prepared in packets:
-            self._send(packet(prepared, timestamp, now))
+            self._send(stream.packet(prepared, timestamp, now))
 
     def send_guard_packet(self, now, timestamp):
         data = self.stream.guard_packet(timestamp, now)

@@ -7,4 +7,6 @@ cdef class RtpMidiPacket:
 
 @cython.locals(packet=RtpMidiPacket)
 cpdef _parse_packet(data, lazy_journal)
-cpdef _parse_midi_list(data, pos, end, first_has_delta)
+# Positions and octets are C integers here; data is always bytes (_parse_packet makes it so).
+@cython.locals(needed=Py_ssize_t, status=int)
+cpdef _parse_midi_list(bytes data, Py_ssize_t pos, Py_ssize_t end, first_has_delta)
