@@ -1,4 +1,5 @@
-"""A real, non-editable install into a fresh virtualenv lists the twistd dropin."""
+"""A real, non-editable install into a fresh virtualenv: the twistd dropin, package data, and
+the compiled hot path (or pure Python when no compiler works)."""
 
 import os
 import subprocess
@@ -6,12 +7,12 @@ import venv
 
 import pytest
 
-from tests.conftest import REPO
+from gateway.build import HOT_MODULES
+from tests.conftest import REPO, need_external
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("install")
+def install_from_clean_clone(root, environ=None):
+    """A fresh virtualenv under ``root`` with netgateway pip-installed from a clean clone."""
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = str(env_dir / "bin" / "python")
@@ -23,9 +24,21 @@ def installed(tmp_path_factory):
         subprocess.run(["git", "-C", str(root / "src"), "apply", str(root / "wip.patch")],
                        check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", str(root / "src")], check=True,
-                   timeout=900)
+                   timeout=900, env=environ)
     subprocess.run([python, "-m", "gateway.plugincache"], check=True, cwd=str(root))
     return env_dir
+
+
+def compiled_modules(env_dir):
+    script = "import gateway.build as b; print(' '.join(b.compiled_modules()))"
+    result = subprocess.run([str(env_dir / "bin" / "python"), "-c", script], check=True,
+                            capture_output=True, text=True, cwd="/")
+    return result.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    return install_from_clean_clone(tmp_path_factory.mktemp("install"))
 
 
 def test_twistd_lists_netgateway_after_install(installed):
@@ -51,3 +64,19 @@ def test_plugin_cache_was_regenerated(installed):
     cache = plugins / "dropin.cache"
     assert cache.exists()
     assert cache.stat().st_mtime >= (plugins / "netgateway_plugin.py").stat().st_mtime
+
+
+def test_the_install_compiles_the_hot_path(installed):
+    need_external(compiled_modules(installed) == list(HOT_MODULES),
+                  "the hot path did not compile (a C compiler and the Python headers are needed)")
+
+
+def test_without_a_compiler_the_package_installs_as_pure_python(tmp_path):
+    # CC=false makes every compile fail: the extensions are optional, the install is not.
+    env_dir = install_from_clean_clone(tmp_path, dict(os.environ, CC="false"))
+    assert compiled_modules(env_dir) == []
+    twistd = str(env_dir / "bin" / "twistd")
+    result = subprocess.run([twistd, "netgateway", "--help"], capture_output=True, text=True,
+                            cwd="/", env={"PATH": os.environ["PATH"]}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout
