@@ -66,9 +66,7 @@ def udp_benchmark_main(description, add_arguments, run_all):
     add_arguments(parser)
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
     parser.add_argument("--max-rate", type=float, default=400_000)
-    parser.add_argument("--source", action="store_true",
-                        help="run the checkout's sources instead of the installed build"
-                             " (scripts/setup-python; its hot path is compiled)")
+    add_source_argument(parser)
     parser.add_argument("--let-cpu0-idle", action="store_true",
                         help="do not keep CPU 0 busy at SCHED_IDLE (then p99 measures the"
                              " host's vCPU wake-ups; see benchlib.cpu0_kept_awake)")
@@ -76,6 +74,13 @@ def udp_benchmark_main(description, add_arguments, run_all):
     run_generator_on_cpu1()
     with cpu0_kept_awake(not args.let_cpu0_idle):
         run_all(args)
+
+
+def add_source_argument(parser):
+    """``--source``, which :func:`start_gateway` reads."""
+    parser.add_argument("--source", action="store_true",
+                        help="run the checkout's sources instead of the installed build"
+                             " (scripts/setup-python; its hot path is compiled)")
 
 
 def start_gateway(config, prefix, args):

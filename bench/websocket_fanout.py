@@ -23,49 +23,36 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-import yaml
 from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
-
-from benchlib import cpu_seconds, run_generator_on_cpu1
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from benchlib import (add_source_argument, cpu_seconds, run_generator_on_cpu1,  # noqa: E402
+                      start_gateway)
+from tests.conftest import free_port  # noqa: E402
+
 SEQ_SPACE = 1 << 18
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def pinned(command, cpu="0"):
     return (["taskset", "-c", cpu] + command) if os.path.exists("/usr/bin/taskset") else command
 
 
-def start_gateway(shape_sessions, members):
-    port = free_port()
+def setup_gateway(shape_sessions, members, args):
     config = {
         "sessions": [{"name": f"s{i}", "passphrase": "benchmark passphrase 0123"}
                      for i in range(shape_sessions)],
         "limits": {"events_per_second": 1000000, "max_members_per_session": members,
                    "max_sessions": shape_sessions + 1},
-        "web": {"host": "127.0.0.1", "port": port},
+        "web": {"host": "127.0.0.1", "port": free_port()},
         "websocket": {"ping_interval": 300, "send_buffer_bytes": 4 * 1024 * 1024},
         "logging": {"level": "warn"},
     }
-    workdir = tempfile.mkdtemp(prefix="bench-ws-")
-    path = os.path.join(workdir, "config.yaml")
-    with open(path, "w") as stream:
-        yaml.safe_dump(config, stream)
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    process = subprocess.Popen(pinned([twistd, "-n", "--pidfile=", "-l", os.path.join(
-        workdir, "twistd.log"), "netgateway", "-c", path]), cwd=workdir, env=env)
-    return process, port
+    return start_gateway(config, "bench-ws-", args), config["web"]["port"]
 
 
 def start_baseline():
@@ -191,14 +178,21 @@ async def measure(port, server_pid, sessions, members, seconds, max_rate):
 
 
 def run_server(kind, sessions, members, args):
-    process, port = start_gateway(sessions, members) if kind == "gateway" else start_baseline()
+    if kind == "gateway":
+        gateway, port = setup_gateway(sessions, members, args)
+        process = gateway.process
+    else:
+        process, port = start_baseline()
     try:
         wait_for_port(port)
         return asyncio.run(measure(port, process.pid, sessions, members, args.seconds,
                                    args.max_rate))
     finally:
-        process.terminate()
-        process.wait(15)
+        if kind == "gateway":
+            gateway.stop()
+        else:
+            process.terminate()
+            process.wait(15)
 
 
 def summarise(runs):
@@ -220,6 +214,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--max-rate", type=int, default=64000)
     parser.add_argument("--runs", type=int, default=3, help="medians over this many runs")
+    add_source_argument(parser)
     args = parser.parse_args()
     run_generator_on_cpu1()
     print(f"{'shape':>6} {'server':>8} | light 1000/s: {'deliv/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
