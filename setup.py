@@ -3,11 +3,11 @@
 The modules every forwarded packet runs through (``gateway.build.HOT_MODULES``)
 are compiled with Cython. Their .py files stay the only code: the .pxd file
 beside each declares, for the compiler alone, which classes become extension
-types and the C types of a few locals. Compiled, a forwarded RTP-MIDI packet
-costs less than half the CPU (README, "Speed"). Every extension is optional.
-Without a C compiler or the Python headers, on an interpreter other than
-CPython, or with NETGATEWAY_PURE_PYTHON=1, the package installs as pure Python
-and behaves the same.
+types and the C types of a few locals. Compiled, the RTP-MIDI door forwards
+about twice as many packets per second (README, "Speed"). Every extension is
+optional. Without a C compiler or the Python headers, on an interpreter other
+than CPython, or with NETGATEWAY_PURE_PYTHON=1, the package installs as pure
+Python and behaves the same.
 """
 
 import os
