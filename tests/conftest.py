@@ -82,21 +82,29 @@ def merge(base, override):
     return merged
 
 
+def build_report(python):
+    """``(compiled, hot_modules, site-packages)`` of the netgateway installed for ``python``.
+
+    Raises RuntimeError when ``python`` has none.
+    """
+    script = ("import json, os, gateway.build as b;"
+              "print(json.dumps([b.compiled_modules(), list(b.HOT_MODULES),"
+              " os.path.dirname(os.path.dirname(b.__file__))]))")
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True,
+                            cwd="/", env=environ_without_checkout(os.environ), timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"netgateway is not installed for {python}:"
+                           f" run scripts/setup-python test\n{result.stderr}")
+    return json.loads(result.stdout)
+
+
 def installed_build():
     """``(compiled, hot_modules)`` of the package scripts/setup-python installed.
 
     Raises RuntimeError when it is missing or its sources differ from the
     checkout's, so that nothing measures or tests a stale build.
     """
-    script = ("import json, os, gateway.build as b;"
-              "print(json.dumps([b.compiled_modules(), list(b.HOT_MODULES),"
-              " os.path.dirname(os.path.dirname(b.__file__))]))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd="/", env=environ_without_checkout(os.environ), timeout=60)
-    if result.returncode != 0:
-        raise RuntimeError(f"netgateway is not installed for {sys.executable}:"
-                           f" run scripts/setup-python test\n{result.stderr}")
-    compiled, hot_modules, site = json.loads(result.stdout)
+    compiled, hot_modules, site = build_report(sys.executable)
     for name in hot_modules:
         relative = name.replace(".", os.sep) + ".py"
         with open(os.path.join(REPO, relative), "rb") as ours, \

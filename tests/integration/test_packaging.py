@@ -8,7 +8,7 @@ import venv
 import pytest
 
 from gateway.build import HOT_MODULES
-from tests.conftest import REPO, need_external
+from tests.conftest import REPO, build_report, need_external
 
 
 def install_from_clean_clone(root, environ=None):
@@ -30,10 +30,7 @@ def install_from_clean_clone(root, environ=None):
 
 
 def compiled_modules(env_dir):
-    script = "import gateway.build as b; print(' '.join(b.compiled_modules()))"
-    result = subprocess.run([str(env_dir / "bin" / "python"), "-c", script], check=True,
-                            capture_output=True, text=True, cwd="/")
-    return result.stdout.split()
+    return build_report(str(env_dir / "bin" / "python"))[0]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ cdef class JournalSender:
     cdef public object _recent_channels, _checkpoint, _last_sent, _forgotten_before, _forget_step
 
     cpdef send(self, sequence, timestamp, messages)
+    cpdef _extend(self, sequence)
     @cython.locals(state=ChannelState)
     cpdef _octets(self, current, timestamp)
     cpdef _channel_octets(self, channel, ChannelState state, checkpoint, previous, timestamp,

@@ -711,9 +711,12 @@ class JournalSender:
         return None if self._checkpoint is None else self._checkpoint & 0xFFFF
 
     def _extend(self, sequence):
-        if self._last_sent is None:
+        last = self._last_sent
+        if last is None:
             return sequence
-        return extend_sequence(sequence, self._last_sent)
+        if sequence == (last + 1) & 0xFFFF:
+            return last + 1          # the next packet, the per-packet case: nothing to unwrap
+        return extend_sequence(sequence, last)
 
     def journal_for(self, sequence, timestamp):
         """The journal for packet ``sequence`` (sent at RTP ``timestamp``), or None if empty."""
@@ -735,11 +738,7 @@ class JournalSender:
 
     def send(self, sequence, timestamp, messages):
         """:meth:`journal_octets` then :meth:`record` for one packet: the per-packet path."""
-        last = self._last_sent
-        if last is not None and sequence == (last + 1) & 0xFFFF:
-            current = last + 1
-        else:
-            current = self._extend(sequence)
+        current = self._extend(sequence)
         octets = self._octets(current, timestamp)
         self._record(current, timestamp, messages)
         return octets
