@@ -13,9 +13,9 @@ import importlib.machinery
 import importlib.util
 
 HOT_MODULES = (
-    # The registry every door publishes through, and its MIDI helpers.
+    # The session bus every door publishes through, and its MIDI helpers.
     "gateway.midi",
-    "gateway.registry",
+    "gateway.bus.local",
     # The per-packet path of the RTP-MIDI door.
     "gateway.protocols.rtpmidi.payload",
     "gateway.protocols.rtpmidi.journal",

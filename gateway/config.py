@@ -72,6 +72,14 @@ class LimitsConfig:
     velocity_cap: typing.Optional[int] = bounded(None, minimum=1, maximum=127)
     idle_timeout: float = bounded(120.0, minimum=1.0, maximum=86400.0,
                                   doc="seconds without traffic before a member expires")
+    join_failures_before_throttle: int = bounded(
+        3, minimum=1, maximum=1000,
+        doc="wrong passphrases (or unknown sessions) per source and session before back-off")
+    join_throttle_seconds: float = bounded(
+        1.0, minimum=0.01, maximum=3600.0,
+        doc="first back-off; each further failure doubles it")
+    join_throttle_max_seconds: float = bounded(300.0, minimum=0.01, maximum=86400.0,
+                                               doc="longest back-off")
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ from gateway.interfaces import IDoor
 
 @implementer(IDoor)
 class DoorService(service.Service):
-    """Base of a door's service: config, reactor, registry, logging of drops.
+    """Base of a door's service: config, reactor, the session bus, counting and logging drops.
 
     Subclasses set ``name`` (the door's config section and label in
     counters) and implement ``status()``.
@@ -20,13 +20,14 @@ class DoorService(service.Service):
     def __init__(self, config, context):
         self.config = config
         self.reactor = context.reactor
-        self.registry = context.registry
+        self.bus = context.bus
+        self.drops = context.drops
         self.log = gatewaylog.logger(f"netgateway.{self.name}")
         self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
 
     def drop(self, peer, reason, detail="", amount=1):
         """Count dropped input by reason; log it at most once per peer per interval."""
-        self.registry.drops.count(self.name, reason, amount)
+        self.drops.count(self.name, reason, amount)
         self.drop_log.dropped(peer, self.reactor.seconds(),
                               "{door}: dropped input from {peer}: {reason} {detail}",
                               door=self.name, peer=peer, reason=reason, detail=detail)

@@ -5,24 +5,25 @@ from twisted.internet import ssl, task
 from twisted.web import server
 
 from gateway import doors, log as gatewaylog
-from gateway.registry import Registry
+from gateway.bus.local import DropCounters, LocalBus
 from gateway.web.site import build_root
 
 
 class GatewayContext:
-    """What a door gets to work with: registry, reactor, web root, metrics."""
+    """What a door gets to work with: the session bus, drop sink, reactor, web root, metrics."""
 
     def __init__(self, config, reactor):
         self.config = config
         self.reactor = reactor
         self.log = gatewaylog.logger("netgateway")
-        self.registry = Registry(config, reactor, log=self.log)
+        self.drops = DropCounters()
+        self.bus = LocalBus(config, reactor, self.drops, log=self.log)
         self.doors = {}
         self.web_root = None
         self.metrics = None
 
     def status(self):
-        body = self.registry.snapshot()
+        body = self.bus.snapshot()
         body["doors"] = {name: door.status() for name, door in self.doors.items()}
         return body
 
@@ -33,9 +34,9 @@ class GatewayService(service.MultiService):
     def __init__(self, context):
         super().__init__()
         self.context = context
-        registry = context.registry
-        interval = min(5.0, registry.limits.idle_timeout / 4)
-        self._expiry = task.LoopingCall(registry.expire_idle)
+        bus = context.bus
+        interval = min(5.0, bus.limits.idle_timeout / 4)
+        self._expiry = task.LoopingCall(bus.expire_idle)
         self._expiry.clock = context.reactor
         self._expiry_interval = interval
 
@@ -47,7 +48,7 @@ class GatewayService(service.MultiService):
         if self._expiry.running:
             self._expiry.stop()
         stopped = super().stopService()
-        stopped.addCallback(lambda _: self.context.registry.close_all("shutdown"))
+        stopped.addCallback(lambda _: self.context.bus.close_all("shutdown"))
         return stopped
 
 

@@ -4,12 +4,11 @@ import json
 
 from hypothesis import given, strategies as st
 
+from gateway.bus.values import RosterEntry, RosterNotice, Welcome
 from gateway.midi import MidiEvent
 from gateway.protocols.websocket import jam
 
-
-class Source:
-    id, name, door = 4, "bob", "rtpmidi"
+BOB = RosterEntry(4, "bob", "rtpmidi")
 
 
 def test_join_defaults():
@@ -59,18 +58,30 @@ def test_unknown_and_malformed_messages():
 
 def test_midi_encodings():
     events = [MidiEvent(b"\x90\x3c\x64", 1.5), MidiEvent(b"\x80\x3c\x40", 1.6)]
-    frames = jam.encode_midi_json(events, Source())
+    frames = jam.encode_midi_json(events, BOB)
     assert [binary for _, binary in frames] == [False, False]
     assert json.loads(frames[0][0]) == {"type": "midi", "data": [144, 60, 100], "time": 1.5,
                                         "from": {"id": 4, "name": "bob", "door": "rtpmidi"}}
-    assert jam.encode_midi_binary(events, Source()) == [(b"\x90\x3c\x64\x80\x3c\x40", True)]
+    assert jam.encode_midi_binary(events, BOB) == [(b"\x90\x3c\x64\x80\x3c\x40", True)]
 
 
 def test_error_and_members_frames():
     assert json.loads(jam.encode_error("session_full", "full")) == {
         "type": "error", "code": "session_full", "message": "full"}
-    members = json.loads(jam.encode_members("join", {"id": 1}, [{"id": 1}]))
-    assert members["change"] == "join" and members["members"] == [{"id": 1}]
+    bob = RosterEntry(1, "bob", "rtpmidi", 3.5)
+    members = json.loads(jam.encode_members(RosterNotice("join", bob, (bob,))))
+    entry = {"id": 1, "name": "bob", "door": "rtpmidi", "rtt_ms": 3.5}
+    assert members == {"type": "members", "change": "join", "member": entry,
+                       "members": [entry]}
+
+
+def test_joined_frame_lists_the_roster_without_addresses():
+    solo = RosterEntry(2, "solo", "websocket")
+    joined = json.loads(jam.encode_joined(Welcome("mirror", solo, (RosterEntry(0, "mirror",
+                                                                                 "mirror"), solo),
+                                                  True)))
+    assert joined["session"] == "mirror" and joined["mirror"] is True
+    assert [member["door"] for member in joined["members"]] == ["mirror", "websocket"]
 
 
 @given(st.text(max_size=300))

@@ -35,32 +35,34 @@ class StatusResource(resource.Resource):
         return json.dumps(body, indent=1, sort_keys=True).encode("utf-8")
 
 
-class RegistryCollector:
-    """Exports the registry's sessions, members and drop counters."""
+class BusCollector:
+    """Exports the bus's sessions and members and the drop sink's counters."""
 
-    def __init__(self, registry):
-        self.registry = registry
+    def __init__(self, bus, drops):
+        self.bus = bus
+        self.drops = drops
 
     def collect(self):
-        registry = self.registry
+        bus = self.bus
         sessions = GaugeMetricFamily("netgateway_sessions", "Open sessions")
-        sessions.add_metric([], len(registry.sessions))
+        sessions.add_metric([], len(bus.sessions))
         yield sessions
         members = GaugeMetricFamily("netgateway_members", "Members by door", labels=["door"])
-        by_door = {}
-        for session in registry.sessions.values():
-            for membership in session.members:
-                by_door[membership.door] = by_door.get(membership.door, 0) + 1
-        for door, count in sorted(by_door.items()):
+        for door, count in sorted(bus.members_by_door().items()):
             members.add_metric([door], count)
         yield members
         published = CounterMetricFamily("netgateway_events_published",
                                         "MIDI events accepted from members")
-        published.add_metric([], registry.events_published)
+        published.add_metric([], bus.events_published)
         yield published
+        refusals = CounterMetricFamily("netgateway_join_refusals", "Joins refused, by reason",
+                                       labels=["reason"])
+        for reason, count in sorted(bus.refusals.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
         drops = CounterMetricFamily("netgateway_dropped", "Input dropped, by door and reason",
                                     labels=["door", "reason"])
-        for (door, reason), count in registry.drops.items():
+        for (door, reason), count in self.drops.items():
             drops.add_metric([door, reason], count)
         yield drops
 
@@ -70,7 +72,7 @@ def build_root(context):
     root = static.File(STATIC_DIR)
     root.putChild(b"status", StatusResource(context))
     metrics = CollectorRegistry(auto_describe=True)
-    metrics.register(RegistryCollector(context.registry))
+    metrics.register(BusCollector(context.bus, context.drops))
     context.metrics = metrics
     root.putChild(b"metrics", MetricsResource(registry=metrics))
     return root

@@ -15,7 +15,7 @@ from tests.conftest import REPO, environ_without_checkout, installed_gateway_pyt
 
 UNIT_TESTS = [
     "tests/test_midi.py",
-    "tests/test_registry.py",
+    "tests/bus/test_contract.py",
     "tests/rtpmidi/test_payload.py",
     "tests/rtpmidi/test_journal.py",
     "tests/rtpmidi/test_stream.py",

@@ -10,11 +10,10 @@ import pytest
 from twisted.internet import protocol, task
 
 from gateway.config import ConfigError, parse
-from tests.members import RecordingMember
+from tests.members import RecordingMember, join_now, roster_names
 from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
 from gateway.protocols.oscgroups.door import make_service
-from gateway.registry import Passphrase
 from gateway.service import GatewayContext
 from tests.oscgroups.osc_bytes import osc_message
 
@@ -122,17 +121,18 @@ class FakeClientProgram:
         self.port.stopListening()
 
 
-def make_door(oscgroups=None):
+def make_door(oscgroups=None, max_members=None):
     network = FakeNetwork()
     section = {"host": HOST, "port": SERVER_PORT, "timeout": TIMEOUT,
                "bridge": {"port": BRIDGE_PORT, "groups": ["demo"]}}
     section.update(oscgroups or {})
-    config = parse({"sessions": [{"name": "demo", "passphrase": DEMO_PASSPHRASE}],
+    config = parse({"sessions": [{"name": "demo", "passphrase": DEMO_PASSPHRASE,
+                                  "max_members": max_members}],
                     "web": {"enabled": False}, "oscgroups": section})
     context = GatewayContext(config, network)
     door = make_service(config.doors["oscgroups"], context)
     door.startService()
-    return door, context.registry, network
+    return door, context, network
 
 
 def alive_bundle(user, group_password, group="demo"):
@@ -148,7 +148,7 @@ def statuses(data):
 
 
 def test_server_replies_to_the_source_address():
-    door, _registry, network = make_door({"bridge": {"enabled": False}})
+    door, _context, network = make_door({"bridge": {"enabled": False}})
     port = network.ports[(HOST, SERVER_PORT)]
     port.protocol.datagramReceived(alive_bundle("alice", DEMO_PASSPHRASE), (HOST, 5000))
     ((reply, destination),) = port.sent
@@ -157,34 +157,34 @@ def test_server_replies_to_the_source_address():
 
 
 def test_group_password_is_the_session_passphrase_md5():
-    door, registry, network = make_door({"bridge": {"enabled": False}})
+    door, context, network = make_door({"bridge": {"enabled": False}})
     port = network.ports[(HOST, SERVER_PORT)]
     port.protocol.datagramReceived(alive_bundle("alice", DEMO_PASSPHRASE), (HOST, 5000))
     assert statuses(port.sent[-1][0]) == ["ok", "ok"]
     port.protocol.datagramReceived(alive_bundle("mallory", "guess"), (HOST, 5001))
     assert statuses(port.sent[-1][0]) == ["ok", "wrong password"]
-    assert registry.drops.get("oscgroups", "refused_wrong_group_password") == 1
-    assert registry.drops.get("oscgroups", "wrong_group_password") == 1   # its query
+    assert context.drops.get("oscgroups", "refused_wrong_group_password") == 1
+    assert context.drops.get("oscgroups", "wrong_group_password") == 1   # its query
     # A group that is no gateway session is plain OSCgroups: the first joiner sets it.
     port.protocol.datagramReceived(alive_bundle("carol", "anything", "jam"), (HOST, 5002))
     assert statuses(port.sent[-1][0]) == ["ok", "ok"]
 
 
 def test_malformed_datagrams_are_counted_and_logged_once_per_interval():
-    door, registry, network = make_door({"bridge": {"enabled": False}})
+    door, context, network = make_door({"bridge": {"enabled": False}})
     logged = []
     door.drop_log.log = type("Log", (), {"warn": lambda self, text, **kw: logged.append(kw)})()
     port = network.ports[(HOST, SERVER_PORT)]
     for data in (b"hello world", b"#bundle\x00" + b"\x00" * 7 + b"\x01\xff\xff\xff\xfc", b""):
         port.protocol.datagramReceived(data, (HOST, 5003))
     assert port.sent == []
-    assert registry.drops.get("oscgroups", "malformed") == 2
-    assert registry.drops.get("oscgroups", "empty") == 1
+    assert context.drops.get("oscgroups", "malformed") == 2
+    assert context.drops.get("oscgroups", "empty") == 1
     assert len(logged) == 1 and logged[0]["peer"] == (HOST, 5003)
 
 
 def test_purge_runs_without_traffic():
-    door, _registry, network = make_door({"bridge": {"enabled": False}})
+    door, _context, network = make_door({"bridge": {"enabled": False}})
     port = network.ports[(HOST, SERVER_PORT)]
     port.protocol.datagramReceived(alive_bundle("alice", DEMO_PASSPHRASE), (HOST, 5000))
     network.run(TIMEOUT * 1.1 + 0.2, step=0.5)
@@ -219,26 +219,26 @@ def test_mapped_group_bridges_into_its_session():
     assert config.doors["oscgroups"].session_name("band") == "demo"
 
 
-def joined_bridge(door, registry, network):
+def joined_bridge(door, context, network):
     """alice (an OSC client) and wendy (a recorder) in demo, with the bridge between."""
     alice = FakeClientProgram(network, "alice", 7000)
     wendy = RecordingMember("wendy", door="websocket")
-    wendy_membership = registry.join("demo", wendy, Passphrase(DEMO_PASSPHRASE))
+    wendy_membership = join_now(context.bus, wendy, passphrase=DEMO_PASSPHRASE)
     network.run(10)
     assert door.bridge.path("alice") == f"private {HOST}:7000"
-    assert [m.name for m in registry.session("demo").members] == ["wendy", "alice"]
+    assert roster_names(context.bus) == ["wendy", "alice"]
     return alice, wendy, wendy_membership
 
 
 def test_bridge_moves_midi_both_ways():
-    door, registry, network = make_door()
-    alice, wendy, wendy_membership = joined_bridge(door, registry, network)
+    door, context, network = make_door()
+    alice, wendy, wendy_membership = joined_bridge(door, context, network)
 
     alice.app_sends(osc_message("/midi/note", "iii", 1, 60, 100))
     alice.app_sends(osc_message("/not/midi", "i", 1))
     network.run(0.2)
     assert wendy.received == [(bytes([0x90, 60, 100]), "alice")]
-    assert registry.drops.get("oscgroups", "unmapped") == 1
+    assert context.drops.get("oscgroups", "unmapped") == 1
 
     wendy_membership.publish([MidiEvent(bytes([0x90, 62, 90])), MidiEvent(bytes([0x80, 62, 0]))])
     network.run(0.2)
@@ -251,11 +251,11 @@ def test_bridge_moves_midi_both_ways():
 
 
 def test_osc_peers_do_not_get_each_others_midi_twice():
-    door, registry, network = make_door()
-    alice, wendy, _ = joined_bridge(door, registry, network)
+    door, context, network = make_door()
+    alice, wendy, _ = joined_bridge(door, context, network)
     bob = FakeClientProgram(network, "bob", 7001)
     network.run(12)
-    assert {m.name for m in registry.session("demo").members} == {"wendy", "alice", "bob"}
+    assert set(roster_names(context.bus)) == {"wendy", "alice", "bob"}
     alice.app_sends(osc_message("/midi/note", "iii", 1, 60, 100))
     network.run(0.2)
     # bob hears alice directly, as OscGroupClient sends to every peer; not again via the bridge.
@@ -264,20 +264,20 @@ def test_osc_peers_do_not_get_each_others_midi_twice():
 
 
 def test_purged_peer_leaves_and_its_notes_are_released():
-    door, registry, network = make_door()
-    alice, wendy, _ = joined_bridge(door, registry, network)
+    door, context, network = make_door()
+    alice, wendy, _ = joined_bridge(door, context, network)
     alice.app_sends(osc_message("/midi/noteon", "iii", 2, 64, 110))
     network.run(0.2)
     alice.crash()
     network.run(TIMEOUT * 1.1 + 15, step=0.3)
     assert wendy.received == [(bytes([0x91, 64, 110]), "alice"), (bytes([0x81, 64, 64]), "alice")]
-    assert [m.name for m in registry.session("demo").members] == ["wendy"]
+    assert roster_names(context.bus) == ["wendy"]
     assert "alice" not in door.bridge.client.peers and door.members == {}
 
 
 def test_stop_releases_members_and_closes_ports():
-    door, registry, network = make_door()
-    alice, wendy, _ = joined_bridge(door, registry, network)
+    door, context, network = make_door()
+    alice, wendy, _ = joined_bridge(door, context, network)
     alice.app_sends(osc_message("/midi/noteon", "iii", 1, 60, 100))
     network.run(0.2)
     alice.crash()

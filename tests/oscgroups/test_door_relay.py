@@ -13,8 +13,7 @@ from twisted.internet import task
 from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
 from gateway.protocols.oscgroups.door import OscGroupsCollector
-from gateway.registry import Passphrase
-from tests.members import RecordingMember
+from tests.members import RecordingMember, join_now, roster_names
 
 from .osc_bytes import osc_message
 from .test_door import DEMO_PASSPHRASE, SERVER_PORT, FakeClientProgram, make_door, \
@@ -111,7 +110,7 @@ def playing(sender, receiver):
 
 
 def test_symmetric_and_cone_nat_play_through_the_relay():
-    door, registry, network = relay_door()
+    door, context, network = relay_door()
     cone_nat = FakeNat(network, "198.18.1.1", symmetric=False)
     symmetric_nat = FakeNat(network, "198.18.2.1", symmetric=True)
     alice = NattedClient(network, cone_nat, "alice", "192.168.1.2")
@@ -134,7 +133,7 @@ def test_symmetric_and_cone_nat_play_through_the_relay():
 
 
 def test_two_cone_nats_meet_directly_and_the_relay_stays_idle():
-    door, _registry, network = relay_door()
+    door, _context, network = relay_door()
     alice = NattedClient(network, FakeNat(network, "198.18.1.1", False), "alice", "192.168.1.2")
     carol = NattedClient(network, FakeNat(network, "198.18.3.1", False), "carol", "192.168.3.2")
     network.run(20)
@@ -144,7 +143,7 @@ def test_two_cone_nats_meet_directly_and_the_relay_stays_idle():
 
 
 def test_policy_never_leaves_symmetric_nat_stuck_as_the_original():
-    door, _registry, network = relay_door("never")
+    door, _context, network = relay_door("never")
     cone_nat = FakeNat(network, "198.18.1.1", symmetric=False)
     symmetric_nat = FakeNat(network, "198.18.2.1", symmetric=True)
     alice = NattedClient(network, cone_nat, "alice", "192.168.1.2")
@@ -157,9 +156,9 @@ def test_policy_never_leaves_symmetric_nat_stuck_as_the_original():
 
 
 def test_bridge_hears_a_symmetric_nat_directly_and_the_relay_metrics_are_exported():
-    door, registry, network = relay_door(enabled=True)
+    door, context, network = relay_door(enabled=True)
     wendy = RecordingMember("wendy", door="websocket")
-    wendy_membership = registry.join("demo", wendy, Passphrase(DEMO_PASSPHRASE))
+    wendy_membership = join_now(context.bus, wendy, passphrase=DEMO_PASSPHRASE)
     bob = NattedClient(network, FakeNat(network, "198.18.2.1", True), "bob", "192.168.2.2")
     network.run(20)
     # The gateway has no NAT: bob reaches it on his ping endpoint (§2.4 bob <-> pete).
@@ -174,21 +173,19 @@ def test_bridge_hears_a_symmetric_nat_directly_and_the_relay_metrics_are_exporte
 
 
 def test_full_session_answers_user_limit_reached():
-    door, registry, network = make_door(
-        {"bridge": {"enabled": True, "groups": ["demo"]}})
-    session = registry.session("demo")
-    session.max_members = 2
-    registry.join("demo", RecordingMember("wendy", door="websocket"), Passphrase(DEMO_PASSPHRASE))
+    door, context, network = make_door(
+        {"bridge": {"enabled": True, "groups": ["demo"]}}, max_members=2)
+    join_now(context.bus, RecordingMember("wendy", door="websocket"), passphrase=DEMO_PASSPHRASE)
     alice = FakeClientProgram(network, "alice", 7000)
     network.run(10)
-    assert [m.name for m in session.members] == ["wendy", "alice"]
+    assert roster_names(context.bus) == ["wendy", "alice"]
     bob = FakeClientProgram(network, "bob", 7001)
     network.run(10)
     replies = [data for data, _ in network.ports[("127.0.0.1", SERVER_PORT)].sent
                if wire.parse_packet(data)[0].args[0] == "bob"]
     assert statuses(replies[-1]) == ["ok", "user limit reached"]
     assert "bob" not in door.server.groups["demo"].members
-    assert registry.drops.get("oscgroups", "refused_session_full") >= 1
+    assert context.drops.get("oscgroups", "refused_session_full") >= 1
     # Like the original, a refused user may still read the list (§5.1), but nobody lists him.
     assert "alice" in bob.core.peers and "bob" not in alice.core.peers
-    assert [m.name for m in session.members] == ["wendy", "alice"]
+    assert roster_names(context.bus) == ["wendy", "alice"]

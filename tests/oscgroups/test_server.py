@@ -224,7 +224,7 @@ def test_authorize_group_hook_overrides_or_defers():
     verdicts = {"session": True, "closed": False}
     calls = []
 
-    def authorize(group_name, password_md5):
+    def authorize(group_name, password_md5, addr):
         calls.append((group_name, password_md5))
         return verdicts.get(group_name)
 

@@ -4,7 +4,7 @@ from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
 from gateway.protocols.rtpmidi.stream import (
-    GUARD_DELAYS, MAX_LIST_OCTETS, ForwardableEvents, OutgoingStream, prepare,
+    GUARD_DELAYS, MAX_LIST_OCTETS, OutgoingStream, prepare,
 )
 
 NOTE_ON = bytes((0x90, 60, 100))
@@ -30,9 +30,8 @@ def test_a_received_list_is_forwarded_as_it_came():
     received = RtpMidiPacket.parse(bytes(sent))
     assert received.midi_list == bytes(sent)[13:]
     messages = [message for _, message in received.commands]
-    forwardable = ForwardableEvents(MidiEvent(message) for message in messages)
-    forwardable.midi_list = received.midi_list
-    [prepared], refused = prepare(forwardable)
+    [prepared], refused = prepare([MidiEvent(message) for message in messages],
+                                  received.midi_list)
     assert refused == [] and prepared.messages == messages
     stream = OutgoingStream(0xABCD, 3, None)
     assert RtpMidiPacket.parse(stream.packet(prepared, 5000, 1.0)) == RtpMidiPacket(

@@ -17,15 +17,16 @@ Two UDP sockets on ``host``:
 
 Every peer the server lists in a bridged group becomes an
 :class:`OscPeerMember` of the group's session. It joins with
-:class:`~gateway.registry.TrustedPeer`: the server has already checked the
-peer's group password against the session passphrase (the bridge never sees
-that password), and bridged groups must be declared sessions, which is all
-TrustedPeer may join. The member stays while the server lists it and leaves
-when the server purges it, so the registry releases whatever it held.
+:class:`~gateway.bus.values.Verified`: the server has already checked the
+peer's group password against the session passphrase with the bus (the
+bridge never sees that password), and bridged groups must be declared
+sessions, which is all Verified may join. The member stays while the server
+lists it and leaves when the server purges it, so the bus releases whatever it
+held.
 
 OSC peers of one group already hear each other directly (OscGroupClient sends
 application traffic to every peer), so the bridge does not pass one OSC
-peer's MIDI to another, except the note-offs the registry sends for a peer
+peer's MIDI to another, except the note-offs the bus sends for a peer
 that left. A bridged group whose session is full answers newcomers
 ``user limit reached``, counting the peers the server lists but the bridge
 has not joined yet.
@@ -48,11 +49,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import error, protocol, task
 from zope.interface import implementer
 
+from gateway.bus.values import JoinRefused, JoinRequest, Verified
 from gateway.config import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
-from gateway.registry import FanOutCache, JoinRefused, TrustedPeer
 
 from . import bridge as bridge_core
 from . import client, mapping, server, wire
@@ -185,13 +186,11 @@ class Config:
         return problems
 
 
-class _GroupPassword:
+class GroupPassword(typing.NamedTuple):
     """A credential holding what OscGroupClient sends: the MD5 hex of the passphrase."""
 
+    password_md5: str
     passphrase = None
-
-    def __init__(self, password_md5):
-        self.password_md5 = password_md5
 
     def matches(self, secret):
         return secrets.compare_digest(wire.password_hash(secret).encode("ascii"),
@@ -231,12 +230,12 @@ class OscPeerMember:
         self.group = group
         self.membership = None
 
-    def deliver(self, events, source):
-        if source.door == DOOR and source.active:
+    def deliver(self, delivery):
+        if delivery.source.door == DOOR and not delivery.released:
             return      # the peers of a group exchange their own traffic directly
-        self.door_service.send_midi(self.name, events)
+        self.door_service.send_midi(self.name, delivery)
 
-    def membership_changed(self, change, member, session):
+    def roster_changed(self, notice):
         pass            # OSCgroups has no message for it
 
     def disconnect(self, reason):
@@ -263,7 +262,6 @@ class OscGroupsDoor(DoorService):
         self.relay = None
         self._relay_ports = {}    # port number -> (listening port, its socket)
         self.members = {}         # (peer name, group) -> OscPeerMember
-        self._encoded = FanOutCache()
         self._ports = []
         self._purge = task.LoopingCall(self._purge_users)
         self._purge.clock = self.reactor
@@ -345,7 +343,7 @@ class OscGroupsDoor(DoorService):
             replies = self.server.datagram_received(data, addr, self.reactor.seconds())
         except Exception:
             # The core is fuzzed; should it still fail, one datagram must not matter.
-            self.registry.drops.count(DOOR, "server_error")
+            self.drops.count(DOOR, "server_error")
             self.log.failure("oscgroups: server failed on a datagram from {peer}",
                              peer=addr)
             return
@@ -355,25 +353,31 @@ class OscGroupsDoor(DoorService):
     def _server_dropped(self, counter, addr):
         self.drop(addr, counter.removeprefix("dropped_"))
 
-    def _authorize_group(self, group_name, password_md5):
-        session = self.registry.session(self.config.session_name(group_name))
-        if session is None:
+    def _authorize_group(self, group_name, password_md5, address):
+        """Whether a group password opens the session of ``group_name`` (None: no such session).
+
+        The bus checks it (and throttles guessing) without admitting anyone:
+        the peer joins once the bridge hears the server list it.
+        """
+        session = self.config.session_name(group_name)
+        if self.bus.session_view(session) is None:
             return None
-        return session.accepts(_GroupPassword(password_md5))
+        return self.bus.check(JoinRequest(session, "oscgroups peer", DOOR,
+                                          GroupPassword(password_md5), address[0])) is None
 
     def _group_full(self, group_name, user_name):
         """A bridged group's session is full, counting listed peers not joined yet."""
         if self.bridge is None or group_name not in self.config.bridge.groups:
             return False
         bridge_user = self.bridge.client.user_name
-        session = self.registry.session(self.config.session_name(group_name))
-        if user_name == bridge_user or session is None:
+        view = self.bus.session_view(self.config.session_name(group_name))
+        if user_name == bridge_user or view is None:
             return False
         group = self.server.groups.get(group_name)
         joining = 0 if group is None else sum(
             1 for name in group.members
             if name != bridge_user and (name, group_name) not in self.members)
-        return len(session.members) + joining >= session.max_members
+        return view.member_count + joining >= view.max_members
 
     def _purge_users(self):
         self.server.purge(self.reactor.seconds())
@@ -413,7 +417,7 @@ class OscGroupsDoor(DoorService):
             route = self.relay.datagram_received(number, data, addr, self.reactor.seconds())
         except Exception:
             # The core is fuzzed; should it still fail, one datagram must not matter.
-            self.registry.drops.count(DOOR, "relay_error")
+            self.drops.count(DOOR, "relay_error")
             self.log.failure("oscgroups: relay failed on a datagram from {peer}", peer=addr)
             return
         if route is None:
@@ -467,20 +471,31 @@ class OscGroupsDoor(DoorService):
         for group in groups:
             member = self.members.get((name, group))
             if member is not None:
-                member.membership.touch()
+                if member.membership is not None:
+                    member.membership.touch()
                 continue
-            member = OscPeerMember(self, name, group)
-            try:
-                member.membership = self.registry.join(
-                    self.config.session_name(group), member, TrustedPeer())
-            except JoinRefused:
-                continue      # counted and logged by the registry; retried at the next reply
-            self.members[(name, group)] = member
+            member = self.members[(name, group)] = OscPeerMember(self, name, group)
+            # The server has checked the group password: the bridge only hears listed peers.
+            joining = self.bus.join(JoinRequest(self.config.session_name(group), name, DOOR,
+                                                Verified()), member)
+            joining.addCallbacks(self._joined, self._refused, callbackArgs=(member,),
+                                 errbackArgs=(member,))
+
+    def _joined(self, membership, member):
+        if self.members.get((member.name, member.group)) is not member:
+            membership.leave("no longer listed while joining")
+            return
+        member.membership = membership
+
+    def _refused(self, failure, member):
+        failure.trap(JoinRefused)      # counted and logged by the bus; retried at the next reply
+        if self.members.get((member.name, member.group)) is member:
+            del self.members[(member.name, member.group)]
 
     def _touch(self, name):
         for group in self.bridge.client.peers[name].groups:
             member = self.members.get((name, group))
-            if member is not None:
+            if member is not None and member.membership is not None:
                 member.membership.touch()
 
     def _publish(self, name, messages):
@@ -489,14 +504,14 @@ class OscGroupsDoor(DoorService):
         published = False
         for group in self.bridge.client.peers[name].groups:
             member = self.members.get((name, group))
-            if member is not None:
+            if member is not None and member.membership is not None:
                 member.membership.publish(events)
                 published = True
         if not published:
             self.drop(name, "not_a_member", amount=len(messages))
 
-    def send_midi(self, name, events):
-        datagrams = self._encoded.get(events, self._encode_for_peers, events)
+    def send_midi(self, name, delivery):
+        datagrams = delivery.memo((DOOR,), self._encode_for_peers, delivery.events)
         self._perform(self.bridge.send_to_peer(name, datagrams, self.reactor.seconds()))
 
     def _encode_for_peers(self, events):
@@ -511,7 +526,8 @@ class OscGroupsDoor(DoorService):
 
     def _leave(self, member, reason):
         self.members.pop((member.name, member.group), None)
-        member.membership.leave(reason)
+        if member.membership is not None:
+            member.membership.leave(reason)
 
     # ------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ Everything else (status strings, takeover, group leave, no re-check of a
 member's group password, answering any holder of the group password, silence
 on an unknown group) follows the notes, because clients observe it.
 
-Hooks for the gateway: ``authorize_group(group_name, password_md5_hex)``
-returns True/False to decide a group password itself, or None to leave it to
-OSCgroups' own rule; ``group_full(group_name, user_name)`` returns True when
+Hooks for the gateway: ``authorize_group(group_name, password_md5_hex, addr)``
+returns True/False to decide a group password itself (``addr`` is the
+asker's, for throttling guesses), or None to leave it to OSCgroups' own rule; ``group_full(group_name, user_name)`` returns True when
 a user that is not yet a member may not join (the group's session is full),
 which answers ``user limit reached``, OSCgroups' own busy reply;
 ``advertised_endpoint(user, viewer)`` returns an (ip, port) to show ``viewer``
@@ -187,7 +187,7 @@ class RendezvousServer:
         if group is not None and user.name in group.members:
             # The original never re-checks a member's group password (§7.10).
             return wire.STATUS_OK
-        if not self._group_password_accepted(group, group_name, group_password):
+        if not self._group_password_accepted(group, group_name, group_password, addr):
             self._count("refused_wrong_group_password", addr)
             return wire.STATUS_WRONG_PASSWORD
         if self.group_full is not None and self.group_full(group_name, user.name):
@@ -202,9 +202,9 @@ class RendezvousServer:
         user.groups[group_name] = group
         return wire.STATUS_OK
 
-    def _group_password_accepted(self, group, group_name, group_password):
+    def _group_password_accepted(self, group, group_name, group_password, addr):
         if self.authorize_group is not None:
-            verdict = self.authorize_group(group_name, group_password)
+            verdict = self.authorize_group(group_name, group_password, addr)
             if verdict is not None:
                 return bool(verdict)
         # OSCgroups' own rule: the first joiner sets the password of a new group.
@@ -220,7 +220,8 @@ class RendezvousServer:
         group = self.groups.get(request.group_name)
         if group is None:
             return self._drop("unknown_group", addr)
-        if not self._group_password_accepted(group, request.group_name, request.group_password):
+        if not self._group_password_accepted(group, request.group_name, request.group_password,
+                                             addr):
             return self._drop("wrong_group_password", addr)
         # The C++ client sends its query right after its user_alive, which has
         # just stored the source as its public endpoint.

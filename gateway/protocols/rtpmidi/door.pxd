@@ -17,13 +17,13 @@ cdef class RtpMidiMember:
 
     @cython.locals(receiver=JournalReceiver, packet=RtpMidiPacket, endpoint=SessionEndpoint)
     cpdef rtp_received(self, data, now)
-    @cython.locals(stream=OutgoingStream)
-    cpdef deliver(self, events, source)
+    @cython.locals(stream=OutgoingStream, endpoint=SessionEndpoint)
+    cpdef deliver(self, delivery)
 
 cdef class SessionEndpoint:
-    cdef public object door, entry, config, reactor, registry, late_ticks, members
+    cdef public object door, entry, config, reactor, bus, late_ticks, members
     cdef public object control_port, data_port, data_socket, _invite_targets, _invited
-    cdef public object _reinvitations, _encoded
+    cdef public object _reinvitations
     cdef public AppleMidiSession session
 
     @cython.locals(member=RtpMidiMember)

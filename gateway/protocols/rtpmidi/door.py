@@ -3,7 +3,7 @@
 Implements the Twisted side of the RTP-MIDI door: for every configured
 session two UDP ports (control P, data P+1) feed one sans-IO
 :class:`~gateway.protocols.rtpmidi.session.AppleMidiSession`; each joined
-AppleMIDI peer becomes a registry member. Incoming RTP goes through
+AppleMIDI peer becomes a member of a session on the bus. Incoming RTP goes through
 :mod:`~gateway.protocols.rtpmidi.payload` and the peer's RFC 6295
 :class:`~gateway.protocols.rtpmidi.journal.JournalReceiver`; outgoing MIDI is
 encoded once per fan-out and sent on each peer's
@@ -27,6 +27,7 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import classImplements
 
+from gateway.bus.values import AllowedAddress, JoinRefused, JoinRequest, Verified
 from gateway.config import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
@@ -38,8 +39,7 @@ from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,
     InvitationFailed, Peer, PeerJoined, PeerLeft, Send, SyncCompleted,
 )
-from gateway.protocols.rtpmidi.stream import ForwardableEvents, OutgoingStream, prepare
-from gateway.registry import FanOutCache, JoinRefused, TrustedPeer
+from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, OutgoingStream, prepare
 
 DOOR = "rtpmidi"
 MDNS_SERVICE_TYPE = "_apple-midi._udp.local."
@@ -158,7 +158,7 @@ class RtpMidiMember:
         ticks = start
         time = now
         late_before = None
-        events = ForwardableEvents()
+        events = []
         # Channel messages only, none dropped, no repairs: the list can go on as it came.
         forwardable = packet.midi_list is not None and commands is packet.commands
         for delta, message in commands:
@@ -183,8 +183,8 @@ class RtpMidiMember:
                     continue
             events.append(MidiEvent(message, time))
         if events and self.membership is not None:
-            events.midi_list = packet.midi_list if forwardable else None
-            self.membership.publish(events)
+            self.membership.publish(events, {RTP_MIDI_LIST: packet.midi_list}
+                                    if forwardable else None)
 
     def _late_before(self, now):
         """The RTP time on the peer's clock before which a note-on arriving at ``now`` is late.
@@ -199,8 +199,9 @@ class RtpMidiMember:
                 - endpoint.late_ticks) & _U32
 
     # IMember ----------------------------------------------------------------
-    def deliver(self, events, source):
-        now, timestamp, packets = self.endpoint.encode(events, source)
+    def deliver(self, delivery):
+        endpoint = self.endpoint
+        now, timestamp, packets = delivery.memo((DOOR, endpoint), endpoint.prepare, delivery)
         stream = self.stream
         for prepared in packets:
             self._send(stream.packet(prepared, timestamp, now))
@@ -219,8 +220,8 @@ class RtpMidiMember:
     def feedback_received(self, sequence):
         self.stream.acknowledge(sequence)
 
-    def membership_changed(self, change, member, session):
-        pass
+    def roster_changed(self, notice):
+        pass            # AppleMIDI has no message for it
 
     def disconnect(self, reason):
         self.membership = None
@@ -275,7 +276,7 @@ class SessionEndpoint:
         self.entry = entry
         self.config = door.config
         self.reactor = door.reactor
-        self.registry = door.registry
+        self.bus = door.bus
         self.late_ticks = round(door.config.latetime * CLOCK_RATE)
         self.session = AppleMidiSession(entry.display_name, random.getrandbits(32),
                                         self.reactor.seconds(), accept=self.accept)
@@ -287,7 +288,6 @@ class SessionEndpoint:
                                        if invite.session == entry.session})
         self._invited = {}         # Peer -> the configured target its invitation went to
         self._reinvitations = {}
-        self._encoded = FanOutCache()
 
     def start(self):
         host = self.config.host
@@ -319,24 +319,20 @@ class SessionEndpoint:
         self.carry_out(actions)
 
     def accept(self, addr):
-        session = self.registry.session(self.entry.session)
-        if session is None:
-            return f"session {self.entry.session!r} does not exist"
-        if not session.allows_address(addr[0]):
-            return f"{addr[0]} is not in the allow_addresses of session {session.name!r}"
-        if len(session.members) >= session.max_members:
-            return f"session {session.name!r} is full"
-        return True
+        """AppleMIDI answers an invitation at once: ask the bus whether a join would pass."""
+        refusal = self.bus.check(JoinRequest(self.entry.session, "rtpmidi peer", DOOR,
+                                             AllowedAddress(), addr[0]))
+        if refusal is not None:
+            return refusal.message
+        view = self.bus.session_view(self.entry.session)
+        return f"session {view.name!r} is full" if view.full else True
 
-    def encode(self, events, source):
-        """``(now, RTP timestamp, prepared packets)`` for ``events``, once per fan-out."""
-        return self._encoded.get(events, self._prepare, events, source)
-
-    def _prepare(self, events, source):
+    def prepare(self, delivery):
+        """``(now, RTP timestamp, prepared packets)`` for a delivery (once per fan-out)."""
         now = self.reactor.seconds()
-        packets, refused = prepare(events)
+        packets, refused = prepare(delivery.events, delivery.encodings.get(RTP_MIDI_LIST))
         for reason in refused:
-            self.drop("too_large", source.name, reason)
+            self.drop("too_large", delivery.source.name, reason)
         return now, self.session.ticks(now) & _U32, packets
 
     def tick(self):
@@ -375,8 +371,10 @@ class SessionEndpoint:
                     self._touch(member)
             elif kind is SyncCompleted:
                 member = self.members.get(action.peer)
-                if member is not None:
-                    self._touch(member)
+                if member is not None and member.membership is not None:
+                    member.membership.touch()
+                    if action.peer.rtt is not None:
+                        member.membership.report_latency(round(action.peer.rtt * 1000.0, 2))
             elif kind is PeerJoined:
                 self._peer_joined(action.peer)
             elif kind is PeerLeft:
@@ -402,12 +400,22 @@ class SessionEndpoint:
             return
         member = RtpMidiMember(self, peer)
         self.members[peer] = member
-        try:
-            member.membership = self.registry.join(self.entry.session, member, TrustedPeer())
-        except JoinRefused as refusal:
-            self.door.log.warn("rtpmidi: {peer} refused: {message}", peer=peer.control_addr,
-                               message=refusal.message)
-            self.kick(peer)
+        credential = Verified() if peer in self._invited else AllowedAddress()
+        joining = self.bus.join(JoinRequest(self.entry.session, member.name, DOOR, credential,
+                                            host), member)
+        joining.addCallbacks(self._joined, self._refused, callbackArgs=(member,),
+                             errbackArgs=(member,))
+
+    def _joined(self, membership, member):
+        if self.members.get(member.peer) is not member:
+            membership.leave("left while joining")      # the peer said BY meanwhile
+            return
+        member.membership = membership
+
+    def _refused(self, failure, member):
+        failure.trap(JoinRefused)      # counted and logged by the bus
+        if self.members.get(member.peer) is member:
+            self.kick(member.peer)
 
     def _peer_gone(self, peer, reason):
         member = self.members.pop(peer, None)

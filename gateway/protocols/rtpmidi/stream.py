@@ -23,7 +23,7 @@ from gateway.protocols.rtpmidi.payload import (
 )
 from gateway.protocols.rtpmidi.session import CLOCK_RATE
 
-__all__ = ["PreparedPacket", "ForwardableEvents", "prepare", "OutgoingStream", "GUARD_DELAYS",
+__all__ = ["PreparedPacket", "RTP_MIDI_LIST", "prepare", "OutgoingStream", "GUARD_DELAYS",
            "MAX_LIST_OCTETS"]
 
 MAX_LIST_OCTETS = 900
@@ -53,34 +53,27 @@ class PreparedPacket:
 _JOURNALLED_HEADERS = [bytes((octet | FLAG_J,)) for octet in range(0x100)]
 
 
-class ForwardableEvents(list):
-    """Events from one received RTP-MIDI packet, with that packet's MIDI list.
-
-    ``midi_list`` is the packet's MIDI list (:attr:`RtpMidiPacket.midi_list`)
-    when the events are exactly what it carried, all channel messages; then
-    :func:`prepare` sends the list on as it came instead of encoding the
-    events again. Otherwise it is None. A list the registry changes (a
-    velocity cap, a rate limit) reaches the doors as a plain list.
-
-    Filled like a list; set ``midi_list`` before handing it on.
-    """
-
-    __slots__ = ("midi_list",)
+RTP_MIDI_LIST = "rtp-midi-list"
+"""The name under which a door passes a received packet's MIDI list on with its
+events (:attr:`gateway.bus.values.Delivery.encodings`)."""
 
 
-def prepare(events, max_list_octets=MAX_LIST_OCTETS):
+def prepare(events, midi_list=None, max_list_octets=MAX_LIST_OCTETS):
     """Split ``events`` (MidiEvent) into packets; return ``(packets, refused)``.
+
+    ``midi_list``, when given, is a received packet's MIDI list
+    (:attr:`RtpMidiPacket.midi_list`) that carried exactly ``events``, all
+    channel messages; it is sent on as it came instead of encoding the events
+    again.
 
     Delta times come from the events' times. A packet whose MIDI list exceeds
     what RFC 6295 can carry (a huge SysEx) is left out and described in
     ``refused``, so no sequence number is spent on it. Undefined statuses
     have no meaning on the wire and are skipped.
     """
-    if type(events) is ForwardableEvents:
-        midi_list = events.midi_list
-        if midi_list is not None and len(midi_list) <= max_list_octets:
-            return [PreparedPacket(section_of_list(midi_list),
-                                   [event.data for event in events])], []
+    if midi_list is not None and len(midi_list) <= max_list_octets:
+        return [PreparedPacket(section_of_list(midi_list),
+                               [event.data for event in events])], []
     packets = []
     refused = []
     commands = []

@@ -136,18 +136,25 @@ def _dumps(message):
     return json.dumps(message, separators=(",", ":")).encode("utf-8")
 
 
-def encode_joined(session, member, roster, mirror):
-    return _dumps({"type": "joined", "session": session, "member": member,
-                   "members": roster, "mirror": mirror})
+def _entry(entry):
+    """A roster entry (gateway.bus.values.RosterEntry) as the page knows members."""
+    return {"id": entry.member_id, "name": entry.name, "door": entry.door,
+            "rtt_ms": entry.latency_ms}
+
+
+def encode_joined(welcome):
+    return _dumps({"type": "joined", "session": welcome.session, "member": _entry(welcome.entry),
+                   "members": [_entry(entry) for entry in welcome.roster],
+                   "mirror": welcome.mirror})
 
 
 def encode_error(code, message):
     return _dumps({"type": "error", "code": code, "message": message})
 
 
-def encode_members(change, member, roster):
-    return _dumps({"type": "members", "change": change, "member": member,
-                   "members": roster})
+def encode_members(notice):
+    return _dumps({"type": "members", "change": notice.change, "member": _entry(notice.entry),
+                   "members": [_entry(entry) for entry in notice.roster]})
 
 
 def encode_ping(ping_id, server_time):
@@ -161,7 +168,7 @@ def encode_pong(ping, server_time):
 
 def encode_midi_json(events, source):
     """One text frame per event: [(payload, is_binary), ...]."""
-    origin = {"id": source.id, "name": source.name, "door": source.door}
+    origin = {"id": source.member_id, "name": source.name, "door": source.door}
     return [(_dumps({"type": "midi", "from": origin, "data": list(event.data),
                      "time": event.time}), False)
             for event in events]

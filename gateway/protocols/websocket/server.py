@@ -1,7 +1,7 @@
 """WebSocket door server: autobahn on the gateway's twisted.web site (thin adapter).
 
 Bytes move between autobahn and :mod:`gateway.protocols.websocket.jam`;
-members move between the jam protocol and the registry. Protocol logic
+members move between the jam protocol and the session bus. Protocol logic
 lives in ``jam``.
 
 Back-pressure: every connection registers a push producer with its TCP
@@ -18,11 +18,11 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer, task
 from zope.interface import implementer
 
+from gateway.bus.values import JoinRefused, JoinRequest, Passphrase
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.websocket import jam
-from gateway.registry import FanOutCache, JoinRefused, Passphrase
 
 DOOR = "websocket"
 CLOSE_NORMAL = 1000
@@ -32,22 +32,10 @@ CLOSE_KICKED = 4002
 _CLOSE_CODES = {"shutdown": CLOSE_GOING_AWAY, "idle": CLOSE_IDLE}
 
 
-class _Encoder:
-    """Prepares each fan-out's frames once per MIDI mode, for all members."""
-
-    def __init__(self, factory):
-        self.factory = factory
-        self._by_mode = FanOutCache()
-
-    def frames(self, events, source, mode):
-        by_mode = self._by_mode.get(events, dict)
-        frames = by_mode.get(mode)
-        if frames is None:
-            encode = jam.encode_midi_binary if mode == jam.MIDI_BINARY else jam.encode_midi_json
-            frames = [self.factory.prepareMessage(payload, isBinary=binary)
-                      for payload, binary in encode(events, source)]
-            by_mode[mode] = frames
-        return frames
+def _frames(factory, events, source, mode):
+    encode = jam.encode_midi_binary if mode == jam.MIDI_BINARY else jam.encode_midi_json
+    return [factory.prepareMessage(payload, isBinary=binary)
+            for payload, binary in encode(events, source)]
 
 
 @implementer(IMember)
@@ -60,6 +48,7 @@ class JamServerProtocol(WebSocketServerProtocol):
         super().__init__()
         self.name = "guest"
         self.membership = None
+        self._joining = None
         self.midi_mode = jam.MIDI_JSON
         self.rtt_ms = None
         self._paused = False
@@ -104,6 +93,8 @@ class JamServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.factory.door.connection_closed(self)
+        if self._joining is not None:
+            self._joining.cancel()
         self._leave("disconnected" if wasClean else "connection lost")
         self._queue.clear()
 
@@ -122,12 +113,15 @@ class JamServerProtocol(WebSocketServerProtocol):
         self._queue.clear()
 
     # IMember -------------------------------------------------------------
-    def deliver(self, events, source):
-        for frame in self.factory.door.encoder.frames(events, source, self.midi_mode):
+    def deliver(self, delivery):
+        mode = self.midi_mode
+        frames = delivery.memo((DOOR, mode), _frames, self.factory, delivery.events,
+                               delivery.source, mode)
+        for frame in frames:
             self._send_prepared(frame)
 
-    def membership_changed(self, change, member, session):
-        self._send(jam.encode_members(change, member.describe(), session.roster()))
+    def roster_changed(self, notice):
+        self._send(jam.encode_members(notice))
 
     def disconnect(self, reason):
         self.membership = None
@@ -139,26 +133,36 @@ class JamServerProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
 
     def describe(self):
-        return {"rtt_ms": self.rtt_ms, "peer": self.peer}
+        return {"peer": self.peer}
 
     # ---------------------------------------------------------------------
     def _join(self, request):
         door = self.factory.door
-        if self.membership is not None:
+        if self.membership is not None or self._joining is not None:
             self._send_error("already_joined", "leave the current session first")
             return
         self.name = request.name
         self.midi_mode = request.midi_mode
-        try:
-            membership = door.registry.join(request.session, self,
-                                            Passphrase(request.passphrase))
-        except JoinRefused as refusal:
-            self._send_error(refusal.reason, refusal.message)
+        joining = self._joining = door.bus.join(
+            JoinRequest(request.session, request.name, DOOR, Passphrase(request.passphrase),
+                        self.transport.getPeer().host), self)
+        joining.addCallbacks(self._joined, self._refused)
+        joining.addErrback(lambda failure: door.log.failure("websocket: join failed", failure))
+
+    def _joined(self, membership):
+        self._joining = None
+        if self.state != self.STATE_OPEN:
+            membership.leave("disconnected while joining")
             return
         self.membership = membership
-        session = membership.session
-        self._send(jam.encode_joined(session.name, membership.describe(),
-                                     session.roster(), session.mirror is not None))
+        self._send(jam.encode_joined(membership.welcome))
+
+    def _refused(self, failure):
+        self._joining = None
+        if failure.check(defer.CancelledError):
+            return None
+        failure.trap(JoinRefused)
+        self._send_error(failure.value.reason, failure.value.message)
 
     def _leave(self, reason):
         membership, self.membership = self.membership, None
@@ -177,11 +181,7 @@ class JamServerProtocol(WebSocketServerProtocol):
             return
         self.rtt_ms = round((self.factory.door.reactor.seconds() - sent) * 1000.0, 2)
         if self.membership is not None:
-            session = self.membership.session
-            update = jam.encode_members("update", self.membership.describe(), session.roster())
-            for other in session.members:
-                if isinstance(other.member, JamServerProtocol):
-                    other.member._send(update)
+            self.membership.report_latency(self.rtt_ms)
 
     def _send_error(self, code, message):
         self._send(jam.encode_error(code, message))
@@ -231,7 +231,6 @@ class WebSocketDoor(DoorService):
         self.connections = set()
         self._drained = None
         self.factory = JamServerFactory(self)
-        self.encoder = _Encoder(self.factory)
         self._ping_ids = itertools.count(1)
         self._pinger = task.LoopingCall(self._ping_all)
         self._pinger.clock = self.reactor

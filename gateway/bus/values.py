@@ -1,0 +1,185 @@
+"""The values that cross the session bus.
+
+Everything a door hands the bus or gets back from it is one of these: plain,
+immutable, and made of strings, numbers and tuples, so that a bus backed by a
+remote store can serialize it. No value carries a network address except
+:attr:`JoinRequest.source`, which the bus uses for throttling and allow-lists
+and never passes on to other members.
+
+The one exception is :class:`Delivery`, the envelope of one fan-out: its
+events and source are values, and its :meth:`Delivery.memo` lets every member
+of a door share one encoding of them.
+"""
+
+import hmac
+import typing
+
+# Why a join was refused: stable codes that each door maps to its own wire.
+WRONG_PASSPHRASE = "wrong_passphrase"
+SESSION_FULL = "session_full"
+GATEWAY_FULL = "gateway_full"
+UNKNOWN_SESSION = "unknown_session"
+PASSPHRASE_TOO_SHORT = "passphrase_too_short"
+ADDRESS_NOT_ALLOWED = "address_not_allowed"
+THROTTLED = "throttled"
+REFUSAL_REASONS = (WRONG_PASSPHRASE, SESSION_FULL, GATEWAY_FULL, UNKNOWN_SESSION,
+                   PASSPHRASE_TOO_SHORT, ADDRESS_NOT_ALLOWED, THROTTLED)
+
+# What changed in a session's roster.
+JOINED = "join"
+LEFT = "leave"
+UPDATED = "update"
+
+
+class Passphrase(typing.NamedTuple):
+    """The joiner brings the passphrase itself (WebSocket, RTMP, SIP digest checked by it)."""
+
+    passphrase: str
+
+    def matches(self, secret):
+        return hmac.compare_digest(self.passphrase.encode("utf-8"), secret.encode("utf-8"))
+
+
+class AllowedAddress(typing.NamedTuple):
+    """No secret: the session's ``allow_addresses`` must list the request's source.
+
+    For doors whose protocol has no authentication (AppleMIDI). Declared
+    sessions only.
+    """
+
+    passphrase = None
+
+    def matches(self, secret):
+        return True
+
+
+class Verified(typing.NamedTuple):
+    """The door has checked the peer itself (a configured invitation, OSCgroups'
+    group password checked with :meth:`SessionBus.check`). Declared sessions only."""
+
+    passphrase = None
+
+    def matches(self, secret):
+        return True
+
+
+class JoinRequest(typing.NamedTuple):
+    """Who wants to join which session, with what credential, from where.
+
+    ``source`` is the peer's host (an IP address string) or None; it keys the
+    join throttle and is checked against allow-lists, and is never shown to
+    other members.
+    """
+
+    session: str
+    name: str
+    door: str
+    credential: typing.Any
+    source: typing.Optional[str] = None
+
+
+class Refusal(typing.NamedTuple):
+    """A join refused: ``reason`` is one of :data:`REFUSAL_REASONS`."""
+
+    reason: str
+    message: str
+
+
+class JoinRefused(Exception):
+    """The failure a refused join's Deferred fires with; it carries the :class:`Refusal`."""
+
+    def __init__(self, refusal):
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+    @property
+    def reason(self):
+        return self.refusal.reason
+
+    @property
+    def message(self):
+        return self.refusal.message
+
+
+class RosterEntry(typing.NamedTuple):
+    """One member as every other member sees it: never an address."""
+
+    member_id: int
+    name: str
+    door: str
+    latency_ms: typing.Optional[float] = None
+
+    def as_dict(self):
+        return {"id": self.member_id, "name": self.name, "door": self.door,
+                "latency_ms": self.latency_ms}
+
+
+class RosterNotice(typing.NamedTuple):
+    """``entry`` joined, left or was updated; ``roster`` is the session afterwards."""
+
+    change: str
+    entry: RosterEntry
+    roster: typing.Tuple[RosterEntry, ...]
+
+
+class Welcome(typing.NamedTuple):
+    """What a member learns when its join succeeds."""
+
+    session: str
+    entry: RosterEntry
+    roster: typing.Tuple[RosterEntry, ...]
+    mirror: bool
+
+
+class SessionView(typing.NamedTuple):
+    """What a door may know about a session before or without joining it."""
+
+    name: str
+    declared: bool
+    mirror: bool
+    max_members: int
+    roster: typing.Tuple[RosterEntry, ...]
+
+    @property
+    def member_count(self):
+        return len(self.roster)
+
+    @property
+    def full(self):
+        return len(self.roster) >= self.max_members
+
+
+class Delivery:
+    """One fan-out as each member receives it.
+
+    ``events`` is a tuple of :class:`~gateway.midi.MidiEvent`; ``source`` the
+    publisher's :class:`RosterEntry`; ``released`` is true for the note-offs
+    and pedal releases the bus sends for a member that left. ``encodings``
+    maps a wire name to the events already encoded for that wire, exactly as
+    the publisher received them (an RTP-MIDI packet's MIDI list), or is empty;
+    a bus that changes the events (rate limit, velocity cap) drops it.
+
+    ``memo(key, compute, *args)`` returns ``compute(*args)``, computed once
+    for this fan-out whichever member asks first: a door encodes once for all
+    its members. Keys are the door's own (a tuple starting with its name).
+    """
+
+    __slots__ = ("events", "source", "released", "encodings", "_memo")
+
+    def __init__(self, events, source, released=False, encodings=None):
+        self.events = events
+        self.source = source
+        self.released = released
+        self.encodings = encodings or {}
+        self._memo = {}
+
+    def memo(self, key, compute, *args):
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = compute(*args)
+            return value
+
+    def __repr__(self):
+        return (f"Delivery({len(self.events)} events from {self.source.name!r}"
+                f"{', released' if self.released else ''})")
