@@ -74,3 +74,28 @@ def test_slow_reader_is_disconnected_and_counted(gateway_factory):
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
     assert gateway.status()["drops"]["websocket"]["slow_reader"] == 1
+
+
+def test_passphrase_guessing_is_throttled_and_logged_once(gateway):
+    """2,000 wrong guesses on one connection: a few checked, the rest throttled, one log line."""
+    guesses = 2000
+
+    async def scenario():
+        guesser = await JamClient.connect(gateway.ws_url)
+        codes = []
+        for attempt in range(guesses):
+            reply = await guesser.join("demo", f"guess number {attempt} is long", "mallory")
+            codes.append(reply["code"])
+        player = await JamClient.connect(gateway.ws_url)
+        joined = await player.join(*DEMO, "player")    # the same address waits, right passphrase or not
+        return codes, joined
+
+    codes, joined = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert codes[:4] == ["wrong_passphrase"] * 4
+    assert codes.count("throttled") >= guesses - 10
+    refusals = gateway.status()["refusals"]
+    assert refusals["throttled"] + refusals["wrong_passphrase"] == guesses
+    refused_lines = [line for line in gateway.log.splitlines() if "refused websocket member" in line]
+    assert 1 <= len(refused_lines) <= 3, refused_lines
+    assert not any("guess number" in line for line in gateway.log.splitlines())
+    assert joined["type"] == "error" and joined["code"] == "throttled"
