@@ -48,7 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import error, protocol, task
 from zope.interface import implementer
 
-from gateway.config import bounded, port
+from gateway.schema import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent

@@ -27,7 +27,7 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import classImplements
 
-from gateway.config import bounded, port
+from gateway.schema import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import NOTE_ON, SYSEX_END, SYSEX_START, MidiEvent

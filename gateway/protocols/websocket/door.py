@@ -8,7 +8,7 @@ is actually built (:mod:`gateway.protocols.websocket.server`).
 
 import dataclasses
 
-from gateway.config import bounded
+from gateway.schema import bounded
 
 
 @dataclasses.dataclass
