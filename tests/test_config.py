@@ -103,6 +103,18 @@ def test_disabled_door_is_kept_but_not_enabled():
     assert "websocket" in config.doors and config.enabled_doors() == {}
 
 
+def test_rtpmidi_invites_an_ip_address_v4_or_v6():
+    def invite(host):
+        return {"sessions": [DEMO],
+                "rtpmidi": {"sessions": [{"session": "demo", "port": 5004}],
+                            "invite": [{"session": "demo", "host": host, "port": 5004}]}}
+    for host in ("192.168.1.20", "::1", "fe80::1%eth0"):
+        assert parse(invite(host)).doors["rtpmidi"].invite[0].host == host
+    for host in ("mac.local", "192.168.1", "01.2.3.4", "[::1]"):
+        assert problems(invite(host)) == [
+            f"rtpmidi.invite[0].host: expected an IP address, got {host!r}"]
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("web:\n  port: [8080\n")
