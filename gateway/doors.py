@@ -23,7 +23,7 @@ class Door(typing.NamedTuple):
 
 DOORS = {
     "websocket": Door("gateway.protocols.websocket.config", "gateway.protocols.websocket.server"),
-    "oscgroups": Door("gateway.protocols.oscgroups.door", "gateway.protocols.oscgroups.door"),
+    "oscgroups": Door("gateway.protocols.oscgroups.config", "gateway.protocols.oscgroups.door"),
     "rtpmidi": Door("gateway.protocols.rtpmidi.config", "gateway.protocols.rtpmidi.door"),
 }
 
