@@ -8,7 +8,10 @@ AppleMIDI peer becomes a registry member. Incoming RTP goes through
 :class:`~gateway.protocols.rtpmidi.journal.JournalReceiver`; outgoing MIDI is
 encoded once per fan-out and sent on each peer's
 :class:`~gateway.protocols.rtpmidi.stream.OutgoingStream`.
-Sessions can be advertised as ``_apple-midi._udp`` with python-zeroconf.
+Sessions can be advertised as ``_apple-midi._udp`` with python-zeroconf
+(:mod:`~gateway.protocols.rtpmidi.mdns`). The ``rtpmidi`` section is
+:mod:`~gateway.protocols.rtpmidi.config`, the Prometheus collector
+:mod:`~gateway.protocols.rtpmidi.metrics`.
 
 AppleMIDI has no authentication: a session's ``allow_addresses`` list is what
 admits a peer. Invitations the gateway sends itself (``invite``) name their
@@ -19,8 +22,6 @@ import functools
 import random
 import socket
 
-import zeroconf
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import classImplements
@@ -28,6 +29,7 @@ from zope.interface import classImplements
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import NOTE_ON, SYSEX_END, SYSEX_START, MidiEvent
+from gateway.protocols.rtpmidi import mdns, metrics
 from gateway.protocols.rtpmidi.applemidi import is_applemidi
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
@@ -39,13 +41,11 @@ from gateway.protocols.rtpmidi.stream import ForwardableEvents, OutgoingStream, 
 from gateway.registry import FanOutCache, JoinRefused, TrustedPeer
 
 DOOR = "rtpmidi"
-MDNS_SERVICE_TYPE = "_apple-midi._udp.local."
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_DATAGRAM = 65535
 # Often enough that guard packets leave within 50 ms of when they are due.
 TIMER_INTERVAL = 0.05
 REINVITE_DELAY = 5.0
-MDNS_STOP_TIMEOUT = 5.0
 _U32 = 0xFFFFFFFF
 
 
@@ -362,99 +362,6 @@ class SessionEndpoint:
                 "peers": len(self.members)}
 
 
-class RtpMidiCollector:
-    """Prometheus view of every AppleMIDI peer: latency and RTP packet counters."""
-
-    def __init__(self, door):
-        self.door = door
-
-    def collect(self):
-        labels = ["session", "peer"]
-        rtt = GaugeMetricFamily("netgateway_rtpmidi_rtt_seconds",
-                                "Round trip measured by AppleMIDI CK", labels=labels)
-        received = CounterMetricFamily("netgateway_rtpmidi_packets_received",
-                                       "RTP packets received", labels=labels)
-        lost = CounterMetricFamily("netgateway_rtpmidi_packets_lost",
-                                   "RTP packets missing from the sequence", labels=labels)
-        repaired = CounterMetricFamily("netgateway_rtpmidi_gaps_repaired",
-                                       "Losses repaired from the recovery journal",
-                                       labels=labels)
-        late = CounterMetricFamily("netgateway_rtpmidi_late_dropped",
-                                   "Note-ons dropped for arriving after latetime",
-                                   labels=labels)
-        for endpoint in self.door.endpoints:
-            for member in list(endpoint.members.values()):
-                peer = member.peer
-                key = [endpoint.entry.session, f"{peer.control_addr[0]}:{peer.control_addr[1]}"]
-                if peer.rtt is not None:
-                    rtt.add_metric(key, peer.rtt)
-                receiver = member.journal_receiver
-                received.add_metric(key, member.packets_received)
-                lost.add_metric(key, receiver.lost_packets)
-                repaired.add_metric(key, receiver.repaired_gaps)
-                late.add_metric(key, member.late_dropped)
-        yield from (rtt, received, lost, repaired, late)
-
-
-class MdnsAdvertiser:
-    """Registers the sessions with python-zeroconf off the reactor thread.
-
-    ``in_thread(function)`` runs a blocking call elsewhere and returns a
-    Deferred (zeroconf's register waits for its probes, about a second).
-    """
-
-    def __init__(self, in_thread, clock, host, entries, log, zeroconf_module=zeroconf):
-        self.in_thread = in_thread
-        self.clock = clock
-        self.host = host
-        self.entries = entries
-        self.log = log
-        self._zeroconf_module = zeroconf_module
-        self._zeroconf = None
-        self._infos = []
-        self._registered = None
-
-    def start(self):
-        self._registered = self.in_thread(self._register)
-        self._registered.addErrback(
-            lambda failure: self.log.failure("rtpmidi: mDNS registration failed", failure))
-
-    def _register(self):
-        mdns = self._zeroconf_module
-        wildcard = self.host in ("0.0.0.0", "::")
-        addresses = mdns.get_all_addresses() if wildcard else [self.host]
-        interfaces = mdns.InterfaceChoice.All if wildcard else [self.host]
-        self._zeroconf = mdns.Zeroconf(interfaces=interfaces)
-        for entry in self.entries:
-            info = mdns.ServiceInfo(
-                MDNS_SERVICE_TYPE, f"{entry.display_name}.{MDNS_SERVICE_TYPE}",
-                port=entry.port, parsed_addresses=addresses,
-                server=f"{socket.gethostname()}.local.")
-            self._zeroconf.register_service(info)
-            self._infos.append(info)
-
-    def stop(self):
-        """Unregister (after a registration still in progress); bounded by MDNS_STOP_TIMEOUT."""
-        if self._registered is None:
-            return None
-        registered, self._registered = self._registered, None
-        stopped = registered.addCallback(lambda _: self.in_thread(self._unregister))
-        stopped.addErrback(
-            lambda failure: self.log.failure("rtpmidi: mDNS unregistration failed", failure))
-        return stopped.addTimeout(MDNS_STOP_TIMEOUT, self.clock).addErrback(lambda _: None)
-
-    def _unregister(self):
-        zeroconf, self._zeroconf = self._zeroconf, None
-        if zeroconf is None:
-            return
-        try:
-            for info in self._infos:
-                zeroconf.unregister_service(info)
-        finally:
-            self._infos = []
-            zeroconf.close()
-
-
 class RtpMidiDoor(DoorService):
     """Opens every configured AppleMIDI session and drives their timers."""
 
@@ -469,10 +376,10 @@ class RtpMidiDoor(DoorService):
         if config.mdns:
             in_thread = functools.partial(threads.deferToThreadPool, self.reactor,
                                           self.reactor.getThreadPool())
-            self.mdns = MdnsAdvertiser(in_thread, self.reactor, config.host, config.sessions,
-                                       self.log)
+            self.mdns = mdns.MdnsAdvertiser(in_thread, self.reactor, config.host,
+                                            config.sessions, self.log)
         if context.metrics is not None:
-            context.metrics.register(RtpMidiCollector(self))
+            context.metrics.register(metrics.RtpMidiCollector(self))
 
     def startService(self):
         super().startService()
