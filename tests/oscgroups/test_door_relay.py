@@ -12,7 +12,7 @@ from twisted.internet import task
 
 from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
-from gateway.protocols.oscgroups.door import OscGroupsCollector
+from gateway.protocols.oscgroups.metrics import OscGroupsCollector
 from gateway.registry import Passphrase
 from tests.members import RecordingMember
 
