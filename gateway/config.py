@@ -1,17 +1,17 @@
 """YAML configuration -> validated, typed objects.
 
 Every section is a dataclass; its type hints and ``field(metadata=...)``
-bounds are the schema. :func:`load` collects *every* problem (unknown key,
-wrong type, value out of range, duplicate port, short passphrase) as one line
-each that names the key path and what is expected, and raises
-:class:`ConfigError` with all of them, so a user fixes the file in one go.
+bounds are the schema (:mod:`gateway.schema`). :func:`load` collects *every*
+problem (unknown key, wrong type, value out of range, duplicate port, short
+passphrase) as one line each that names the key path and what is expected,
+and raises :class:`ConfigError` with all of them, so a user fixes the file in
+one go.
 
 Door sections (``websocket``, ``rtpmidi``, ...) are declared by the doors
 themselves (see :mod:`gateway.doors`); this module knows only the shape.
 """
 
 import dataclasses
-import difflib
 import ipaddress
 import os
 import typing
@@ -19,6 +19,7 @@ import typing
 import yaml
 
 from gateway import doors
+from gateway.schema import bounded, describe_value, load_section, port, suggestion
 
 
 class ConfigError(Exception):
@@ -27,19 +28,6 @@ class ConfigError(Exception):
     def __init__(self, problems):
         super().__init__("\n".join(problems))
         self.problems = list(problems)
-
-
-def bounded(default=dataclasses.MISSING, *, minimum=None, maximum=None,
-            choices=None, doc="", default_factory=dataclasses.MISSING):
-    """A dataclass field with validation bounds (inclusive) or allowed values."""
-    metadata = {"min": minimum, "max": maximum, "choices": choices, "doc": doc}
-    if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def port(default=dataclasses.MISSING, doc=""):
-    return bounded(default, minimum=1, maximum=65535, doc=doc)
 
 
 @dataclasses.dataclass
@@ -120,103 +108,6 @@ class GatewayConfig:
                 if section is not None and section.enabled}
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-
-
-def _describe(annotation):
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union:
-        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return _describe(inner[0]) + " or null"
-    if origin in (list, typing.List):
-        return "a list"
-    if dataclasses.is_dataclass(annotation):
-        return "a mapping"
-    return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
-
-
-def _convert(annotation, value, path, problems, meta=None):
-    """Check ``value`` against ``annotation``; return the typed value or None."""
-    meta = meta or {}
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union:
-        if value is None:
-            return None
-        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return _convert(inner[0], value, path, problems, meta)
-    if origin in (list, typing.List):
-        if not isinstance(value, list):
-            problems.append(f"{path}: expected a list, got {_kind(value)}")
-            return []
-        (item_type,) = typing.get_args(annotation)
-        return [_convert(item_type, item, f"{path}[{index}]", problems)
-                for index, item in enumerate(value)]
-    if dataclasses.is_dataclass(annotation):
-        return load_section(annotation, value, path, problems)
-    if annotation is typing.Any:
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
-        problems.append(f"{path}: expected {_describe(annotation)}, got {_kind(value)}")
-        return None
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        problems.append(f"{path}: expected one of {', '.join(map(str, meta['choices']))},"
-                        f" got {value!r}")
-        return None
-    low, high = meta.get("min"), meta.get("max")
-    if (low is not None and value < low) or (high is not None and value > high):
-        problems.append(f"{path}: expected a value from {low} to {high}, got {value}")
-        return None
-    return value
-
-
-def _kind(value):
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"{str(value).lower()}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return f"the string {value!r}" if len(value) <= 40 else "a string"
-    return f"{type(value).__name__} {value!r}"
-
-
-def load_section(cls, data, path, problems):
-    """Build dataclass ``cls`` from mapping ``data``, appending to ``problems``."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        problems.append(f"{path}: expected a mapping, got {_kind(data)}")
-        data = {}
-    fields = {field.name: field for field in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            problems.append(f"{path}.{key}: unknown key{_suggestion(key, fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, field in fields.items():
-        key_path = f"{path}.{name}" if path else name
-        if name in data:
-            values[name] = _convert(hints[name], data[name], key_path, problems,
-                                    field.metadata)
-        elif (field.default is dataclasses.MISSING
-              and field.default_factory is dataclasses.MISSING):
-            problems.append(f"{key_path}: missing; expected {_describe(hints[name])}")
-            values[name] = None
-    return cls(**values)
-
-
-def _suggestion(key, known):
-    close = difflib.get_close_matches(str(key), list(known), n=1)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (expected one of: {', '.join(sorted(known))})"
-
-
 def _check_sessions(config, problems):
     minimum = config.limits.min_passphrase_length
     seen = set()
@@ -237,7 +128,7 @@ def _check_sessions(config, problems):
                 ipaddress.ip_network(cidr, strict=False)
             except (TypeError, ValueError):
                 problems.append(f"{path}.allow_addresses[{entry_index}]: expected an address"
-                                f" or CIDR such as 127.0.0.0/8, got {_kind(cidr)}")
+                                f" or CIDR such as 127.0.0.0/8, got {describe_value(cidr)}")
 
 
 def _check_tls(config, problems):
@@ -270,14 +161,15 @@ def parse(data):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"(top level): expected a mapping of sections, got {_kind(data)}"])
+        raise ConfigError(["(top level): expected a mapping of sections,"
+                           f" got {describe_value(data)}"])
     door_sections = doors.config_classes()
     fixed = {field.name for field in dataclasses.fields(GatewayConfig)} - {"doors"}
     base = {key: value for key, value in data.items() if key in fixed}
     for key in data:
         if key not in fixed and key not in door_sections:
             problems.append(f"{key}: unknown section"
-                            f"{_suggestion(key, fixed | set(door_sections))}")
+                            f"{suggestion(key, fixed | set(door_sections))}")
     config = load_section(GatewayConfig, base, "", problems)
     # A door whose section is absent stays off and opens no port.
     config.doors = {name: load_section(cls, data[name], name, problems)

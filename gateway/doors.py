@@ -1,23 +1,44 @@
 """The table of protocol doors.
 
-Each door module exposes ``Config`` (a dataclass: its YAML section, with an
-``enabled`` flag and ``listening_ports(path)``) and
-``make_service(section, context)`` returning a Twisted service. Adding a door
-means adding one line here; no other door changes.
+Each door has two modules:
+
+* a config module exposing ``Config`` (a dataclass: its YAML section, with an
+  ``enabled`` flag and ``listening_ports(path)``, built with
+  :mod:`gateway.schema`). It imports no Twisted, zeroconf, prometheus_client
+  or autobahn, so validating a configuration starts none of them;
+* a service module exposing ``make_service(section, context)``, returning a
+  Twisted service; it is imported only when the door is built.
+
+Adding a door means adding one line here; no other door changes.
 """
 
 import importlib
+import typing
 
-DOOR_MODULES = {
-    "websocket": "gateway.protocols.websocket.door",
-    "oscgroups": "gateway.protocols.oscgroups.door",
-    "rtpmidi": "gateway.protocols.rtpmidi.door",
+
+class Door(typing.NamedTuple):
+    config: str      # module with Config
+    service: str     # module with make_service(section, context)
+
+
+DOORS = {
+    "websocket": Door("gateway.protocols.websocket.config", "gateway.protocols.websocket.server"),
+    "oscgroups": Door("gateway.protocols.oscgroups.config", "gateway.protocols.oscgroups.door"),
+    "rtpmidi": Door("gateway.protocols.rtpmidi.config", "gateway.protocols.rtpmidi.door"),
 }
 
 
-def door_module(name):
-    return importlib.import_module(DOOR_MODULES[name])
+def config_module(name):
+    return importlib.import_module(DOORS[name].config)
+
+
+def service_module(name):
+    return importlib.import_module(DOORS[name].service)
 
 
 def config_classes():
-    return {name: door_module(name).Config for name in DOOR_MODULES}
+    return {name: config_module(name).Config for name in DOORS}
+
+
+def make_service(name, section, context):
+    return service_module(name).make_service(section, context)

@@ -70,7 +70,7 @@ def make_gateway(config, reactor):
     if config.web.enabled:
         context.web_root = build_root(context)
     for name, section in config.enabled_doors().items():
-        door = doors.door_module(name).make_service(section, context)
+        door = doors.make_service(name, section, context)
         door.setName(name)
         context.doors[name] = door
         door.setServiceParent(gateway)

@@ -1,11 +1,15 @@
 """Config validation: every problem is one line naming the key path."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from gateway.config import ConfigError, load, parse
+from tests.conftest import REPO
 
 DEMO = {"name": "demo", "passphrase": "twenty characters or more"}
 
@@ -103,6 +107,18 @@ def test_disabled_door_is_kept_but_not_enabled():
     assert "websocket" in config.doors and config.enabled_doors() == {}
 
 
+def test_rtpmidi_invites_an_ip_address_v4_or_v6():
+    def invite(host):
+        return {"sessions": [DEMO],
+                "rtpmidi": {"sessions": [{"session": "demo", "port": 5004}],
+                            "invite": [{"session": "demo", "host": host, "port": 5004}]}}
+    for host in ("192.168.1.20", "::1", "fe80::1%eth0"):
+        assert parse(invite(host)).doors["rtpmidi"].invite[0].host == host
+    for host in ("mac.local", "192.168.1", "01.2.3.4", "[::1]"):
+        assert problems(invite(host)) == [
+            f"rtpmidi.invite[0].host: expected an IP address, got {host!r}"]
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("web:\n  port: [8080\n")
@@ -137,3 +153,40 @@ def test_duplicate_ports_across_doors_name_both_keys():
     # 22243 is the RTP-MIDI data port (control port + 1).
     assert lines == ["rtpmidi.sessions[0].port: udp port 22243 is already used by"
                      " oscgroups.port; expected a free port"]
+
+
+# Runs in a fresh interpreter (-I: no PYTHONPATH, no user site, no cwd on the path).
+CLEAN_VALIDATION = """
+import json, sys
+repo, path = sys.argv[1:]
+sys.path.insert(0, repo)
+import yaml
+from gateway import config, doors
+
+config.load(path)
+with open(path, encoding="utf-8") as stream:
+    data = yaml.safe_load(stream)
+for name in doors.config_classes():
+    data[name] = dict(data.get(name) or {}, enabled=True)
+data["rtpmidi"]["invite"] = [{"session": "demo", "host": "192.0.2.1", "port": 5004},
+                             {"session": "demo", "host": "::1", "port": 5006}]
+every = config.parse(data)
+assert set(every.enabled_doors()) == set(doors.config_classes()), every.enabled_doors()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+NOT_FOR_VALIDATION = ("twisted.internet.reactor", "twisted.internet", "zeroconf",
+                      "prometheus_client", "autobahn")
+
+
+def test_validating_a_config_imports_no_reactor_zeroconf_prometheus_or_autobahn():
+    """Checking a YAML file (every door on) must not pull in the service side."""
+    path = os.path.join(REPO, "config", "config.yaml")
+    result = subprocess.run([sys.executable, "-I", "-c", CLEAN_VALIDATION, REPO, path],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    modules = json.loads(result.stdout)
+    assert "gateway.config" in modules
+    imported = sorted({banned for banned in NOT_FOR_VALIDATION for name in modules
+                       if name == banned or name.startswith(banned + ".")})
+    assert imported == []

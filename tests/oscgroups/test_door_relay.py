@@ -12,7 +12,7 @@ from twisted.internet import task
 
 from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
-from gateway.protocols.oscgroups.door import OscGroupsCollector
+from gateway.protocols.oscgroups.metrics import OscGroupsCollector
 from tests.members import RecordingMember, join_now, roster_names
 
 from .osc_bytes import osc_message

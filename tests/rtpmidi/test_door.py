@@ -8,9 +8,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway import config as gatewayconfig
-from tests.members import RecordingMember, join_now, roster_names
+from tests.members import RecordingMember, join_now
 from gateway.midi import MidiEvent
-from gateway.protocols.rtpmidi import applemidi, door as rtpdoor
+from gateway.protocols.rtpmidi import applemidi, door as rtpdoor, mdns
 from gateway.protocols.rtpmidi.applemidi import ReceiverFeedback, SessionExchange, Sync
 from gateway.protocols.rtpmidi.journal import JournalSender
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
@@ -404,8 +404,8 @@ class FakeZeroconfModule:
 def test_mdns_registers_each_session_and_unregisters_on_stop(reactor):
     zeroconf = FakeZeroconfModule()
     entries = make_config().doors["rtpmidi"].sessions
-    advertiser = rtpdoor.MdnsAdvertiser(defer.maybeDeferred, reactor, "127.0.0.1", entries,
-                                        Logger(), zeroconf_module=zeroconf)
+    advertiser = mdns.MdnsAdvertiser(defer.maybeDeferred, reactor, "127.0.0.1", entries,
+                                     Logger(), zeroconf_module=zeroconf)
     advertiser.start()
     [(kind, name, fields)] = zeroconf.registered
     assert kind == "_apple-midi._udp.local."

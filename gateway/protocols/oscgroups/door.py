@@ -6,7 +6,7 @@ Two UDP sockets on ``host``:
   :class:`.server.RendezvousServer`. It is bound to one address, so every
   reply leaves from exactly the address the client sent to (the C++ client
   ignores replies from anywhere else, shared/protocols/oscgroups.md §2.3,
-  §6.2); ``0.0.0.0`` is refused by :meth:`Config.check`. A group that names a
+  §6.2); ``0.0.0.0`` is refused by :meth:`.config.Config.check`. A group that names a
   gateway session (through ``groups`` or by having the same name) accepts
   the lower-case MD5 hex of the session passphrase as its group password,
   which is what OscGroupClient sends; other groups follow OSCgroups' own rule.
@@ -40,17 +40,14 @@ NAT shows there) and forwards with the socket's ``sendto`` directly, since
 the addresses come from the kernel (shared/performance.md).
 """
 
-import dataclasses
 import secrets
 import socket
 import typing
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import error, protocol, task
 from zope.interface import implementer
 
 from gateway.bus.values import JoinRefused, JoinRequest, Verified
-from gateway.config import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
@@ -58,132 +55,10 @@ from gateway.midi import MidiEvent
 from . import bridge as bridge_core
 from . import client, mapping, server, wire
 from . import relay as relay_core
+from .metrics import OscGroupsCollector
 
 DOOR = "oscgroups"
-MAX_BRIDGED_GROUPS = 8        # keeps the bridge's alive bundle well inside one request
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024    # shared/performance.md: busy UDP sockets
-
-
-@dataclasses.dataclass
-class BridgeConfig:
-    enabled: bool = True
-    user: str = bounded("netgateway", doc="OSCgroups user name of the gateway in each group")
-    password: typing.Optional[str] = bounded(
-        None, doc="the bridge user's OSCgroups password; random at each start when null")
-    port: int = port(22241, doc="UDP port of the bridge's own OSCgroups endpoint")
-    groups: typing.List[str] = bounded(
-        default_factory=lambda: ["demo"],
-        doc="OSCgroups groups the gateway joins; each must map to a declared session")
-    prefix: str = bounded("/midi", doc="OSC address prefix of MIDI messages")
-    outgoing: str = bounded(mapping.READABLE, choices=mapping.OUTGOING_FORMS,
-                            doc="readable: /midi/noteon ...; midi: OSC 'm' arguments")
-
-
-@dataclasses.dataclass
-class RelayConfig:
-    policy: str = bounded(relay_core.AUTO, choices=relay_core.POLICIES,
-                          doc="auto: relay pairs of NATed users when one NAT changes ports;"
-                              " always: relay every pair; never: no relay")
-    host: typing.Optional[str] = bounded(
-        None, doc="IPv4 address relay ports bind to and are advertised at;"
-                  " null: oscgroups.host")
-    port_min: int = port(22300, doc="first relay UDP port")
-    port_max: int = port(22363, doc="last relay UDP port")
-    max_allocations: int = bounded(64, minimum=1, maximum=65535,
-                                   doc="relay ports open at once (one per relayed user)")
-    packets_per_second: int = bounded(500, minimum=1, maximum=1000000,
-                                      doc="per user; excess is dropped and counted")
-
-
-@dataclasses.dataclass
-class Config:
-    enabled: bool = True
-    host: str = bounded("127.0.0.1", doc="IPv4 address the server and bridge bind to")
-    port: int = port(22242, doc="UDP port of the rendezvous server")
-    timeout: int = bounded(server.DEFAULT_TIMEOUT, minimum=7, maximum=3600,
-                           doc="seconds without user_alive before a user is purged;"
-                               " clients send one every 6 s")
-    max_users: int = bounded(server.DEFAULT_MAX_USERS, minimum=1, maximum=100000)
-    max_groups: int = bounded(server.DEFAULT_MAX_GROUPS, minimum=1, maximum=100000)
-    groups: dict = bounded(default_factory=dict,
-                           doc="group name -> session name; by default a group is the"
-                               " session of the same name")
-    bridge: BridgeConfig = dataclasses.field(default_factory=BridgeConfig)
-    relay: RelayConfig = dataclasses.field(default_factory=RelayConfig)
-
-    @property
-    def relay_host(self):
-        return self.relay.host or self.host
-
-    def listening_ports(self, path):
-        ports = [(f"{path}.port", "udp", self.port)]
-        if self.bridge.enabled:
-            ports.append((f"{path}.bridge.port", "udp", self.bridge.port))
-        if self.relay.policy != relay_core.NEVER:
-            ports.extend((f"{path}.relay.port_min-port_max", "udp", number)
-                         for number in range(self.relay.port_min, self.relay.port_max + 1))
-        return ports
-
-    def session_name(self, group_name):
-        return self.groups.get(group_name, group_name)
-
-    def check(self, name, config):
-        problems = []
-        if not wire.is_ipv4(self.host):
-            problems.append(f"{name}.host: OSCgroups is IPv4 only; expected an IPv4 address"
-                            f" such as 127.0.0.1, got {self.host!r}")
-        elif self.host == "0.0.0.0":
-            problems.append(f"{name}.host: expected the one address clients send to (such"
-                            " as 127.0.0.1 or the host's public address), got 0.0.0.0:"
-                            " replies from a wildcard socket can leave from another"
-                            " address and OscGroupClient ignores them")
-        declared = {session.name for session in config.sessions}
-        for group, session in self.groups.items():
-            if not isinstance(group, str) or not isinstance(session, str):
-                problems.append(f"{name}.groups: expected group name: session name strings,"
-                                f" got {group!r}: {session!r}")
-            elif session not in declared:
-                problems.append(f"{name}.groups.{group}: session {session!r} is not declared"
-                                " in sessions; expected one of "
-                                + (", ".join(sorted(declared)) or "(none declared)"))
-        if self.bridge.enabled:
-            problems.extend(self._check_bridge(f"{name}.bridge", declared))
-        if self.relay.policy != relay_core.NEVER:
-            problems.extend(self._check_relay(f"{name}.relay"))
-        return problems
-
-    def _check_relay(self, path):
-        problems = []
-        if self.relay.host is not None and (not wire.is_ipv4(self.relay.host)
-                                            or self.relay.host == "0.0.0.0"):
-            problems.append(f"{path}.host: expected the one IPv4 address clients reach the"
-                            f" relay at (or null for oscgroups.host), got {self.relay.host!r}")
-        if self.relay.port_min > self.relay.port_max:
-            problems.append(f"{path}.port_max: expected at least port_min"
-                            f" ({self.relay.port_min}), got {self.relay.port_max}")
-        return problems
-
-    def _check_bridge(self, path, declared):
-        problems = []
-        bridge = self.bridge
-        if not bridge.user or len(bridge.user.encode("utf-8")) > server.MAX_STRING_BYTES:
-            problems.append(f"{path}.user: expected 1 to {server.MAX_STRING_BYTES} bytes")
-        if not 1 <= len(bridge.groups) <= MAX_BRIDGED_GROUPS:
-            problems.append(f"{path}.groups: expected 1 to {MAX_BRIDGED_GROUPS} groups"
-                            f" (or {path}.enabled: false)")
-        if len(set(bridge.groups)) != len(bridge.groups):
-            problems.append(f"{path}.groups: a group is listed twice")
-        for index, group in enumerate(bridge.groups):
-            session = self.session_name(group)
-            if session not in declared:
-                problems.append(f"{path}.groups[{index}]: group {group!r} is not a declared"
-                                f" session (nor mapped to one in groups); expected one of "
-                                + (", ".join(sorted(declared)) or "(none declared)"))
-        try:
-            mapping.OscMidiMapping(bridge.prefix, bridge.outgoing)
-        except ValueError as exc:
-            problems.append(f"{path}.prefix: {exc}")
-        return problems
 
 
 class GroupPassword(typing.NamedTuple):
@@ -559,46 +434,6 @@ class OscGroupsDoor(DoorService):
 
 def _format(endpoint):
     return None if endpoint is None else f"{endpoint[0]}:{endpoint[1]}"
-
-
-class OscGroupsCollector:
-    """Prometheus view of the door: users, groups, bridge peers and counters."""
-
-    def __init__(self, door):
-        self.door = door
-
-    def collect(self):
-        door = self.door
-        users = GaugeMetricFamily("netgateway_oscgroups_users", "Registered OSCgroups users")
-        users.add_metric([], len(door.server.users))
-        yield users
-        groups = GaugeMetricFamily("netgateway_oscgroups_groups", "OSCgroups groups")
-        groups.add_metric([], len(door.server.groups))
-        yield groups
-        server_counters = CounterMetricFamily(
-            "netgateway_oscgroups_server_events", "Rendezvous server events by kind",
-            labels=["kind"])
-        for kind, count in sorted(door.server.counters.items()):
-            server_counters.add_metric([kind], count)
-        yield server_counters
-        if door.bridge is not None:
-            peers = GaugeMetricFamily("netgateway_oscgroups_bridge_peers",
-                                      "OSCgroups peers the bridge knows")
-            peers.add_metric([], len(door.bridge.client.peers))
-            yield peers
-        if door.relay is not None:
-            allocations = GaugeMetricFamily("netgateway_oscgroups_relay_allocations",
-                                            "Relay ports open (one per relayed user)")
-            allocations.add_metric([], len(door.relay.allocations))
-            yield allocations
-            totals = door.relay.totals()
-            for kind, help_text in (("packets", "Data datagrams forwarded by the relay"),
-                                    ("bytes", "Bytes of data forwarded by the relay"),
-                                    ("pings", "OSCgroups pings forwarded by the relay")):
-                forwarded = CounterMetricFamily(
-                    f"netgateway_oscgroups_relay_forwarded_{kind}", help_text)
-                forwarded.add_metric([], totals[kind])
-                yield forwarded
 
 
 def make_service(config, context):

@@ -8,30 +8,29 @@ AppleMIDI peer becomes a member of a session on the bus. Incoming RTP goes throu
 :class:`~gateway.protocols.rtpmidi.journal.JournalReceiver`; outgoing MIDI is
 encoded once per fan-out and sent on each peer's
 :class:`~gateway.protocols.rtpmidi.stream.OutgoingStream`.
-Sessions can be advertised as ``_apple-midi._udp`` with python-zeroconf.
+Sessions can be advertised as ``_apple-midi._udp`` with python-zeroconf
+(:mod:`~gateway.protocols.rtpmidi.mdns`). The ``rtpmidi`` section is
+:mod:`~gateway.protocols.rtpmidi.config`, the Prometheus collector
+:mod:`~gateway.protocols.rtpmidi.metrics`.
 
 AppleMIDI has no authentication: a session's ``allow_addresses`` list is what
 admits a peer. Invitations the gateway sends itself (``invite``) name their
 peer in the config and are trusted.
 """
 
-import dataclasses
 import functools
 import random
 import socket
-import typing
 
-import zeroconf
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import classImplements
 
 from gateway.bus.values import AllowedAddress, JoinRefused, JoinRequest, Verified
-from gateway.config import bounded, port
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import NOTE_ON, SYSEX_END, SYSEX_START, MidiEvent
+from gateway.protocols.rtpmidi import mdns, metrics
 from gateway.protocols.rtpmidi.applemidi import is_applemidi
 from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
@@ -42,81 +41,12 @@ from gateway.protocols.rtpmidi.session import (
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, OutgoingStream, prepare
 
 DOOR = "rtpmidi"
-MDNS_SERVICE_TYPE = "_apple-midi._udp.local."
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_DATAGRAM = 65535
 # Often enough that guard packets leave within 50 ms of when they are due.
 TIMER_INTERVAL = 0.05
 REINVITE_DELAY = 5.0
-MDNS_STOP_TIMEOUT = 5.0
 _U32 = 0xFFFFFFFF
-
-
-@dataclasses.dataclass
-class SessionPortConfig:
-    session: str = bounded(doc="name of a session declared in the top-level 'sessions'")
-    port: int = bounded(minimum=2, maximum=65534,
-                        doc="even control port; the data port is port + 1")
-    name: typing.Optional[str] = bounded(
-        None, doc="AppleMIDI/Bonjour name; default 'netgateway <session>'")
-
-    @property
-    def display_name(self):
-        return self.name or f"netgateway {self.session}"
-
-
-@dataclasses.dataclass
-class InviteConfig:
-    session: str = bounded(doc="a session listed in rtpmidi.sessions")
-    host: str = bounded(doc="address of the listening AppleMIDI peer (e.g. a Mac)")
-    port: int = port(doc="the peer's control port")
-
-
-@dataclasses.dataclass
-class Config:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    sessions: typing.List[SessionPortConfig] = bounded(default_factory=list)
-    invite: typing.List[InviteConfig] = bounded(
-        default_factory=list, doc="peers the gateway invites (it is the initiator)")
-    mdns: bool = bounded(False, doc="advertise each session as _apple-midi._udp")
-    latetime: float = bounded(1.0, minimum=0.001, maximum=60.0,
-                              doc="seconds; later note-ons are dropped and counted")
-    journal: bool = bounded(True, doc="send the RFC 6295 recovery journal")
-
-    def listening_ports(self, path):
-        ports = []
-        for index, entry in enumerate(self.sessions):
-            if entry is None or entry.port is None:
-                continue
-            key = f"{path}.sessions[{index}].port"
-            ports += [(key, "udp", entry.port), (key, "udp", entry.port + 1)]
-        return ports
-
-    def check(self, name, config):
-        problems = []
-        declared = {session.name for session in config.sessions}
-        served = set()
-        for index, entry in enumerate(self.sessions):
-            path = f"{name}.sessions[{index}]"
-            if entry.port % 2:
-                problems.append(f"{path}.port: expected an even control port (the data port"
-                                f" is port + 1; node-rtpmidi needs it even), got {entry.port}")
-            if entry.session not in declared:
-                problems.append(f"{path}.session: expected a session declared in 'sessions'"
-                                f" (AppleMIDI peers cannot create one), got {entry.session!r}")
-            if entry.session in served:
-                problems.append(f"{path}.session: session {entry.session!r} is already"
-                                f" served on another port")
-            served.add(entry.session)
-        for index, entry in enumerate(self.invite):
-            if entry.session not in served:
-                problems.append(f"{name}.invite[{index}].session: expected a session listed"
-                                f" in {name}.sessions, got {entry.session!r}")
-            if not (isIPAddress(entry.host) or isIPv6Address(entry.host)):
-                problems.append(f"{name}.invite[{index}].host: expected an IP address,"
-                                f" got {entry.host!r}")
-        return problems
 
 
 class RtpMidiMember:
@@ -440,99 +370,6 @@ class SessionEndpoint:
                 "peers": len(self.members)}
 
 
-class RtpMidiCollector:
-    """Prometheus view of every AppleMIDI peer: latency and RTP packet counters."""
-
-    def __init__(self, door):
-        self.door = door
-
-    def collect(self):
-        labels = ["session", "peer"]
-        rtt = GaugeMetricFamily("netgateway_rtpmidi_rtt_seconds",
-                                "Round trip measured by AppleMIDI CK", labels=labels)
-        received = CounterMetricFamily("netgateway_rtpmidi_packets_received",
-                                       "RTP packets received", labels=labels)
-        lost = CounterMetricFamily("netgateway_rtpmidi_packets_lost",
-                                   "RTP packets missing from the sequence", labels=labels)
-        repaired = CounterMetricFamily("netgateway_rtpmidi_gaps_repaired",
-                                       "Losses repaired from the recovery journal",
-                                       labels=labels)
-        late = CounterMetricFamily("netgateway_rtpmidi_late_dropped",
-                                   "Note-ons dropped for arriving after latetime",
-                                   labels=labels)
-        for endpoint in self.door.endpoints:
-            for member in list(endpoint.members.values()):
-                peer = member.peer
-                key = [endpoint.entry.session, f"{peer.control_addr[0]}:{peer.control_addr[1]}"]
-                if peer.rtt is not None:
-                    rtt.add_metric(key, peer.rtt)
-                receiver = member.journal_receiver
-                received.add_metric(key, member.packets_received)
-                lost.add_metric(key, receiver.lost_packets)
-                repaired.add_metric(key, receiver.repaired_gaps)
-                late.add_metric(key, member.late_dropped)
-        yield from (rtt, received, lost, repaired, late)
-
-
-class MdnsAdvertiser:
-    """Registers the sessions with python-zeroconf off the reactor thread.
-
-    ``in_thread(function)`` runs a blocking call elsewhere and returns a
-    Deferred (zeroconf's register waits for its probes, about a second).
-    """
-
-    def __init__(self, in_thread, clock, host, entries, log, zeroconf_module=zeroconf):
-        self.in_thread = in_thread
-        self.clock = clock
-        self.host = host
-        self.entries = entries
-        self.log = log
-        self._zeroconf_module = zeroconf_module
-        self._zeroconf = None
-        self._infos = []
-        self._registered = None
-
-    def start(self):
-        self._registered = self.in_thread(self._register)
-        self._registered.addErrback(
-            lambda failure: self.log.failure("rtpmidi: mDNS registration failed", failure))
-
-    def _register(self):
-        mdns = self._zeroconf_module
-        wildcard = self.host in ("0.0.0.0", "::")
-        addresses = mdns.get_all_addresses() if wildcard else [self.host]
-        interfaces = mdns.InterfaceChoice.All if wildcard else [self.host]
-        self._zeroconf = mdns.Zeroconf(interfaces=interfaces)
-        for entry in self.entries:
-            info = mdns.ServiceInfo(
-                MDNS_SERVICE_TYPE, f"{entry.display_name}.{MDNS_SERVICE_TYPE}",
-                port=entry.port, parsed_addresses=addresses,
-                server=f"{socket.gethostname()}.local.")
-            self._zeroconf.register_service(info)
-            self._infos.append(info)
-
-    def stop(self):
-        """Unregister (after a registration still in progress); bounded by MDNS_STOP_TIMEOUT."""
-        if self._registered is None:
-            return None
-        registered, self._registered = self._registered, None
-        stopped = registered.addCallback(lambda _: self.in_thread(self._unregister))
-        stopped.addErrback(
-            lambda failure: self.log.failure("rtpmidi: mDNS unregistration failed", failure))
-        return stopped.addTimeout(MDNS_STOP_TIMEOUT, self.clock).addErrback(lambda _: None)
-
-    def _unregister(self):
-        zeroconf, self._zeroconf = self._zeroconf, None
-        if zeroconf is None:
-            return
-        try:
-            for info in self._infos:
-                zeroconf.unregister_service(info)
-        finally:
-            self._infos = []
-            zeroconf.close()
-
-
 class RtpMidiDoor(DoorService):
     """Opens every configured AppleMIDI session and drives their timers."""
 
@@ -547,10 +384,10 @@ class RtpMidiDoor(DoorService):
         if config.mdns:
             in_thread = functools.partial(threads.deferToThreadPool, self.reactor,
                                           self.reactor.getThreadPool())
-            self.mdns = MdnsAdvertiser(in_thread, self.reactor, config.host, config.sessions,
-                                       self.log)
+            self.mdns = mdns.MdnsAdvertiser(in_thread, self.reactor, config.host,
+                                            config.sessions, self.log)
         if context.metrics is not None:
-            context.metrics.register(RtpMidiCollector(self))
+            context.metrics.register(metrics.RtpMidiCollector(self))
 
     def startService(self):
         super().startService()

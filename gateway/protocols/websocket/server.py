@@ -270,3 +270,7 @@ class WebSocketDoor(DoorService):
 
     def status(self):
         return {"connections": len(self.connections), "path": "/" + self.config.path.strip("/")}
+
+
+def make_service(config, context):
+    return WebSocketDoor(config, context)

@@ -1,14 +1,15 @@
-"""WebSocket door: configuration and service factory.
+"""WebSocket door: configuration.
 
-This module stays free of autobahn: configuration validation imports every
-door's ``Config``, and autobahn's txaio allows one framework (Twisted or
-asyncio) per process, so the Twisted server is imported only when the door
-is actually built (:mod:`gateway.protocols.websocket.server`).
+This module imports neither Twisted nor autobahn: configuration validation
+imports every door's ``Config``, and autobahn's txaio allows one framework
+(Twisted or asyncio) per process, so the Twisted server
+(:mod:`gateway.protocols.websocket.server`) is imported only when the door
+is actually built.
 """
 
 import dataclasses
 
-from gateway.config import bounded
+from gateway.schema import bounded
 
 
 @dataclasses.dataclass
@@ -32,8 +33,3 @@ class Config:
             problems.append(f"{name}.path: expected one path segment such as 'ws',"
                             f" got {self.path!r}")
         return problems
-
-
-def make_service(config, context):
-    from gateway.protocols.websocket.server import WebSocketDoor
-    return WebSocketDoor(config, context)
