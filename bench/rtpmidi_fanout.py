@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from gateway.protocols.rtpmidi.journal import JournalSender  # noqa: E402
+from gateway.protocols.rtpmidi.journal_sender import JournalSender  # noqa: E402
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,

@@ -18,7 +18,10 @@ HOT_MODULES = (
     "gateway.bus.local",
     # The per-packet path of the RTP-MIDI door.
     "gateway.protocols.rtpmidi.payload",
-    "gateway.protocols.rtpmidi.journal",
+    "gateway.protocols.rtpmidi.journal_wire",
+    "gateway.protocols.rtpmidi.journal_state",
+    "gateway.protocols.rtpmidi.journal_sender",
+    "gateway.protocols.rtpmidi.journal_receiver",
     "gateway.protocols.rtpmidi.stream",
     "gateway.protocols.rtpmidi.session",
     "gateway.protocols.rtpmidi.door",

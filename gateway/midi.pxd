@@ -1,4 +1,4 @@
-# Compile-time declarations for midi.py (see setup.py and journal.pxd).
+# Compile-time declarations for midi.py (see setup.py and journal_state.pxd).
 
 cdef class MidiEvent:
     cdef public object data, time

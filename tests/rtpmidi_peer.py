@@ -20,7 +20,9 @@ import threading
 import time
 
 from gateway.midi import MidiEvent
-from gateway.protocols.rtpmidi.journal import ChannelState, JournalReceiver, JournalSender
+from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
+from gateway.protocols.rtpmidi.journal_sender import JournalSender
+from gateway.protocols.rtpmidi.journal_state import ChannelState
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
 from gateway.protocols.rtpmidi.session import (
     CONTROL, DATA, AppleMidiSession, FeedbackReceived, RtpReceived, Send,

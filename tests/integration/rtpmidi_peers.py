@@ -163,12 +163,14 @@ class PymidiResponder:
 class PymidiInitiator:
     """An initiator built from pymidi's ``pymidi.packets`` structs (0.5.0 has no client).
 
-    Unlike pymidi's own protocol classes it uses one SSRC on both ports, and it
-    parses received RTP without the journal, because pymidi reads a journal's
-    system part when S (not Y) is set.
+    Unlike pymidi's own protocol classes it uses one SSRC on both ports, unless
+    ``data_ssrc`` gives its data port one of its own (IN, CK and RTP there),
+    as pymidi's per-port protocol objects each pick one. It parses received RTP
+    without the journal, because pymidi reads a journal's system part when S
+    (not Y) is set.
     """
 
-    def __init__(self, port, name="pymidi driver"):
+    def __init__(self, port, name="pymidi driver", data_ssrc=None):
         from construct import Struct
         from pymidi import packets
 
@@ -177,6 +179,7 @@ class PymidiInitiator:
                                            "command" / packets.MIDIPacketCommand)
         self.name = name
         self.ssrc = random.getrandbits(32)
+        self.data_ssrc = self.ssrc if data_ssrc is None else data_ssrc
         self.token = random.getrandbits(32)
         self.sequence = random.getrandbits(16)
         self.epoch = time.monotonic()
@@ -190,9 +193,9 @@ class PymidiInitiator:
     def ticks(self):
         return int((time.monotonic() - self.epoch) * 10000)
 
-    def _exchange(self, command):
+    def _exchange(self, command, ssrc):
         return self.packets.AppleMIDIExchangePacket.build(dict(
-            command=command, protocol_version=2, initiator_token=self.token, ssrc=self.ssrc,
+            command=command, protocol_version=2, initiator_token=self.token, ssrc=ssrc,
             name=self.name))
 
     def _receive(self, sock, timeout):
@@ -217,8 +220,9 @@ class PymidiInitiator:
         """IN on the control port, then on the data port; returns the answers (OK or NO)."""
         self.gateway = (host, gateway_port)
         answers = []
-        for sock, port in ((self.control, gateway_port), (self.data, gateway_port + 1)):
-            answer = self._request(sock, (host, port), self._exchange(b"IN"),
+        for sock, port, ssrc in ((self.control, gateway_port, self.ssrc),
+                                 (self.data, gateway_port + 1, self.data_ssrc)):
+            answer = self._request(sock, (host, port), self._exchange(b"IN", ssrc),
                                    lambda data: data[2:4] in (b"OK", b"NO"))
             answers.append(self.packets.AppleMIDIExchangePacket.parse(answer))
             if answers[-1].command == b"NO":
@@ -229,13 +233,13 @@ class PymidiInitiator:
         """One CK0/CK1/CK2 exchange; returns the round trip in ticks."""
         build = self.packets.AppleMIDITimestampPacket.build
         ts1 = self.ticks()
-        ck0 = build(dict(command=b"CK", ssrc=self.ssrc, count=0, timestamp_1=ts1,
+        ck0 = build(dict(command=b"CK", ssrc=self.data_ssrc, count=0, timestamp_1=ts1,
                          timestamp_2=0, timestamp_3=0))
         answer = self._request(self.data, (self.gateway[0], self.gateway[1] + 1), ck0,
                                lambda data: data[2:4] == b"CK" and data[8] == 1)
         ck1 = self.packets.AppleMIDITimestampPacket.parse(answer)
         ts3 = self.ticks()
-        self.data.sendto(build(dict(command=b"CK", ssrc=self.ssrc, count=2, timestamp_1=ts1,
+        self.data.sendto(build(dict(command=b"CK", ssrc=self.data_ssrc, count=2, timestamp_1=ts1,
                                     timestamp_2=ck1.timestamp_2, timestamp_3=ts3)),
                          (self.gateway[0], self.gateway[1] + 1))
         return ts3 - ts1
@@ -254,7 +258,7 @@ class PymidiInitiator:
             header=dict(rtp_header=dict(flags=dict(v=2, p=False, x=False, cc=0, m=False,
                                                    pt=0x61),
                                         sequence_number=self.sequence),
-                        timestamp=self.ticks() & 0xFFFFFFFF, ssrc=self.ssrc),
+                        timestamp=self.ticks() & 0xFFFFFFFF, ssrc=self.data_ssrc),
             command=dict(flags=dict(b=False, j=False, z=False, p=False,
                                     len=4 * len(messages) - 1),
                          midi_list=midi_list),
@@ -279,10 +283,11 @@ class PymidiInitiator:
             for message in _pymidi_messages(packet.command.midi_list):
                 self.received.put(message)
 
-    def bye(self):
+    def bye(self, ssrc=None):
+        """BY on the control port, from ``ssrc`` (default: the control port's SSRC)."""
         self.control.sendto(self.packets.AppleMIDIExchangePacket.build(dict(
-            command=b"BY", protocol_version=2, initiator_token=self.token, ssrc=self.ssrc,
-            name=None)), self.gateway)
+            command=b"BY", protocol_version=2, initiator_token=self.token,
+            ssrc=self.ssrc if ssrc is None else ssrc, name=None)), self.gateway)
 
     def close(self):
         self.control.close()

@@ -5,6 +5,7 @@ session) and initiator (``rtpmidi.invite`` makes the gateway invite the peer).
 """
 
 import asyncio
+import random
 import socket
 import time
 
@@ -129,6 +130,40 @@ def test_pymidi_struct_initiator_notes_both_ways(gateway_factory):
     finally:
         driver.close()
 
+
+
+def test_pymidi_style_initiator_with_a_data_port_ssrc_of_its_own(gateway_factory):
+    # pymidi's protocol objects pick one SSRC per port: the data-port IN names a
+    # second SSRC, tied to the control-port IN by its token; RTP, CK and BY use it.
+    need_pymidi()
+    gateway, port = rtpmidi_gateway(gateway_factory)
+    driver = PymidiInitiator(free_port(socket.SOCK_DGRAM, even=True), name="pymidi ports",
+                             data_ssrc=random.getrandbits(32))
+    try:
+        control_ok, data_ok = driver.invite(port)
+        assert (control_ok.command, data_ok.command) == (b"OK", b"OK")
+        assert driver.sync() >= 0
+        [member] = wait_members(gateway, 1, rtt_ms=lambda rtt: rtt is not None)
+        assert member["role"] == "responder" and member["name"] == "pymidi ports"
+
+        async def scenario():
+            player = await JamClient.connect(gateway.ws_url)
+            await player.join(*DEMO, "player")
+            driver.send_notes([NOTE_ON])
+            heard = await player.midi()
+            assert heard["data"] == list(NOTE_ON) and heard["from"]["name"] == "pymidi ports"
+            player.send_midi([0x91, 67, 80])
+            assert await asyncio.to_thread(driver.midi) == bytes((0x91, 67, 80))
+            driver.bye(driver.data_ssrc)
+            # The note the driver left sounding is released when it says BY.
+            assert (await player.midi())["data"] == [0x80, 60, 64]
+
+        run(scenario())
+        wait_members(gateway, 0)
+        _, _, metrics = gateway.get("/metrics")
+        assert b'netgateway_dropped_total{door="rtpmidi"' not in metrics
+    finally:
+        driver.close()
 
 def test_address_outside_the_allow_list_gets_no(gateway_factory):
     need_pymidi()

@@ -12,7 +12,7 @@ from tests.members import RecordingMember, join_now
 from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi import applemidi, door as rtpdoor, mdns
 from gateway.protocols.rtpmidi.applemidi import ReceiverFeedback, SessionExchange, Sync
-from gateway.protocols.rtpmidi.journal import JournalSender
+from gateway.protocols.rtpmidi.journal_sender import JournalSender
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
 from gateway.protocols.rtpmidi.stream import prepare
 from gateway.service import GatewayContext

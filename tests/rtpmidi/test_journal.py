@@ -6,10 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.protocols.rtpmidi.journal import (
-    ChannelJournal, ControllerChapter, ExtrasChapter, Journal, JournalReceiver, JournalSender,
-    MalformedPacket, NoteChapter, ParameterChapter, PitchChapter, PolyPressureChapter,
-    PressureChapter, ProgramChapter, SystemJournal,
+from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
+from gateway.protocols.rtpmidi.journal_sender import JournalSender
+from gateway.protocols.rtpmidi.journal_wire import (
+    ChannelJournal, ControllerChapter, ExtrasChapter, Journal, MalformedPacket, NoteChapter,
+    ParameterChapter, PitchChapter, PolyPressureChapter, PressureChapter, ProgramChapter,
+    SystemJournal,
 )
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
 

@@ -5,7 +5,8 @@ packet malformed when that runs past its end (see JournalSender); the sender
 pads such a bitmap with zero octets, which RFC 6295 A.6 reads as "no NoteOff".
 """
 
-from gateway.protocols.rtpmidi.journal import Journal, JournalSender, NoteChapter
+from gateway.protocols.rtpmidi.journal_sender import JournalSender
+from gateway.protocols.rtpmidi.journal_wire import Journal, NoteChapter
 
 from .test_journal import send
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.protocols.rtpmidi.journal import Journal
+from gateway.protocols.rtpmidi.journal_wire import Journal
 from gateway.protocols.rtpmidi.payload import (
     MAX_DELTA, MalformedPacket, RtpMidiPacket, SysExReassembler, encode_delta,
 )

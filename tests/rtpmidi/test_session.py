@@ -272,6 +272,113 @@ def test_data_invitation_without_control_invitation_is_refused(wire):
     assert b.counters["data invitation without control invitation"] == 1
 
 
+
+# A pymidi-style initiator: one SSRC per port, so its data-port IN names another
+# SSRC than its control-port IN; the initiator token ties the two together.
+PY_CONTROL_SSRC, PY_DATA_SSRC, PY_TOKEN = 0x1111, 0x2222, 0xCBAD7F85
+
+
+def exchange(command, ssrc, token=PY_TOKEN, name="pyI"):
+    return bytes(SessionExchange(command, token, ssrc, name))
+
+
+def invited_by_pymidi_style_peer(b, now=0.0, data_from=(A_HOST, 5005)):
+    """Control IN from (A_HOST, 5004), then a data IN with its own SSRC; the data-port actions."""
+    [ok] = b.datagram_received(CONTROL, exchange(INVITATION, PY_CONTROL_SSRC), (A_HOST, 5004),
+                               now)
+    assert command_of(ok.data) == "OK"
+    return b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC), data_from, now)
+
+
+def test_data_invitation_with_its_own_ssrc_joins_when_token_and_host_match(wire):
+    b = wire.add("B", B_HOST, 5006)
+    [ok, joined] = invited_by_pymidi_style_peer(b)
+    assert ok == Send(DATA, exchange(INVITATION_ACCEPTED, b.ssrc, name="B"), (A_HOST, 5005))
+    peer = joined.peer
+    assert joined == PeerJoined(peer) and b.peers == [peer]
+    assert (peer.ssrc, peer.data_port_ssrc, peer.local_role) == (
+        PY_CONTROL_SSRC, PY_DATA_SSRC, RESPONDER)
+    assert (peer.control_addr, peer.data_addr) == ((A_HOST, 5004), (A_HOST, 5005))
+    assert not b.counters
+
+    # RTP, CK and RS from the data port's SSRC are the peer's.
+    [received] = b.datagram_received(DATA, rtp(1, PY_DATA_SSRC), (A_HOST, 5005), 0.1)
+    assert received == RtpReceived(peer, rtp(1, PY_DATA_SSRC))
+    assert b.rtp_source(rtp(2, PY_DATA_SSRC), (A_HOST, 5005)) is peer
+    assert peer.highest_rtp_seq == 2
+    [ck1] = b.datagram_received(DATA, bytes(Sync(PY_DATA_SSRC, 0, 1234)), (A_HOST, 5005), 0.2)
+    assert parse_control(ck1.data) == Sync(b.ssrc, 1, 1234, b.ticks(0.2))
+    assert ck1.addr == (A_HOST, 5005) and peer.last_sync_time == 0.2
+    [feedback] = b.datagram_received(CONTROL, bytes(ReceiverFeedback(PY_DATA_SSRC, 7)),
+                                     (A_HOST, 5004), 0.3)
+    assert feedback == FeedbackReceived(peer, 7)
+    # A repeated data IN (our OK was lost) is answered again, without a second join.
+    [again] = b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC), (A_HOST, 5005), 0.4)
+    assert again == ok and b.peers == [peer]
+    # Our RTP goes to the address its data-port IN came from.
+    assert b.send_rtp(b"rtp") == [Send(DATA, b"rtp", (A_HOST, 5005))]
+    assert not b.counters
+
+
+@pytest.mark.parametrize("port", [CONTROL, DATA])
+@pytest.mark.parametrize("ssrc", [PY_CONTROL_SSRC, PY_DATA_SSRC],
+                         ids=["control_ssrc", "data_ssrc"])
+def test_bye_from_either_ssrc_ends_a_peer_with_a_data_port_ssrc(wire, ssrc, port):
+    b = wire.add("B", B_HOST, 5006)
+    [_, joined] = invited_by_pymidi_style_peer(b)
+    bye = bytes(SessionExchange(END_SESSION, 0, ssrc))
+    from_addr = (A_HOST, 5004) if port == CONTROL else (A_HOST, 5005)
+    assert b.datagram_received(port, bye, from_addr, 1.0) == [PeerLeft(joined.peer, "bye")]
+    assert b.peers == []
+    for gone in (PY_CONTROL_SSRC, PY_DATA_SSRC):
+        [dropped] = b.datagram_received(DATA, rtp(3, gone), (A_HOST, 5005), 1.1)
+        assert dropped.reason == "RTP from non-member"
+    # The data-port SSRC is free again: the peer can come back with both.
+    [_, rejoined] = invited_by_pymidi_style_peer(b, now=2.0)
+    assert isinstance(rejoined, PeerJoined) and b.peers == [rejoined.peer]
+
+
+@pytest.mark.parametrize("token, data_from", [
+    (PY_TOKEN ^ 1, (A_HOST, 5005)),     # a token no control-port IN carried
+    (PY_TOKEN, (C_HOST, 5005)),         # the right token from another host
+], ids=["unknown_token", "other_host"])
+def test_data_invitation_with_its_own_ssrc_needs_token_and_host(wire, token, data_from):
+    b = wire.add("B", B_HOST, 5006)
+    b.datagram_received(CONTROL, exchange(INVITATION, PY_CONTROL_SSRC), (A_HOST, 5004), 0.0)
+    actions = b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC, token), data_from, 0.0)
+    assert actions == [Send(DATA, exchange(INVITATION_REJECTED, b.ssrc, token, "B"), data_from),
+                       Dropped("data invitation without control invitation", data_from)]
+    assert b.counters == {"data invitation without control invitation": 1}
+    assert b.peers == []
+    [dropped] = b.datagram_received(DATA, rtp(1, PY_DATA_SSRC), data_from, 0.1)
+    assert dropped.reason == "RTP from non-member"
+    # The invitation it did not match still completes from the right host.
+    [ok, joined] = b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC), (A_HOST, 5005),
+                                       0.2)
+    assert command_of(ok.data) == "OK" and joined.peer.data_port_ssrc == PY_DATA_SSRC
+
+
+def test_joined_peer_cannot_add_a_data_port_ssrc_later(wire):
+    a, b = connect(wire)
+    [peer_a] = b.peers
+    invitation = bytes(SessionExchange(INVITATION, peer_a.token, 0x3333, "A"))
+    [no, dropped] = b.datagram_received(DATA, invitation, wire.address(a, DATA), wire.now)
+    assert command_of(no.data) == "NO"
+    assert dropped.reason == "data invitation without control invitation"
+    assert peer_a.data_port_ssrc is None and b.peers == [peer_a]
+
+
+def test_data_invitation_with_the_ssrc_of_another_peer_is_refused(wire):
+    a, b = connect(wire)
+    [peer_a] = b.peers
+    b.datagram_received(CONTROL, exchange(INVITATION, PY_CONTROL_SSRC), (C_HOST, 5010), wire.now)
+    actions = b.datagram_received(DATA, exchange(INVITATION, a.ssrc), (C_HOST, 5011), wire.now)
+    assert [command_of(actions[0].data), actions[1].reason] == [
+        "NO", "data-port SSRC belongs to another peer"]
+    assert b.peers == [peer_a]
+    [received] = b.datagram_received(DATA, rtp(1, a.ssrc), wire.address(a, DATA), wire.now)
+    assert received.peer is peer_a
+
 def test_other_protocol_version_is_refused(wire):
     b = wire.add("B", B_HOST, 5006)
     invitation = bytes(SessionExchange(INVITATION, 5, 6, "v3", version=3))

@@ -1,7 +1,8 @@
 """Outgoing RTP-MIDI: a fan-out encoded once, per-peer streams with journal and guard packets."""
 
 from gateway.midi import MidiEvent
-from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
+from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
+from gateway.protocols.rtpmidi.journal_sender import JournalSender
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
 from gateway.protocols.rtpmidi.stream import (
     GUARD_DELAYS, MAX_LIST_OCTETS, OutgoingStream, prepare,

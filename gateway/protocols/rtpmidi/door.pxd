@@ -1,7 +1,7 @@
 # Compile-time declarations for door.py (see setup.py and journal.pxd).
 cimport cython
 
-from gateway.protocols.rtpmidi.journal cimport JournalReceiver
+from gateway.protocols.rtpmidi.journal_receiver cimport JournalReceiver
 from gateway.protocols.rtpmidi.payload cimport RtpMidiPacket
 from gateway.protocols.rtpmidi.session cimport AppleMidiSession
 from gateway.protocols.rtpmidi.stream cimport OutgoingStream

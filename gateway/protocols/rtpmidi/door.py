@@ -32,7 +32,8 @@ from gateway.interfaces import IMember
 from gateway.midi import NOTE_ON, SYSEX_END, SYSEX_START, MidiEvent
 from gateway.protocols.rtpmidi import mdns, metrics
 from gateway.protocols.rtpmidi.applemidi import is_applemidi
-from gateway.protocols.rtpmidi.journal import JournalReceiver, JournalSender
+from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
+from gateway.protocols.rtpmidi.journal_sender import JournalSender
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
 from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,

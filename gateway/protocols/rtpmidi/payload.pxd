@@ -1,4 +1,4 @@
-# Compile-time declarations for payload.py (see setup.py and journal.pxd).
+# Compile-time declarations for payload.py (see setup.py and journal_state.pxd).
 cimport cython
 
 cdef class RtpMidiPacket:

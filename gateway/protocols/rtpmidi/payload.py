@@ -6,7 +6,8 @@
 # implements RFC 6295 §3.1 (delta times, 1-4 octets, most significant group first)
 # implements RFC 6295 §3.2 (command coding: running status, system common and
 #   real-time commands, SysEx whole or in F0/F7 segments with F4 cancel)
-# the recovery journal that may follow (RFC 6295 §4-§5) lives in journal.py
+# the recovery journal that may follow (RFC 6295 §4-§5) lives in journal_wire.py (format),
+#   journal_sender.py and journal_receiver.py
 
 Hand-written because no maintained Python library implements RFC 6295 with its
 recovery journal (pymidi, the only one on PyPI, reads delta times
@@ -19,7 +20,7 @@ takes bytes, ``bytes(packet)`` gives them back.
 import struct
 
 from gateway.midi import SYSEX_END, SYSEX_START, data_length
-from gateway.protocols.rtpmidi.journal import Journal, MalformedPacket
+from gateway.protocols.rtpmidi.journal_wire import Journal, MalformedPacket
 
 __all__ = [
     "MalformedPacket", "RtpMidiPacket", "SysExReassembler",

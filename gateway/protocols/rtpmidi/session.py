@@ -5,8 +5,12 @@ Implements the session side of Apple's MIDI Network Driver Protocol
 (BY), three-way clock synchronisation (CK) and receiver feedback (RS), for
 both roles, with many peers sharing one local endpoint. One SSRC is used
 everywhere (IN/OK on both ports, CK, RS and the RTP header), as RFC 6295 §2.1
-requires of an RTP stream. pymidi fails to do so: its data port answers with a
-second SSRC, which the session keeps as an alias of the peer it invited.
+requires of an RTP stream. Not every peer does: pymidi picks one SSRC per
+port, so a peer may answer our data-port IN, or send its own data-port IN, with
+a second SSRC. The session keeps that SSRC as an alias of the same peer; a
+data-port IN with an SSRC of its own is accepted only when its initiator token
+matches a control-port invitation from the same host that still waits for its
+data port.
 
 Written by hand because no maintained Python library implements AppleMIDI.
 The behaviour follows shared/protocols/rtpmidi.md §8, including the defences
@@ -86,8 +90,9 @@ class Peer:
     ours, so ``their_ticks ≈ our_ticks + clock_offset * CLOCK_RATE``) are
     None until a CK exchange completes. ``highest_rtp_seq`` is the highest
     RTP sequence number received from the peer, in 16-bit serial order.
-    ``data_port_ssrc`` is set when a peer we invited answered on its data port
-    with an SSRC other than its control port's (pymidi); both then name it.
+    ``data_port_ssrc`` is set when the peer's data port used an SSRC other than
+    its control port's (pymidi): in its OK to our IN, or in its own data-port
+    IN (matched to its control-port IN by token and host). Both then name it.
     """
 
     def __init__(self, local_role, token, control_addr, now):
@@ -344,16 +349,37 @@ class AppleMidiSession:
         actions.append(Send(CONTROL, self._exchange(INVITATION_ACCEPTED, packet.token), addr))
         return actions
 
-    def _data_invitation_received(self, peer, packet, addr, now):
+    def _data_invitation_received(self, existing, packet, addr, now):
+        peer = existing
         if (peer is None or peer.local_role != RESPONDER or peer.token != packet.token
                 or peer.state not in (PeerState.AWAITING_DATA_INVITATION, PeerState.JOINED)):
-            return [Send(DATA, self._exchange(INVITATION_REJECTED, packet.token), addr),
-                    self._drop("data invitation without control invitation", addr)]
+            # Not the SSRC of a control-port IN: perhaps a pymidi-style initiator
+            # whose data port has an SSRC of its own. The token names the
+            # invitation; it must come from the host that sent it.
+            peer = self._awaiting_data_invitation(packet.token, addr)
+            if peer is None:
+                return [Send(DATA, self._exchange(INVITATION_REJECTED, packet.token), addr),
+                        self._drop("data invitation without control invitation", addr)]
+            if existing is not None:
+                return [Send(DATA, self._exchange(INVITATION_REJECTED, packet.token), addr),
+                        self._drop("data-port SSRC belongs to another peer", addr,
+                                   f"{packet.ssrc:#010x}")]
+            peer.data_port_ssrc = packet.ssrc
         actions = [Send(DATA, self._exchange(INVITATION_ACCEPTED, packet.token), addr)]
         if peer.state == PeerState.AWAITING_DATA_INVITATION:
             peer.data_addr = addr
             actions += self._join(peer, now)
         return actions
+
+    def _awaiting_data_invitation(self, token, addr):
+        """The peer that invited us with ``token`` from ``addr``'s host (IP) and still
+        waits for its data-port IN, or None."""
+        for peer in self._peers:
+            if (peer.local_role == RESPONDER and peer.token == token
+                    and peer.state == PeerState.AWAITING_DATA_INVITATION
+                    and peer.control_addr[0] == addr[0]):
+                return peer
+        return None
 
     def _answer_received(self, port, packet, addr, now):
         peer = self._invitation_by_token(packet.token)

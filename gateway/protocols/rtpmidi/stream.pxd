@@ -1,5 +1,5 @@
-# Compile-time declarations for stream.py (see setup.py and journal.pxd).
-from gateway.protocols.rtpmidi.journal cimport JournalSender
+# Compile-time declarations for stream.py (see setup.py and journal_state.pxd).
+from gateway.protocols.rtpmidi.journal_sender cimport JournalSender
 
 cdef class PreparedPacket:
     cdef public object section, journalled_section, messages

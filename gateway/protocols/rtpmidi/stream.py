@@ -2,7 +2,7 @@
 
 # implements RFC 6295 §2.1 and §3 on the sending side (through payload.py): one RTP
 #   stream per peer, MIDI lists split to stay well inside one datagram
-# implements RFC 6295 §4 on the sending side (through journal.py): every packet
+# implements RFC 6295 §4 on the sending side (through journal_sender.py): every packet
 #   carries the peer's recovery journal, or J=0 when that journal would be empty
 # follows RFC 4696's sender guidance: after the last MIDI packet a quiet stream
 #   sends journal-only "guard" packets, so a receiver that lost that packet repairs it
@@ -113,7 +113,7 @@ def _add_packet(packets, refused, commands, messages):
 class OutgoingStream:
     """Our RTP stream to one peer: SSRC, sequence numbers, recovery journal, guard packets.
 
-    ``journal`` is a :class:`~gateway.protocols.rtpmidi.journal.JournalSender`,
+    ``journal`` is a :class:`~gateway.protocols.rtpmidi.journal_sender.JournalSender`,
     or None to send without one (and then without guard packets).
     """
 
