@@ -249,9 +249,11 @@ class OscGroupsDoor(DoorService):
         if user_name == bridge_user or view is None:
             return False
         group = self.server.groups.get(group_name)
+        # Not joined yet: the bridge has not asked the bus, or the bus has not answered.
         joining = 0 if group is None else sum(
             1 for name in group.members
-            if name != bridge_user and (name, group_name) not in self.members)
+            if name != bridge_user
+            and getattr(self.members.get((name, group_name)), "membership", None) is None)
         return view.member_count + joining >= view.max_members
 
     def _purge_users(self):
@@ -350,9 +352,11 @@ class OscGroupsDoor(DoorService):
                     member.membership.touch()
                 continue
             member = self.members[(name, group)] = OscPeerMember(self, name, group)
+            user = self.server.users.get(name)      # the source its group password came from
+            source = user.public_endpoint[0] if user and user.public_endpoint else None
             # The server has checked the group password: the bridge only hears listed peers.
             joining = self.bus.join(JoinRequest(self.config.session_name(group), name, DOOR,
-                                                Verified()), member)
+                                                Verified(), source), member)
             joining.addCallbacks(self._joined, self._refused, callbackArgs=(member,),
                                  errbackArgs=(member,))
 

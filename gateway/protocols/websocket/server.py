@@ -93,8 +93,8 @@ class JamServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.factory.door.connection_closed(self)
-        if self._joining is not None:
-            self._joining.cancel()
+        # A pending join is not cancelled: a bus cannot always take it back, and
+        # _joined leaves a membership that arrives after the connection closed.
         self._leave("disconnected" if wasClean else "connection lost")
         self._queue.clear()
 
