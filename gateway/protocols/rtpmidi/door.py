@@ -256,6 +256,8 @@ class SessionEndpoint:
         if refusal is not None:
             return refusal.message
         view = self.bus.session_view(self.entry.session)
+        if view is None:
+            return f"session {self.entry.session!r} does not exist"
         return f"session {view.name!r} is full" if view.full else True
 
     def prepare(self, delivery):

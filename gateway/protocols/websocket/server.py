@@ -159,8 +159,6 @@ class JamServerProtocol(WebSocketServerProtocol):
 
     def _refused(self, failure):
         self._joining = None
-        if failure.check(defer.CancelledError):
-            return None
         failure.trap(JoinRefused)
         self._send_error(failure.value.reason, failure.value.message)
 
