@@ -23,6 +23,7 @@ HOT_MODULES = (
     "gateway.protocols.rtpmidi.journal_sender",
     "gateway.protocols.rtpmidi.journal_receiver",
     "gateway.protocols.rtpmidi.stream",
+    "gateway.protocols.rtpmidi.media",
     "gateway.protocols.rtpmidi.session",
     "gateway.protocols.rtpmidi.door",
 )

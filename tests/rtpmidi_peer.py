@@ -25,7 +25,7 @@ from gateway.protocols.rtpmidi.journal_sender import JournalSender
 from gateway.protocols.rtpmidi.journal_state import ChannelState
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
 from gateway.protocols.rtpmidi.session import (
-    CONTROL, DATA, AppleMidiSession, FeedbackReceived, RtpReceived, Send,
+    CLOCK_RATE, CONTROL, DATA, AppleMidiSession, FeedbackReceived, RtpReceived, Send,
 )
 from gateway.protocols.rtpmidi.stream import OutgoingStream, prepare
 from tests.conftest import free_port
@@ -122,7 +122,8 @@ class RtpMidiPeer:
         with self._lock:
             now = time.monotonic()
             timestamp = self.session.ticks(now) & 0xFFFFFFFF
-            packets, _ = prepare([MidiEvent(message, now) for message in messages])
+            packets, _ = prepare([MidiEvent(message, now) for message in messages],
+                                 CLOCK_RATE)
             for prepared in packets:
                 self._carry_out(self.session.send_rtp(self.stream.packet(prepared, timestamp,
                                                                          now)))

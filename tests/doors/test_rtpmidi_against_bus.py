@@ -23,6 +23,7 @@ from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi import applemidi, door as rtpdoor
 from gateway.protocols.rtpmidi.applemidi import Sync
 from gateway.protocols.rtpmidi.payload import PAYLOAD_TYPE, RtpMidiPacket, section_of_list
+from gateway.protocols.rtpmidi.session import CLOCK_RATE
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from tests.bus.recording import RecordingBus
 from tests.rtpmidi.test_door import GATEWAY_PORT, MemoryReactor, RemotePeer
@@ -208,9 +209,9 @@ def test_peers_of_one_session_share_one_encoding(gateway, monkeypatch):
         peer.data_received()
     prepared = []
 
-    def counting(events, midi_list=None):
+    def counting(events, clock_rate, midi_list=None):
         prepared.append(events)
-        return prepare(events, midi_list)
+        return prepare(events, clock_rate, midi_list)
 
     monkeypatch.setattr(rtpdoor, "prepare", counting)
     gateway.bus.fan_out([MidiEvent(b"\x90\x3c\x64", gateway.reactor.seconds())], ALICE)
@@ -226,7 +227,8 @@ def test_a_delivered_midi_list_goes_on_the_wire_as_it_came(gateway):
     peer.data_received()
     now = gateway.reactor.seconds()
     events = [MidiEvent(b"\x90\x3c\x64", now), MidiEvent(b"\x90\x3e\x5a", now)]
-    reencoded = RtpMidiPacket.parse(rtp(peer, prepare(events)[0][0].section)).midi_list
+    reencoded = RtpMidiPacket.parse(rtp(peer, prepare(events, CLOCK_RATE)[0][0].section)
+                                    ).midi_list
     assert reencoded != PLAIN_LIST
     gateway.bus.fan_out(events, ALICE, encodings={RTP_MIDI_LIST: PLAIN_LIST})
     [packet] = midi_packets(peer)

@@ -19,6 +19,7 @@ UNIT_TESTS = [
     "tests/rtpmidi/test_payload.py",
     "tests/rtpmidi/test_journal.py",
     "tests/rtpmidi/test_stream.py",
+    "tests/rtpmidi/test_media.py",
     "tests/rtpmidi/test_session.py",
     "tests/rtpmidi/test_applemidi.py",
     "tests/rtpmidi/test_door.py",

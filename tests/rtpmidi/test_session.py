@@ -304,7 +304,7 @@ def test_data_invitation_with_its_own_ssrc_joins_when_token_and_host_match(wire)
     # RTP, CK and RS from the data port's SSRC are the peer's.
     [received] = b.datagram_received(DATA, rtp(1, PY_DATA_SSRC), (A_HOST, 5005), 0.1)
     assert received == RtpReceived(peer, rtp(1, PY_DATA_SSRC))
-    assert b.rtp_source(rtp(2, PY_DATA_SSRC), (A_HOST, 5005)) is peer
+    assert b.rtp_source(PY_DATA_SSRC, 2, (A_HOST, 5005)) is peer
     assert peer.highest_rtp_seq == 2
     [ck1] = b.datagram_received(DATA, bytes(Sync(PY_DATA_SSRC, 0, 1234)), (A_HOST, 5005), 0.2)
     assert parse_control(ck1.data) == Sync(b.ssrc, 1, 1234, b.ticks(0.2))

@@ -3,11 +3,11 @@
 Implements the Twisted side of the RTP-MIDI door: for every configured
 session two UDP ports (control P, data P+1) feed one sans-IO
 :class:`~gateway.protocols.rtpmidi.session.AppleMidiSession`; each joined
-AppleMIDI peer becomes a member of a session on the bus. Incoming RTP goes through
-:mod:`~gateway.protocols.rtpmidi.payload` and the peer's RFC 6295
-:class:`~gateway.protocols.rtpmidi.journal.JournalReceiver`; outgoing MIDI is
-encoded once per fan-out and sent on each peer's
-:class:`~gateway.protocols.rtpmidi.stream.OutgoingStream`.
+AppleMIDI peer becomes a member of a session on the bus, with an
+:class:`~gateway.protocols.rtpmidi.media.RtpMidiStream` (the RTP-MIDI media
+core, which knows nothing of AppleMIDI) for its media: a datagram is parsed
+once, routed to its peer by SSRC, and received by that stream; outgoing MIDI
+is encoded once per fan-out and sent on each peer's stream.
 Sessions can be advertised as ``_apple-midi._udp`` with python-zeroconf
 (:mod:`~gateway.protocols.rtpmidi.mdns`). The ``rtpmidi`` section is
 :mod:`~gateway.protocols.rtpmidi.config`, the Prometheus collector
@@ -29,17 +29,15 @@ from zope.interface import classImplements
 from gateway.bus.values import AllowedAddress, JoinRefused, JoinRequest, Verified
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
-from gateway.midi import NOTE_ON, SYSEX_END, SYSEX_START, MidiEvent
 from gateway.protocols.rtpmidi import mdns, metrics
 from gateway.protocols.rtpmidi.applemidi import is_applemidi
-from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
-from gateway.protocols.rtpmidi.journal_sender import JournalSender
-from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, SysExReassembler
+from gateway.protocols.rtpmidi.media import RtpMidiStream
+from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
 from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,
     InvitationFailed, Peer, PeerJoined, PeerLeft, Send, SyncCompleted,
 )
-from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, OutgoingStream, prepare
+from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 
 DOOR = "rtpmidi"
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -51,7 +49,7 @@ _U32 = 0xFFFFFFFF
 
 
 class RtpMidiMember:
-    """One joined AppleMIDI peer: its RTP streams in both directions."""
+    """One joined AppleMIDI peer: the bus member for its RTP-MIDI media stream."""
 
     door = DOOR
 
@@ -62,72 +60,24 @@ class RtpMidiMember:
         self.membership = None
         self.data_addr = peer.data_addr
         self._sendto = endpoint.data_socket.sendto
-        self.stream = OutgoingStream(endpoint.session.ssrc, random.getrandbits(16),
-                                     JournalSender() if endpoint.config.journal else None)
-        self.journal_receiver = JournalReceiver()
-        self.sysex = SysExReassembler()
-        self.packets_received = 0
-        self.late_dropped = 0
+        session = endpoint.session
+        self.stream = RtpMidiStream(session.ssrc, random.getrandbits(16), CLOCK_RATE,
+                                    session.clock_base, endpoint.config.latetime,
+                                    journal=endpoint.config.journal)
 
-    # Receiving ------------------------------------------------------------
-    def rtp_received(self, data, now):
-        endpoint = self.endpoint
-        receiver = self.journal_receiver
-        lost_before = receiver.lost_packets
+    def rtp_received(self, packet, now):
         try:
-            packet = RtpMidiPacket.parse(data, lazy_journal=True)
-            commands = receiver.receive(packet)
-        except MalformedPacket as error:
-            endpoint.drop("malformed", self.data_addr, str(error))
+            received = self.stream.receive(packet, now)
+        except MalformedPacket as error:      # its journal, read after a loss
+            self.endpoint.drop("malformed", self.data_addr, str(error))
             return
-        self.packets_received += 1
-        if receiver.lost_packets != lost_before:
-            self.sysex.reset()
-        if not commands:
-            return
-        start = packet.timestamp
-        ticks = start
-        time = now
-        late_before = None
-        events = []
-        # Channel messages only, none dropped, no repairs: the list can go on as it came.
-        forwardable = packet.midi_list is not None and commands is packet.commands
-        for delta, message in commands:
-            if delta:
-                ticks += delta
-                time = now + (ticks - start) / CLOCK_RATE
-            status = message[0]
-            if status >= 0xF0:
-                forwardable = False
-                if status == SYSEX_START or status == SYSEX_END:
-                    message = self.sysex.feed(message)
-                    if message is None:
-                        continue
-            elif status & 0xF0 == NOTE_ON and message[2]:
-                if late_before is None:
-                    late_before = self._late_before(now)
-                # Played before late_before on the peer's clock (signed 32-bit RTP time).
-                if late_before is not False and 0 < (late_before - ticks) & _U32 < 0x80000000:
-                    self.late_dropped += 1
-                    endpoint.drop("late", self.data_addr, "note-on later than latetime")
-                    forwardable = False
-                    continue
-            events.append(MidiEvent(message, time))
-        if events and self.membership is not None:
-            self.membership.publish(events, {RTP_MIDI_LIST: packet.midi_list}
-                                    if forwardable else None)
-
-    def _late_before(self, now):
-        """The RTP time on the peer's clock before which a note-on arriving at ``now`` is late.
-
-        False until a clock sync has measured the peer's clock.
-        """
-        offset = self.peer.clock_offset
-        if offset is None:
-            return False
-        endpoint = self.endpoint
-        return (endpoint.session.ticks(now) + round(offset * CLOCK_RATE)
-                - endpoint.late_ticks) & _U32
+        if received.late:
+            self.endpoint.drop("late", self.data_addr, "note-on later than latetime",
+                               received.late)
+        if received.events and self.membership is not None:
+            midi_list = received.midi_list
+            self.membership.publish(received.events, None if midi_list is None
+                                    else {RTP_MIDI_LIST: midi_list})
 
     # IMember ----------------------------------------------------------------
     def deliver(self, delivery):
@@ -149,7 +99,7 @@ class RtpMidiMember:
             self.endpoint.drop("send_failed", self.data_addr, error.strerror or str(error))
 
     def feedback_received(self, sequence):
-        self.stream.acknowledge(sequence)
+        self.stream.feedback(sequence)
 
     def roster_changed(self, notice):
         pass            # AppleMIDI has no message for it
@@ -160,14 +110,15 @@ class RtpMidiMember:
 
     def describe(self):
         peer = self.peer
-        receiver = self.journal_receiver
+        stream = self.stream
+        receiver = stream.journal_receiver
         host, number = peer.control_addr[:2]
         return {"rtt_ms": None if peer.rtt is None else round(peer.rtt * 1000.0, 2),
                 "peer": f"{host}:{number}", "role": peer.local_role,
-                "packets_received": self.packets_received,
+                "packets_received": stream.packets_received,
                 "packets_lost": receiver.lost_packets,
                 "gaps_repaired": receiver.repaired_gaps,
-                "late_dropped": self.late_dropped}
+                "late_dropped": stream.late_dropped}
 
 
 # Not @implementer: the compiled build makes RtpMidiMember an extension type
@@ -208,7 +159,6 @@ class SessionEndpoint:
         self.config = door.config
         self.reactor = door.reactor
         self.bus = door.bus
-        self.late_ticks = round(door.config.latetime * CLOCK_RATE)
         self.session = AppleMidiSession(entry.display_name, random.getrandbits(32),
                                         self.reactor.seconds(), accept=self.accept)
         self.members = {}        # Peer -> RtpMidiMember
@@ -263,7 +213,8 @@ class SessionEndpoint:
     def prepare(self, delivery):
         """``(now, RTP timestamp, prepared packets)`` for a delivery (once per fan-out)."""
         now = self.reactor.seconds()
-        packets, refused = prepare(delivery.events, delivery.encodings.get(RTP_MIDI_LIST))
+        packets, refused = prepare(delivery.events, CLOCK_RATE,
+                                   delivery.encodings.get(RTP_MIDI_LIST))
         for reason in refused:
             self.drop("too_large", delivery.source.name, reason)
         return now, self.session.ticks(now) & _U32, packets
@@ -283,11 +234,16 @@ class SessionEndpoint:
         self.carry_out(self.session.datagram_received(which, data, addr, self.reactor.seconds()))
 
     def rtp_received(self, data, addr):
-        source = self.session.rtp_source(data, addr)
+        try:
+            packet = RtpMidiPacket.parse(data, lazy_journal=True)
+        except MalformedPacket as error:
+            self.drop("malformed", addr, str(error))
+            return
+        source = self.session.rtp_source(packet.ssrc, packet.sequence, addr)
         if type(source) is Peer:
             member = self.members.get(source)
             if member is not None:
-                member.rtp_received(data, self.reactor.seconds())
+                member.rtp_received(packet, self.reactor.seconds())
         else:
             self._dropped(source)
 
@@ -304,6 +260,8 @@ class SessionEndpoint:
                     self._touch(member)
             elif kind is SyncCompleted:
                 member = self.members.get(action.peer)
+                if member is not None:
+                    member.stream.clock_offset = action.peer.clock_offset
                 if member is not None and member.membership is not None:
                     member.membership.touch()
                     if action.peer.rtt is not None:
@@ -363,9 +321,9 @@ class SessionEndpoint:
             self._reinvitations[target] = self.reactor.callLater(
                 REINVITE_DELAY, self.invite, target)
 
-    def drop(self, reason, addr, detail=None):
+    def drop(self, reason, addr, detail=None, amount=1):
         where = f"(session {self.entry.session!r})"
-        self.door.drop(addr, reason, f"{detail} {where}" if detail else where)
+        self.door.drop(addr, reason, f"{detail} {where}" if detail else where, amount)
 
     def status(self):
         return {"session": self.entry.session, "name": self.entry.display_name,

@@ -34,9 +34,10 @@ class RtpMidiCollector:
                 key = [endpoint.entry.session, f"{peer.control_addr[0]}:{peer.control_addr[1]}"]
                 if peer.rtt is not None:
                     rtt.add_metric(key, peer.rtt)
-                receiver = member.journal_receiver
-                received.add_metric(key, member.packets_received)
+                stream = member.stream
+                receiver = stream.journal_receiver
+                received.add_metric(key, stream.packets_received)
                 lost.add_metric(key, receiver.lost_packets)
                 repaired.add_metric(key, receiver.repaired_gaps)
-                late.add_metric(key, member.late_dropped)
+                late.add_metric(key, stream.late_dropped)
         yield from (rtt, received, lost, repaired, late)

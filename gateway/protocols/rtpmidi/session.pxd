@@ -12,4 +12,4 @@ cdef class AppleMidiSession:
     cdef public object _joined_by_ssrc, _joined_by_data_port_ssrc
 
     @cython.locals(peer=Peer)
-    cpdef rtp_source(self, data, addr)
+    cpdef rtp_source(self, ssrc, sequence, addr)

@@ -513,19 +513,17 @@ class AppleMidiSession:
 
     # -- RTP and receiver feedback --------------------------------------
 
-    def rtp_source(self, data, addr):
-        """The joined peer that sent the RTP packet ``data`` from ``addr``, or a Dropped.
+    def rtp_source(self, ssrc, sequence, addr):
+        """The joined peer that sent RTP packet ``sequence`` of ``ssrc`` from ``addr``, or a Dropped.
 
-        The data port's per-packet path: the adapter calls it directly (after
-        ruling out AppleMIDI with :func:`is_applemidi`) so that a valid packet
-        costs no action list. It also notes the sequence number that the next
-        receiver feedback (RS) reports.
+        The data port's per-packet path: the adapter parses the packet once
+        and calls this directly (after ruling out AppleMIDI with
+        :func:`is_applemidi`) so that a valid packet costs no action list. It
+        also notes the sequence number that the next receiver feedback (RS)
+        reports.
         """
         if self.closed:
             return self._drop("session closed", addr)
-        if len(data) < _MIN_RTP_HEADER or data[0] & 0xC0 != _RTP_VERSION_2:
-            return self._drop("not RTP", addr)
-        ssrc = int.from_bytes(data[8:12], "big")
         peer = self._joined_by_ssrc.get(ssrc)
         if peer is None:
             peer = self._joined_by_data_port_ssrc.get(ssrc)
@@ -533,15 +531,17 @@ class AppleMidiSession:
                 return self._drop("RTP from non-member", addr)
         if addr != peer.data_addr:
             return self._drop("RTP from unexpected address", addr, f"ssrc {ssrc:#010x}")
-        seq = (data[2] << 8) | data[3]
         highest = peer.highest_rtp_seq
-        if highest is None or 0 < (seq - highest) & 0xFFFF < 0x8000:
-            peer.highest_rtp_seq = seq
+        if highest is None or 0 < (sequence - highest) & 0xFFFF < 0x8000:
+            peer.highest_rtp_seq = sequence
             peer._feedback_due = True
         return peer
 
     def _rtp_received(self, data, addr):
-        source = self.rtp_source(data, addr)
+        if len(data) < _MIN_RTP_HEADER or data[0] & 0xC0 != _RTP_VERSION_2:
+            return [self._drop("not RTP", addr)]
+        source = self.rtp_source(int.from_bytes(data[8:12], "big"), (data[2] << 8) | data[3],
+                                 addr)
         return [RtpReceived(source, data) if type(source) is Peer else source]
 
     def _send_feedback(self, peer, now):

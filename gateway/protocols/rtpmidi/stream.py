@@ -21,7 +21,6 @@ from gateway.midi import UNDEFINED_STATUSES
 from gateway.protocols.rtpmidi.payload import (
     FLAG_J, MAX_DELTA, command_section, rtp_header, section_of_list,
 )
-from gateway.protocols.rtpmidi.session import CLOCK_RATE
 
 __all__ = ["PreparedPacket", "RTP_MIDI_LIST", "prepare", "OutgoingStream", "GUARD_DELAYS",
            "MAX_LIST_OCTETS"]
@@ -58,9 +57,10 @@ RTP_MIDI_LIST = "rtp-midi-list"
 events (:attr:`gateway.bus.values.Delivery.encodings`)."""
 
 
-def prepare(events, midi_list=None, max_list_octets=MAX_LIST_OCTETS):
+def prepare(events, clock_rate, midi_list=None, max_list_octets=MAX_LIST_OCTETS):
     """Split ``events`` (MidiEvent) into packets; return ``(packets, refused)``.
 
+    ``clock_rate`` is the RTP clock's (Hz) that delta times count in.
     ``midi_list``, when given, is a received packet's MIDI list
     (:attr:`RtpMidiPacket.midi_list`) that carried exactly ``events``, all
     channel messages; it is sent on as it came instead of encoding the events
@@ -92,7 +92,7 @@ def prepare(events, midi_list=None, max_list_octets=MAX_LIST_OCTETS):
         if time == previous or not commands:
             delta = 0
         else:
-            delta = min(MAX_DELTA, max(0, round((time - previous) * CLOCK_RATE)))
+            delta = min(MAX_DELTA, max(0, round((time - previous) * clock_rate)))
         previous = time
         commands.append((delta, data))
         if status < 0xF0:
