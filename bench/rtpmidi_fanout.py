@@ -45,9 +45,8 @@ sys.path.insert(0, REPO)
 
 from gateway.protocols.rtpmidi.journal_sender import JournalSender  # noqa: E402
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
-from gateway.protocols.rtpmidi.session import (  # noqa: E402
-    CONTROL, DATA, AppleMidiSession, Send,
-)
+from gateway.actions import Send  # noqa: E402
+from gateway.protocols.rtpmidi.session import CONTROL, DATA, AppleMidiSession  # noqa: E402
 from benchlib import (find_maximum, paced_exchange, percentile, start_gateway,  # noqa: E402
                       udp_benchmark_main)
 from tests.conftest import free_port  # noqa: E402
@@ -86,8 +85,8 @@ class Member:
     def carry_out(self, actions):
         for action in actions:
             if type(action) is Send:
-                sock = self.control if action.port == CONTROL else self.data
-                sock.sendto(action.data, action.addr)
+                sock = self.control if action.via == CONTROL else self.data
+                sock.sendto(action.data, action.address)
 
     def close(self):
         if self.session is not None:
@@ -153,7 +152,7 @@ def pump(members, seconds):
                 except BlockingIOError:
                     break
                 if member.session is not None and data[:2] == SIGNATURE:
-                    member.carry_out(member.session.datagram_received(which, data, addr, now))
+                    member.carry_out(member.session.receive(data, addr, now, which))
         for member in members:
             if member.session is not None:
                 member.carry_out(member.session.timer(now))

@@ -24,8 +24,9 @@ from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
 from gateway.protocols.rtpmidi.journal_sender import JournalSender
 from gateway.protocols.rtpmidi.journal_state import ChannelState
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
+from gateway.actions import Feedback, Send
 from gateway.protocols.rtpmidi.session import (
-    CLOCK_RATE, CONTROL, DATA, AppleMidiSession, FeedbackReceived, RtpReceived, Send,
+    CLOCK_RATE, CONTROL, DATA, AppleMidiSession, RtpReceived,
 )
 from gateway.protocols.rtpmidi.stream import OutgoingStream, prepare
 from tests.conftest import free_port
@@ -148,8 +149,7 @@ class RtpMidiPeer:
                 now = time.monotonic()
                 for sock in readable:
                     data, addr = sock.recvfrom(MAX_DATAGRAM)
-                    self._carry_out(self.session.datagram_received(by_socket[sock], data,
-                                                                   addr, now))
+                    self._carry_out(self.session.receive(data, addr, now, by_socket[sock]))
                 self._carry_out(self.session.timer(now))
                 guard = self.stream.guard_packet(self.session.ticks(now) & 0xFFFFFFFF, now)
                 if guard is not None:
@@ -160,13 +160,13 @@ class RtpMidiPeer:
             kind = type(action)
             if kind is Send:
                 try:
-                    self.sockets[action.port].sendto(action.data, action.addr)
+                    self.sockets[action.via].sendto(action.data, action.address)
                 except OSError:
                     pass  # a closed peer port; the session's timeouts deal with it
             elif kind is RtpReceived:
                 self._rtp_received(action.data)
-            elif kind is FeedbackReceived:
-                self.stream.acknowledge(action.seq)
+            elif kind is Feedback:
+                self.stream.acknowledge(action.sequence)
 
     def _rtp_received(self, data):
         try:

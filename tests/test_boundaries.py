@@ -14,8 +14,8 @@ import pytest
 from gateway import doors
 from tests.conftest import REPO
 
-SHARED = {"gateway.interfaces", "gateway.bus.values", "gateway.midi", "gateway.doorservice",
-          "gateway.schema", "gateway.log"}
+SHARED = {"gateway.interfaces", "gateway.bus.values", "gateway.actions", "gateway.midi",
+          "gateway.doorservice", "gateway.schema", "gateway.log"}
 DOOR_PACKAGES = sorted({module.rsplit(".", 1)[0] for pair in doors.DOORS.values()
                         for module in pair})
 

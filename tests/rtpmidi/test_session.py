@@ -19,6 +19,7 @@ from gateway.protocols.rtpmidi.applemidi import (
     is_applemidi,
     parse_control,
 )
+from gateway.actions import ClockSynced, Drop, Feedback, PeerJoined, PeerLeft, Send
 from gateway.protocols.rtpmidi.session import (
     CONTROL,
     DATA,
@@ -27,14 +28,8 @@ from gateway.protocols.rtpmidi.session import (
     RESPONDER,
     SYNC_TIMEOUT,
     AppleMidiSession,
-    Dropped,
-    FeedbackReceived,
     InvitationFailed,
-    PeerJoined,
-    PeerLeft,
     RtpReceived,
-    Send,
-    SyncCompleted,
 )
 
 A_HOST, B_HOST, C_HOST = "10.0.0.1", "10.0.0.2", "10.0.0.3"
@@ -86,13 +81,15 @@ class Wire:
             if not isinstance(action, Send):
                 self.events[origin].append(action)
                 continue
-            source = self.address(origin, action.port)
-            self.log.append((self.now, source, action.addr, command_of(action.data), action.data))
-            if self.lose(source, action.addr, action.data) or action.addr not in self.endpoints:
+            source = self.address(origin, action.via)
+            self.log.append((self.now, source, action.address, command_of(action.data),
+                             action.data))
+            if (self.lose(source, action.address, action.data)
+                    or action.address not in self.endpoints):
                 continue
-            target, port = self.endpoints[action.addr]
+            target, port = self.endpoints[action.address]
             pending += [(target, reply)
-                        for reply in target.datagram_received(port, action.data, source, self.now)]
+                        for reply in target.receive(action.data, source, self.now, port)]
 
     def invite(self, session, addr):
         """``session`` invites ``addr``; returns the Peer the invitation created."""
@@ -144,8 +141,8 @@ def test_initiator_and_responder_join(wire):
     assert (peer_a.control_addr, peer_a.data_addr) == ((A_HOST, 5004), (A_HOST, 5005))
     assert a.peers == [peer_b] and b.peers == [peer_a]
 
-    assert len(wire.of_type(a, SyncCompleted)) == 1
-    assert len(wire.of_type(b, SyncCompleted)) == 1
+    assert len(wire.of_type(a, ClockSynced)) == 1
+    assert len(wire.of_type(b, ClockSynced)) == 1
     assert peer_b.rtt == 0 and peer_b.clock_offset == 0
 
 
@@ -182,8 +179,8 @@ def test_send_rtp_to_chosen_peers(wire):
     wire.invite(c, wire.address(b))
     assert len(b.peers) == 2
     peer_c = next(peer for peer in b.peers if peer.ssrc == c.ssrc)
-    assert b.send_rtp(b"x") == [Send(DATA, b"x", (A_HOST, 5005)), Send(DATA, b"x", (C_HOST, 5009))]
-    assert b.send_rtp(b"x", [peer_c]) == [Send(DATA, b"x", (C_HOST, 5009))]
+    assert b.send_rtp(b"x") == [Send(b"x", (A_HOST, 5005), DATA), Send(b"x", (C_HOST, 5009), DATA)]
+    assert b.send_rtp(b"x", [peer_c]) == [Send(b"x", (C_HOST, 5009), DATA)]
 
 
 def test_invitation_is_retried(wire):
@@ -233,7 +230,7 @@ def test_lost_ok_is_answered_again(wire, lost_port):
     assert len(wire.of_type(a, PeerJoined)) == 1
     assert len(wire.of_type(b, PeerJoined)) == 1
     assert len(b.peers) == 1
-    assert not wire.of_type(b, Dropped)
+    assert not wire.of_type(b, Drop)
 
 
 def test_refused_invitation_gets_no(wire):
@@ -241,8 +238,8 @@ def test_refused_invitation_gets_no(wire):
     assert [entry[3] for entry in wire.log] == ["IN", "NO"]
     [failed] = wire.of_type(a, InvitationFailed)
     assert failed.reason == "refused"
-    [dropped] = wire.of_type(b, Dropped)
-    assert dropped == Dropped("invitation refused", (A_HOST, 5004), "not on the allow-list")
+    [dropped] = wire.of_type(b, Drop)
+    assert dropped == Drop("invitation refused", (A_HOST, 5004), "not on the allow-list")
     assert b.counters["invitation refused"] == 1
     assert b.peers == [] and a.peers == []
     wire.advance(3)
@@ -266,9 +263,9 @@ def test_accept_sees_the_inviting_address(wire):
 def test_data_invitation_without_control_invitation_is_refused(wire):
     b = wire.add("B", B_HOST, 5006)
     invitation = bytes(SessionExchange(INVITATION, 5, 6, "sneaky"))
-    actions = b.datagram_received(DATA, invitation, (A_HOST, 5005), 0.0)
-    assert actions[0] == Send(DATA, bytes(SessionExchange(INVITATION_REJECTED, 5, b.ssrc, "B")),
-                              (A_HOST, 5005))
+    actions = b.receive(invitation, (A_HOST, 5005), 0.0, DATA)
+    assert actions[0] == Send(bytes(SessionExchange(INVITATION_REJECTED, 5, b.ssrc, "B")),
+                              (A_HOST, 5005), DATA)
     assert b.counters["data invitation without control invitation"] == 1
 
 
@@ -284,16 +281,15 @@ def exchange(command, ssrc, token=PY_TOKEN, name="pyI"):
 
 def invited_by_pymidi_style_peer(b, now=0.0, data_from=(A_HOST, 5005)):
     """Control IN from (A_HOST, 5004), then a data IN with its own SSRC; the data-port actions."""
-    [ok] = b.datagram_received(CONTROL, exchange(INVITATION, PY_CONTROL_SSRC), (A_HOST, 5004),
-                               now)
+    [ok] = b.receive(exchange(INVITATION, PY_CONTROL_SSRC), (A_HOST, 5004), now, CONTROL)
     assert command_of(ok.data) == "OK"
-    return b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC), data_from, now)
+    return b.receive(exchange(INVITATION, PY_DATA_SSRC), data_from, now, DATA)
 
 
 def test_data_invitation_with_its_own_ssrc_joins_when_token_and_host_match(wire):
     b = wire.add("B", B_HOST, 5006)
     [ok, joined] = invited_by_pymidi_style_peer(b)
-    assert ok == Send(DATA, exchange(INVITATION_ACCEPTED, b.ssrc, name="B"), (A_HOST, 5005))
+    assert ok == Send(exchange(INVITATION_ACCEPTED, b.ssrc, name="B"), (A_HOST, 5005), DATA)
     peer = joined.peer
     assert joined == PeerJoined(peer) and b.peers == [peer]
     assert (peer.ssrc, peer.data_port_ssrc, peer.local_role) == (
@@ -302,21 +298,20 @@ def test_data_invitation_with_its_own_ssrc_joins_when_token_and_host_match(wire)
     assert not b.counters
 
     # RTP, CK and RS from the data port's SSRC are the peer's.
-    [received] = b.datagram_received(DATA, rtp(1, PY_DATA_SSRC), (A_HOST, 5005), 0.1)
+    [received] = b.receive(rtp(1, PY_DATA_SSRC), (A_HOST, 5005), 0.1, DATA)
     assert received == RtpReceived(peer, rtp(1, PY_DATA_SSRC))
     assert b.rtp_source(PY_DATA_SSRC, 2, (A_HOST, 5005)) is peer
     assert peer.highest_rtp_seq == 2
-    [ck1] = b.datagram_received(DATA, bytes(Sync(PY_DATA_SSRC, 0, 1234)), (A_HOST, 5005), 0.2)
+    [ck1] = b.receive(bytes(Sync(PY_DATA_SSRC, 0, 1234)), (A_HOST, 5005), 0.2, DATA)
     assert parse_control(ck1.data) == Sync(b.ssrc, 1, 1234, b.ticks(0.2))
-    assert ck1.addr == (A_HOST, 5005) and peer.last_sync_time == 0.2
-    [feedback] = b.datagram_received(CONTROL, bytes(ReceiverFeedback(PY_DATA_SSRC, 7)),
-                                     (A_HOST, 5004), 0.3)
-    assert feedback == FeedbackReceived(peer, 7)
+    assert ck1.address == (A_HOST, 5005) and peer.last_sync_time == 0.2
+    [feedback] = b.receive(bytes(ReceiverFeedback(PY_DATA_SSRC, 7)), (A_HOST, 5004), 0.3, CONTROL)
+    assert feedback == Feedback(peer, 7)
     # A repeated data IN (our OK was lost) is answered again, without a second join.
-    [again] = b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC), (A_HOST, 5005), 0.4)
+    [again] = b.receive(exchange(INVITATION, PY_DATA_SSRC), (A_HOST, 5005), 0.4, DATA)
     assert again == ok and b.peers == [peer]
     # Our RTP goes to the address its data-port IN came from.
-    assert b.send_rtp(b"rtp") == [Send(DATA, b"rtp", (A_HOST, 5005))]
+    assert b.send_rtp(b"rtp") == [Send(b"rtp", (A_HOST, 5005), DATA)]
     assert not b.counters
 
 
@@ -328,10 +323,10 @@ def test_bye_from_either_ssrc_ends_a_peer_with_a_data_port_ssrc(wire, ssrc, port
     [_, joined] = invited_by_pymidi_style_peer(b)
     bye = bytes(SessionExchange(END_SESSION, 0, ssrc))
     from_addr = (A_HOST, 5004) if port == CONTROL else (A_HOST, 5005)
-    assert b.datagram_received(port, bye, from_addr, 1.0) == [PeerLeft(joined.peer, "bye")]
+    assert b.receive(bye, from_addr, 1.0, port) == [PeerLeft(joined.peer, "bye")]
     assert b.peers == []
     for gone in (PY_CONTROL_SSRC, PY_DATA_SSRC):
-        [dropped] = b.datagram_received(DATA, rtp(3, gone), (A_HOST, 5005), 1.1)
+        [dropped] = b.receive(rtp(3, gone), (A_HOST, 5005), 1.1, DATA)
         assert dropped.reason == "RTP from non-member"
     # The data-port SSRC is free again: the peer can come back with both.
     [_, rejoined] = invited_by_pymidi_style_peer(b, now=2.0)
@@ -344,17 +339,16 @@ def test_bye_from_either_ssrc_ends_a_peer_with_a_data_port_ssrc(wire, ssrc, port
 ], ids=["unknown_token", "other_host"])
 def test_data_invitation_with_its_own_ssrc_needs_token_and_host(wire, token, data_from):
     b = wire.add("B", B_HOST, 5006)
-    b.datagram_received(CONTROL, exchange(INVITATION, PY_CONTROL_SSRC), (A_HOST, 5004), 0.0)
-    actions = b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC, token), data_from, 0.0)
-    assert actions == [Send(DATA, exchange(INVITATION_REJECTED, b.ssrc, token, "B"), data_from),
-                       Dropped("data invitation without control invitation", data_from)]
+    b.receive(exchange(INVITATION, PY_CONTROL_SSRC), (A_HOST, 5004), 0.0, CONTROL)
+    actions = b.receive(exchange(INVITATION, PY_DATA_SSRC, token), data_from, 0.0, DATA)
+    assert actions == [Send(exchange(INVITATION_REJECTED, b.ssrc, token, "B"), data_from, DATA),
+                       Drop("data invitation without control invitation", data_from)]
     assert b.counters == {"data invitation without control invitation": 1}
     assert b.peers == []
-    [dropped] = b.datagram_received(DATA, rtp(1, PY_DATA_SSRC), data_from, 0.1)
+    [dropped] = b.receive(rtp(1, PY_DATA_SSRC), data_from, 0.1, DATA)
     assert dropped.reason == "RTP from non-member"
     # The invitation it did not match still completes from the right host.
-    [ok, joined] = b.datagram_received(DATA, exchange(INVITATION, PY_DATA_SSRC), (A_HOST, 5005),
-                                       0.2)
+    [ok, joined] = b.receive(exchange(INVITATION, PY_DATA_SSRC), (A_HOST, 5005), 0.2, DATA)
     assert command_of(ok.data) == "OK" and joined.peer.data_port_ssrc == PY_DATA_SSRC
 
 
@@ -362,7 +356,7 @@ def test_joined_peer_cannot_add_a_data_port_ssrc_later(wire):
     a, b = connect(wire)
     [peer_a] = b.peers
     invitation = bytes(SessionExchange(INVITATION, peer_a.token, 0x3333, "A"))
-    [no, dropped] = b.datagram_received(DATA, invitation, wire.address(a, DATA), wire.now)
+    [no, dropped] = b.receive(invitation, wire.address(a, DATA), wire.now, DATA)
     assert command_of(no.data) == "NO"
     assert dropped.reason == "data invitation without control invitation"
     assert peer_a.data_port_ssrc is None and b.peers == [peer_a]
@@ -371,18 +365,18 @@ def test_joined_peer_cannot_add_a_data_port_ssrc_later(wire):
 def test_data_invitation_with_the_ssrc_of_another_peer_is_refused(wire):
     a, b = connect(wire)
     [peer_a] = b.peers
-    b.datagram_received(CONTROL, exchange(INVITATION, PY_CONTROL_SSRC), (C_HOST, 5010), wire.now)
-    actions = b.datagram_received(DATA, exchange(INVITATION, a.ssrc), (C_HOST, 5011), wire.now)
+    b.receive(exchange(INVITATION, PY_CONTROL_SSRC), (C_HOST, 5010), wire.now, CONTROL)
+    actions = b.receive(exchange(INVITATION, a.ssrc), (C_HOST, 5011), wire.now, DATA)
     assert [command_of(actions[0].data), actions[1].reason] == [
         "NO", "data-port SSRC belongs to another peer"]
     assert b.peers == [peer_a]
-    [received] = b.datagram_received(DATA, rtp(1, a.ssrc), wire.address(a, DATA), wire.now)
+    [received] = b.receive(rtp(1, a.ssrc), wire.address(a, DATA), wire.now, DATA)
     assert received.peer is peer_a
 
 def test_other_protocol_version_is_refused(wire):
     b = wire.add("B", B_HOST, 5006)
     invitation = bytes(SessionExchange(INVITATION, 5, 6, "v3", version=3))
-    [answer, dropped] = b.datagram_received(CONTROL, invitation, (A_HOST, 5004), 0.0)
+    [answer, dropped] = b.receive(invitation, (A_HOST, 5004), 0.0, CONTROL)
     assert command_of(answer.data) == "NO"
     assert dropped.reason == "unsupported protocol version"
 
@@ -390,7 +384,7 @@ def test_other_protocol_version_is_refused(wire):
 def test_responder_gives_up_on_missing_data_invitation(wire):
     b = wire.add("B", B_HOST, 5006)
     invitation = bytes(SessionExchange(INVITATION, 5, 6, "half"))
-    wire.run(b, b.datagram_received(CONTROL, invitation, (A_HOST, 5004), 0.0))
+    wire.run(b, b.receive(invitation, (A_HOST, 5004), 0.0, CONTROL))
     wire.advance(11)
     [failed] = wire.of_type(b, InvitationFailed)
     assert failed.reason == "timeout"
@@ -419,12 +413,11 @@ def accepted_by_b(session, now, name, control_ssrc, data_ssrc):
     the session's actions on the data-port OK."""
     peer, [invitation] = session.invite((B_HOST, 5006), now)
     token = parse_control(invitation.data).token
-    session.datagram_received(
-        CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, control_ssrc, name)),
-        (B_HOST, 5006), now)
-    return peer, session.datagram_received(
-        DATA, bytes(SessionExchange(INVITATION_ACCEPTED, token, data_ssrc, name)),
-        (B_HOST, 5007), now)
+    session.receive(bytes(SessionExchange(INVITATION_ACCEPTED, token, control_ssrc, name)),
+                    (B_HOST, 5006), now, CONTROL)
+    return peer, session.receive(
+        bytes(SessionExchange(INVITATION_ACCEPTED, token, data_ssrc, name)), (B_HOST, 5007),
+        now, DATA)
 
 
 def test_clock_offset_and_rtt_as_initiator():
@@ -435,9 +428,9 @@ def test_clock_offset_and_rtt_as_initiator():
 
     # The responder's clock reads 5_000_000 ticks when ours reads 100_020.
     ck1 = Sync(2, 1, ck0.ts1, 5_000_000)
-    [send, completed] = session.datagram_received(DATA, bytes(ck1), (B_HOST, 5007), 10.004)
+    [send, completed] = session.receive(bytes(ck1), (B_HOST, 5007), 10.004, DATA)
     assert parse_control(send.data) == Sync(1, 2, 100_000, 5_000_000, 100_040)
-    assert send.addr == (B_HOST, 5007)
+    assert send.address == (B_HOST, 5007)
     assert completed.rtt == pytest.approx(0.004)
     assert completed.offset == pytest.approx((5_000_000 - 100_020) / 10_000)
     assert completed.peer.clock_offset == completed.offset
@@ -460,18 +453,16 @@ def test_data_port_answering_with_a_second_ssrc_is_the_same_peer():
     assert [type(action) for action in actions] == [PeerJoined, Send]
     assert session.peers == [peer] and (peer.ssrc, peer.data_port_ssrc) == (2, 3)
     ck0 = parse_control(actions[-1].data)
-    actions = session.datagram_received(DATA, bytes(Sync(3, 1, ck0.ts1, 500)), (B_HOST, 5007),
-                                        0.001)
-    assert isinstance(actions[-1], SyncCompleted) and actions[-1].peer is peer
-    [feedback] = session.datagram_received(CONTROL, bytes(ReceiverFeedback(3, 9)),
-                                           (B_HOST, 5006), 0.002)
-    assert feedback == FeedbackReceived(peer, 9)
-    [received] = session.datagram_received(DATA, rtp(1, 3), (B_HOST, 5007), 0.003)
+    actions = session.receive(bytes(Sync(3, 1, ck0.ts1, 500)), (B_HOST, 5007), 0.001, DATA)
+    assert isinstance(actions[-1], ClockSynced) and actions[-1].peer is peer
+    [feedback] = session.receive(bytes(ReceiverFeedback(3, 9)), (B_HOST, 5006), 0.002, CONTROL)
+    assert feedback == Feedback(peer, 9)
+    [received] = session.receive(rtp(1, 3), (B_HOST, 5007), 0.003, DATA)
     assert received.peer is peer
-    [left] = session.datagram_received(CONTROL, bytes(SessionExchange(END_SESSION, peer.token, 3)),
-                                       (B_HOST, 5006), 0.004)
+    [left] = session.receive(bytes(SessionExchange(END_SESSION, peer.token, 3)), (B_HOST, 5006),
+                             0.004, CONTROL)
     assert left == PeerLeft(peer, "bye") and session.peers == []
-    [dropped] = session.datagram_received(DATA, rtp(2, 3), (B_HOST, 5007), 0.005)
+    [dropped] = session.receive(rtp(2, 3), (B_HOST, 5007), 0.005, DATA)
     assert dropped.reason == "RTP from non-member"
 
 
@@ -479,11 +470,10 @@ def test_data_port_ssrc_of_another_peer_is_refused(wire):
     a, b = connect(wire)
     peer, [invitation] = a.invite((C_HOST, 5010), wire.now)
     token = parse_control(invitation.data).token
-    a.datagram_received(CONTROL, bytes(SessionExchange(INVITATION_ACCEPTED, token, 7, "C")),
-                        (C_HOST, 5010), wire.now)
-    actions = a.datagram_received(
-        DATA, bytes(SessionExchange(INVITATION_ACCEPTED, token, b.ssrc, "C")), (C_HOST, 5011),
-        wire.now)
+    a.receive(bytes(SessionExchange(INVITATION_ACCEPTED, token, 7, "C")), (C_HOST, 5010),
+              wire.now, CONTROL)
+    actions = a.receive(bytes(SessionExchange(INVITATION_ACCEPTED, token, b.ssrc, "C")),
+                        (C_HOST, 5011), wire.now, DATA)
     assert [action.reason for action in actions] == ["data-port SSRC belongs to another peer"]
     assert not peer.joined
 
@@ -491,10 +481,10 @@ def test_data_port_ssrc_of_another_peer_is_refused(wire):
 def test_clock_offset_and_rtt_as_responder_from_captured_ck2(wire):
     b = wire.add("B", B_HOST, 5006)
     invitation = bytes(SessionExchange(INVITATION, 5, 0x664B3F39, "pyI"))
-    b.datagram_received(CONTROL, invitation, (A_HOST, 5008), 0.0)
-    b.datagram_received(DATA, invitation, (A_HOST, 5009), 0.0)
+    b.receive(invitation, (A_HOST, 5008), 0.0, CONTROL)
+    b.receive(invitation, (A_HOST, 5009), 0.0, DATA)
     ck2 = Sync(0x664B3F39, 2, 0x00001053EF9C6204, 0x218E, 0x00001053EF9C6211)
-    [completed] = b.datagram_received(DATA, bytes(ck2), (A_HOST, 5009), 1.0)
+    [completed] = b.receive(bytes(ck2), (A_HOST, 5009), 1.0, DATA)
     assert completed.rtt == pytest.approx(13 / 10_000)
     assert completed.offset == pytest.approx(
         ((0x00001053EF9C6204 + 0x00001053EF9C6211) / 2 - 0x218E) / 10_000)
@@ -503,7 +493,7 @@ def test_clock_offset_and_rtt_as_responder_from_captured_ck2(wire):
 def test_ck1_that_answers_nothing_is_dropped(wire):
     a, b = connect(wire)
     stray = Sync(a.ssrc, 1, 12345, 678)
-    actions = b.datagram_received(DATA, bytes(stray), wire.address(a, DATA), wire.now)
+    actions = b.receive(bytes(stray), wire.address(a, DATA), wire.now, DATA)
     assert [action.reason for action in actions] == ["CK1 answers no CK0 of ours"]
 
 
@@ -513,8 +503,8 @@ def test_ck1_with_only_low_32_bits_echoed_is_accepted():
     ck0 = parse_control(actions[-1].data)
     assert ck0.ts1 > 0xFFFFFFFF
     truncated = Sync(2, 1, ck0.ts1 & 0xFFFFFFFF, 77, 99)
-    actions = session.datagram_received(DATA, bytes(truncated), (B_HOST, 5007), 0.01)
-    assert isinstance(actions[-1], SyncCompleted)
+    actions = session.receive(bytes(truncated), (B_HOST, 5007), 0.01, DATA)
+    assert isinstance(actions[-1], ClockSynced)
     assert actions[-1].rtt == pytest.approx(0.01)
 
 
@@ -522,8 +512,8 @@ def test_ck0_from_the_peer_we_invited_is_answered(wire):
     a, b = connect(wire)
     wire.now = 3.0
     ck0 = Sync(b.ssrc, 0, 42)
-    [answer] = a.datagram_received(DATA, bytes(ck0), wire.address(b, DATA), wire.now)
-    assert answer.port == DATA and answer.addr == wire.address(b, DATA)
+    [answer] = a.receive(bytes(ck0), wire.address(b, DATA), wire.now, DATA)
+    assert answer.via == DATA and answer.address == wire.address(b, DATA)
     assert parse_control(answer.data) == Sync(a.ssrc, 1, 42, a.ticks(3.0))
 
 
@@ -531,7 +521,7 @@ def test_ck2_is_never_answered(wire):
     a, b = connect(wire)
     for session, other in ((a, b), (b, a)):
         ck2 = Sync(other.ssrc, 2, 1, 2, 3)
-        actions = session.datagram_received(DATA, bytes(ck2), wire.address(other, DATA), 1.0)
+        actions = session.receive(bytes(ck2), wire.address(other, DATA), 1.0, DATA)
         assert not [action for action in actions if isinstance(action, Send)]
 
 
@@ -555,7 +545,7 @@ class NodeLikeResponder:
     def __call__(self, source, destination, data):
         if destination[0] == B_HOST and command_of(data) == "CK2":
             ck0 = Sync(self.session.ssrc, 0, 7)
-            self.wire.run(self.session, [Send(DATA, bytes(ck0), source)])
+            self.wire.run(self.session, [Send(bytes(ck0), source, DATA)])
         return False
 
 
@@ -593,7 +583,7 @@ def test_syncing_peers_stay_joined(wire):
 def test_bye_on_either_port_ends_the_peer(wire, port):
     a, b = connect(wire)
     bye = bytes(SessionExchange(END_SESSION, 0, a.ssrc))
-    actions = b.datagram_received(port, bye, wire.address(a, port), wire.now)
+    actions = b.receive(bye, wire.address(a, port), wire.now, port)
     [left] = actions
     assert isinstance(left, PeerLeft) and left.reason == "bye"
     assert b.peers == []
@@ -607,14 +597,14 @@ def test_close_says_bye_on_both_ports(wire):
     assert [event.reason for event in wire.of_type(a, PeerLeft)] == ["closed"]
     assert [event.reason for event in wire.of_type(b, PeerLeft)] == ["bye"]
     assert b.counters["bye from unknown peer"] == 1
-    assert a.datagram_received(DATA, rtp(1, b.ssrc), wire.address(b, DATA), 1.0)[0].reason \
+    assert a.receive(rtp(1, b.ssrc), wire.address(b, DATA), 1.0, DATA)[0].reason \
         == "session closed"
 
 
 def test_bye_from_a_stranger_is_ignored(wire):
     a, b = connect(wire)
     bye = bytes(SessionExchange(END_SESSION, 0, a.ssrc))
-    [dropped] = b.datagram_received(CONTROL, bye, ("6.6.6.6", 5004), wire.now)
+    [dropped] = b.receive(bye, ("6.6.6.6", 5004), wire.now, CONTROL)
     assert dropped.reason == "bye from unknown peer"
     assert len(b.peers) == 1
 
@@ -637,8 +627,8 @@ def test_receiver_feedback(wire):
     wire.advance(0.1)
     [report] = wire.sent("RS")
     assert report[1:3] == ((B_HOST, 5006), (A_HOST, 5004))
-    [feedback] = wire.of_type(a, FeedbackReceived)
-    assert feedback.seq == 1 and feedback.peer.ssrc == b.ssrc
+    [feedback] = wire.of_type(a, Feedback)
+    assert feedback.sequence == 1 and feedback.peer.ssrc == b.ssrc
 
     wire.run(a, a.send_rtp(rtp(2, a.ssrc)))
     wire.advance(0.5)
@@ -652,17 +642,17 @@ def test_receiver_feedback(wire):
 def test_feedback_accepted_on_data_port(wire):
     a, b = connect(wire)
     feedback = bytes(ReceiverFeedback(b.ssrc, 49357))
-    [event] = a.datagram_received(DATA, feedback, wire.address(b, DATA), wire.now)
-    assert isinstance(event, FeedbackReceived) and event.seq == 49357
+    [event] = a.receive(feedback, wire.address(b, DATA), wire.now, DATA)
+    assert isinstance(event, Feedback) and event.sequence == 49357
 
 
 def test_rtp_from_non_members_is_dropped(wire):
     a, b = connect(wire)
-    [dropped] = b.datagram_received(DATA, rtp(1, 0xDEAD), (C_HOST, 5009), 0.0)
+    [dropped] = b.receive(rtp(1, 0xDEAD), (C_HOST, 5009), 0.0, DATA)
     assert dropped.reason == "RTP from non-member"
-    [dropped] = b.datagram_received(DATA, rtp(1, a.ssrc), (C_HOST, 5009), 0.0)
+    [dropped] = b.receive(rtp(1, a.ssrc), (C_HOST, 5009), 0.0, DATA)
     assert dropped.reason == "RTP from unexpected address"
-    [dropped] = b.datagram_received(DATA, b"\x00" * 20, wire.address(a, DATA), 0.0)
+    [dropped] = b.receive(b"\x00" * 20, wire.address(a, DATA), 0.0, DATA)
     assert dropped.reason == "not RTP"
     assert b.counters == {"RTP from non-member": 1, "RTP from unexpected address": 1,
                           "not RTP": 1}
@@ -670,9 +660,9 @@ def test_rtp_from_non_members_is_dropped(wire):
 
 def test_control_port_garbage_and_rl_are_counted(wire):
     b = wire.add("B", B_HOST, 5006)
-    [dropped] = b.datagram_received(CONTROL, rtp(1, 5), (A_HOST, 5004), 0.0)
+    [dropped] = b.receive(rtp(1, 5), (A_HOST, 5004), 0.0, CONTROL)
     assert dropped.reason == "malformed"
-    [dropped] = b.datagram_received(CONTROL, bytes(BitrateLimit(5, 1000)), (A_HOST, 5004), 0.0)
+    [dropped] = b.receive(bytes(BitrateLimit(5, 1000)), (A_HOST, 5004), 0.0, CONTROL)
     assert dropped.reason == "bitrate limit not supported"
 
 
@@ -718,7 +708,7 @@ def test_arbitrary_datagrams_never_raise(data):
     for port, datagram, addr, pause in inputs:
         session = data.draw(st.sampled_from([a, b]))
         wire.now += pause
-        wire.run(session, session.datagram_received(port, datagram, addr, wire.now))
+        wire.run(session, session.receive(datagram, addr, wire.now, port))
         wire.run(session, session.timer(wire.now))
         if data.draw(st.booleans()):
             wire.run(session, session.send_rtp(rtp(1, session.ssrc)))

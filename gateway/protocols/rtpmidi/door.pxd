@@ -19,7 +19,7 @@ cdef class RtpMidiMember:
 cdef class SessionEndpoint:
     cdef public object door, entry, config, reactor, bus, members
     cdef public object control_port, data_port, data_socket, _invite_targets, _invited
-    cdef public object _reinvitations
+    cdef public object _reinvitations, carry_out
     cdef public AppleMidiSession session
 
     @cython.locals(member=RtpMidiMember, packet=RtpMidiPacket)

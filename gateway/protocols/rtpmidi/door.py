@@ -26,6 +26,9 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from zope.interface import classImplements
 
+from gateway.actions import (
+    ClockSynced, Drop, Feedback, PeerJoined, PeerLeft, Send, dispatcher,
+)
 from gateway.bus.values import AllowedAddress, JoinRefused, JoinRequest, Verified
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
@@ -34,8 +37,7 @@ from gateway.protocols.rtpmidi.applemidi import is_applemidi
 from gateway.protocols.rtpmidi.media import RtpMidiStream
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
 from gateway.protocols.rtpmidi.session import (
-    CLOCK_RATE, CONTROL, DATA, AppleMidiSession, Dropped, FeedbackReceived,
-    InvitationFailed, Peer, PeerJoined, PeerLeft, Send, SyncCompleted,
+    CLOCK_RATE, CONTROL, DATA, AppleMidiSession, InvitationFailed, Peer,
 )
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 
@@ -134,7 +136,7 @@ class _PortProtocol(protocol.DatagramProtocol):
         self.which = which
 
     def datagramReceived(self, data, addr):
-        self.endpoint.datagram_received(self.which, data, addr)
+        self.endpoint.receive(data, addr, self.which)
 
 
 class _DataPortProtocol(_PortProtocol):
@@ -145,7 +147,7 @@ class _DataPortProtocol(_PortProtocol):
 
     def datagramReceived(self, data, addr):
         if is_applemidi(data):
-            self.endpoint.datagram_received(DATA, data, addr)
+            self.endpoint.receive(data, addr, DATA)
         else:
             self.endpoint.rtp_received(data, addr)
 
@@ -169,6 +171,12 @@ class SessionEndpoint:
                                        if invite.session == entry.session})
         self._invited = {}         # Peer -> the configured target its invitation went to
         self._reinvitations = {}
+        self.carry_out = dispatcher({
+            Send: self._send, Drop: self._dropped, Feedback: self._feedback,
+            ClockSynced: self._clock_synced,
+            PeerJoined: lambda action: self._peer_joined(action.peer),
+            PeerLeft: lambda action: self._peer_gone(action.peer, action.reason),
+            InvitationFailed: lambda action: self._peer_gone(action.peer, action.reason)})
 
     def start(self):
         host = self.config.host
@@ -230,8 +238,8 @@ class SessionEndpoint:
     def kick(self, peer):
         self.carry_out(self.session.kick(peer))
 
-    def datagram_received(self, which, data, addr):
-        self.carry_out(self.session.datagram_received(which, data, addr, self.reactor.seconds()))
+    def receive(self, data, addr, port):
+        self.carry_out(self.session.receive(data, addr, self.reactor.seconds(), port))
 
     def rtp_received(self, data, addr):
         try:
@@ -247,41 +255,28 @@ class SessionEndpoint:
         else:
             self._dropped(source)
 
-    def carry_out(self, actions):
-        for action in actions:
-            kind = type(action)
-            if kind is Send:
-                listening = self.control_port if action.port == CONTROL else self.data_port
-                listening.write(action.data, action.addr)
-            elif kind is FeedbackReceived:
-                member = self.members.get(action.peer)
-                if member is not None:
-                    member.feedback_received(action.seq)
-                    self._touch(member)
-            elif kind is SyncCompleted:
-                member = self.members.get(action.peer)
-                if member is not None:
-                    member.stream.clock_offset = action.peer.clock_offset
-                if member is not None and member.membership is not None:
-                    member.membership.touch()
-                    if action.peer.rtt is not None:
-                        member.membership.report_latency(round(action.peer.rtt * 1000.0, 2))
-            elif kind is PeerJoined:
-                self._peer_joined(action.peer)
-            elif kind is PeerLeft:
-                self._peer_gone(action.peer, action.reason)
-            elif kind is InvitationFailed:
-                self._peer_gone(action.peer, action.reason)
-            elif kind is Dropped:
-                self._dropped(action)
+    def _send(self, action):
+        listening = self.control_port if action.via == CONTROL else self.data_port
+        listening.write(action.data, action.address)
 
-    def _dropped(self, action):
-        self.drop(action.reason.replace(" ", "_"), action.addr, action.detail)
+    def _feedback(self, action):
+        member = self.members.get(action.peer)
+        if member is not None:
+            member.feedback_received(action.sequence)
+            if member.membership is not None:
+                member.membership.touch()
 
-    @staticmethod
-    def _touch(member):
+    def _clock_synced(self, action):
+        member = self.members.get(action.peer)
+        if member is None:
+            return
+        member.stream.clock_offset = action.offset
         if member.membership is not None:
             member.membership.touch()
+            member.membership.report_latency(round(action.rtt * 1000.0, 2))
+
+    def _dropped(self, action):
+        self.drop(action.reason.replace(" ", "_"), action.source, action.detail, action.count)
 
     def _peer_joined(self, peer):
         host = peer.data_addr[0]

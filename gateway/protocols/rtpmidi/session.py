@@ -19,16 +19,20 @@ again (a lost OK must not lock the initiator out), a CK2 is never answered
 and never starts a new exchange (node-rtpmidi's CK storm), and a CK0 from a
 peer we invited is answered (node needs its own sync before it will send).
 
-In the style of h11/wsproto: no sockets, clocks or Twisted. Every input is a
-method call carrying ``now`` (seconds, any monotonic epoch); every output is a
-returned list of action objects for the adapter to carry out or report.
+In the style of h11/wsproto, with the shape and actions of every core
+(:mod:`gateway.actions`): no sockets, clocks or Twisted; ``receive``,
+``timer``, ``invite``, ``kick`` and ``close`` carry ``now`` (seconds, any
+monotonic epoch) where it matters and return a list of actions for the
+adapter to carry out: Send (``via`` is CONTROL or DATA), Drop, PeerJoined,
+PeerLeft, Feedback, ClockSynced, and this core's own InvitationFailed and
+RtpReceived.
 """
 
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
 
+from gateway.actions import ClockSynced, Drop, Feedback, PeerJoined, PeerLeft, Send
 from gateway.protocols.rtpmidi.applemidi import (
     END_SESSION,
     INVITATION,
@@ -128,27 +132,6 @@ class Peer:
 
 
 @dataclass(frozen=True)
-class Send:
-    """Send ``data`` from our ``port`` (CONTROL or DATA) to ``addr``."""
-    port: str
-    data: bytes
-    addr: tuple
-
-
-@dataclass(frozen=True)
-class PeerJoined:
-    """Both ports are connected; RTP from and to ``peer`` now flows."""
-    peer: Peer
-
-
-@dataclass(frozen=True)
-class PeerLeft:
-    """A joined peer is gone: 'bye', 'timeout', 'kicked', 'closed' or 'rejoined'."""
-    peer: Peer
-    reason: str
-
-
-@dataclass(frozen=True)
 class InvitationFailed:
     """A peer that never joined is dropped: 'refused' (NO), 'no answer',
     'timeout' (no data-port IN), 'bye', 'kicked', 'closed' or 'rejoined'."""
@@ -161,29 +144,6 @@ class RtpReceived:
     """An RTP packet (raw bytes, header included) from a joined peer."""
     peer: Peer
     data: bytes
-
-
-@dataclass(frozen=True)
-class FeedbackReceived:
-    """``peer`` has received our RTP packets up to sequence number ``seq``."""
-    peer: Peer
-    seq: int
-
-
-@dataclass(frozen=True)
-class SyncCompleted:
-    """A CK exchange with ``peer`` finished; both values in seconds, see Peer."""
-    peer: Peer
-    rtt: float
-    offset: float
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """A datagram was ignored; ``reason`` is also the key in ``counters``."""
-    reason: str
-    addr: tuple
-    detail: Optional[str] = None
 
 
 class AppleMidiSession:
@@ -219,7 +179,8 @@ class AppleMidiSession:
         """Joined peers, in the order they joined."""
         return list(self._joined_by_ssrc.values())
 
-    def datagram_received(self, port, data, addr, now):
+    def receive(self, data, addr, now, port):
+        """A datagram from ``addr`` that arrived on our ``port`` (CONTROL or DATA)."""
         if port == DATA and not is_applemidi(data):
             return self._rtp_received(data, addr)
         if self.closed:
@@ -240,7 +201,7 @@ class AppleMidiSession:
             peer = self._joined_peer(packet.ssrc)
             if peer is None:
                 return [self._drop("feedback from unknown peer", addr)]
-            return [FeedbackReceived(peer, packet.seq)]
+            return [Feedback(peer, packet.seq)]
         assert isinstance(packet, BitrateLimit)
         return [self._drop("bitrate limit not supported", addr, f"{packet.limit} bit/s")]
 
@@ -278,7 +239,7 @@ class AppleMidiSession:
     def send_rtp(self, rtp_bytes, peers=None):
         """Send one RTP packet to ``peers`` (default: every joined peer)."""
         targets = self._joined_by_ssrc.values() if peers is None else peers
-        return [Send(DATA, rtp_bytes, peer.data_addr) for peer in targets if peer.joined]
+        return [Send(rtp_bytes, peer.data_addr, DATA) for peer in targets if peer.joined]
 
     def kick(self, peer):
         """End ``peer``'s membership, telling it with BY on both ports."""
@@ -315,26 +276,26 @@ class AppleMidiSession:
         peer._attempts += 1
         peer._next_attempt_time = now + INVITATION_INTERVAL
         if peer.state == PeerState.INVITING_CONTROL:
-            return [Send(CONTROL, self._exchange(INVITATION, peer.token), peer.control_addr)]
-        return [Send(DATA, self._exchange(INVITATION, peer.token), peer.data_addr)]
+            return [Send(self._exchange(INVITATION, peer.token), peer.control_addr, CONTROL)]
+        return [Send(self._exchange(INVITATION, peer.token), peer.data_addr, DATA)]
 
     def _invitation_received(self, port, packet, addr, now):
         existing = self._peer_by_ssrc(packet.ssrc)
         if packet.version != PROTOCOL_VERSION:
-            return [Send(port, self._exchange(INVITATION_REJECTED, packet.token), addr),
+            return [Send(self._exchange(INVITATION_REJECTED, packet.token), addr, port),
                     self._drop("unsupported protocol version", addr, str(packet.version))]
         if packet.ssrc == self.ssrc:
             # Our own invitation reflected back, or an SSRC collision (RFC 3550 §8).
-            return [Send(port, self._exchange(INVITATION_REJECTED, packet.token), addr),
+            return [Send(self._exchange(INVITATION_REJECTED, packet.token), addr, port),
                     self._drop("invitation with our own SSRC", addr)]
         if port == DATA:
             return self._data_invitation_received(existing, packet, addr, now)
         if existing is not None and existing.token == packet.token:
             # Our OK was lost; the initiator retries with the same token.
-            return [Send(CONTROL, self._exchange(INVITATION_ACCEPTED, packet.token), addr)]
+            return [Send(self._exchange(INVITATION_ACCEPTED, packet.token), addr, CONTROL)]
         verdict = self.accept(addr)
         if verdict is not True:
-            return [Send(CONTROL, self._exchange(INVITATION_REJECTED, packet.token), addr),
+            return [Send(self._exchange(INVITATION_REJECTED, packet.token), addr, CONTROL),
                     self._drop("invitation refused", addr,
                                verdict if isinstance(verdict, str) and verdict else None)]
         actions = []
@@ -346,7 +307,7 @@ class AppleMidiSession:
         peer.name = packet.name
         peer.state = PeerState.AWAITING_DATA_INVITATION
         self._peers.append(peer)
-        actions.append(Send(CONTROL, self._exchange(INVITATION_ACCEPTED, packet.token), addr))
+        actions.append(Send(self._exchange(INVITATION_ACCEPTED, packet.token), addr, CONTROL))
         return actions
 
     def _data_invitation_received(self, existing, packet, addr, now):
@@ -358,14 +319,14 @@ class AppleMidiSession:
             # invitation; it must come from the host that sent it.
             peer = self._awaiting_data_invitation(packet.token, addr)
             if peer is None:
-                return [Send(DATA, self._exchange(INVITATION_REJECTED, packet.token), addr),
+                return [Send(self._exchange(INVITATION_REJECTED, packet.token), addr, DATA),
                         self._drop("data invitation without control invitation", addr)]
             if existing is not None:
-                return [Send(DATA, self._exchange(INVITATION_REJECTED, packet.token), addr),
+                return [Send(self._exchange(INVITATION_REJECTED, packet.token), addr, DATA),
                         self._drop("data-port SSRC belongs to another peer", addr,
                                    f"{packet.ssrc:#010x}")]
             peer.data_port_ssrc = packet.ssrc
-        actions = [Send(DATA, self._exchange(INVITATION_ACCEPTED, packet.token), addr)]
+        actions = [Send(self._exchange(INVITATION_ACCEPTED, packet.token), addr, DATA)]
         if peer.state == PeerState.AWAITING_DATA_INVITATION:
             peer.data_addr = addr
             actions += self._join(peer, now)
@@ -435,10 +396,10 @@ class AppleMidiSession:
         actions = []
         if say_bye:
             bye = self._bye(peer)
-            actions.append(Send(CONTROL, bye, peer.control_addr))
+            actions.append(Send(bye, peer.control_addr, CONTROL))
             # rtpmidid only lets go of a peer after BY on both of its ports.
             if peer.data_addr is not None and peer.state != PeerState.INVITING_CONTROL:
-                actions.append(Send(DATA, bye, peer.data_addr))
+                actions.append(Send(bye, peer.data_addr, DATA))
         if peer.joined:
             del self._joined_by_ssrc[peer.ssrc]
             if peer.data_port_ssrc is not None:
@@ -479,8 +440,7 @@ class AppleMidiSession:
                     else SYNC_INTERVAL)
         peer._next_sync_time = now + interval
         peer._outstanding_sync_ts1 = self.ticks(now)
-        return Send(DATA, bytes(Sync(self.ssrc, 0, peer._outstanding_sync_ts1)),
-                    peer.data_addr)
+        return Send(bytes(Sync(self.ssrc, 0, peer._outstanding_sync_ts1)), peer.data_addr, DATA)
 
     def _sync_received(self, port, packet, addr, now):
         peer = self._joined_peer(packet.ssrc)
@@ -489,7 +449,7 @@ class AppleMidiSession:
         peer.last_sync_time = now
         if packet.count == 0:
             answer = Sync(self.ssrc, 1, packet.ts1, self.ticks(now))
-            return [Send(port, bytes(answer), addr)]
+            return [Send(bytes(answer), addr, port)]
         if packet.count == 1:
             ts1 = peer._outstanding_sync_ts1
             # node-rtpmidi echoes only the low 32 bits of ts1.
@@ -499,7 +459,7 @@ class AppleMidiSession:
             ts3 = self.ticks(now)
             answer = Sync(self.ssrc, 2, packet.ts1, packet.ts2, ts3)
             their_clock_ahead = packet.ts2 - (ts1 + ts3) / 2
-            return [Send(port, bytes(answer), addr),
+            return [Send(bytes(answer), addr, port),
                     self._sync_completed(peer, ts3 - ts1, their_clock_ahead)]
         # CK2 ends the peer's exchange: never answered, never a reason to start ours.
         rtt_ticks = (packet.ts3 - packet.ts1) & 0xFFFFFFFF
@@ -509,12 +469,12 @@ class AppleMidiSession:
     def _sync_completed(self, peer, rtt_ticks, offset_ticks):
         peer.rtt = rtt_ticks / CLOCK_RATE
         peer.clock_offset = offset_ticks / CLOCK_RATE
-        return SyncCompleted(peer, peer.rtt, peer.clock_offset)
+        return ClockSynced(peer, peer.rtt, peer.clock_offset)
 
     # -- RTP and receiver feedback --------------------------------------
 
     def rtp_source(self, ssrc, sequence, addr):
-        """The joined peer that sent RTP packet ``sequence`` of ``ssrc`` from ``addr``, or a Dropped.
+        """The joined peer that sent packet ``sequence`` of ``ssrc`` from ``addr``, or a Drop.
 
         The data port's per-packet path: the adapter parses the packet once
         and calls this directly (after ruling out AppleMIDI with
@@ -548,8 +508,8 @@ class AppleMidiSession:
         peer._feedback_due = False
         peer._next_feedback_time = now + FEEDBACK_INTERVAL
         packet = ReceiverFeedback(self.ssrc, peer.highest_rtp_seq)
-        return Send(CONTROL, bytes(packet), peer.control_addr)
+        return Send(bytes(packet), peer.control_addr, CONTROL)
 
     def _drop(self, reason, addr, detail=None):
         self.counters[reason] += 1
-        return Dropped(reason, addr, detail)
+        return Drop(reason, addr, detail)
