@@ -58,19 +58,26 @@ def test_slow_reader_is_disconnected_and_counted(gateway_factory):
     sysex = [0xF0] + [0x11] * 60000 + [0xF7]
 
     async def scenario():
-        sleeper = await JamClient.connect(gateway.ws_url)
         player = await JamClient.connect(gateway.ws_url)
-        await sleeper.join(*DEMO, "sleeper")
+        sleeper = await JamClient.connect(gateway.ws_url)
+        listener = await JamClient.connect(gateway.ws_url)
         await player.join(*DEMO, "player")
+        await sleeper.join(*DEMO, "sleeper")
+        await listener.join(*DEMO, "listener", midi="binary")   # after the sleeper in the fan-out
         sleeper.protocol.transport.pause_reading()     # reads nothing from now on
+        sent = 0
         for _ in range(400):          # ~100 MB of JSON towards the sleeper if all were queued
             player.send_binary(sysex)
+            sent += 1
             await asyncio.sleep(0.005)
             if gateway.status()["drops"].get("websocket", {}).get("slow_reader"):
                 break
         left = await player.expect(lambda m: m["type"] == "members" and m["change"] == "leave",
                                    timeout=20)
         assert left["member"]["name"] == "sleeper"
+        # The sleeper is kicked from inside a fan-out; the member after it misses nothing.
+        for _ in range(sent):
+            assert (await listener.midi(timeout=20))["data"] == bytes(sysex)
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
     assert gateway.status()["drops"]["websocket"]["slow_reader"] == 1
