@@ -9,6 +9,7 @@ Client peers are the real :class:`GroupClient` core driven the way
 import pytest
 from twisted.internet import protocol, task
 
+from gateway.actions import Send
 from gateway.config import ConfigError, parse
 from tests.members import RecordingMember, join_now, roster_names
 from gateway.midi import MidiEvent
@@ -95,19 +96,19 @@ class FakeClientProgram:
             (HOST, SERVER_PORT), (HOST, port))
         self.app_inbox = []
         self.port = network.listenUDP(port, _Callback(self._from_network), interface=HOST)
-        self.timer = task.LoopingCall(lambda: self._perform(self.core.tick(network.seconds())))
+        self.timer = task.LoopingCall(lambda: self._perform(self.core.timer(network.seconds())))
         self.timer.clock = network
         self.timer.start(client.TICK_INTERVAL, now=True)
 
     def _from_network(self, data, addr):
-        self._perform(self.core.datagram_from_network(data, addr, self.network.seconds()))
+        self._perform(self.core.receive(data, addr, self.network.seconds()))
 
     def app_sends(self, data):
-        self._perform(self.core.datagram_from_app(data, self.network.seconds()))
+        self._perform(self.core.send_from_app(data, self.network.seconds()))
 
     def _perform(self, actions):
         for action in actions:
-            if isinstance(action, client.SendTo):
+            if isinstance(action, Send):
                 self.port.write(action.data, action.address)
             else:
                 self.app_inbox.append(action.data)

@@ -84,7 +84,7 @@ class NattedClient(FakeClientProgram):
             (GATEWAY, SERVER_PORT), (lan_ip, port), relay=(GATEWAY, *RELAY_PORTS))
         self.app_inbox = []
         self.port = _LanPort(nat, (lan_ip, port), _Receiver(self._from_network))
-        self.timer = task.LoopingCall(lambda: self._perform(self.core.tick(network.seconds())))
+        self.timer = task.LoopingCall(lambda: self._perform(self.core.timer(network.seconds())))
         self.timer.clock = network
         self.timer.start(client.TICK_INTERVAL, now=True)
 

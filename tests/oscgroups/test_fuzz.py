@@ -73,11 +73,11 @@ def test_mapping_never_raises(data):
 @given(st.lists(st.tuples(datagrams, st.booleans()), max_size=5))
 def test_client_never_raises(sequence):
     core = client.GroupClient("alice", "a" * 32, "grp", "g" * 32, SERVER, ("127.0.0.1", 1))
-    core.tick(0)
+    core.timer(0)
     for step, (data, from_server) in enumerate(sequence):
-        core.datagram_from_network(data, SERVER if from_server else PEER, step)
-        core.tick(step)
-    core.datagram_from_app(b"anything", 10)
+        core.receive(data, SERVER if from_server else PEER, step)
+        core.timer(step)
+    core.send_from_app(b"anything", 10)
 
 
 endpoints = st.tuples(st.sampled_from(["127.0.0.1", "192.168.1.2", "198.18.2.1"]),
@@ -102,9 +102,9 @@ def test_client_only_sends_data_to_peers_that_pinged(inputs):
     for source, payload in inputs:
         if source == "tick":
             now += payload
-            core.tick(now)
+            core.timer(now)
         else:
-            core.datagram_from_network(payload, SERVER if source == "server" else source, now)
-        sent = {action.address for action in core.datagram_from_app(b"data", now)}
+            core.receive(payload, SERVER if source == "server" else source, now)
+        sent = {action.address for action in core.send_from_app(b"data", now)}
         pinged = {peer.selected()[1].address for peer in core.peers.values() if peer.selected()}
         assert sent == pinged

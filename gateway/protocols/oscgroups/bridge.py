@@ -10,18 +10,21 @@ core chose for that peer (private, public, ping endpoint or relay).
 
 A peer belongs to the gateway while the server lists it in a bridged group:
 the core reports :class:`PeerListed` after every server reply and
-:class:`PeerGone` once the server has stopped listing it for
+PeerLeft once the server has stopped listing it for
 :data:`FORGET_UNLISTED_AFTER` seconds (two missed alive replies), so a peer
 the server purged leaves its sessions within seconds of the purge.
 
-Feed :meth:`Bridge.tick` every :data:`.client.TICK_INTERVAL` seconds and every
-datagram the bridge socket receives; act on the returned actions
-(:class:`.client.SendTo`, :class:`PeerListed`, :class:`PeerGone`,
-:class:`PeerAlive`, :class:`PeerMidi`, :class:`Dropped`). No I/O, no Twisted.
+Feed :meth:`Bridge.timer` every :data:`.client.TICK_INTERVAL` seconds and
+:meth:`Bridge.receive` every datagram the bridge socket receives; act on the
+returned actions (:mod:`gateway.actions`: Send, PeerLeft, PeerAlive,
+PeerMidi, Drop; and this core's own :class:`PeerListed`). A peer is named
+by its OSCgroups user name. No I/O, no Twisted.
 """
 
 import collections
 from typing import NamedTuple
+
+from gateway.actions import Drop, PeerAlive, PeerLeft, PeerMidi, Send
 
 from . import client, wire
 
@@ -38,36 +41,6 @@ class PeerListed(NamedTuple):
 
     name: str
     groups: frozenset
-
-
-class PeerGone(NamedTuple):
-    """Peer ``name`` is no longer listed (purged by the server, or left every group)."""
-
-    name: str
-
-
-class PeerAlive(NamedTuple):
-    """A datagram without MIDI (a ping, say) came from peer ``name``.
-
-    :class:`PeerMidi` says the same, so a datagram gives one or the other.
-    """
-
-    name: str
-
-
-class PeerMidi(NamedTuple):
-    """MIDI messages (bytes each) that peer ``name`` sent as OSC."""
-
-    name: str
-    messages: list
-
-
-class Dropped(NamedTuple):
-    """Input or output not passed on; ``source`` is the peer address when known."""
-
-    reason: str
-    source: tuple
-    count: int = 1
 
 
 class Bridge:
@@ -90,17 +63,17 @@ class Bridge:
     # ------------------------------------------------------------------
     # Inputs
 
-    def tick(self, now):
+    def timer(self, now):
         self._peer_by_source.clear()
-        return self.client.tick(now) + self._forgotten()
+        return self.client.timer(now) + self._forgotten()
 
-    def datagram_received(self, data, source, now):
+    def receive(self, data, source, now):
         core = self.client
         source = (source[0], source[1])
         if source == core.server or _PING_MARKER in data:
             self._peer_by_source.clear()
-            actions = [action for action in core.datagram_from_network(data, source, now)
-                       if type(action) is client.SendTo]
+            actions = [action for action in core.receive(data, source, now)
+                       if type(action) is Send]
         else:
             actions = []      # the core would only hand it to the application: us
         if source == core.server:
@@ -117,14 +90,14 @@ class Bridge:
             # A ping from a user we have not learnt yet is normal while peers meet
             # (the client core re-registers to learn it); anything else is a drop.
             if _PING_MARKER not in data:
-                actions.append(Dropped("unknown_peer", source))
+                actions.append(Drop("unknown_peer", source))
             return actions
         self.counters["datagrams_from_peers"] += 1
         try:
             messages = wire.parse_packet(data)
         except wire.MalformedPacket:
             actions.append(PeerAlive(name))
-            actions.append(Dropped("malformed", source))
+            actions.append(Drop("malformed", source))
             return actions
         events = []
         unmapped = 0
@@ -137,7 +110,7 @@ class Bridge:
             else:
                 events.extend(mapped)
         if unmapped:
-            actions.append(Dropped("unmapped", source, unmapped))
+            actions.append(Drop("unmapped", source, count=unmapped))
         if events:
             self.counters["midi_from_peers"] += len(events)
             actions.append(PeerMidi(name, events))
@@ -164,12 +137,12 @@ class Bridge:
         return wire.pack_bundles(fitting, MAX_PEER_DATAGRAM), too_large
 
     def send_to_peer(self, name, datagrams, now):
-        """SendTo actions for encoded datagrams, or a Dropped while ``name`` has no path."""
+        """Send actions for encoded datagrams, or a Drop while ``name`` has no path."""
         actions = []
         for datagram in datagrams:
             actions.extend(self.client.send_to_peer(name, datagram, now))
         if datagrams and not actions:
-            return [Dropped("no_path_to_peer", None, len(datagrams))]
+            return [Drop("no_path_to_peer", None, count=len(datagrams))]
         self.counters["datagrams_to_peers"] += len(actions)
         return actions
 
@@ -194,4 +167,4 @@ class Bridge:
     def _forgotten(self):
         gone = self._known.difference(self.client.peers)
         self._known.difference_update(gone)
-        return [PeerGone(name) for name in sorted(gone)]
+        return [PeerLeft(name, "no longer listed") for name in sorted(gone)]

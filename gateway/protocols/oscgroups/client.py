@@ -29,14 +29,18 @@ with it), remembers which of its groups each peer is listed in
 (``forget_unlisted_after`` seconds; the C++ client never does, §5.4), and can
 send to one peer at a time (:meth:`GroupClient.send_to_peer`).
 
-Feed it :meth:`GroupClient.tick` every :data:`TICK_INTERVAL` seconds and every
-datagram with the time; it returns :class:`SendTo` (from the external socket)
-and :class:`DeliverToApp` actions. Human-readable lines accumulate for
+Feed it :meth:`GroupClient.timer` every :data:`TICK_INTERVAL` seconds, every
+datagram from the network to :meth:`GroupClient.receive` and every datagram
+from the local application to :meth:`GroupClient.send_from_app`, with the
+time; it returns :class:`~gateway.actions.Send` (from the external socket)
+and :class:`DeliverToApp` actions (:mod:`gateway.actions`). Human-readable lines accumulate for
 :meth:`GroupClient.take_events`. Time is whole seconds, as in the original.
 """
 
 import collections
 from typing import NamedTuple
+
+from gateway.actions import Send
 
 from . import wire
 
@@ -58,13 +62,6 @@ _PREFERENCE = (PRIVATE, PUBLIC, PING_ENDPOINT)
 
 # Cheap test before parsing a peer datagram: only pings concern the core.
 _PING_MARKER = wire.PING.encode("ascii")
-
-
-class SendTo(NamedTuple):
-    """Send ``data`` from the external (localtoremoteport) socket to ``address``."""
-
-    data: bytes
-    address: tuple
 
 
 class DeliverToApp(NamedTuple):
@@ -155,7 +152,7 @@ class GroupClient:
     # ------------------------------------------------------------------
     # Inputs
 
-    def tick(self, now):
+    def timer(self, now):
         seconds = int(now)
         actions = []
         if self._last_alive_sent is None or seconds - self._last_alive_sent >= ALIVE_INTERVAL:
@@ -171,7 +168,7 @@ class GroupClient:
                 actions.extend(self._scheduled_pings(peer, seconds))
         return actions
 
-    def datagram_from_app(self, data, now):
+    def send_from_app(self, data, now):
         seconds = int(now)
         actions = []
         for peer in self.peers.values():
@@ -181,11 +178,11 @@ class GroupClient:
             _kind, endpoint = selected
             endpoint.packets_forwarded += 1
             peer.last_forwarded = seconds
-            actions.append(SendTo(data, endpoint.address))
+            actions.append(Send(data, endpoint.address))
         return actions
 
     def send_to_peer(self, name, data, now):
-        """[SendTo] of ``data`` on the path to peer ``name``; [] while it has none."""
+        """[Send] of ``data`` on the path to peer ``name``; [] while it has none."""
         peer = self.peers.get(name)
         selected = peer.selected() if peer is not None else None
         if selected is None:
@@ -193,7 +190,7 @@ class GroupClient:
         _kind, endpoint = selected
         endpoint.packets_forwarded += 1
         peer.last_forwarded = int(now)
-        return [SendTo(data, endpoint.address)]
+        return [Send(data, endpoint.address)]
 
     def peer_at(self, address):
         """The name of the peer with an endpoint at ``address``, or None."""
@@ -204,7 +201,7 @@ class GroupClient:
                     return peer.name
         return None
 
-    def datagram_from_network(self, data, source, now):
+    def receive(self, data, source, now):
         seconds = int(now)
         source = (source[0], source[1])
         if source == self.server:
@@ -345,7 +342,7 @@ class GroupClient:
 
     def _ping(self, endpoint):
         endpoint.pings_sent += 1
-        return SendTo(self._ping_bundle, endpoint.address)
+        return Send(self._ping_bundle, endpoint.address)
 
     def _scheduled_pings(self, peer, seconds):
         if peer.establishing:
@@ -370,7 +367,7 @@ class GroupClient:
 
     def _alive(self, seconds):
         self._last_alive_sent = seconds
-        return SendTo(self._alive_bundle, self.server)
+        return Send(self._alive_bundle, self.server)
 
     @staticmethod
     def _expired(peer, seconds):

@@ -21,6 +21,8 @@ import sys
 
 from twisted.internet import protocol, task
 
+from gateway.actions import Send
+
 from . import client, wire
 
 LOCALHOST = "127.0.0.1"
@@ -102,17 +104,17 @@ class ClientProgram:
         self._timer.start(client.TICK_INTERVAL, now=True)
 
     def _tick(self):
-        self._perform(self.core.tick(self.reactor.seconds()))
+        self._perform(self.core.timer(self.reactor.seconds()))
 
     def _from_network(self, data, addr):
-        self._perform(self.core.datagram_from_network(data, addr, self.reactor.seconds()))
+        self._perform(self.core.receive(data, addr, self.reactor.seconds()))
 
     def _from_app(self, data, addr):
-        self._perform(self.core.datagram_from_app(data, self.reactor.seconds()))
+        self._perform(self.core.send_from_app(data, self.reactor.seconds()))
 
     def _perform(self, actions):
         for action in actions:
-            if isinstance(action, client.SendTo):
+            if type(action) is Send:
                 self._write(self._external, action.data, action.address)
             else:
                 self._write(self._to_app, action.data, self._app_address)

@@ -47,6 +47,7 @@ import typing
 from twisted.internet import error, protocol, task
 from zope.interface import implementer
 
+from gateway.actions import Drop, PeerAlive, PeerLeft, PeerMidi, Send, dispatcher
 from gateway.bus.values import JoinRefused, JoinRequest, Verified
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
@@ -137,6 +138,14 @@ class OscGroupsDoor(DoorService):
         self.relay = None
         self._relay_ports = {}    # port number -> (listening port, its socket)
         self.members = {}         # (peer name, group) -> OscPeerMember
+        self._carry_out_bridge = dispatcher({
+            Send: lambda action: self._write(self._bridge_port, action.data, action.address),
+            PeerMidi: lambda action: self._publish(action.peer, action.messages),
+            PeerAlive: lambda action: self._touch(action.peer),
+            bridge_core.PeerListed: lambda action: self._listed(action.name, action.groups),
+            PeerLeft: lambda action: self._listed(action.peer, frozenset()),
+            Drop: lambda action: self.drop(action.source, action.reason, action.detail or "",
+                                           action.count)})
         self._ports = []
         self._purge = task.LoopingCall(self._purge_users)
         self._purge.clock = self.reactor
@@ -312,31 +321,18 @@ class OscGroupsDoor(DoorService):
     # Bridge
 
     def _bridge_tick(self):
-        self._perform(self.bridge.tick(self.reactor.seconds()))
+        self._perform(self.bridge.timer(self.reactor.seconds()))
 
     def _bridge_datagram(self, data, addr):
-        actions = self.bridge.datagram_received(data, addr, self.reactor.seconds())
+        actions = self.bridge.receive(data, addr, self.reactor.seconds())
         if self.relay is not None:
             for action in actions:
-                if type(action) is bridge_core.PeerAlive:
-                    self.relay.saw_mapping(action.name, addr)
+                if type(action) is PeerAlive:
+                    self.relay.saw_mapping(action.peer, addr)
         self._perform(actions)
 
     def _perform(self, actions):
-        for action in actions:
-            kind = type(action)
-            if kind is client.SendTo:
-                self._write(self._bridge_port, action.data, action.address)
-            elif kind is bridge_core.PeerMidi:
-                self._publish(action.name, action.messages)
-            elif kind is bridge_core.PeerAlive:
-                self._touch(action.name)
-            elif kind is bridge_core.PeerListed:
-                self._listed(action.name, action.groups)
-            elif kind is bridge_core.PeerGone:
-                self._listed(action.name, frozenset())
-            else:
-                self.drop(action.source, action.reason, amount=action.count)
+        self._carry_out_bridge(actions)
         for line in self.bridge.client.take_events():
             self.log.debug("oscgroups bridge: {line}", line=line)
 
