@@ -1,4 +1,4 @@
-"""Relay core: pair policy, allocations, forwarding learnt from pings, limits, fuzz."""
+"""Relay core: pair policy, listings, allocations, forwarding learnt from pings, limits, fuzz."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,22 +50,53 @@ def ping(name):
     return wire.encode_bundle([wire.Ping(name).encode()])
 
 
+def relay_port(core, subject, viewer, now=T0):
+    """The relay port ``viewer`` is shown as ``subject``'s public endpoint."""
+    _private, (host, port) = core.listed_endpoints(subject, viewer, now)
+    assert host == GATEWAY
+    return port
+
+
 def meet(core, first, second, first_source, second_source, now=T0):
-    """Both advertised through the relay, each pings the other's relay port."""
-    port_of_second = core.advertised_endpoint(second, first, now)[1]
-    port_of_first = core.advertised_endpoint(first, second, now)[1]
+    """Both listed through the relay, each pings the other's relay port."""
+    port_of_second = relay_port(core, second, first, now)
+    port_of_first = relay_port(core, first, second, now)
     core.datagram_received(port_of_second, ping(first.name), first_source, now)
     core.datagram_received(port_of_first, ping(second.name), second_source, now)
     return port_of_first, port_of_second
 
 
-def test_auto_relays_pairs_of_nated_users_with_a_port_changing_nat_only():
-    core = make_relay(ALICE, AMY, BOB, PETE)
+DAVE = cone("dave", "192.168.4.2", "198.18.4.1")
+
+
+def test_auto_relays_pairs_of_nated_users_only():
+    core = make_relay(ALICE, AMY, BOB, PETE, DAVE)
     assert core.relays_between(ALICE, BOB) and core.relays_between(BOB, ALICE)
-    assert not core.relays_between(ALICE, AMY)       # two cone NATs punch holes
+    assert core.relays_between(ALICE, DAVE)          # as a fallback: see the listings
+    assert core.relays_between(ALICE, AMY)
     assert not core.relays_between(BOB, PETE)        # no NAT: bob's ping endpoint works
     assert not core.relays_between(BOB, BOB)
+
+
+def test_cone_pairs_are_listed_direct_first_and_the_relay_second():
+    core = make_relay(ALICE, AMY, DAVE)
+    assert core.listed_endpoints(DAVE, ALICE, T0) == (DAVE.public_endpoint, (GATEWAY, 40000))
+    assert core.listed_endpoints(ALICE, DAVE, T0) == (ALICE.public_endpoint, (GATEWAY, 40001))
+    # Behind the same NAT address the LAN endpoint is the direct candidate.
+    assert core.listed_endpoints(AMY, ALICE, T0) == (AMY.private_endpoint, (GATEWAY, 40002))
+    assert core.flagged == {}
+
+
+def test_flagged_pairs_are_listed_with_the_relay_as_their_public_endpoint():
+    core = make_relay(ALICE, BOB)
+    assert core.listed_endpoints(BOB, ALICE, T0) == (BOB.private_endpoint, (GATEWAY, 40000))
+    assert core.listed_endpoints(ALICE, BOB, T0) == (ALICE.private_endpoint, (GATEWAY, 40001))
     assert core.flagged == {"bob": "its NAT changed the port"}
+
+
+def test_always_lists_only_the_relay():
+    core = make_relay(ALICE, PETE, policy=relay.ALWAYS)
+    assert core.listed_endpoints(PETE, ALICE, T0) == ((GATEWAY, 40000), (GATEWAY, 40000))
 
 
 def test_policies_always_never_and_exempt_users():
@@ -79,20 +110,21 @@ def test_policies_always_never_and_exempt_users():
 def test_gateway_seeing_another_port_than_the_server_flags_the_user():
     carol = cone("carol", "192.168.3.2", "198.18.4.1")
     core = make_relay(ALICE, carol)
-    assert not core.relays_between(ALICE, carol)
+    assert core.listed_endpoints(ALICE, carol, T0)[0] == ALICE.public_endpoint
     core.saw_mapping("carol", ("198.18.4.1", 22243))       # same mapping: fine
     core.saw_mapping("carol", ("192.168.3.2", 9999))       # not her NAT: ignored
-    assert not core.relays_between(ALICE, carol)
+    assert core.flagged == {}
     core.saw_mapping("carol", ("198.18.4.1", 31000))
-    assert core.relays_between(ALICE, carol)
+    assert core.listed_endpoints(ALICE, carol, T0)[0] == ALICE.private_endpoint
+    assert core.flagged == {"carol": "its NAT maps each destination to another port"}
 
 
 def test_both_of_a_relayed_pair_get_a_port_and_see_each_other_there():
     core = make_relay(ALICE, BOB)
-    assert core.advertised_endpoint(BOB, ALICE, T0) == (GATEWAY, 40000)
-    assert core.advertised_endpoint(ALICE, BOB, T0) == (GATEWAY, 40001)
-    assert core.advertised_endpoint(BOB, BOB, T0) is None          # her own entry: real
-    assert core.advertised_endpoint(BOB, None, T0) is None         # a non-member's query
+    assert relay_port(core, BOB, ALICE) == 40000
+    assert relay_port(core, ALICE, BOB) == 40001
+    assert core.listed_endpoints(BOB, BOB, T0) is None          # her own entry: real
+    assert core.listed_endpoints(BOB, None, T0) is None         # a non-member's query
     assert core.opened == [40000, 40001]
 
 
@@ -100,8 +132,8 @@ def test_datagrams_leave_from_the_senders_port_to_where_the_receivers_pings_came
     core = make_relay(ALICE, BOB)
     alice_at, bob_at = ("198.18.1.1", 22243), ("198.18.2.1", 18146)
     # alice pings bob's port first: bob has not pinged alice's port, nothing to do yet.
-    bob_port = core.advertised_endpoint(BOB, ALICE, T0)[1]
-    alice_port = core.advertised_endpoint(ALICE, BOB, T0)[1]
+    bob_port = relay_port(core, BOB, ALICE)
+    alice_port = relay_port(core, ALICE, BOB)
     assert core.datagram_received(bob_port, ping("alice"), alice_at, T0) is None
     assert core.counters["pings_before_receiver"] == 1
     # bob's ping to alice's port goes out of bob's port to alice's source.
@@ -129,12 +161,12 @@ def test_strangers_impostors_and_non_members_are_not_relayed():
     drops = []
     core.on_drop = lambda reason, source: drops.append(reason)
     alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
-    core.advertised_endpoint(mallory, mallory, T0)
+    core.listed_endpoints(mallory, mallory, T0)
     # A ping naming alice from another IP teaches nothing.
     assert core.datagram_received(bob_port, ping("alice"), ("203.0.113.5", 1), T0) is None
     assert core.datagram_received(bob_port, b"data", ("203.0.113.5", 1), T0) is None
     # mallory shares no group with bob.
-    core.advertised_endpoint(ALICE, mallory, T0)
+    core.listed_endpoints(ALICE, mallory, T0)
     assert core.datagram_received(bob_port, ping("mallory"), ("198.18.9.1", 5555), T0) is None
     assert drops == ["relay_unknown_source"] * 3
     # A relayed datagram whose receiver never pinged the sender's port is dropped.
@@ -160,23 +192,74 @@ def test_allocations_are_bounded_and_live_as_long_as_the_registration():
     core = make_relay(ALICE, BOB, carol, max_allocations=2)
     alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
     core.datagram_received(bob_port, b"data", ("198.18.1.1", 22243), T0)
-    assert core.advertised_endpoint(carol, BOB, T0) is None
+    assert core.listed_endpoints(carol, BOB, T0) is None
     assert core.counters["allocations_refused"] == 1
     core.release("bob")
     assert core.closed == [bob_port] and "bob" not in core.flagged
     assert core.allocations["alice"].peer_at == {}
     assert core.datagram_received(bob_port, b"data", ("198.18.1.1", 22243), T0) is None
     assert core.totals()["packets"] == 1                 # counted after the release too
-    assert core.advertised_endpoint(carol, BOB, T0) is None      # alice still holds one
+    assert core.listed_endpoints(carol, BOB, T0) is None      # alice still holds one
     core.release("alice")
-    assert core.advertised_endpoint(carol, BOB, T0) == (GATEWAY, min(alice_port, bob_port))
+    assert relay_port(core, carol, BOB) == min(alice_port, bob_port)
 
 
 def test_ports_that_cannot_be_bound_are_skipped():
     core = make_relay(ALICE, BOB)
     core.bind = lambda port: port != 40000
-    assert core.advertised_endpoint(BOB, ALICE, T0) == (GATEWAY, 40001)
-    assert core.advertised_endpoint(ALICE, BOB, T0) == (GATEWAY, 40002)
+    assert relay_port(core, BOB, ALICE) == 40001
+    assert relay_port(core, ALICE, BOB) == 40002
+
+
+def test_a_fallback_pair_gets_pings_only_once_its_pings_outlast_establishment():
+    core = make_relay(ALICE, DAVE)
+    alice_at, dave_at = ("198.18.1.1", 22243), ("198.18.4.1", 22243)
+    alice_port, dave_port = meet(core, ALICE, DAVE, alice_at, dave_at)
+    # Each still pings the other's relay port as establishment goes on (§5.4):
+    # the relay keeps the pings back, either may hear the other directly.
+    for t in (2, 5, 9, 15, 21):
+        assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + t) is None
+        assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + t) is None
+    assert core.counters["pings_held"] == 11
+    # Pinging on past relay.PROBATION: the direct path failed, the relay passes pings.
+    assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + 27) is None
+    assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + 27) == \
+        (dave_port, alice_at)
+    assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + 28) == \
+        (alice_port, dave_at)
+    assert core.status()["allocations"]["alice"]["relying"] == ["dave"]
+
+
+def test_a_fallback_pair_that_stopped_pinging_the_relay_starts_a_new_run():
+    core = make_relay(ALICE, DAVE)
+    alice_at, dave_at = ("198.18.1.1", 22243), ("198.18.4.1", 22243)
+    alice_port, dave_port = meet(core, ALICE, DAVE, alice_at, dave_at)
+    for t in (2, 5, 9, 15):
+        core.datagram_received(dave_port, ping("alice"), alice_at, T0 + t)
+    # Establishment ended on the direct path; a restart much later pings again.
+    for t in (80, 82, 85, 89, 95):
+        core.datagram_received(dave_port, ping("alice"), alice_at, T0 + t)
+        assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + t) is None
+    assert core.allocations["dave"].relying == set()
+
+
+def test_data_through_the_relay_makes_it_pass_pings_to_the_sender():
+    core = make_relay(ALICE, DAVE)
+    alice_at, dave_at = ("198.18.1.1", 22243), ("198.18.4.1", 22243)
+    alice_port, dave_port = meet(core, ALICE, DAVE, alice_at, dave_at)
+    assert core.datagram_received(dave_port, b"data", alice_at, T0 + 1) == (alice_port, dave_at)
+    assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + 2) == \
+        (dave_port, alice_at)
+    assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + 2) is None
+
+
+def test_a_flagged_pair_gets_pings_at_once():
+    core = make_relay(ALICE, BOB)
+    alice_at, bob_at = ("198.18.1.1", 22243), ("198.18.2.1", 18146)
+    alice_port, bob_port = meet(core, ALICE, BOB, alice_at, bob_at)
+    assert core.datagram_received(bob_port, ping("alice"), alice_at, T0 + 1) == \
+        (alice_port, bob_at)
+    assert core.counters["pings_held"] == 0
 
 
 @fuzz_settings

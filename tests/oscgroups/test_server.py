@@ -240,21 +240,22 @@ def test_authorize_group_hook_overrides_or_defers():
     assert replies[1].status == "wrong password"
 
 
-def test_advertised_endpoint_hook_replaces_the_public_endpoint():
-    relay = ("203.0.113.7", 40000)
+def test_listed_endpoints_hook_replaces_both_endpoints():
+    relay, direct = ("203.0.113.7", 40000), ("198.18.2.1", 2)
     rendezvous = server.RendezvousServer(
-        advertised_endpoint=lambda user, viewer: relay if user.name == "bob" else None, now=T0)
+        listed_endpoints=lambda user, viewer: (direct, relay) if user.name == "bob" else None,
+        now=T0)
     join(rendezvous, "alice", 1, T0)
     infos = {m.user_name: m for m in join(rendezvous, "bob", 2, T0)
              if isinstance(m, wire.UserInfo)}
-    assert infos["bob"].public_endpoint == relay
-    assert infos["alice"].public_endpoint == (LOOPBACK, 1)
+    assert (infos["bob"].private_endpoint, infos["bob"].public_endpoint) == (direct, relay)
+    assert infos["alice"].private_endpoint == infos["alice"].public_endpoint == (LOOPBACK, 1)
 
 
-def test_advertised_endpoint_hook_is_told_whose_query_it_answers():
+def test_listed_endpoints_hook_is_told_whose_query_it_answers():
     seen = []
     rendezvous = server.RendezvousServer(
-        advertised_endpoint=lambda user, viewer: seen.append(
+        listed_endpoints=lambda user, viewer: seen.append(
             (user.name, viewer and viewer.name)), now=T0)
     join(rendezvous, "alice", 1, T0)
     join(rendezvous, "bob", 2, T0)

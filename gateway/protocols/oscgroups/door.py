@@ -33,7 +33,7 @@ has not joined yet.
 
 Unless ``relay.policy`` is ``never``, :class:`.relay.Relay` decides which
 pairs of users meet through relay ports on ``relay.host`` (the server
-advertises them through its ``advertised_endpoint`` hook); this adapter opens
+lists them through its ``listed_endpoints`` hook); this adapter opens
 and closes those ports, frees a user's port when the server purges it, tells
 the relay from which source the bridge hears each peer (a per-destination
 NAT shows there) and forwards with the socket's ``sendto`` directly, since
@@ -153,7 +153,7 @@ class OscGroupsDoor(DoorService):
                 exempt=[config.bridge.user] if self.bridge is not None else [],
                 bind=self._open_relay_port, unbind=self._close_relay_port,
                 on_drop=self._relay_dropped)
-            self.server.advertised_endpoint = self._advertised_endpoint
+            self.server.listed_endpoints = self._listed_endpoints
         if context.metrics is not None:
             context.metrics.register(OscGroupsCollector(self))
 
@@ -269,8 +269,8 @@ class OscGroupsDoor(DoorService):
     # ------------------------------------------------------------------
     # Relay
 
-    def _advertised_endpoint(self, user, viewer):
-        return self.relay.advertised_endpoint(user, viewer, self.reactor.seconds())
+    def _listed_endpoints(self, user, viewer):
+        return self.relay.listed_endpoints(user, viewer, self.reactor.seconds())
 
     def _open_relay_port(self, number):
         try:

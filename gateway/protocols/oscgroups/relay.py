@@ -6,28 +6,51 @@ at all. This relay fixes it without touching the clients. Hand-written: no
 library relays OSCgroups.
 
 **How unmodified clients are fooled into talking through it.** Every relayed
-user U gets one relay port R(U) on the gateway. The server advertises R(U) as
-U's *public* endpoint in user_info (hook ``advertised_endpoint``), so a peer X
-pings and sends to R(U). X's pings name X (§4.3), which tells the relay that
+user U gets one relay port R(U) on the gateway. The server lists R(U) as U's
+*public* endpoint in user_info (hook ``listed_endpoints``), so a peer X pings
+and sends to R(U). X's pings name X (§4.3), which tells the relay that
 datagrams reaching R(U) from that source are X's and opens a mapping in X's
 NAT towards R(U). A datagram from X arriving on R(U) leaves from R(X) towards
 the source U's own pings to R(X) came from. So U receives it from R(X), which
 is exactly the public endpoint U was told for X: U credits it to X (§5.3) and
 its NAT lets it in, because U sent to R(X) first. Nothing is rewritten; pings
-pass through like data, and the path each client settles on is its "public"
-endpoint, the relay.
+pass through like data.
 
 Because X needs R(X) for the way back, relaying is decided per *pair*
 (:meth:`Relay.relays_between`) and both get a port.
 
-**Policy** (``never``, ``always``, ``auto``). ``auto`` relays a pair when
-both are behind a NAT (private endpoint ≠ public endpoint) and one of them is
+**A fallback, not a detour.** A client sends to the first of a peer's
+endpoints it heard a ping from, in the order private, public, ping endpoint
+(§5.3). For a pair that may well punch a hole, the listing puts the direct
+candidate first and the relay second: the peer's *public* endpoint in the
+private slot (its LAN endpoint instead when both are behind the same NAT
+address) and R(peer) in the public slot, so a client pings both and keeps the
+direct path when it works. The C++ client, though, credits every ping from an
+address of 128.0.0.0 and up to its ping endpoint (§7.5) and restarts
+establishment, with a round of pings to every endpoint, whenever that ping
+endpoint changes: were the relay to pass pings while the direct path also
+works, pings would arrive over both and each round would set off more rounds
+on the other side (measured on the NAT rig: some 1300 pings per client in 7 s
+instead of 21). So the relay *holds back* a peer's pings towards a client
+until that client has gone on pinging the relay for :data:`PROBATION` seconds:
+a client that hears its peer directly stops pinging the other endpoints when
+establishment ends (at most 15 s after its last restart, §5.4), one that hears
+nothing pings every endpoint every 6 s for ever. From then on, and as soon as
+the client sends data through the relay, the peer's pings pass too. Data
+always passes: a client sends it only where it heard a ping.
+
+**Policy** (``never``, ``always``, ``auto``). ``auto`` lists the relay for
+every pair of users that are both behind a NAT (private endpoint ≠ public
+endpoint): as a fallback as above, or alone at once when one of them is
 *flagged*: its NAT did not keep its private port as its public port, or the
 gateway saw its pings arrive from another port than the one the server saw
 (its NAT maps each destination to a new port, which hole punching cannot
-guess; reported with :meth:`Relay.saw_mapping`). A member without NAT talks
-to anyone directly (§2.4: bob ↔ pete works), and two cone NATs punch holes
-fine. Users in ``exempt`` (the gateway's own bridge) are never relayed.
+guess; reported with :meth:`Relay.saw_mapping`). Such a pair is listed with
+its private endpoints and the relay, and the relay passes pings at once
+(unless the two share a public address, where the private one may work). A
+member without NAT talks to anyone directly (§2.4: bob ↔ pete works).
+``always`` lists only the relay, for both endpoints, for every pair. Users in
+``exempt`` (the gateway's own bridge) are never relayed.
 
 **Bounds.** At most ``max_allocations`` ports; a pair is relayed only if both
 ports can be had. Allocations live as long as the registration (the adapter
@@ -51,18 +74,29 @@ POLICIES = (NEVER, ALWAYS, AUTO)
 
 _PING_MARKER = wire.PING.encode("ascii")
 
+# A client that hears its peer directly pings the peer's other endpoints for at
+# most 15 s after its last establishment restart, which comes at most about 7 s
+# after its first ping (§5.4); one that hears nothing pings them every 6 s. So
+# pings to a relay port that go on for longer than this mean the direct path failed.
+PROBATION = 25
+# A pause in a client's pings to a relay port longer than this ends a run (§5.4:
+# at most 6 s between establishment rounds, in whole seconds).
+RUN_GAP = 10
+
 
 class Allocation:
     """User ``user_name``'s relay port and what it learnt from peers' pings."""
 
-    __slots__ = ("user_name", "port", "peer_at", "peer_from", "packets", "bytes",
-                 "pings", "tokens", "refilled")
+    __slots__ = ("user_name", "port", "peer_at", "peer_from", "runs", "relying",
+                 "packets", "bytes", "pings", "tokens", "refilled")
 
     def __init__(self, user_name, port, tokens, now):
         self.user_name = user_name
         self.port = port
         self.peer_at = {}         # peer name -> source address of its pings to this port
         self.peer_from = {}       # the reverse: source address -> peer name
+        self.runs = {}            # peer name -> [first, last] time of its run of pings here
+        self.relying = set()      # peers that hear this user only through the relay
         self.packets = 0          # data datagrams from this user forwarded
         self.bytes = 0
         self.pings = 0
@@ -85,10 +119,23 @@ class Allocation:
         source = self.peer_at.pop(peer_name, None)
         if source is not None:
             del self.peer_from[source]
+        self.runs.pop(peer_name, None)
+        self.relying.discard(peer_name)
+
+    def pinged_by(self, peer_name, now):
+        """``peer_name`` pinged this port; it relies on the relay once its pings outlast
+        establishment (:data:`PROBATION`)."""
+        run = self.runs.get(peer_name)
+        if run is None or now - run[1] > RUN_GAP:
+            run = self.runs[peer_name] = [now, now]
+        run[1] = now
+        if now - run[0] >= PROBATION:
+            self.relying.add(peer_name)
 
     def describe(self):
         return {"port": self.port, "packets": self.packets, "bytes": self.bytes,
-                "pings": self.pings, "peers": sorted(self.peer_at)}
+                "pings": self.pings, "peers": sorted(self.peer_at),
+                "relying": sorted(self.relying)}
 
 
 class Relay:
@@ -117,8 +164,12 @@ class Relay:
     # ------------------------------------------------------------------
     # Policy
 
-    def advertised_endpoint(self, subject, viewer, now):
-        """(host, port) to show ``viewer`` as ``subject``'s public endpoint, or None."""
+    def listed_endpoints(self, subject, viewer, now):
+        """(private, public) endpoints to list ``subject`` with for ``viewer``, or None.
+
+        None keeps the real ones: for ``viewer``'s own entry, a non-member's
+        query (``viewer`` None), a pair that is not relayed, or when ports run out.
+        """
         if viewer is None or not self.relays_between(subject, viewer):
             return None
         missing = [user for user in (subject, viewer) if user.name not in self.allocations]
@@ -128,7 +179,13 @@ class Relay:
             return None
         if not all(self._allocate(user, now) for user in missing):
             return None
-        return self.host, self.allocations[subject.name].port
+        relay = (self.host, self.allocations[subject.name].port)
+        if self.policy == ALWAYS:
+            return relay, relay
+        if (self._relay_only(subject, viewer)
+                or subject.public_endpoint[0] == viewer.public_endpoint[0]):
+            return subject.private_endpoint, relay
+        return subject.public_endpoint, relay
 
     def relays_between(self, first, second):
         if self.policy == NEVER or first is second:
@@ -137,8 +194,18 @@ class Relay:
             return False
         if self.policy == ALWAYS:
             return True
-        return (_behind_nat(first) and _behind_nat(second)
-                and (self._needs_relay(first) or self._needs_relay(second)))
+        return _behind_nat(first) and _behind_nat(second)
+
+    def _relay_only(self, first, second):
+        """Whether the pair cannot meet directly: the relay passes its pings at once."""
+        if self.policy == ALWAYS:
+            return True
+        flagged = [self._needs_relay(user) for user in (first, second)]
+        return any(flagged) and first.public_endpoint[0] != second.public_endpoint[0]
+
+    def _pair_relay_only(self, first_name, second_name):
+        first, second = self.users.get(first_name), self.users.get(second_name)
+        return first is not None and second is not None and self._relay_only(first, second)
 
     def _needs_relay(self, user):
         """Whether ``user``'s NAT defeats hole punching; the reason is kept for /status."""
@@ -204,6 +271,11 @@ class Relay:
         if sender_name is None:
             self._drop("relay_unknown_source", source)
             return None
+        if is_ping:
+            receiver.pinged_by(sender_name, now)
+        else:
+            # Data here means the sender chose the relay to reach the receiver.
+            receiver.relying.add(sender_name)
         sender = self.allocations[sender_name]
         destination = sender.peer_at.get(receiver.user_name)
         if destination is None:
@@ -212,6 +284,11 @@ class Relay:
                 self.counters["pings_before_receiver"] += 1
             else:
                 self._drop("relay_receiver_unknown", source)
+            return None
+        if is_ping and receiver.user_name not in sender.relying and not self._pair_relay_only(
+                sender_name, receiver.user_name):
+            # The receiver may hear the sender directly: wait until it shows it does not.
+            self.counters["pings_held"] += 1
             return None
         if not self._take_token(sender, now):
             self._drop("relay_rate_limited", source)

@@ -25,9 +25,10 @@ returns True/False to decide a group password itself (``addr`` is the
 asker's, for throttling guesses), or None to leave it to OSCgroups' own rule; ``group_full(group_name, user_name)`` returns True when
 a user that is not yet a member may not join (the group's session is full),
 which answers ``user limit reached``, OSCgroups' own busy reply;
-``advertised_endpoint(user, viewer)`` returns an (ip, port) to show ``viewer``
-(the member whose query it is, or None for a non-member) instead of the user's
-observed public endpoint (e.g. a relay), or None to keep it.
+``listed_endpoints(user, viewer)`` returns the (private, public) endpoints, each
+an (ip, port), to show ``viewer`` (the member whose query it is, or None for a
+non-member) instead of the user's own (e.g. a relay, :mod:`.relay`), or None
+to keep them.
 ``on_drop(counter, addr)`` is told of every dropped or refused request
 (``counter`` is the :attr:`counters` key just incremented), so an adapter can
 count and log per peer; ``on_purge(names)`` of every user the purge removed.
@@ -78,13 +79,13 @@ class RendezvousServer:
 
     def __init__(self, *, max_users=DEFAULT_MAX_USERS, max_groups=DEFAULT_MAX_GROUPS,
                  timeout=DEFAULT_TIMEOUT, authorize_group=None, group_full=None,
-                 advertised_endpoint=None, on_drop=None, on_purge=None, now=0.0):
+                 listed_endpoints=None, on_drop=None, on_purge=None, now=0.0):
         self.max_users = max_users
         self.max_groups = max_groups
         self.timeout = timeout
         self.authorize_group = authorize_group
         self.group_full = group_full
-        self.advertised_endpoint = advertised_endpoint
+        self.listed_endpoints = listed_endpoints
         self.on_drop = on_drop
         self.on_purge = on_purge
         self.users = {}
@@ -230,10 +231,12 @@ class RendezvousServer:
         return [self._user_info(member, viewer, now) for member in group.members.values()]
 
     def _user_info(self, user, viewer, now):
-        public_endpoint = user.public_endpoint
-        if self.advertised_endpoint is not None:
-            public_endpoint = self.advertised_endpoint(user, viewer) or public_endpoint
-        return wire.UserInfo(user.name, user.private_endpoint, public_endpoint,
+        private_endpoint, public_endpoint = user.private_endpoint, user.public_endpoint
+        if self.listed_endpoints is not None:
+            listed = self.listed_endpoints(user, viewer)
+            if listed is not None:
+                private_endpoint, public_endpoint = listed
+        return wire.UserInfo(user.name, private_endpoint, public_endpoint,
                              int(now) - user.last_alive, tuple(user.groups)).encode()
 
     # ------------------------------------------------------------------
