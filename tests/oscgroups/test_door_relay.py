@@ -19,8 +19,8 @@ from gateway.protocols.oscgroups.metrics import OscGroupsCollector
 from tests.members import RecordingMember, join_now, roster_names
 
 from .osc_bytes import osc_message
-from .test_door import DEMO_PASSPHRASE, SERVER_PORT, FakeClientProgram, make_door, \
-    statuses
+from .test_door import BRIDGE_PORT, DEMO_PASSPHRASE, SERVER_PORT, FakeClientProgram, \
+    make_door, statuses
 
 GATEWAY = "198.18.0.1"
 RELAY_PORTS = (22300, 22309)
@@ -86,10 +86,10 @@ class _LanPort:
 class NattedClient(FakeClientProgram):
     """A client program on a LAN behind ``nat`` (the core is the real one)."""
 
-    def __init__(self, network, nat, name, lan_ip, port=22243):
+    def __init__(self, network, nat, name, lan_ip, port=22243, password=None):
         self.network = network
         self.core = client.GroupClient(
-            name, wire.password_hash(name), "demo", wire.password_hash(DEMO_PASSPHRASE),
+            name, wire.password_hash(password or name), "demo", wire.password_hash(DEMO_PASSPHRASE),
             (GATEWAY, SERVER_PORT), (lan_ip, port), relay=(GATEWAY, *RELAY_PORTS))
         self.app_inbox = []
         self.port = _LanPort(nat, (lan_ip, port), _Receiver(self._from_network))
@@ -175,6 +175,32 @@ def test_cone_nats_that_turn_symmetric_while_punching_meet_through_the_relay():
     assert door.relay.totals()["packets"] == 2
 
 
+def test_a_refused_impostor_learns_nobody_and_steers_no_relay_decision():
+    door, _context, network = relay_door(enabled=True, port=BRIDGE_PORT)
+    alice_nat = FakeNat(network, "198.18.1.1", False)
+    alice = NattedClient(network, alice_nat, "alice", "192.168.1.2")
+    dave = NattedClient(network, FakeNat(network, "198.18.4.1", False), "dave", "192.168.4.2")
+    network.run(10)
+    # mallory, on alice's LAN, tries alice's name with another password.
+    mallory = NattedClient(network, alice_nat, "alice", "192.168.1.9", port=22253,
+                           password="guess")
+    network.run(13)
+    assert mallory.core.peers == {}
+    assert "user registration error: server returned status of 'wrong password' for user" \
+        " 'alice'" in mallory.core.take_events()
+    # Pinging as alice anyway, to the bridge and to the relay ports, changes nothing.
+    for port in range(*RELAY_PORTS):
+        mallory.port.write(wire.encode_bundle([wire.Ping("alice").encode()]), (GATEWAY, port))
+    mallory.port.write(wire.encode_bundle([wire.Ping("alice").encode()]),
+                       (GATEWAY, BRIDGE_PORT))
+    network.run(7)
+    assert door.relay.flagged == {}
+    assert door.relay.counters["pings_from_refused_sources"] >= 1
+    assert alice.core.paths() == {"dave": ("direct", ("198.18.4.1", 22243)),
+                                  "netgateway": ("private", (GATEWAY, BRIDGE_PORT))}
+    assert playing(dave, alice)
+
+
 def test_policy_never_leaves_symmetric_nat_stuck_as_the_original():
     door, _context, network = relay_door("never")
     cone_nat = FakeNat(network, "198.18.1.1", symmetric=False)
@@ -219,6 +245,7 @@ def test_full_session_answers_user_limit_reached():
     assert statuses(replies[-1]) == ["ok", "user limit reached"]
     assert "bob" not in door.server.groups["demo"].members
     assert context.drops.get("oscgroups", "refused_session_full") >= 1
-    # Like the original, a refused user may still read the list (§5.1), but nobody lists him.
+    # Registered but refused from the group: like the original he may still read
+    # the list (§5.1), but nobody lists him.
     assert "alice" in bob.core.peers and "bob" not in alice.core.peers
     assert roster_names(context.bus) == ["wendy", "alice"]

@@ -175,6 +175,36 @@ def test_strangers_impostors_and_non_members_are_not_relayed():
     assert drops[-1] == "relay_receiver_unknown"
 
 
+def refused_impostor(name, source):
+    """A server that refused ``name``'s registration from ``source``; its ``refused``."""
+    rendezvous = server.RendezvousServer(now=T0)
+    alive = wire.encode_bundle([wire.UserAlive(name, "guess", source, ()).encode()])
+    rendezvous.users[name] = server.User(name, "pw")
+    assert wire.parse_packet(rendezvous.datagram_received(alive, source, T0)[0][0])[0].args[2] \
+        == "wrong password"
+    return rendezvous.refused
+
+
+def test_pings_from_a_refused_source_teach_nothing_and_flag_nobody():
+    # mallory, behind alice's NAT, was refused as "alice" and now pings as alice.
+    mallory_at = ("198.18.1.1", 40000)
+    core = make_relay(ALICE, DAVE, refused=refused_impostor("alice", mallory_at))
+    drops = []
+    core.on_drop = lambda reason, source: drops.append(reason)
+    core.saw_mapping("alice", mallory_at)
+    assert core.flagged == {}
+    assert core.listed_endpoints(ALICE, DAVE, T0)[0] == ALICE.public_endpoint
+    dave_port = relay_port(core, DAVE, ALICE)
+    assert core.datagram_received(dave_port, ping("alice"), mallory_at, T0) is None
+    assert core.datagram_received(dave_port, b"data", mallory_at, T0) is None
+    assert core.allocations["dave"].peer_at == {}
+    assert drops == ["relay_unknown_source"] * 2
+    assert core.counters["pings_from_refused_sources"] == 1
+    # alice herself, from her own mapping, is learnt as before.
+    core.datagram_received(dave_port, ping("alice"), ALICE.public_endpoint, T0)
+    assert core.allocations["dave"].peer_at == {"alice": ALICE.public_endpoint}
+
+
 def test_each_user_is_rate_limited():
     core = make_relay(ALICE, BOB, packets_per_second=10)
     drops = []

@@ -73,21 +73,53 @@ def test_private_and_public_endpoints_come_from_payload_and_source(rendezvous):
 def test_wrong_user_password_gets_status_only_and_keeps_the_owner(rendezvous):
     join(rendezvous, "alice", 22243, T0)
     replies = join(rendezvous, "alice", 30000, T0 + 30, password="guess")
-    assert replies[0] == wire.UserAliveStatus("alice", md5("guess"), "wrong password")
-    assert not any(isinstance(m, wire.UserGroupStatus) for m in replies)
-    # The group list is still disclosed to anyone with the group password (§5.1).
-    (info,) = replies[1:]
-    assert info.public_endpoint == (LOOPBACK, 22243) and info.seconds_since_alive == 30
+    # Only the status: unlike the original (§5.1), not the list its query asked for.
+    assert replies == [wire.UserAliveStatus("alice", md5("guess"), "wrong password")]
+    assert rendezvous.users["alice"].public_endpoint == (LOOPBACK, 22243)
     assert rendezvous.counters["refused_wrong_user_password"] == 1
+    assert rendezvous.counters["dropped_refused_source"] == 1
 
 
 def test_user_limit_reached():
     small = server.RendezvousServer(max_users=1, now=T0)
     join(small, "alice", 22243, T0)
     replies = join(small, "bob", 22253, T0)
-    assert replies[0].status == "user limit reached"
-    assert len(replies) == 2 and isinstance(replies[1], wire.UserInfo)   # alice only
+    assert replies == [wire.UserAliveStatus("bob", md5("bob-pw"), "user limit reached")]
     assert list(small.users) == ["alice"]
+
+
+def query(group="grp", password="gpw"):
+    return wire.encode_bundle([wire.GroupUsersQuery(group, md5(password)).encode()])
+
+
+def test_a_refused_source_gets_no_list_until_it_registers_or_the_timeout_passes(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    join(rendezvous, "alice", 30000, T0 + 1, password="guess")
+    assert rendezvous.refused == {(LOOPBACK, 30000): ("alice", T0 + 1 + server.DEFAULT_TIMEOUT)}
+    # A query on its own, from the refused source, gets nothing either...
+    assert send(rendezvous, query(), 30000, T0 + 2) == []
+    # ...while another source holding the group password still reads the list (§6.8).
+    assert [m.user_name for m in messages_of(send(rendezvous, query(), 30001, T0 + 2))] == \
+        ["alice"]
+    # Registering from that source under a name of its own lifts it.
+    assert [type(m) for m in join(rendezvous, "mallory", 30000, T0 + 3)] == [
+        wire.UserAliveStatus, wire.UserGroupStatus, wire.UserInfo, wire.UserInfo]
+    assert rendezvous.refused == {}
+
+
+def test_refusals_are_forgotten_after_the_timeout_and_bounded(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    join(rendezvous, "alice", 30000, T0 + 1, password="guess")
+    rendezvous.purge(T0 + server.DEFAULT_TIMEOUT)
+    assert (LOOPBACK, 30000) in rendezvous.refused
+    join(rendezvous, "alice", 22243, T0 + server.DEFAULT_TIMEOUT)       # alice stays
+    rendezvous.purge(T0 + 1 + server.DEFAULT_TIMEOUT)
+    assert rendezvous.refused == {}
+    for port in range(server.MAX_REFUSED_SOURCES + 5):
+        join(rendezvous, "alice", 40000 + port, T0 + 70, password="guess")
+    assert len(rendezvous.refused) == server.MAX_REFUSED_SOURCES
+    assert (LOOPBACK, 40000) not in rendezvous.refused
+    assert (LOOPBACK, 40000 + server.MAX_REFUSED_SOURCES + 4) in rendezvous.refused
 
 
 def test_group_limit_uses_the_user_limit_string():

@@ -151,7 +151,7 @@ class OscGroupsDoor(DoorService):
                 max_allocations=config.relay.max_allocations,
                 packets_per_second=config.relay.packets_per_second,
                 exempt=[config.bridge.user] if self.bridge is not None else [],
-                bind=self._open_relay_port, unbind=self._close_relay_port,
+                refused=self.server.refused, bind=self._open_relay_port, unbind=self._close_relay_port,
                 on_drop=self._relay_dropped)
             self.server.listed_endpoints = self._listed_endpoints
         if context.metrics is not None:

@@ -52,6 +52,10 @@ member without NAT talks to anyone directly (§2.4: bob ↔ pete works).
 ``always`` lists only the relay, for both endpoints, for every pair. Users in
 ``exempt`` (the gateway's own bridge) are never relayed.
 
+**Refused users get nothing.** A ping from a source whose registration the
+server refused (``refused``: the server's :attr:`.server.RendezvousServer.refused`)
+teaches the relay nothing and flags nobody, whatever name it gives.
+
 **Bounds.** At most ``max_allocations`` ports; a pair is relayed only if both
 ports can be had. Allocations live as long as the registration (the adapter
 calls :meth:`Relay.release` when the server purges the user). Each user's
@@ -142,7 +146,7 @@ class Relay:
     """Relay ports for the users of a :class:`.server.RendezvousServer`."""
 
     def __init__(self, users, *, host, port_min, port_max, policy=AUTO, max_allocations=64,
-                 packets_per_second=500, exempt=(), bind, unbind, on_drop=None):
+                 packets_per_second=500, exempt=(), refused=None, bind, unbind, on_drop=None):
         if policy not in POLICIES:
             raise ValueError(f"relay policy must be one of {POLICIES}, got {policy!r}")
         self.users = users        # the server's live name -> User mapping
@@ -152,6 +156,7 @@ class Relay:
         self.max_allocations = max_allocations
         self.packets_per_second = packets_per_second
         self.exempt = frozenset(exempt)
+        self.refused = refused if refused is not None else {}   # source -> refusal
         self.bind = bind
         self.unbind = unbind
         self.on_drop = on_drop
@@ -221,6 +226,8 @@ class Relay:
         user = self.users.get(user_name)
         if user is None or user_name in self.flagged or user.public_endpoint is None:
             return
+        if (source[0], source[1]) in self.refused:
+            return          # an impostor whose registration was refused
         public_ip, public_port = user.public_endpoint
         if source[0] == public_ip and source[1] != public_port:
             self.flagged[user_name] = "its NAT maps each destination to another port"
@@ -324,6 +331,9 @@ class Relay:
         sender = self.users.get(sender_name)
         receiver = self.users.get(receiver_name)
         if sender is None or receiver is None or sender.groups.keys().isdisjoint(receiver.groups):
+            return False
+        if (source[0], source[1]) in self.refused:
+            self.counters["pings_from_refused_sources"] += 1
             return False
         return source[0] in (sender.public_endpoint[0], sender.private_endpoint[0])
 

@@ -16,8 +16,16 @@ Where the original breaks, this one does better on purpose:
 * names, passwords and group names are capped at 64 bytes and a user at 16
   groups, so that every single reply message fits one such datagram.
 
+* a user whose registration is refused (``wrong password``, ``user limit
+  reached``) gets its status and nothing else: no user list, not even from
+  the query that follows its user_alive, and no list for queries from that
+  source address until it registers or has been silent for ``timeout``
+  seconds (§5.1 has the original answer any holder of the group password,
+  which hands an impostor the endpoints it needs). :attr:`RendezvousServer.refused`
+  holds those sources, so the relay ignores their pings too.
+
 Everything else (status strings, takeover, group leave, no re-check of a
-member's group password, answering any holder of the group password, silence
+member's group password, answering others who hold the group password, silence
 on an unknown group) follows the notes, because clients observe it.
 
 Hooks for the gateway: ``authorize_group(group_name, password_md5_hex, addr)``
@@ -47,6 +55,8 @@ DEFAULT_TIMEOUT = 60
 MAX_REQUEST_SIZE = 4096
 MAX_STRING_BYTES = 64
 MAX_GROUPS_PER_USER = 16
+# Sources of refused registrations remembered at once (the oldest go first).
+MAX_REFUSED_SOURCES = 1024
 
 
 class User:
@@ -90,6 +100,8 @@ class RendezvousServer:
         self.on_purge = on_purge
         self.users = {}
         self.groups = {}
+        # (host, port) -> (user name, until): sources whose registration was refused.
+        self.refused = {}
         self.counters = collections.Counter()
         self._next_purge = now + self.purge_interval
 
@@ -159,12 +171,13 @@ class RendezvousServer:
         user = self.users.get(request.user_name)
         if user is None:
             if len(self.users) >= self.max_users:
-                self._count("refused_user_limit", addr)
+                self._refuse(request.user_name, "refused_user_limit", addr, now)
                 return [user_status(wire.STATUS_USER_LIMIT_REACHED)]
             user = self.users[request.user_name] = User(request.user_name, request.user_password)
         elif user.password != request.user_password:
-            self._count("refused_wrong_user_password", addr)
+            self._refuse(request.user_name, "refused_wrong_user_password", addr, now)
             return [user_status(wire.STATUS_WRONG_PASSWORD)]
+        self.refused.pop((addr[0], addr[1]), None)
 
         # Overwritten on every accepted alive: a takeover or a NAT re-mapping wins.
         user.private_endpoint = request.private_endpoint
@@ -182,6 +195,15 @@ class RendezvousServer:
         for group in [g for name, g in user.groups.items() if name not in listed]:
             self._leave(user, group)
         return replies
+
+    def _refuse(self, user_name, counter, addr, now):
+        """Count a refused registration and remember its source for ``timeout`` s."""
+        self._count(counter, addr)
+        source = (addr[0], addr[1])
+        self.refused.pop(source, None)
+        if len(self.refused) >= MAX_REFUSED_SOURCES:
+            del self.refused[next(iter(self.refused))]
+        self.refused[source] = (user_name, now + self.timeout)
 
     def _join(self, user, group_name, group_password, addr):
         group = self.groups.get(group_name)
@@ -218,6 +240,9 @@ class RendezvousServer:
             del self.groups[group.name]
 
     def _group_users_info(self, request, addr, now):
+        if (addr[0], addr[1]) in self.refused:
+            # Refused users get nothing, whichever group password they hold.
+            return self._drop("refused_source", addr)
         group = self.groups.get(request.group_name)
         if group is None:
             return self._drop("unknown_group", addr)
@@ -243,8 +268,12 @@ class RendezvousServer:
     # Timeouts
 
     def purge(self, now):
-        """Forget users silent for ≥ timeout whole seconds; return their names."""
+        """Forget users silent for ≥ timeout whole seconds, and refusals as old; return
+        the users' names."""
         self._next_purge = now + self.purge_interval
+        for source in [source for source, (_name, until) in self.refused.items()
+                       if until <= now]:
+            del self.refused[source]
         stale = [user for user in self.users.values()
                  if int(now) - user.last_alive >= self.timeout]
         for user in stale:
