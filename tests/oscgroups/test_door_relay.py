@@ -11,7 +11,7 @@ real :class:`GroupClient` core.
 
 import itertools
 
-from twisted.internet import task
+from twisted.internet import error, task
 
 from gateway.midi import MidiEvent
 from gateway.protocols.oscgroups import client, wire
@@ -139,6 +139,25 @@ def test_symmetric_and_cone_nat_play_through_the_relay():
     network.run(13, step=0.5)
     assert "bob" not in door.relay.allocations
     assert (GATEWAY, bob_port) not in network.ports
+
+
+def test_a_relay_port_that_cannot_be_opened_is_skipped():
+    door, _registry, network = relay_door()
+    listen = network.listenUDP
+
+    def listen_udp(number, datagram_protocol, interface=""):
+        if number == RELAY_PORTS[0]:
+            raise error.CannotListenError(interface, number, OSError("in use"))
+        return listen(number, datagram_protocol, interface)
+    network.listenUDP = listen_udp
+    alice = NattedClient(network, FakeNat(network, "198.18.1.1", False), "alice", "192.168.1.2")
+    bob = NattedClient(network, FakeNat(network, "198.18.2.1", True), "bob", "192.168.2.2")
+    network.run(25)
+    ports = {name: allocation.port for name, allocation in door.relay.allocations.items()}
+    assert RELAY_PORTS[0] not in ports.values() and len(ports) == 2
+    assert door.relay.counters["ports_unavailable"] == 1
+    assert bob.core.paths() == {"alice": ("relay", (GATEWAY, ports["alice"]))}
+    assert playing(alice, bob) and playing(bob, alice)
 
 
 def test_two_cone_nats_meet_directly_and_the_relay_carries_no_data():

@@ -27,7 +27,9 @@ def alive_request(name, port, groups=(("grp", "gpw"),), password=None, private_i
 
 
 def send(rendezvous, data, port, now, host=LOOPBACK):
-    return rendezvous.datagram_received(data, (host, port), now)
+    """The datagrams the server sends back (its Reply actions)."""
+    return [action for action in rendezvous.datagram_received(data, (host, port), now)
+            if type(action) is server.Reply]
 
 
 def messages_of(replies):
@@ -176,9 +178,9 @@ def test_purge_at_60_seconds(rendezvous):
     join(rendezvous, "alice", 22243, T0)
     join(rendezvous, "bob", 22253, T0 + 30)
     assert rendezvous.purge(T0 + 59.9) == []
-    assert rendezvous.purge(T0 + 60) == ["alice"]
+    assert rendezvous.purge(T0 + 60) == [server.Purged(["alice"])]
     assert list(rendezvous.groups["grp"].members) == ["bob"]
-    assert rendezvous.purge(T0 + 90) == ["bob"]
+    assert rendezvous.purge(T0 + 90) == [server.Purged(["bob"])]
     assert rendezvous.groups == {}
     assert rendezvous.purge_interval == 6
 
@@ -192,7 +194,7 @@ def test_purge_also_runs_when_due_before_a_request(rendezvous):
 def test_a_failed_attempt_does_not_keep_the_owner_alive(rendezvous):
     join(rendezvous, "alice", 22243, T0)
     join(rendezvous, "alice", 22243, T0 + 50, password="guess")
-    assert rendezvous.purge(T0 + 60) == ["alice"]
+    assert rendezvous.purge(T0 + 60) == [server.Purged(["alice"])]
 
 
 def test_hundred_member_group_is_split_into_parseable_datagrams(rendezvous):
@@ -236,7 +238,8 @@ def test_two_alives_in_one_request_give_statuses_then_infos(rendezvous):
     (osc_message("/groupserver/whatever", "s", "x"), "dropped_unknown_address"),
 ])
 def test_bad_input_is_dropped_and_counted(rendezvous, data, reason):
-    assert send(rendezvous, data, 1, T0) == []
+    assert rendezvous.datagram_received(data, (LOOPBACK, 1), T0) == [
+        server.Dropped(reason, (LOOPBACK, 1))]
     assert rendezvous.counters[reason] == 1
     assert rendezvous.users == {}
 
@@ -275,7 +278,8 @@ def test_authorize_group_hook_overrides_or_defers():
 def test_listed_endpoints_hook_replaces_both_endpoints():
     relay, direct = ("203.0.113.7", 40000), ("198.18.2.1", 2)
     rendezvous = server.RendezvousServer(
-        listed_endpoints=lambda user, viewer: (direct, relay) if user.name == "bob" else None,
+        listed_endpoints=lambda user, viewer, actions: (
+            (direct, relay) if user.name == "bob" else None),
         now=T0)
     join(rendezvous, "alice", 1, T0)
     infos = {m.user_name: m for m in join(rendezvous, "bob", 2, T0)
@@ -287,7 +291,7 @@ def test_listed_endpoints_hook_replaces_both_endpoints():
 def test_listed_endpoints_hook_is_told_whose_query_it_answers():
     seen = []
     rendezvous = server.RendezvousServer(
-        listed_endpoints=lambda user, viewer: seen.append(
+        listed_endpoints=lambda user, viewer, actions: seen.append(
             (user.name, viewer and viewer.name)), now=T0)
     join(rendezvous, "alice", 1, T0)
     join(rendezvous, "bob", 2, T0)
@@ -313,14 +317,32 @@ def test_full_session_answers_user_limit_reached_to_newcomers_only():
     assert [m.status for m in join(rendezvous, "alice", 1, T0 + 6)[:2]] == ["ok", "ok"]
 
 
-def test_purge_hook_gets_the_purged_names():
-    purged = []
-    rendezvous = server.RendezvousServer(on_purge=purged.append, now=T0)
+def test_a_request_due_for_the_purge_reports_it_first(rendezvous):
     join(rendezvous, "alice", 1, T0)
-    rendezvous.purge(T0 + 30)
-    assert purged == []
-    rendezvous.datagram_received(b"", (LOOPBACK, 9), T0 + server.DEFAULT_TIMEOUT)
-    assert purged == [["alice"]]
+    assert rendezvous.purge(T0 + 30) == []
+    assert rendezvous.datagram_received(b"", (LOOPBACK, 9), T0 + server.DEFAULT_TIMEOUT) == [
+        server.Purged(["alice"]), server.Dropped("dropped_empty", (LOOPBACK, 9))]
+
+
+def test_refusals_come_out_as_dropped_actions_before_the_reply(rendezvous):
+    join(rendezvous, "alice", 1, T0)
+    actions = rendezvous.datagram_received(
+        alive_request("bob", 2, groups=(("grp", "nope"),), query=None), (LOOPBACK, 2), T0)
+    assert [type(action) for action in actions] == [server.Dropped, server.Reply]
+    assert actions[0] == server.Dropped("refused_wrong_group_password", (LOOPBACK, 2))
+
+
+def test_listed_endpoints_hook_can_add_actions():
+    opened = []
+
+    def listed_endpoints(user, viewer, actions):
+        actions.append(("open", user.name))
+        opened.append(user.name)
+        return None
+    rendezvous = server.RendezvousServer(listed_endpoints=listed_endpoints, now=T0)
+    actions = rendezvous.datagram_received(alive_request("alice", 1), (LOOPBACK, 1), T0)
+    assert actions[0] == ("open", "alice") and type(actions[1]) is server.Reply
+    assert opened == ["alice"]
 
 
 def test_largest_allowed_user_info_fits_one_datagram(rendezvous):

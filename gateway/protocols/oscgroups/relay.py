@@ -64,12 +64,18 @@ forwarded datagrams are limited by a token bucket of ``packets_per_second``
 ping only teaches a source that comes from the named user's registered
 public or private IP, so the relay is no open proxy.
 
-Ports are opened and closed through the injected ``bind(port) -> bool`` and
-``unbind(port)``; drops are reported to ``on_drop(reason, source)``. Time is
+The relay does no I/O and calls nothing back for it: it returns actions for
+the adapter to carry out. Listing a pair (:meth:`Relay.listed_endpoints`)
+appends :class:`OpenPort` for each port it allocates; a port the adapter
+cannot open goes back with :meth:`Relay.port_unavailable`, and the user gets
+another one at the next listing. :meth:`Relay.release` returns
+:class:`ClosePort`; :meth:`Relay.datagram_received` returns :class:`Forward`,
+:class:`Dropped` (counted and to be logged) or None (nothing to do). Time is
 a parameter.
 """
 
 import collections
+from typing import NamedTuple
 
 from . import wire
 
@@ -86,6 +92,32 @@ PROBATION = 25
 # A pause in a client's pings to a relay port longer than this ends a run (§5.4:
 # at most 6 s between establishment rounds, in whole seconds).
 RUN_GAP = 10
+
+
+class OpenPort(NamedTuple):
+    """Bind relay port ``port``; report a failure with :meth:`Relay.port_unavailable`."""
+
+    port: int
+
+
+class ClosePort(NamedTuple):
+    """Close relay port ``port``."""
+
+    port: int
+
+
+class Forward(NamedTuple):
+    """Send the datagram from relay port ``port`` to ``destination``."""
+
+    port: int
+    destination: tuple
+
+
+class Dropped(NamedTuple):
+    """A datagram from ``source`` was not forwarded (counted as ``reason``)."""
+
+    reason: str
+    source: tuple
 
 
 class Allocation:
@@ -146,7 +178,7 @@ class Relay:
     """Relay ports for the users of a :class:`.server.RendezvousServer`."""
 
     def __init__(self, users, *, host, port_min, port_max, policy=AUTO, max_allocations=64,
-                 packets_per_second=500, exempt=(), refused=None, bind, unbind, on_drop=None):
+                 packets_per_second=500, exempt=(), refused=None):
         if policy not in POLICIES:
             raise ValueError(f"relay policy must be one of {POLICIES}, got {policy!r}")
         self.users = users        # the server's live name -> User mapping
@@ -157,9 +189,6 @@ class Relay:
         self.packets_per_second = packets_per_second
         self.exempt = frozenset(exempt)
         self.refused = refused if refused is not None else {}   # source -> refusal
-        self.bind = bind
-        self.unbind = unbind
-        self.on_drop = on_drop
         self.allocations = {}     # user name -> Allocation
         self.by_port = {}         # port -> Allocation
         self.flagged = {}         # user name -> why auto relays it
@@ -169,11 +198,12 @@ class Relay:
     # ------------------------------------------------------------------
     # Policy
 
-    def listed_endpoints(self, subject, viewer, now):
+    def listed_endpoints(self, subject, viewer, now, actions):
         """(private, public) endpoints to list ``subject`` with for ``viewer``, or None.
 
         None keeps the real ones: for ``viewer``'s own entry, a non-member's
         query (``viewer`` None), a pair that is not relayed, or when ports run out.
+        An :class:`OpenPort` for every port allocated is appended to ``actions``.
         """
         if viewer is None or not self.relays_between(subject, viewer):
             return None
@@ -182,7 +212,7 @@ class Relay:
             # Half a pair would hold a port for nothing.
             self.counters["allocations_refused"] += 1
             return None
-        if not all(self._allocate(user, now) for user in missing):
+        if not all(self._allocate(user, now, actions) for user in missing):
             return None
         relay = (self.host, self.allocations[subject.name].port)
         if self.policy == ALWAYS:
@@ -235,31 +265,45 @@ class Relay:
     # ------------------------------------------------------------------
     # Allocations
 
-    def _allocate(self, user, now):
+    def _allocate(self, user, now, actions):
         for port in self.port_range:
             if port in self.by_port or port in self._unusable:
-                continue
-            if not self.bind(port):
-                self._unusable.add(port)
                 continue
             allocation = Allocation(user.name, port, self.packets_per_second, now)
             self.allocations[user.name] = self.by_port[port] = allocation
             self.counters["allocations"] += 1
+            actions.append(OpenPort(port))
             return True
         self.counters["allocations_refused"] += 1
         return False
 
+    def port_unavailable(self, port):
+        """The adapter could not open ``port``: never use it again, drop its allocation."""
+        self._unusable.add(port)
+        self.counters["ports_unavailable"] += 1
+        allocation = self.by_port.get(port)
+        if allocation is not None:
+            self._forget_allocation(allocation)
+
     def release(self, user_name):
-        """Free ``user_name``'s port (the registration ended); forget it everywhere."""
+        """Free ``user_name``'s port (the registration ended); forget it everywhere.
+
+        Returns [:class:`ClosePort`], or [] when it held none.
+        """
         self.flagged.pop(user_name, None)
-        allocation = self.allocations.pop(user_name, None)
+        allocation = self.allocations.get(user_name)
         if allocation is None:
-            return
+            return []
+        self._forget_allocation(allocation)
+        self.counters["released"] += 1
+        return [ClosePort(allocation.port)]
+
+    def _forget_allocation(self, allocation):
+        user_name = allocation.user_name
+        del self.allocations[user_name]
         del self.by_port[allocation.port]
         for other in self.allocations.values():
             other.forget(user_name)
-        self.unbind(allocation.port)
-        self.counters["released"] += 1
         # The hot path counts per allocation; keep the totals once it is gone.
         self.counters["forwarded_packets"] += allocation.packets
         self.counters["forwarded_bytes"] += allocation.bytes
@@ -269,15 +313,15 @@ class Relay:
     # Datagrams
 
     def datagram_received(self, port, data, source, now):
-        """A datagram reached relay ``port`` from ``source``: (from port, to address) or None."""
+        """A datagram reached relay ``port`` from ``source``: :class:`Forward`,
+        :class:`Dropped` or None (nothing to do)."""
         receiver = self.by_port.get(port)
         if receiver is None:
             return None
         is_ping = _PING_MARKER in data and self._learn_from_ping(receiver, data, source)
         sender_name = receiver.peer_from.get(source)
         if sender_name is None:
-            self._drop("relay_unknown_source", source)
-            return None
+            return self._drop("relay_unknown_source", source)
         if is_ping:
             receiver.pinged_by(sender_name, now)
         else:
@@ -289,23 +333,21 @@ class Relay:
             if is_ping:
                 # Normal while the pair meets: the receiver has not pinged yet.
                 self.counters["pings_before_receiver"] += 1
-            else:
-                self._drop("relay_receiver_unknown", source)
-            return None
+                return None
+            return self._drop("relay_receiver_unknown", source)
         if is_ping and receiver.user_name not in sender.relying and not self._pair_relay_only(
                 sender_name, receiver.user_name):
             # The receiver may hear the sender directly: wait until it shows it does not.
             self.counters["pings_held"] += 1
             return None
         if not self._take_token(sender, now):
-            self._drop("relay_rate_limited", source)
-            return None
+            return self._drop("relay_rate_limited", source)
         if is_ping:
             sender.pings += 1
         else:
             sender.packets += 1
             sender.bytes += len(data)
-        return sender.port, destination
+        return Forward(sender.port, destination)
 
     def _learn_from_ping(self, receiver, data, source):
         try:
@@ -351,8 +393,7 @@ class Relay:
 
     def _drop(self, reason, source):
         self.counters[reason] += 1
-        if self.on_drop is not None:
-            self.on_drop(reason, source)
+        return Dropped(reason, source)
 
     # ------------------------------------------------------------------
 

@@ -33,18 +33,24 @@ returns True/False to decide a group password itself (``addr`` is the
 asker's, for throttling guesses), or None to leave it to OSCgroups' own rule; ``group_full(group_name, user_name)`` returns True when
 a user that is not yet a member may not join (the group's session is full),
 which answers ``user limit reached``, OSCgroups' own busy reply;
-``listed_endpoints(user, viewer)`` returns the (private, public) endpoints, each
-an (ip, port), to show ``viewer`` (the member whose query it is, or None for a
-non-member) instead of the user's own (e.g. a relay, :mod:`.relay`), or None
-to keep them.
-``on_drop(counter, addr)`` is told of every dropped or refused request
-(``counter`` is the :attr:`counters` key just incremented), so an adapter can
-count and log per peer; ``on_purge(names)`` of every user the purge removed.
+``listed_endpoints(user, viewer, actions)`` returns the (private, public)
+endpoints, each an (ip, port), to show ``viewer`` (the member whose query it
+is, or None for a non-member) instead of the user's own (e.g. a relay,
+:mod:`.relay`), or None to keep them; actions it appends to ``actions`` (the
+relay's :class:`.relay.OpenPort`) go out with the server's.
+
+The server does no I/O and calls nothing back for it: :meth:`RendezvousServer.datagram_received`
+and :meth:`RendezvousServer.purge` return actions for the adapter to carry
+out, in order: :class:`Reply` (send from the server socket), :class:`Dropped`
+(a dropped or refused request; ``counter`` is the :attr:`counters` key just
+incremented, so an adapter can count and log per peer), :class:`Purged` (users
+the purge removed) and whatever ``listed_endpoints`` added.
 
 Time is a parameter (seconds, float); like the original, ages are whole seconds.
 """
 
 import collections
+from typing import NamedTuple
 
 from . import wire
 
@@ -57,6 +63,26 @@ MAX_STRING_BYTES = 64
 MAX_GROUPS_PER_USER = 16
 # Sources of refused registrations remembered at once (the oldest go first).
 MAX_REFUSED_SOURCES = 1024
+
+
+class Reply(NamedTuple):
+    """Send ``data`` from the server socket to ``address``."""
+
+    data: bytes
+    address: tuple
+
+
+class Dropped(NamedTuple):
+    """A request from ``address`` was dropped or refused, counted as ``counter``."""
+
+    counter: str
+    address: tuple
+
+
+class Purged(NamedTuple):
+    """The purge removed these users (their registrations ended)."""
+
+    names: list
 
 
 class User:
@@ -89,21 +115,20 @@ class RendezvousServer:
 
     def __init__(self, *, max_users=DEFAULT_MAX_USERS, max_groups=DEFAULT_MAX_GROUPS,
                  timeout=DEFAULT_TIMEOUT, authorize_group=None, group_full=None,
-                 listed_endpoints=None, on_drop=None, on_purge=None, now=0.0):
+                 listed_endpoints=None, now=0.0):
         self.max_users = max_users
         self.max_groups = max_groups
         self.timeout = timeout
         self.authorize_group = authorize_group
         self.group_full = group_full
         self.listed_endpoints = listed_endpoints
-        self.on_drop = on_drop
-        self.on_purge = on_purge
         self.users = {}
         self.groups = {}
         # (host, port) -> (user name, until): sources whose registration was refused.
         self.refused = {}
         self.counters = collections.Counter()
         self._next_purge = now + self.purge_interval
+        self._actions = []        # what the request being handled asks of the adapter
 
     @property
     def purge_interval(self):
@@ -114,9 +139,15 @@ class RendezvousServer:
     # Requests
 
     def datagram_received(self, data, addr, now):
-        """Handle one request from ``addr`` (host, port); return [(bytes, addr)] to send."""
-        if now >= self._next_purge:
-            self.purge(now)
+        """Handle one request from ``addr`` (host, port); return the actions it asks for."""
+        self._actions = actions = self.purge(now) if now >= self._next_purge else []
+        try:
+            self._request(data, addr, now)
+        finally:
+            self._actions = []
+        return actions
+
+    def _request(self, data, addr, now):
         self.counters["datagrams"] += 1
         if not data:
             return self._drop("empty", addr)
@@ -131,11 +162,11 @@ class RendezvousServer:
         replies = []
         for message in messages:
             replies.extend(self._handle_message(message, addr, now))
-        if not replies:
-            return []
-        bundles = wire.pack_bundles(replies)
-        self.counters["reply_datagrams"] += len(bundles)
-        return [(bundle, addr) for bundle in bundles]
+        if replies:
+            bundles = wire.pack_bundles(replies)
+            self.counters["reply_datagrams"] += len(bundles)
+            self._actions.extend(Reply(bundle, addr) for bundle in bundles)
+        return []
 
     def _drop(self, reason, addr):
         self._count(f"dropped_{reason}", addr)
@@ -143,8 +174,7 @@ class RendezvousServer:
 
     def _count(self, counter, addr):
         self.counters[counter] += 1
-        if self.on_drop is not None:
-            self.on_drop(counter, addr)
+        self._actions.append(Dropped(counter, addr))
 
     def _handle_message(self, message, addr, now):
         try:
@@ -258,7 +288,7 @@ class RendezvousServer:
     def _user_info(self, user, viewer, now):
         private_endpoint, public_endpoint = user.private_endpoint, user.public_endpoint
         if self.listed_endpoints is not None:
-            listed = self.listed_endpoints(user, viewer)
+            listed = self.listed_endpoints(user, viewer, self._actions)
             if listed is not None:
                 private_endpoint, public_endpoint = listed
         return wire.UserInfo(user.name, private_endpoint, public_endpoint,
@@ -269,7 +299,7 @@ class RendezvousServer:
 
     def purge(self, now):
         """Forget users silent for ≥ timeout whole seconds, and refusals as old; return
-        the users' names."""
+        [:class:`Purged`] with the users' names, or [] when nobody went."""
         self._next_purge = now + self.purge_interval
         for source in [source for source, (_name, until) in self.refused.items()
                        if until <= now]:
@@ -281,7 +311,4 @@ class RendezvousServer:
                 self._leave(user, group)
             del self.users[user.name]
         self.counters["purged_users"] += len(stale)
-        names = [user.name for user in stale]
-        if names and self.on_purge is not None:
-            self.on_purge(names)
-        return names
+        return [Purged([user.name for user in stale])] if stale else []
