@@ -40,7 +40,7 @@ def test_one_user_in_every_bridged_group():
     rendezvous = server.RendezvousServer()
     replies = rendezvous.datagram_received(alive.data, BRIDGE, 0)
     assert sorted(rendezvous.users["netgateway"].groups) == ["band", "demo"]
-    core.receive(replies[0][0], SERVER, 0)
+    core.receive(replies[0].data, SERVER, 0)
     assert "ok: user 'netgateway' is a member of group 'band'" in core.client.take_events()
 
 
@@ -113,12 +113,13 @@ def test_listed_peer_stays():
     assert core.status()["peers"]["alice"] == {"groups": ["demo"], "path": "private 127.0.0.1:7000"}
 
 
-def test_server_on_drop_hook_names_counter_and_source():
-    seen = []
-    rendezvous = server.RendezvousServer(on_drop=lambda counter, addr: seen.append((counter, addr)))
-    rendezvous.datagram_received(b"junk", ALICE, 0)
+def test_server_drop_actions_name_counter_and_source():
+    rendezvous = server.RendezvousServer()
+    seen = rendezvous.datagram_received(b"junk", ALICE, 0)
     alive = wire.encode_bundle([wire.UserAlive("a", "p", ALICE, (("g", "1"),)).encode()])
-    rendezvous.datagram_received(alive, ALICE, 0)
+    seen += rendezvous.datagram_received(alive, ALICE, 0)
     wrong = wire.encode_bundle([wire.UserAlive("b", "p", ALICE, (("g", "2"),)).encode()])
-    rendezvous.datagram_received(wrong, BRIDGE, 0)
-    assert seen == [("dropped_malformed", ALICE), ("refused_wrong_group_password", BRIDGE)]
+    seen += rendezvous.datagram_received(wrong, BRIDGE, 0)
+    assert [action for action in seen if type(action) is server.Dropped] == [
+        server.Dropped("dropped_malformed", ALICE),
+        server.Dropped("refused_wrong_group_password", BRIDGE)]

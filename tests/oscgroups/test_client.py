@@ -224,3 +224,14 @@ def test_relay_endpoint_is_reported_as_relay():
     learn_bob(core, public=RELAY)
     core.receive(PING_FROM_BOB, RELAY, 1)
     assert core.paths() == {"bob": ("relay", RELAY)}
+
+
+def test_direct_candidate_of_a_relay_listing_is_reported_as_direct():
+    # The server lists bob's public endpoint first and the relay second (relay.py).
+    core = make_client(relay=(RELAY[0], RELAY[1] - 10, RELAY[1]))
+    learn_bob(core, private=BOB_PUBLIC, public=RELAY)
+    core.receive(PING_FROM_BOB, RELAY, 1)
+    assert core.paths() == {"bob": ("relay", RELAY)}
+    core.receive(PING_FROM_BOB, BOB_PUBLIC, 2)
+    assert core.paths() == {"bob": ("direct", BOB_PUBLIC)}
+    assert "path to 'bob': direct 198.18.2.1:27273" in core.take_events()

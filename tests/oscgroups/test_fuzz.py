@@ -56,8 +56,10 @@ def test_wire_raises_only_malformed_packet(data):
 def test_server_never_raises_and_replies_fit(sequence):
     rendezvous = server.RendezvousServer(now=0)
     for step, data in enumerate(sequence):
-        for reply, _ in rendezvous.datagram_received(data, ("127.0.0.1", 5000 + step), step):
-            assert len(reply) <= wire.MAX_SERVER_DATAGRAM
+        for action in rendezvous.datagram_received(data, ("127.0.0.1", 5000 + step), step):
+            assert type(action) in (server.Reply, server.Dropped, server.Purged)
+            if type(action) is server.Reply:
+                assert len(action.data) <= wire.MAX_SERVER_DATAGRAM
     rendezvous.purge(1000)
 
 

@@ -28,8 +28,9 @@ class ServerAdapter(protocol.DatagramProtocol):
         self.core = core
 
     def datagramReceived(self, data, addr):
-        for reply, destination in self.core.datagram_received(data, addr, reactor.seconds()):
-            self.transport.write(reply, destination)
+        for action in self.core.datagram_received(data, addr, reactor.seconds()):
+            if type(action) is server_core.Reply:
+                self.transport.write(action.data, action.address)
 
 
 def free_udp_port():

@@ -27,7 +27,9 @@ def alive_request(name, port, groups=(("grp", "gpw"),), password=None, private_i
 
 
 def send(rendezvous, data, port, now, host=LOOPBACK):
-    return rendezvous.datagram_received(data, (host, port), now)
+    """The datagrams the server sends back (its Reply actions)."""
+    return [action for action in rendezvous.datagram_received(data, (host, port), now)
+            if type(action) is server.Reply]
 
 
 def messages_of(replies):
@@ -73,21 +75,53 @@ def test_private_and_public_endpoints_come_from_payload_and_source(rendezvous):
 def test_wrong_user_password_gets_status_only_and_keeps_the_owner(rendezvous):
     join(rendezvous, "alice", 22243, T0)
     replies = join(rendezvous, "alice", 30000, T0 + 30, password="guess")
-    assert replies[0] == wire.UserAliveStatus("alice", md5("guess"), "wrong password")
-    assert not any(isinstance(m, wire.UserGroupStatus) for m in replies)
-    # The group list is still disclosed to anyone with the group password (§5.1).
-    (info,) = replies[1:]
-    assert info.public_endpoint == (LOOPBACK, 22243) and info.seconds_since_alive == 30
+    # Only the status: unlike the original (§5.1), not the list its query asked for.
+    assert replies == [wire.UserAliveStatus("alice", md5("guess"), "wrong password")]
+    assert rendezvous.users["alice"].public_endpoint == (LOOPBACK, 22243)
     assert rendezvous.counters["refused_wrong_user_password"] == 1
+    assert rendezvous.counters["dropped_refused_source"] == 1
 
 
 def test_user_limit_reached():
     small = server.RendezvousServer(max_users=1, now=T0)
     join(small, "alice", 22243, T0)
     replies = join(small, "bob", 22253, T0)
-    assert replies[0].status == "user limit reached"
-    assert len(replies) == 2 and isinstance(replies[1], wire.UserInfo)   # alice only
+    assert replies == [wire.UserAliveStatus("bob", md5("bob-pw"), "user limit reached")]
     assert list(small.users) == ["alice"]
+
+
+def query(group="grp", password="gpw"):
+    return wire.encode_bundle([wire.GroupUsersQuery(group, md5(password)).encode()])
+
+
+def test_a_refused_source_gets_no_list_until_it_registers_or_the_timeout_passes(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    join(rendezvous, "alice", 30000, T0 + 1, password="guess")
+    assert rendezvous.refused == {(LOOPBACK, 30000): ("alice", T0 + 1 + server.DEFAULT_TIMEOUT)}
+    # A query on its own, from the refused source, gets nothing either...
+    assert send(rendezvous, query(), 30000, T0 + 2) == []
+    # ...while another source holding the group password still reads the list (§6.8).
+    assert [m.user_name for m in messages_of(send(rendezvous, query(), 30001, T0 + 2))] == \
+        ["alice"]
+    # Registering from that source under a name of its own lifts it.
+    assert [type(m) for m in join(rendezvous, "mallory", 30000, T0 + 3)] == [
+        wire.UserAliveStatus, wire.UserGroupStatus, wire.UserInfo, wire.UserInfo]
+    assert rendezvous.refused == {}
+
+
+def test_refusals_are_forgotten_after_the_timeout_and_bounded(rendezvous):
+    join(rendezvous, "alice", 22243, T0)
+    join(rendezvous, "alice", 30000, T0 + 1, password="guess")
+    rendezvous.purge(T0 + server.DEFAULT_TIMEOUT)
+    assert (LOOPBACK, 30000) in rendezvous.refused
+    join(rendezvous, "alice", 22243, T0 + server.DEFAULT_TIMEOUT)       # alice stays
+    rendezvous.purge(T0 + 1 + server.DEFAULT_TIMEOUT)
+    assert rendezvous.refused == {}
+    for port in range(server.MAX_REFUSED_SOURCES + 5):
+        join(rendezvous, "alice", 40000 + port, T0 + 70, password="guess")
+    assert len(rendezvous.refused) == server.MAX_REFUSED_SOURCES
+    assert (LOOPBACK, 40000) not in rendezvous.refused
+    assert (LOOPBACK, 40000 + server.MAX_REFUSED_SOURCES + 4) in rendezvous.refused
 
 
 def test_group_limit_uses_the_user_limit_string():
@@ -144,9 +178,9 @@ def test_purge_at_60_seconds(rendezvous):
     join(rendezvous, "alice", 22243, T0)
     join(rendezvous, "bob", 22253, T0 + 30)
     assert rendezvous.purge(T0 + 59.9) == []
-    assert rendezvous.purge(T0 + 60) == ["alice"]
+    assert rendezvous.purge(T0 + 60) == [server.Purged(["alice"])]
     assert list(rendezvous.groups["grp"].members) == ["bob"]
-    assert rendezvous.purge(T0 + 90) == ["bob"]
+    assert rendezvous.purge(T0 + 90) == [server.Purged(["bob"])]
     assert rendezvous.groups == {}
     assert rendezvous.purge_interval == 6
 
@@ -160,7 +194,7 @@ def test_purge_also_runs_when_due_before_a_request(rendezvous):
 def test_a_failed_attempt_does_not_keep_the_owner_alive(rendezvous):
     join(rendezvous, "alice", 22243, T0)
     join(rendezvous, "alice", 22243, T0 + 50, password="guess")
-    assert rendezvous.purge(T0 + 60) == ["alice"]
+    assert rendezvous.purge(T0 + 60) == [server.Purged(["alice"])]
 
 
 def test_hundred_member_group_is_split_into_parseable_datagrams(rendezvous):
@@ -204,7 +238,8 @@ def test_two_alives_in_one_request_give_statuses_then_infos(rendezvous):
     (osc_message("/groupserver/whatever", "s", "x"), "dropped_unknown_address"),
 ])
 def test_bad_input_is_dropped_and_counted(rendezvous, data, reason):
-    assert send(rendezvous, data, 1, T0) == []
+    assert rendezvous.datagram_received(data, (LOOPBACK, 1), T0) == [
+        server.Dropped(reason, (LOOPBACK, 1))]
     assert rendezvous.counters[reason] == 1
     assert rendezvous.users == {}
 
@@ -240,21 +275,23 @@ def test_authorize_group_hook_overrides_or_defers():
     assert replies[1].status == "wrong password"
 
 
-def test_advertised_endpoint_hook_replaces_the_public_endpoint():
-    relay = ("203.0.113.7", 40000)
+def test_listed_endpoints_hook_replaces_both_endpoints():
+    relay, direct = ("203.0.113.7", 40000), ("198.18.2.1", 2)
     rendezvous = server.RendezvousServer(
-        advertised_endpoint=lambda user, viewer: relay if user.name == "bob" else None, now=T0)
+        listed_endpoints=lambda user, viewer, actions: (
+            (direct, relay) if user.name == "bob" else None),
+        now=T0)
     join(rendezvous, "alice", 1, T0)
     infos = {m.user_name: m for m in join(rendezvous, "bob", 2, T0)
              if isinstance(m, wire.UserInfo)}
-    assert infos["bob"].public_endpoint == relay
-    assert infos["alice"].public_endpoint == (LOOPBACK, 1)
+    assert (infos["bob"].private_endpoint, infos["bob"].public_endpoint) == (direct, relay)
+    assert infos["alice"].private_endpoint == infos["alice"].public_endpoint == (LOOPBACK, 1)
 
 
-def test_advertised_endpoint_hook_is_told_whose_query_it_answers():
+def test_listed_endpoints_hook_is_told_whose_query_it_answers():
     seen = []
     rendezvous = server.RendezvousServer(
-        advertised_endpoint=lambda user, viewer: seen.append(
+        listed_endpoints=lambda user, viewer, actions: seen.append(
             (user.name, viewer and viewer.name)), now=T0)
     join(rendezvous, "alice", 1, T0)
     join(rendezvous, "bob", 2, T0)
@@ -280,14 +317,32 @@ def test_full_session_answers_user_limit_reached_to_newcomers_only():
     assert [m.status for m in join(rendezvous, "alice", 1, T0 + 6)[:2]] == ["ok", "ok"]
 
 
-def test_purge_hook_gets_the_purged_names():
-    purged = []
-    rendezvous = server.RendezvousServer(on_purge=purged.append, now=T0)
+def test_a_request_due_for_the_purge_reports_it_first(rendezvous):
     join(rendezvous, "alice", 1, T0)
-    rendezvous.purge(T0 + 30)
-    assert purged == []
-    rendezvous.datagram_received(b"", (LOOPBACK, 9), T0 + server.DEFAULT_TIMEOUT)
-    assert purged == [["alice"]]
+    assert rendezvous.purge(T0 + 30) == []
+    assert rendezvous.datagram_received(b"", (LOOPBACK, 9), T0 + server.DEFAULT_TIMEOUT) == [
+        server.Purged(["alice"]), server.Dropped("dropped_empty", (LOOPBACK, 9))]
+
+
+def test_refusals_come_out_as_dropped_actions_before_the_reply(rendezvous):
+    join(rendezvous, "alice", 1, T0)
+    actions = rendezvous.datagram_received(
+        alive_request("bob", 2, groups=(("grp", "nope"),), query=None), (LOOPBACK, 2), T0)
+    assert [type(action) for action in actions] == [server.Dropped, server.Reply]
+    assert actions[0] == server.Dropped("refused_wrong_group_password", (LOOPBACK, 2))
+
+
+def test_listed_endpoints_hook_can_add_actions():
+    opened = []
+
+    def listed_endpoints(user, viewer, actions):
+        actions.append(("open", user.name))
+        opened.append(user.name)
+        return None
+    rendezvous = server.RendezvousServer(listed_endpoints=listed_endpoints, now=T0)
+    actions = rendezvous.datagram_received(alive_request("alice", 1), (LOOPBACK, 1), T0)
+    assert actions[0] == ("open", "alice") and type(actions[1]) is server.Reply
+    assert opened == ["alice"]
 
 
 def test_largest_allowed_user_info_fits_one_datagram(rendezvous):

@@ -18,8 +18,11 @@ Deliberate differences from the C++ client:
   once a second), so we learn the peer from the reply instead of waiting up to
   6 s for the next alive;
 * an endpoint inside the optional ``relay`` (host, first port, last port) is
-  reported as the ``relay`` path: the gateway's relay is advertised by the
-  server in place of a peer's public endpoint (see :mod:`.relay`).
+  reported as the ``relay`` path: the gateway's relay is listed by the
+  server in place of a peer's public endpoint (see :mod:`.relay`). The
+  private endpoint of such a listing is the peer's direct candidate (its
+  public endpoint, or its LAN endpoint behind the same NAT), so a path there
+  is reported as ``direct``.
 
 For the gateway's bridge (:mod:`.bridge`), which is one user in several
 groups, a client can also join ``extra_groups`` (the user_alive carries one
@@ -58,6 +61,7 @@ PRIVATE = "private"
 PUBLIC = "public"
 PING_ENDPOINT = "ping"
 RELAY = "relay"
+DIRECT = "direct"
 _PREFERENCE = (PRIVATE, PUBLIC, PING_ENDPOINT)
 
 # Cheap test before parsing a peer datagram: only pings concern the core.
@@ -385,7 +389,11 @@ class GroupClient:
         if selected is None:
             return None
         kind, endpoint = selected
-        return (RELAY if self._is_relay(endpoint.address) else kind), endpoint.address
+        if self._is_relay(endpoint.address):
+            return RELAY, endpoint.address
+        if kind == PRIVATE and self._is_relay(peer.endpoints[PUBLIC].address):
+            return DIRECT, endpoint.address
+        return kind, endpoint.address
 
     def _is_relay(self, address):
         if self.relay is None:

@@ -34,8 +34,8 @@ class BridgeConfig:
 @dataclasses.dataclass
 class RelayConfig:
     policy: str = bounded(relay_core.AUTO, choices=relay_core.POLICIES,
-                          doc="auto: relay pairs of NATed users when one NAT changes ports;"
-                              " always: relay every pair; never: no relay")
+                          doc="auto: NATed pairs fall back on the relay (at once when a NAT"
+                              " changes ports); always: relay every pair; never: no relay")
     host: typing.Optional[str] = bounded(
         None, doc="IPv4 address relay ports bind to and are advertised at;"
                   " null: oscgroups.host")

@@ -33,7 +33,7 @@ has not joined yet.
 
 Unless ``relay.policy`` is ``never``, :class:`.relay.Relay` decides which
 pairs of users meet through relay ports on ``relay.host`` (the server
-advertises them through its ``advertised_endpoint`` hook); this adapter opens
+lists them through its ``listed_endpoints`` hook); this adapter opens
 and closes those ports, frees a user's port when the server purges it, tells
 the relay from which source the bridge hears each peer (a per-destination
 NAT shows there) and forwards with the socket's ``sendto`` directly, since
@@ -131,8 +131,7 @@ class OscGroupsDoor(DoorService):
         self.server = server.RendezvousServer(
             max_users=config.max_users, max_groups=config.max_groups,
             timeout=config.timeout, authorize_group=self._authorize_group,
-            group_full=self._group_full, on_drop=self._server_dropped,
-            on_purge=self._purged, now=self.reactor.seconds())
+            group_full=self._group_full, now=self.reactor.seconds())
         self.server_address = (config.host, config.port)
         self.bridge = None
         self.relay = None
@@ -160,9 +159,8 @@ class OscGroupsDoor(DoorService):
                 max_allocations=config.relay.max_allocations,
                 packets_per_second=config.relay.packets_per_second,
                 exempt=[config.bridge.user] if self.bridge is not None else [],
-                bind=self._open_relay_port, unbind=self._close_relay_port,
-                on_drop=self._relay_dropped)
-            self.server.advertised_endpoint = self._advertised_endpoint
+                refused=self.server.refused)
+            self.server.listed_endpoints = self._listed_endpoints
         if context.metrics is not None:
             context.metrics.register(OscGroupsCollector(self))
 
@@ -214,7 +212,7 @@ class OscGroupsDoor(DoorService):
             self._leave(member, "gateway stopping")
         if self.relay is not None:
             for name in list(self.relay.allocations):
-                self.relay.release(name)
+                self._perform_relay(self.relay.release(name))
         ports, self._ports = self._ports, []
         for listening in ports:
             listening.stopListening()
@@ -224,18 +222,26 @@ class OscGroupsDoor(DoorService):
 
     def _server_datagram(self, data, addr):
         try:
-            replies = self.server.datagram_received(data, addr, self.reactor.seconds())
+            actions = self.server.datagram_received(data, addr, self.reactor.seconds())
         except Exception:
             # The core is fuzzed; should it still fail, one datagram must not matter.
             self.drops.count(DOOR, "server_error")
             self.log.failure("oscgroups: server failed on a datagram from {peer}",
                              peer=addr)
             return
-        for reply, destination in replies:
-            self._write(self._server_port, reply, destination)
+        self._perform_server(actions)
 
-    def _server_dropped(self, counter, addr):
-        self.drop(addr, counter.removeprefix("dropped_"))
+    def _perform_server(self, actions):
+        for action in actions:
+            kind = type(action)
+            if kind is server.Reply:
+                self._write(self._server_port, action.data, action.address)
+            elif kind is server.Dropped:
+                self.drop(action.address, action.counter.removeprefix("dropped_"))
+            elif kind is server.Purged:
+                self._purged(action.names)
+            else:
+                self._perform_relay([action])     # the relay's, from listed_endpoints
 
     def _authorize_group(self, group_name, password_md5, address):
         """Whether a group password opens the session of ``group_name`` (None: no such session).
@@ -266,20 +272,28 @@ class OscGroupsDoor(DoorService):
         return view.member_count + joining >= view.max_members
 
     def _purge_users(self):
-        self.server.purge(self.reactor.seconds())
+        self._perform_server(self.server.purge(self.reactor.seconds()))
 
     def _purged(self, names):
         self.log.info("oscgroups: purged {users} after {timeout} s without user_alive",
                       users=names, timeout=self.config.timeout)
         if self.relay is not None:
             for name in names:
-                self.relay.release(name)
+                self._perform_relay(self.relay.release(name))
 
     # ------------------------------------------------------------------
     # Relay
 
-    def _advertised_endpoint(self, user, viewer):
-        return self.relay.advertised_endpoint(user, viewer, self.reactor.seconds())
+    def _listed_endpoints(self, user, viewer, actions):
+        return self.relay.listed_endpoints(user, viewer, self.reactor.seconds(), actions)
+
+    def _perform_relay(self, actions):
+        for action in actions:
+            if type(action) is relay_core.OpenPort:
+                if not self._open_relay_port(action.port):
+                    self.relay.port_unavailable(action.port)
+            else:
+                self._close_relay_port(action.port)
 
     def _open_relay_port(self, number):
         try:
@@ -306,16 +320,13 @@ class OscGroupsDoor(DoorService):
             self.drops.count(DOOR, "relay_error")
             self.log.failure("oscgroups: relay failed on a datagram from {peer}", peer=addr)
             return
-        if route is None:
-            return
-        from_port, destination = route
-        try:
-            self._relay_ports[from_port][1].sendto(data, destination)
-        except OSError as exc:
-            self.drop(destination, "send_failed", str(exc))
-
-    def _relay_dropped(self, reason, source):
-        self.drop(source, reason)
+        if type(route) is relay_core.Forward:
+            try:
+                self._relay_ports[route.port][1].sendto(data, route.destination)
+            except OSError as exc:
+                self.drop(route.destination, "send_failed", str(exc))
+        elif route is not None:
+            self.drop(route.source, route.reason)
 
     # ------------------------------------------------------------------
     # Bridge

@@ -16,8 +16,16 @@ Where the original breaks, this one does better on purpose:
 * names, passwords and group names are capped at 64 bytes and a user at 16
   groups, so that every single reply message fits one such datagram.
 
+* a user whose registration is refused (``wrong password``, ``user limit
+  reached``) gets its status and nothing else: no user list, not even from
+  the query that follows its user_alive, and no list for queries from that
+  source address until it registers or has been silent for ``timeout``
+  seconds (§5.1 has the original answer any holder of the group password,
+  which hands an impostor the endpoints it needs). :attr:`RendezvousServer.refused`
+  holds those sources, so the relay ignores their pings too.
+
 Everything else (status strings, takeover, group leave, no re-check of a
-member's group password, answering any holder of the group password, silence
+member's group password, answering others who hold the group password, silence
 on an unknown group) follows the notes, because clients observe it.
 
 Hooks for the gateway: ``authorize_group(group_name, password_md5_hex, addr)``
@@ -25,17 +33,24 @@ returns True/False to decide a group password itself (``addr`` is the
 asker's, for throttling guesses), or None to leave it to OSCgroups' own rule; ``group_full(group_name, user_name)`` returns True when
 a user that is not yet a member may not join (the group's session is full),
 which answers ``user limit reached``, OSCgroups' own busy reply;
-``advertised_endpoint(user, viewer)`` returns an (ip, port) to show ``viewer``
-(the member whose query it is, or None for a non-member) instead of the user's
-observed public endpoint (e.g. a relay), or None to keep it.
-``on_drop(counter, addr)`` is told of every dropped or refused request
-(``counter`` is the :attr:`counters` key just incremented), so an adapter can
-count and log per peer; ``on_purge(names)`` of every user the purge removed.
+``listed_endpoints(user, viewer, actions)`` returns the (private, public)
+endpoints, each an (ip, port), to show ``viewer`` (the member whose query it
+is, or None for a non-member) instead of the user's own (e.g. a relay,
+:mod:`.relay`), or None to keep them; actions it appends to ``actions`` (the
+relay's :class:`.relay.OpenPort`) go out with the server's.
+
+The server does no I/O and calls nothing back for it: :meth:`RendezvousServer.datagram_received`
+and :meth:`RendezvousServer.purge` return actions for the adapter to carry
+out, in order: :class:`Reply` (send from the server socket), :class:`Dropped`
+(a dropped or refused request; ``counter`` is the :attr:`counters` key just
+incremented, so an adapter can count and log per peer), :class:`Purged` (users
+the purge removed) and whatever ``listed_endpoints`` added.
 
 Time is a parameter (seconds, float); like the original, ages are whole seconds.
 """
 
 import collections
+from typing import NamedTuple
 
 from . import wire
 
@@ -46,6 +61,28 @@ DEFAULT_TIMEOUT = 60
 MAX_REQUEST_SIZE = 4096
 MAX_STRING_BYTES = 64
 MAX_GROUPS_PER_USER = 16
+# Sources of refused registrations remembered at once (the oldest go first).
+MAX_REFUSED_SOURCES = 1024
+
+
+class Reply(NamedTuple):
+    """Send ``data`` from the server socket to ``address``."""
+
+    data: bytes
+    address: tuple
+
+
+class Dropped(NamedTuple):
+    """A request from ``address`` was dropped or refused, counted as ``counter``."""
+
+    counter: str
+    address: tuple
+
+
+class Purged(NamedTuple):
+    """The purge removed these users (their registrations ended)."""
+
+    names: list
 
 
 class User:
@@ -78,19 +115,20 @@ class RendezvousServer:
 
     def __init__(self, *, max_users=DEFAULT_MAX_USERS, max_groups=DEFAULT_MAX_GROUPS,
                  timeout=DEFAULT_TIMEOUT, authorize_group=None, group_full=None,
-                 advertised_endpoint=None, on_drop=None, on_purge=None, now=0.0):
+                 listed_endpoints=None, now=0.0):
         self.max_users = max_users
         self.max_groups = max_groups
         self.timeout = timeout
         self.authorize_group = authorize_group
         self.group_full = group_full
-        self.advertised_endpoint = advertised_endpoint
-        self.on_drop = on_drop
-        self.on_purge = on_purge
+        self.listed_endpoints = listed_endpoints
         self.users = {}
         self.groups = {}
+        # (host, port) -> (user name, until): sources whose registration was refused.
+        self.refused = {}
         self.counters = collections.Counter()
         self._next_purge = now + self.purge_interval
+        self._actions = []        # what the request being handled asks of the adapter
 
     @property
     def purge_interval(self):
@@ -101,9 +139,15 @@ class RendezvousServer:
     # Requests
 
     def datagram_received(self, data, addr, now):
-        """Handle one request from ``addr`` (host, port); return [(bytes, addr)] to send."""
-        if now >= self._next_purge:
-            self.purge(now)
+        """Handle one request from ``addr`` (host, port); return the actions it asks for."""
+        self._actions = actions = self.purge(now) if now >= self._next_purge else []
+        try:
+            self._request(data, addr, now)
+        finally:
+            self._actions = []
+        return actions
+
+    def _request(self, data, addr, now):
         self.counters["datagrams"] += 1
         if not data:
             return self._drop("empty", addr)
@@ -118,11 +162,11 @@ class RendezvousServer:
         replies = []
         for message in messages:
             replies.extend(self._handle_message(message, addr, now))
-        if not replies:
-            return []
-        bundles = wire.pack_bundles(replies)
-        self.counters["reply_datagrams"] += len(bundles)
-        return [(bundle, addr) for bundle in bundles]
+        if replies:
+            bundles = wire.pack_bundles(replies)
+            self.counters["reply_datagrams"] += len(bundles)
+            self._actions.extend(Reply(bundle, addr) for bundle in bundles)
+        return []
 
     def _drop(self, reason, addr):
         self._count(f"dropped_{reason}", addr)
@@ -130,8 +174,7 @@ class RendezvousServer:
 
     def _count(self, counter, addr):
         self.counters[counter] += 1
-        if self.on_drop is not None:
-            self.on_drop(counter, addr)
+        self._actions.append(Dropped(counter, addr))
 
     def _handle_message(self, message, addr, now):
         try:
@@ -158,12 +201,13 @@ class RendezvousServer:
         user = self.users.get(request.user_name)
         if user is None:
             if len(self.users) >= self.max_users:
-                self._count("refused_user_limit", addr)
+                self._refuse(request.user_name, "refused_user_limit", addr, now)
                 return [user_status(wire.STATUS_USER_LIMIT_REACHED)]
             user = self.users[request.user_name] = User(request.user_name, request.user_password)
         elif user.password != request.user_password:
-            self._count("refused_wrong_user_password", addr)
+            self._refuse(request.user_name, "refused_wrong_user_password", addr, now)
             return [user_status(wire.STATUS_WRONG_PASSWORD)]
+        self.refused.pop((addr[0], addr[1]), None)
 
         # Overwritten on every accepted alive: a takeover or a NAT re-mapping wins.
         user.private_endpoint = request.private_endpoint
@@ -181,6 +225,15 @@ class RendezvousServer:
         for group in [g for name, g in user.groups.items() if name not in listed]:
             self._leave(user, group)
         return replies
+
+    def _refuse(self, user_name, counter, addr, now):
+        """Count a refused registration and remember its source for ``timeout`` s."""
+        self._count(counter, addr)
+        source = (addr[0], addr[1])
+        self.refused.pop(source, None)
+        if len(self.refused) >= MAX_REFUSED_SOURCES:
+            del self.refused[next(iter(self.refused))]
+        self.refused[source] = (user_name, now + self.timeout)
 
     def _join(self, user, group_name, group_password, addr):
         group = self.groups.get(group_name)
@@ -217,6 +270,9 @@ class RendezvousServer:
             del self.groups[group.name]
 
     def _group_users_info(self, request, addr, now):
+        if (addr[0], addr[1]) in self.refused:
+            # Refused users get nothing, whichever group password they hold.
+            return self._drop("refused_source", addr)
         group = self.groups.get(request.group_name)
         if group is None:
             return self._drop("unknown_group", addr)
@@ -230,18 +286,24 @@ class RendezvousServer:
         return [self._user_info(member, viewer, now) for member in group.members.values()]
 
     def _user_info(self, user, viewer, now):
-        public_endpoint = user.public_endpoint
-        if self.advertised_endpoint is not None:
-            public_endpoint = self.advertised_endpoint(user, viewer) or public_endpoint
-        return wire.UserInfo(user.name, user.private_endpoint, public_endpoint,
+        private_endpoint, public_endpoint = user.private_endpoint, user.public_endpoint
+        if self.listed_endpoints is not None:
+            listed = self.listed_endpoints(user, viewer, self._actions)
+            if listed is not None:
+                private_endpoint, public_endpoint = listed
+        return wire.UserInfo(user.name, private_endpoint, public_endpoint,
                              int(now) - user.last_alive, tuple(user.groups)).encode()
 
     # ------------------------------------------------------------------
     # Timeouts
 
     def purge(self, now):
-        """Forget users silent for ≥ timeout whole seconds; return their names."""
+        """Forget users silent for ≥ timeout whole seconds, and refusals as old; return
+        [:class:`Purged`] with the users' names, or [] when nobody went."""
         self._next_purge = now + self.purge_interval
+        for source in [source for source, (_name, until) in self.refused.items()
+                       if until <= now]:
+            del self.refused[source]
         stale = [user for user in self.users.values()
                  if int(now) - user.last_alive >= self.timeout]
         for user in stale:
@@ -249,7 +311,4 @@ class RendezvousServer:
                 self._leave(user, group)
             del self.users[user.name]
         self.counters["purged_users"] += len(stale)
-        names = [user.name for user in stale]
-        if names and self.on_purge is not None:
-            self.on_purge(names)
-        return names
+        return [Purged([user.name for user in stale])] if stale else []
