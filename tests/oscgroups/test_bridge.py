@@ -38,7 +38,7 @@ def test_one_user_in_every_bridged_group():
                         wire.GroupUsersQuery(*GROUPS[0]), wire.GroupUsersQuery(*GROUPS[1])]
     # The real server accepts it and answers every group.
     rendezvous = server.RendezvousServer()
-    replies = rendezvous.datagram_received(alive.data, BRIDGE, 0)
+    replies = rendezvous.receive(alive.data, BRIDGE, 0)
     assert sorted(rendezvous.users["netgateway"].groups) == ["band", "demo"]
     core.receive(replies[0].data, SERVER, 0)
     assert "ok: user 'netgateway' is a member of group 'band'" in core.client.take_events()
@@ -115,11 +115,11 @@ def test_listed_peer_stays():
 
 def test_server_drop_actions_name_counter_and_source():
     rendezvous = server.RendezvousServer()
-    seen = rendezvous.datagram_received(b"junk", ALICE, 0)
+    seen = rendezvous.receive(b"junk", ALICE, 0)
     alive = wire.encode_bundle([wire.UserAlive("a", "p", ALICE, (("g", "1"),)).encode()])
-    seen += rendezvous.datagram_received(alive, ALICE, 0)
+    seen += rendezvous.receive(alive, ALICE, 0)
     wrong = wire.encode_bundle([wire.UserAlive("b", "p", ALICE, (("g", "2"),)).encode()])
-    seen += rendezvous.datagram_received(wrong, BRIDGE, 0)
-    assert [action for action in seen if type(action) is server.Dropped] == [
-        server.Dropped("dropped_malformed", ALICE),
-        server.Dropped("refused_wrong_group_password", BRIDGE)]
+    seen += rendezvous.receive(wrong, BRIDGE, 0)
+    assert [action for action in seen if type(action) is Drop] == [
+        Drop("malformed", ALICE),
+        Drop("refused_wrong_group_password", BRIDGE)]

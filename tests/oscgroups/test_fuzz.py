@@ -5,6 +5,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.actions import Drop, Send
 from gateway.protocols.oscgroups import client, mapping, server, wire
 
 from .osc_bytes import osc_bundle, osc_string
@@ -56,9 +57,9 @@ def test_wire_raises_only_malformed_packet(data):
 def test_server_never_raises_and_replies_fit(sequence):
     rendezvous = server.RendezvousServer(now=0)
     for step, data in enumerate(sequence):
-        for action in rendezvous.datagram_received(data, ("127.0.0.1", 5000 + step), step):
-            assert type(action) in (server.Reply, server.Dropped, server.Purged)
-            if type(action) is server.Reply:
+        for action in rendezvous.receive(data, ("127.0.0.1", 5000 + step), step):
+            assert type(action) in (Send, Drop, server.Purged)
+            if type(action) is Send:
                 assert len(action.data) <= wire.MAX_SERVER_DATAGRAM
     rendezvous.purge(1000)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from pythonosc.udp_client import SimpleUDPClient
 from twisted.internet import protocol, reactor, threads
 
+from gateway.actions import Send
 from gateway.protocols.oscgroups import server as server_core
 from gateway.protocols.oscgroups import wire
 
@@ -28,8 +29,8 @@ class ServerAdapter(protocol.DatagramProtocol):
         self.core = core
 
     def datagramReceived(self, data, addr):
-        for action in self.core.datagram_received(data, addr, reactor.seconds()):
-            if type(action) is server_core.Reply:
+        for action in self.core.receive(data, addr, reactor.seconds()):
+            if type(action) is Send:
                 self.transport.write(action.data, action.address)
 
 

@@ -3,6 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.actions import Drop, Send
 from gateway.protocols.oscgroups import relay, server, wire
 
 from .osc_bytes import osc_message
@@ -71,8 +72,8 @@ def meet(core, first, second, first_source, second_source, now=T0):
     """Both listed through the relay, each pings the other's relay port."""
     port_of_second = relay_port(core, second, first, now)
     port_of_first = relay_port(core, first, second, now)
-    core.datagram_received(port_of_second, ping(first.name), first_source, now)
-    core.datagram_received(port_of_first, ping(second.name), second_source, now)
+    core.receive(ping(first.name), first_source, now, port_of_second)
+    core.receive(ping(second.name), second_source, now, port_of_first)
     return port_of_first, port_of_second
 
 
@@ -144,13 +145,14 @@ def test_datagrams_leave_from_the_senders_port_to_where_the_receivers_pings_came
     # alice pings bob's port first: bob has not pinged alice's port, nothing to do yet.
     bob_port = relay_port(core, BOB, ALICE)
     alice_port = relay_port(core, ALICE, BOB)
-    assert core.datagram_received(bob_port, ping("alice"), alice_at, T0) is None
+    assert core.receive(ping("alice"), alice_at, T0, bob_port) is None
     assert core.counters["pings_before_receiver"] == 1
     # bob's ping to alice's port goes out of bob's port to alice's source.
-    assert core.datagram_received(alice_port, ping("bob"), bob_at, T0) == (bob_port, alice_at)
+    assert core.receive(ping("bob"), bob_at, T0, alice_port) == Send(ping("bob"), alice_at,
+                                                                     bob_port)
     data = osc_message("/midi/note", "iii", 1, 60, 100)
-    assert core.datagram_received(bob_port, data, alice_at, T0) == (alice_port, bob_at)
-    assert core.datagram_received(alice_port, data, bob_at, T0) == (bob_port, alice_at)
+    assert core.receive(data, alice_at, T0, bob_port) == Send(data, bob_at, alice_port)
+    assert core.receive(data, bob_at, T0, alice_port) == Send(data, alice_at, bob_port)
     assert core.totals() == {"packets": 2, "bytes": 2 * len(data), "pings": 1}
     assert core.status()["allocations"]["alice"]["peers"] == ["bob"]
 
@@ -158,12 +160,12 @@ def test_datagrams_leave_from_the_senders_port_to_where_the_receivers_pings_came
 def test_a_new_source_in_a_ping_replaces_the_old_one():
     core = make_relay(ALICE, BOB)
     alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
-    core.datagram_received(alice_port, ping("bob"), ("198.18.2.1", 2222), T0)
+    core.receive(ping("bob"), ("198.18.2.1", 2222), T0, alice_port)
     data = b"x" * 8
-    assert core.datagram_received(bob_port, data, ("198.18.1.1", 22243), T0) == \
-        (alice_port, ("198.18.2.1", 2222))
-    assert type(core.datagram_received(alice_port, data, ("198.18.2.1", 1111), T0)) \
-        is relay.Dropped
+    assert core.receive(data, ("198.18.1.1", 22243), T0, bob_port) == \
+        Send(data, ("198.18.2.1", 2222), alice_port)
+    assert type(core.receive(data, ("198.18.2.1", 1111), T0, alice_port)) \
+        is Drop
 
 
 def test_strangers_impostors_and_non_members_are_not_relayed():
@@ -172,21 +174,21 @@ def test_strangers_impostors_and_non_members_are_not_relayed():
     alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
     listed(core, mallory, mallory, T0)
     stranger = ("203.0.113.5", 1)
-    unknown = relay.Dropped("relay_unknown_source", stranger)
+    unknown = Drop("relay_unknown_source", stranger)
     # A ping naming alice from another IP teaches nothing.
-    assert core.datagram_received(bob_port, ping("alice"), stranger, T0) == unknown
-    assert core.datagram_received(bob_port, b"data", stranger, T0) == unknown
+    assert core.receive(ping("alice"), stranger, T0, bob_port) == unknown
+    assert core.receive(b"data", stranger, T0, bob_port) == unknown
     # mallory shares no group with bob.
     listed(core, ALICE, mallory, T0)
-    assert core.datagram_received(bob_port, ping("mallory"), ("198.18.9.1", 5555), T0) == \
-        relay.Dropped("relay_unknown_source", ("198.18.9.1", 5555))
+    assert core.receive(ping("mallory"), ("198.18.9.1", 5555), T0, bob_port) == \
+        Drop("relay_unknown_source", ("198.18.9.1", 5555))
     assert core.counters["relay_unknown_source"] == 3
     # A relayed datagram whose receiver never pinged the sender's port is dropped.
     core.allocations["bob"].forget("alice")
-    assert core.datagram_received(alice_port, b"data", ("198.18.2.1", 1111), T0) == \
-        relay.Dropped("relay_receiver_unknown", ("198.18.2.1", 1111))
+    assert core.receive(b"data", ("198.18.2.1", 1111), T0, alice_port) == \
+        Drop("relay_receiver_unknown", ("198.18.2.1", 1111))
     # Nothing at all for a port that is no relay port.
-    assert core.datagram_received(40009, b"data", stranger, T0) is None
+    assert core.receive(b"data", stranger, T0, 40009) is None
 
 
 def refused_impostor(name, source):
@@ -194,8 +196,8 @@ def refused_impostor(name, source):
     rendezvous = server.RendezvousServer(now=T0)
     alive = wire.encode_bundle([wire.UserAlive(name, "guess", source, ()).encode()])
     rendezvous.users[name] = server.User(name, "pw")
-    refusal, reply = rendezvous.datagram_received(alive, source, T0)
-    assert refusal == server.Dropped("refused_wrong_user_password", source)
+    refusal, reply = rendezvous.receive(alive, source, T0)
+    assert refusal == Drop("refused_wrong_user_password", source)
     assert wire.parse_packet(reply.data)[0].args[2] == "wrong password"
     return rendezvous.refused
 
@@ -208,13 +210,13 @@ def test_pings_from_a_refused_source_teach_nothing_and_flag_nobody():
     assert core.flagged == {}
     assert listed(core, ALICE, DAVE, T0)[0] == ALICE.public_endpoint
     dave_port = relay_port(core, DAVE, ALICE)
-    unknown = relay.Dropped("relay_unknown_source", mallory_at)
-    assert core.datagram_received(dave_port, ping("alice"), mallory_at, T0) == unknown
-    assert core.datagram_received(dave_port, b"data", mallory_at, T0) == unknown
+    unknown = Drop("relay_unknown_source", mallory_at)
+    assert core.receive(ping("alice"), mallory_at, T0, dave_port) == unknown
+    assert core.receive(b"data", mallory_at, T0, dave_port) == unknown
     assert core.allocations["dave"].peer_at == {}
     assert core.counters["pings_from_refused_sources"] == 1
     # alice herself, from her own mapping, is learnt as before.
-    core.datagram_received(dave_port, ping("alice"), ALICE.public_endpoint, T0)
+    core.receive(ping("alice"), ALICE.public_endpoint, T0, dave_port)
     assert core.allocations["dave"].peer_at == {"alice": ALICE.public_endpoint}
 
 
@@ -222,23 +224,23 @@ def test_each_user_is_rate_limited():
     core = make_relay(ALICE, BOB, packets_per_second=10)
     alice_at = ("198.18.1.1", 22243)
     _alice_port, bob_port = meet(core, ALICE, BOB, alice_at, ("198.18.2.1", 1111))
-    forwarded = [core.datagram_received(bob_port, b"data", alice_at, T0) for _ in range(15)]
-    assert sum(type(route) is relay.Forward for route in forwarded) == 10   # 1 s of burst
-    assert forwarded[10:] == [relay.Dropped("relay_rate_limited", alice_at)] * 5
-    assert type(core.datagram_received(bob_port, b"data", alice_at, T0 + 0.2)) is relay.Forward
+    forwarded = [core.receive(b"data", alice_at, T0, bob_port) for _ in range(15)]
+    assert sum(type(route) is Send for route in forwarded) == 10   # 1 s of burst
+    assert forwarded[10:] == [Drop("relay_rate_limited", alice_at)] * 5
+    assert type(core.receive(b"data", alice_at, T0 + 0.2, bob_port)) is Send
 
 
 def test_allocations_are_bounded_and_live_as_long_as_the_registration():
     carol = cone("carol", "192.168.3.2", "198.18.4.1")
     core = make_relay(ALICE, BOB, carol, max_allocations=2)
     alice_port, bob_port = meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
-    core.datagram_received(bob_port, b"data", ("198.18.1.1", 22243), T0)
+    core.receive(b"data", ("198.18.1.1", 22243), T0, bob_port)
     assert listed(core, carol, BOB, T0) is None
     assert core.counters["allocations_refused"] == 1
     assert core.release("bob") == [relay.ClosePort(bob_port)]
     assert "bob" not in core.flagged and core.release("bob") == []
     assert core.allocations["alice"].peer_at == {}
-    assert core.datagram_received(bob_port, b"data", ("198.18.1.1", 22243), T0) is None
+    assert core.receive(b"data", ("198.18.1.1", 22243), T0, bob_port) is None
     assert core.totals()["packets"] == 1                 # counted after the release too
     assert listed(core, carol, BOB, T0) is None      # alice still holds one
     assert core.release("alice") == [relay.ClosePort(alice_port)]
@@ -266,15 +268,15 @@ def test_a_fallback_pair_gets_pings_only_once_its_pings_outlast_establishment():
     # Each still pings the other's relay port as establishment goes on (§5.4):
     # the relay keeps the pings back, either may hear the other directly.
     for t in (2, 5, 9, 15, 21):
-        assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + t) is None
-        assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + t) is None
+        assert core.receive(ping("alice"), alice_at, T0 + t, dave_port) is None
+        assert core.receive(ping("dave"), dave_at, T0 + t, alice_port) is None
     assert core.counters["pings_held"] == 11
     # Pinging on past relay.PROBATION: the direct path failed, the relay passes pings.
-    assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + 27) is None
-    assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + 27) == \
-        (dave_port, alice_at)
-    assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + 28) == \
-        (alice_port, dave_at)
+    assert core.receive(ping("alice"), alice_at, T0 + 27, dave_port) is None
+    assert core.receive(ping("dave"), dave_at, T0 + 27, alice_port) == \
+        Send(ping("dave"), alice_at, dave_port)
+    assert core.receive(ping("alice"), alice_at, T0 + 28, dave_port) == \
+        Send(ping("alice"), dave_at, alice_port)
     assert core.status()["allocations"]["alice"]["relying"] == ["dave"]
 
 
@@ -283,11 +285,11 @@ def test_a_fallback_pair_that_stopped_pinging_the_relay_starts_a_new_run():
     alice_at, dave_at = ("198.18.1.1", 22243), ("198.18.4.1", 22243)
     alice_port, dave_port = meet(core, ALICE, DAVE, alice_at, dave_at)
     for t in (2, 5, 9, 15):
-        core.datagram_received(dave_port, ping("alice"), alice_at, T0 + t)
+        core.receive(ping("alice"), alice_at, T0 + t, dave_port)
     # Establishment ended on the direct path; a restart much later pings again.
     for t in (80, 82, 85, 89, 95):
-        core.datagram_received(dave_port, ping("alice"), alice_at, T0 + t)
-        assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + t) is None
+        core.receive(ping("alice"), alice_at, T0 + t, dave_port)
+        assert core.receive(ping("dave"), dave_at, T0 + t, alice_port) is None
     assert core.allocations["dave"].relying == set()
 
 
@@ -295,18 +297,18 @@ def test_data_through_the_relay_makes_it_pass_pings_to_the_sender():
     core = make_relay(ALICE, DAVE)
     alice_at, dave_at = ("198.18.1.1", 22243), ("198.18.4.1", 22243)
     alice_port, dave_port = meet(core, ALICE, DAVE, alice_at, dave_at)
-    assert core.datagram_received(dave_port, b"data", alice_at, T0 + 1) == (alice_port, dave_at)
-    assert core.datagram_received(alice_port, ping("dave"), dave_at, T0 + 2) == \
-        (dave_port, alice_at)
-    assert core.datagram_received(dave_port, ping("alice"), alice_at, T0 + 2) is None
+    assert core.receive(b"data", alice_at, T0 + 1, dave_port) == Send(b"data", dave_at, alice_port)
+    assert core.receive(ping("dave"), dave_at, T0 + 2, alice_port) == \
+        Send(ping("dave"), alice_at, dave_port)
+    assert core.receive(ping("alice"), alice_at, T0 + 2, dave_port) is None
 
 
 def test_a_flagged_pair_gets_pings_at_once():
     core = make_relay(ALICE, BOB)
     alice_at, bob_at = ("198.18.1.1", 22243), ("198.18.2.1", 18146)
     alice_port, bob_port = meet(core, ALICE, BOB, alice_at, bob_at)
-    assert core.datagram_received(bob_port, ping("alice"), alice_at, T0 + 1) == \
-        (alice_port, bob_at)
+    assert core.receive(ping("alice"), alice_at, T0 + 1, bob_port) == \
+        Send(ping("alice"), bob_at, alice_port)
     assert core.counters["pings_held"] == 0
 
 
@@ -318,8 +320,8 @@ def test_arbitrary_datagrams_never_raise(sequence):
     core = make_relay(ALICE, BOB)
     meet(core, ALICE, BOB, ("198.18.1.1", 22243), ("198.18.2.1", 1111))
     for step, (port, data, source) in enumerate(sequence):
-        route = core.datagram_received(port, data, source, T0 + step / 10)
-        assert route is None or type(route) is relay.Dropped or route.port in (40000, 40001)
+        route = core.receive(data, source, T0 + step / 10, port)
+        assert route is None or type(route) is Drop or route.via in (40000, 40001)
 
 
 @settings(max_examples=200, deadline=None)
@@ -328,5 +330,5 @@ def test_arbitrary_datagrams_never_raise(sequence):
 def test_pings_with_arbitrary_names_and_tails_never_raise(names, tails):
     core = make_relay(ALICE, BOB)
     for name, tail in zip(names, tails):
-        core.datagram_received(40000, ping(name) + tail, ("198.18.1.1", 22243), T0)
-        core.datagram_received(40001, ping(name)[:-1] + tail, ("198.18.2.1", 1), T0)
+        core.receive(ping(name) + tail, ("198.18.1.1", 22243), T0, 40000)
+        core.receive(ping(name)[:-1] + tail, ("198.18.2.1", 1), T0, 40001)

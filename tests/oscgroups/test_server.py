@@ -2,6 +2,7 @@
 
 import pytest
 
+from gateway.actions import Drop, Send
 from gateway.protocols.oscgroups import server, wire
 
 from .osc_bytes import osc_bundle, osc_message, osc_string
@@ -27,9 +28,9 @@ def alive_request(name, port, groups=(("grp", "gpw"),), password=None, private_i
 
 
 def send(rendezvous, data, port, now, host=LOOPBACK):
-    """The datagrams the server sends back (its Reply actions)."""
-    return [action for action in rendezvous.datagram_received(data, (host, port), now)
-            if type(action) is server.Reply]
+    """(datagram, destination) of each Send the server answers with."""
+    return [(action.data, action.address)
+            for action in rendezvous.receive(data, (host, port), now) if type(action) is Send]
 
 
 def messages_of(replies):
@@ -238,8 +239,8 @@ def test_two_alives_in_one_request_give_statuses_then_infos(rendezvous):
     (osc_message("/groupserver/whatever", "s", "x"), "dropped_unknown_address"),
 ])
 def test_bad_input_is_dropped_and_counted(rendezvous, data, reason):
-    assert rendezvous.datagram_received(data, (LOOPBACK, 1), T0) == [
-        server.Dropped(reason, (LOOPBACK, 1))]
+    assert rendezvous.receive(data, (LOOPBACK, 1), T0) == [
+        Drop(reason.removeprefix("dropped_"), (LOOPBACK, 1))]
     assert rendezvous.counters[reason] == 1
     assert rendezvous.users == {}
 
@@ -320,16 +321,16 @@ def test_full_session_answers_user_limit_reached_to_newcomers_only():
 def test_a_request_due_for_the_purge_reports_it_first(rendezvous):
     join(rendezvous, "alice", 1, T0)
     assert rendezvous.purge(T0 + 30) == []
-    assert rendezvous.datagram_received(b"", (LOOPBACK, 9), T0 + server.DEFAULT_TIMEOUT) == [
-        server.Purged(["alice"]), server.Dropped("dropped_empty", (LOOPBACK, 9))]
+    assert rendezvous.receive(b"", (LOOPBACK, 9), T0 + server.DEFAULT_TIMEOUT) == [
+        server.Purged(["alice"]), Drop("empty", (LOOPBACK, 9))]
 
 
 def test_refusals_come_out_as_dropped_actions_before_the_reply(rendezvous):
     join(rendezvous, "alice", 1, T0)
-    actions = rendezvous.datagram_received(
-        alive_request("bob", 2, groups=(("grp", "nope"),), query=None), (LOOPBACK, 2), T0)
-    assert [type(action) for action in actions] == [server.Dropped, server.Reply]
-    assert actions[0] == server.Dropped("refused_wrong_group_password", (LOOPBACK, 2))
+    actions = rendezvous.receive(alive_request("bob", 2, groups=(("grp", "nope"),), query=None),
+                                 (LOOPBACK, 2), T0)
+    assert [type(action) for action in actions] == [Drop, Send]
+    assert actions[0] == Drop("refused_wrong_group_password", (LOOPBACK, 2))
 
 
 def test_listed_endpoints_hook_can_add_actions():
@@ -340,8 +341,8 @@ def test_listed_endpoints_hook_can_add_actions():
         opened.append(user.name)
         return None
     rendezvous = server.RendezvousServer(listed_endpoints=listed_endpoints, now=T0)
-    actions = rendezvous.datagram_received(alive_request("alice", 1), (LOOPBACK, 1), T0)
-    assert actions[0] == ("open", "alice") and type(actions[1]) is server.Reply
+    actions = rendezvous.receive(alive_request("alice", 1), (LOOPBACK, 1), T0)
+    assert actions[0] == ("open", "alice") and type(actions[1]) is Send
     assert opened == ["alice"]
 
 

@@ -137,14 +137,22 @@ class OscGroupsDoor(DoorService):
         self.relay = None
         self._relay_ports = {}    # port number -> (listening port, its socket)
         self.members = {}         # (peer name, group) -> OscPeerMember
+        # One dispatch table per socket: what each core's actions mean here.
         self._carry_out_bridge = dispatcher({
             Send: lambda action: self._write(self._bridge_port, action.data, action.address),
             PeerMidi: lambda action: self._publish(action.peer, action.messages),
             PeerAlive: lambda action: self._touch(action.peer),
             bridge_core.PeerListed: lambda action: self._listed(action.name, action.groups),
             PeerLeft: lambda action: self._listed(action.peer, frozenset()),
-            Drop: lambda action: self.drop(action.source, action.reason, action.detail or "",
-                                           action.count)})
+            Drop: self._dropped})
+        relay_actions = {relay_core.OpenPort: self._open_port,
+                         relay_core.ClosePort: lambda action: self._close_relay_port(action.port)}
+        self._perform_relay = dispatcher(relay_actions)
+        self._perform_server = dispatcher({
+            **relay_actions,       # the relay's, from listed_endpoints
+            Send: lambda action: self._write(self._server_port, action.data, action.address),
+            Drop: self._dropped,
+            server.Purged: lambda action: self._purged(action.names)})
         self._ports = []
         self._purge = task.LoopingCall(self._purge_users)
         self._purge.clock = self.reactor
@@ -222,7 +230,7 @@ class OscGroupsDoor(DoorService):
 
     def _server_datagram(self, data, addr):
         try:
-            actions = self.server.datagram_received(data, addr, self.reactor.seconds())
+            actions = self.server.receive(data, addr, self.reactor.seconds())
         except Exception:
             # The core is fuzzed; should it still fail, one datagram must not matter.
             self.drops.count(DOOR, "server_error")
@@ -231,17 +239,6 @@ class OscGroupsDoor(DoorService):
             return
         self._perform_server(actions)
 
-    def _perform_server(self, actions):
-        for action in actions:
-            kind = type(action)
-            if kind is server.Reply:
-                self._write(self._server_port, action.data, action.address)
-            elif kind is server.Dropped:
-                self.drop(action.address, action.counter.removeprefix("dropped_"))
-            elif kind is server.Purged:
-                self._purged(action.names)
-            else:
-                self._perform_relay([action])     # the relay's, from listed_endpoints
 
     def _authorize_group(self, group_name, password_md5, address):
         """Whether a group password opens the session of ``group_name`` (None: no such session).
@@ -287,13 +284,12 @@ class OscGroupsDoor(DoorService):
     def _listed_endpoints(self, user, viewer, actions):
         return self.relay.listed_endpoints(user, viewer, self.reactor.seconds(), actions)
 
-    def _perform_relay(self, actions):
-        for action in actions:
-            if type(action) is relay_core.OpenPort:
-                if not self._open_relay_port(action.port):
-                    self.relay.port_unavailable(action.port)
-            else:
-                self._close_relay_port(action.port)
+    def _dropped(self, action):
+        self.drop(action.source, action.reason, action.detail or "", action.count)
+
+    def _open_port(self, action):
+        if not self._open_relay_port(action.port):
+            self.relay.port_unavailable(action.port)
 
     def _open_relay_port(self, number):
         try:
@@ -314,19 +310,19 @@ class OscGroupsDoor(DoorService):
 
     def _relay_datagram(self, number, data, addr):
         try:
-            route = self.relay.datagram_received(number, data, addr, self.reactor.seconds())
+            action = self.relay.receive(data, addr, self.reactor.seconds(), number)
         except Exception:
             # The core is fuzzed; should it still fail, one datagram must not matter.
             self.drops.count(DOOR, "relay_error")
             self.log.failure("oscgroups: relay failed on a datagram from {peer}", peer=addr)
             return
-        if type(route) is relay_core.Forward:
+        if type(action) is Send:
             try:
-                self._relay_ports[route.port][1].sendto(data, route.destination)
+                self._relay_ports[action.via][1].sendto(data, action.address)
             except OSError as exc:
-                self.drop(route.destination, "send_failed", str(exc))
-        elif route is not None:
-            self.drop(route.source, route.reason)
+                self.drop(action.address, "send_failed", str(exc))
+        elif action is not None:
+            self._dropped(action)
 
     # ------------------------------------------------------------------
     # Bridge

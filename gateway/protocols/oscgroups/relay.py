@@ -69,13 +69,15 @@ the adapter to carry out. Listing a pair (:meth:`Relay.listed_endpoints`)
 appends :class:`OpenPort` for each port it allocates; a port the adapter
 cannot open goes back with :meth:`Relay.port_unavailable`, and the user gets
 another one at the next listing. :meth:`Relay.release` returns
-:class:`ClosePort`; :meth:`Relay.datagram_received` returns :class:`Forward`,
-:class:`Dropped` (counted and to be logged) or None (nothing to do). Time is
-a parameter.
+:class:`ClosePort`; :meth:`Relay.receive` returns a Send, a Drop (counted and
+to be logged; :mod:`gateway.actions`) or None (nothing to do). Time is a
+parameter.
 """
 
 import collections
 from typing import NamedTuple
+
+from gateway.actions import Drop, Send
 
 from . import wire
 
@@ -104,20 +106,6 @@ class ClosePort(NamedTuple):
     """Close relay port ``port``."""
 
     port: int
-
-
-class Forward(NamedTuple):
-    """Send the datagram from relay port ``port`` to ``destination``."""
-
-    port: int
-    destination: tuple
-
-
-class Dropped(NamedTuple):
-    """A datagram from ``source`` was not forwarded (counted as ``reason``)."""
-
-    reason: str
-    source: tuple
 
 
 class Allocation:
@@ -312,9 +300,12 @@ class Relay:
     # ------------------------------------------------------------------
     # Datagrams
 
-    def datagram_received(self, port, data, source, now):
-        """A datagram reached relay ``port`` from ``source``: :class:`Forward`,
-        :class:`Dropped` or None (nothing to do)."""
+    def receive(self, data, source, now, port):
+        """A datagram reached relay ``port`` from ``source``: one Send (``via`` the relay
+        port it leaves from), one Drop, or None (nothing to do).
+
+        One action or none rather than a list: this is the relay's per-datagram path.
+        """
         receiver = self.by_port.get(port)
         if receiver is None:
             return None
@@ -347,7 +338,7 @@ class Relay:
         else:
             sender.packets += 1
             sender.bytes += len(data)
-        return Forward(sender.port, destination)
+        return Send(data, destination, sender.port)
 
     def _learn_from_ping(self, receiver, data, source):
         try:
@@ -393,7 +384,7 @@ class Relay:
 
     def _drop(self, reason, source):
         self.counters[reason] += 1
-        return Dropped(reason, source)
+        return Drop(reason, source)
 
     # ------------------------------------------------------------------
 

@@ -30,8 +30,9 @@ on an unknown group) follows the notes, because clients observe it.
 
 Hooks for the gateway: ``authorize_group(group_name, password_md5_hex, addr)``
 returns True/False to decide a group password itself (``addr`` is the
-asker's, for throttling guesses), or None to leave it to OSCgroups' own rule; ``group_full(group_name, user_name)`` returns True when
-a user that is not yet a member may not join (the group's session is full),
+asker's, for throttling guesses), or None to leave it to OSCgroups' own rule;
+``group_full(group_name, user_name)`` returns True when a user that is not
+yet a member may not join (the group's session is full),
 which answers ``user limit reached``, OSCgroups' own busy reply;
 ``listed_endpoints(user, viewer, actions)`` returns the (private, public)
 endpoints, each an (ip, port), to show ``viewer`` (the member whose query it
@@ -39,18 +40,22 @@ is, or None for a non-member) instead of the user's own (e.g. a relay,
 :mod:`.relay`), or None to keep them; actions it appends to ``actions`` (the
 relay's :class:`.relay.OpenPort`) go out with the server's.
 
-The server does no I/O and calls nothing back for it: :meth:`RendezvousServer.datagram_received`
-and :meth:`RendezvousServer.purge` return actions for the adapter to carry
-out, in order: :class:`Reply` (send from the server socket), :class:`Dropped`
-(a dropped or refused request; ``counter`` is the :attr:`counters` key just
-incremented, so an adapter can count and log per peer), :class:`Purged` (users
-the purge removed) and whatever ``listed_endpoints`` added.
+The server does no I/O and calls nothing back for it:
+:meth:`RendezvousServer.receive` and :meth:`RendezvousServer.purge` return
+actions (:mod:`gateway.actions`)
+for the adapter to carry out, in order: Send (from the server socket), Drop
+(a dropped or refused request; its reason is the :attr:`counters` key just
+incremented, less a ``dropped_`` prefix, so an adapter can count and log per
+peer), this core's :class:`Purged` (users the purge removed) and whatever
+``listed_endpoints`` added.
 
 Time is a parameter (seconds, float); like the original, ages are whole seconds.
 """
 
 import collections
 from typing import NamedTuple
+
+from gateway.actions import Drop, Send
 
 from . import wire
 
@@ -63,20 +68,6 @@ MAX_STRING_BYTES = 64
 MAX_GROUPS_PER_USER = 16
 # Sources of refused registrations remembered at once (the oldest go first).
 MAX_REFUSED_SOURCES = 1024
-
-
-class Reply(NamedTuple):
-    """Send ``data`` from the server socket to ``address``."""
-
-    data: bytes
-    address: tuple
-
-
-class Dropped(NamedTuple):
-    """A request from ``address`` was dropped or refused, counted as ``counter``."""
-
-    counter: str
-    address: tuple
 
 
 class Purged(NamedTuple):
@@ -138,7 +129,7 @@ class RendezvousServer:
     # ------------------------------------------------------------------
     # Requests
 
-    def datagram_received(self, data, addr, now):
+    def receive(self, data, addr, now):
         """Handle one request from ``addr`` (host, port); return the actions it asks for."""
         self._actions = actions = self.purge(now) if now >= self._next_purge else []
         try:
@@ -165,7 +156,7 @@ class RendezvousServer:
         if replies:
             bundles = wire.pack_bundles(replies)
             self.counters["reply_datagrams"] += len(bundles)
-            self._actions.extend(Reply(bundle, addr) for bundle in bundles)
+            self._actions.extend(Send(bundle, addr) for bundle in bundles)
         return []
 
     def _drop(self, reason, addr):
@@ -174,7 +165,7 @@ class RendezvousServer:
 
     def _count(self, counter, addr):
         self.counters[counter] += 1
-        self._actions.append(Dropped(counter, addr))
+        self._actions.append(Drop(counter.removeprefix("dropped_"), addr))
 
     def _handle_message(self, message, addr, now):
         try:
