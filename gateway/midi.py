@@ -252,7 +252,7 @@ class NoteTracker:
 
     ``observe`` every message a member sends; ``release_messages`` gives the
     note-offs and pedal releases that silence whatever is still held, which
-    the registry sends to the others when that member goes away.
+    the session bus sends to the others when that member goes away.
     """
 
     __slots__ = ("_notes", "_pedals")

@@ -1,4 +1,4 @@
-"""Builds the gateway: the registry plus one child service per enabled door."""
+"""Builds the gateway: the session bus plus one child service per enabled door."""
 
 from twisted.application import internet, service
 from twisted.internet import ssl, task

@@ -14,7 +14,7 @@ class Options(usage.Options):
     synopsis = "[-c CONFIG.yaml]"
     longdesc = ("Start the netgateway network-MIDI gateway: every door enabled in the"
                 " configuration (WebSocket, RTP-MIDI, OSCgroups, ...) joins its peers"
-                " into one shared session registry. Without --config the built-in"
+                " into sessions on one session bus. Without --config the built-in"
                 " default is used: everything on 127.0.0.1 with a demo and a mirror"
                 " session.")
     optParameters = [

@@ -7,7 +7,7 @@
 # follows RFC 4696's sender guidance: after the last MIDI packet a quiet stream
 #   sends journal-only "guard" packets, so a receiver that lost that packet repairs it
 
-The registry hands the same list of events to every member of a session. What
+The bus hands the same events to every member of a session. What
 a packet says about those events (the MIDI command section) is the same for
 every peer; only the RTP header's sequence number and the journal differ. So
 :func:`prepare` encodes a fan-out once and :meth:`OutgoingStream.packet` adds
