@@ -24,7 +24,7 @@ import socket
 
 from twisted.internet import defer, protocol, task, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from zope.interface import classImplements
+from zope.interface import implementer
 
 from gateway.actions import (
     ClockSynced, Drop, Feedback, PeerJoined, PeerLeft, Send, dispatcher,
@@ -50,6 +50,7 @@ REINVITE_DELAY = 5.0
 _U32 = 0xFFFFFFFF
 
 
+@implementer(IMember)
 class RtpMidiMember:
     """One joined AppleMIDI peer: the bus member for its RTP-MIDI media stream."""
 
@@ -121,11 +122,6 @@ class RtpMidiMember:
                 "packets_lost": receiver.lost_packets,
                 "gaps_repaired": receiver.repaired_gaps,
                 "late_dropped": stream.late_dropped}
-
-
-# Not @implementer: the compiled build makes RtpMidiMember an extension type
-# (door.pxd), which takes no class decorators.
-classImplements(RtpMidiMember, IMember)
 
 
 class _PortProtocol(protocol.DatagramProtocol):
