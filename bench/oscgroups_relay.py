@@ -25,6 +25,10 @@ CPU 0 is kept from halting between datagrams as in bench/rtpmidi_fanout.py
 (``--let-cpu0-idle`` turns that off).
 
 Run: .venv/bin/python bench/oscgroups_relay.py [--flows 4] [--runs 3]
+         [--python A/bin/python --python B/bin/python [--any-build]]
+With ``--python`` given more than once, each interpreter's installed build is
+measured in the same interleaved runs and the ratios to the first are printed
+(``--any-build`` allows builds of other sources: before/after a change).
 Absolute figures are noise on shared 2-core machines; read the ratios.
 """
 
@@ -40,8 +44,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from benchlib import (find_maximum, paced_exchange, percentile, start_gateway,  # noqa: E402
-                      udp_benchmark_main)
+from benchlib import (find_maximum, gateway_pythons, paced_exchange, percentile,  # noqa: E402
+                      start_gateway, udp_benchmark_main)
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -174,7 +178,7 @@ def run_baseline(args):
         process.wait(15)
 
 
-def setup_gateway(args):
+def setup_gateway(args, python):
     server_port, bridge_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     relay_first = 30000 + os.getpid() % 20000
     config = {
@@ -189,7 +193,7 @@ def setup_gateway(args):
                       "relay": {"policy": "always", "port_min": relay_first,
                                 "port_max": relay_first + 2 * args.flows + 7,
                                 "packets_per_second": 1000000}}}
-    gateway = start_gateway(config, "bench-oscgroups-", args)
+    gateway = start_gateway(config, "bench-oscgroups-", args, python)
     return gateway, (LOOPBACK, server_port), (LOOPBACK, bridge_port)
 
 
@@ -267,8 +271,8 @@ def bridge_flows(server, bridge, count, sockets):
     return flows
 
 
-def run_gateway(args):
-    gateway, server, bridge = setup_gateway(args)
+def run_gateway(args, python):
+    gateway, server, bridge = setup_gateway(args, python)
     sockets = []
     try:
         relay = measure(relay_flows(server, args.flows, sockets), gateway.process.pid, args)
@@ -299,28 +303,48 @@ def main():
 
 
 def run_all(args):
-    baseline_runs, relay_runs, bridge_runs = [], [], []
-    for _ in range(args.runs):
+    pythons = gateway_pythons(args)
+    # One label per gateway build: its virtualenv's name when several are compared.
+    labels = {python: "" if len(pythons) == 1 else
+              f" {os.path.basename(os.path.dirname(os.path.dirname(python)))[-10:]}"
+              for python in pythons}
+    baseline_runs = []
+    gateway_runs = {python: ([], []) for python in pythons}
+    for number in range(args.runs):
+        # Interleaved, in a rotated order, so that other load hits every build alike.
         baseline_runs.append(run_baseline(args))
-        relay, bridged = run_gateway(args)
-        relay_runs.append(relay)
-        bridge_runs.append(bridged)
-    results = {"baseline": summary(baseline_runs), "relay": summary(relay_runs),
-               "bridge": summary(bridge_runs)}
+        shift = number % len(pythons)
+        for python in pythons[shift:] + pythons[:shift]:
+            relay, bridged = run_gateway(args, python)
+            gateway_runs[python][0].append(relay)
+            gateway_runs[python][1].append(bridged)
+    results = {"baseline": summary(baseline_runs)}
+    for python, (relay_runs, bridge_runs) in gateway_runs.items():
+        results["relay" + labels[python]] = summary(relay_runs)
+        results["bridge" + labels[python]] = summary(bridge_runs)
     print(f"{args.flows} flows, medians of {args.runs} runs")
-    print(f"{'server':>8} | {'max recv/s':>10} | at {LATENCY_RATE}/s: {'loss':>6} {'cpu µs':>7}"
+    print(f"{'server':>18} | {'max recv/s':>10} | at {LATENCY_RATE}/s: {'loss':>6} {'cpu µs':>7}"
           f" {'p50 ms':>7} {'p99 ms':>7} | runs")
     for kind, figures in results.items():
-        print(f"{kind:>8} | {figures['max']:10.0f} | {'':12}{figures['loss']:6.2%}"
+        print(f"{kind:>18} | {figures['max']:10.0f} | {'':12}{figures['loss']:6.2%}"
               f" {figures['cpu_us']:7.1f} {figures['p50']:7.3f} {figures['p99']:7.3f}"
               f" | {figures['each']}")
     base = results["baseline"]
-    for kind, goal in (("relay", 0.50), ("bridge", 0.30)):
-        figures = results[kind]
-        print(f"{kind}/baseline: max {figures['max'] / base['max']:.2f} (goal >= {goal:.2f}),"
-              f" by CPU per datagram {base['cpu_us'] / figures['cpu_us']:.2f},"
-              f" added p50 {figures['p50'] - base['p50']:+.3f} ms,"
-              f" p99 {figures['p99'] - base['p99']:+.3f} ms")
+    for python in pythons:
+        for kind, goal in (("relay", 0.50), ("bridge", 0.30)):
+            figures = results[kind + labels[python]]
+            print(f"{kind + labels[python]}/baseline: max {figures['max'] / base['max']:.2f}"
+                  f" (goal >= {goal:.2f}), by CPU per datagram"
+                  f" {base['cpu_us'] / figures['cpu_us']:.2f},"
+                  f" added p50 {figures['p50'] - base['p50']:+.3f} ms,"
+                  f" p99 {figures['p99'] - base['p99']:+.3f} ms")
+    first = pythons[0]
+    for python in pythons[1:]:
+        for kind in ("relay", "bridge"):
+            ours, theirs = results[kind + labels[python]], results[kind + labels[first]]
+            print(f"{kind}:{labels[python]} /{labels[first]}: max"
+                  f" {ours['max'] / theirs['max']:.2f}, by CPU per datagram"
+                  f" {theirs['cpu_us'] / ours['cpu_us']:.2f}")
 
 
 if __name__ == "__main__":
