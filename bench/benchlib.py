@@ -14,6 +14,9 @@ import sys
 import tempfile
 import time
 
+# Every benchmark puts the checkout on sys.path before it imports this module.
+from tests.conftest import REPO, GatewayProcess, build_report, environ_without_checkout
+
 
 def cpu_seconds(pid):
     """User + system CPU time the process has used (all its threads)."""
@@ -77,32 +80,108 @@ def udp_benchmark_main(description, add_arguments, run_all):
 
 
 def add_source_argument(parser):
-    """``--source``, which :func:`start_gateway` reads."""
+    """``--source`` and ``--python``, which :func:`start_gateway` reads."""
     parser.add_argument("--source", action="store_true",
                         help="run the checkout's sources instead of the installed build"
                              " (scripts/setup-python; its hot path is compiled)")
+    parser.add_argument("--python", action="append", default=[], metavar="PATH",
+                        help="measure the build installed for this interpreter (default: the"
+                             " one running the benchmark); bench/rtpmidi_fanout.py takes it"
+                             " more than once and compares the builds in one run")
 
 
-def start_gateway(config, prefix, args):
-    """A started GatewayProcess on CPU 0: the installed build, or the checkout's sources.
+def gateway_pythons(args):
+    """The interpreters whose installed builds ``args`` asks to measure (None: the sources)."""
+    if args.source:
+        if args.python:
+            raise SystemExit("--source and --python exclude each other")
+        return [None]
+    return args.python or [sys.executable]
 
-    Says once which build it measures, as /status reports it.
+
+def start_gateway(config, prefix, args, python=None):
+    """A started GatewayProcess on CPU 0: an installed build, or the checkout's sources.
+
+    ``python`` is one of :func:`gateway_pythons`; by default the only one.
+    Each build must be of the checkout's sources. Says once per build which
+    one it measures, as /status reports it.
     """
-    from tests.conftest import GatewayProcess, installed_build
-    if not args.source:
-        installed_build()
-    gateway = GatewayProcess(config, tempfile.mkdtemp(prefix=prefix),
-                             installed=not args.source).start()
+    pythons = gateway_pythons(args)
+    if python is None:
+        if len(pythons) > 1:
+            raise SystemExit("this benchmark measures one build: give --python once")
+        python = pythons[0]
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    if python is None:
+        gateway = GatewayProcess(config, workdir).start()
+    else:
+        check_installed_build(python)
+        gateway = InstalledGateway(config, workdir, python).start()
     pin_to_cpu0(gateway.process.pid)
-    if not _build_reported:
+    if python not in _build_reported:
         compiled = gateway.status()["compiled_modules"]
-        print(f"gateway build: {'checkout sources' if args.source else 'installed'},"
-              f" {len(compiled)} hot modules compiled", flush=True)
-        _build_reported.append(compiled)
+        _build_reported[python] = compiled
+        names = ", ".join(name.rpartition(".")[2] for name in compiled)
+        which = "checkout sources" if python is None else f"installed for {python}"
+        print(f"gateway build: {which},"
+              f" {len(compiled)} hot modules compiled{f' ({names})' if compiled else ''}",
+              flush=True)
     return gateway
 
 
-_build_reported = []
+_build_reported = {}
+
+
+def check_installed_build(python):
+    """Raise RuntimeError unless ``python`` has netgateway installed from the checkout's sources.
+
+    Every module is compared, not only the compiled ones, so that builds
+    compared in one run differ in what they compiled and in nothing else.
+    """
+    site = build_report(python)[2]
+    package = os.path.join(REPO, "gateway")
+    for root, _, files in os.walk(package):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            relative = os.path.relpath(os.path.join(root, name), REPO)
+            if _contents(os.path.join(site, relative)) != _contents(os.path.join(REPO, relative)):
+                raise RuntimeError(f"{python}: the installed {relative} differs from the"
+                                   " checkout's: run scripts/setup-python (NETGATEWAY_VENV=...)")
+
+
+def _contents(path):
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return None
+
+
+class InstalledGateway(GatewayProcess):
+    """A GatewayProcess running the build installed for ``python``: the twistd beside it."""
+
+    def __init__(self, config, workdir, python):
+        super().__init__(config, workdir, installed=True)
+        self.python = python
+
+    def start(self, timeout=20.0):
+        twistd = os.path.join(os.path.dirname(self.python), "twistd")
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "netgateway", "-c", self.config_path],
+            cwd=self.workdir, env=environ_without_checkout(os.environ),
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twistd exited with {self.process.returncode}:\n{self.log}")
+            try:
+                self.status()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"twistd did not answer /status within {timeout}s:\n{self.log}")
 
 
 def run_generator_on_cpu1():

@@ -26,7 +26,13 @@ While it runs, a SCHED_IDLE busy loop keeps CPU 0's vCPU from halting
 between datagrams (benchlib.cpu0_kept_awake; ``--let-cpu0-idle`` turns it
 off), so that latency measures the servers rather than the host's wake-ups.
 
+With ``--python`` given more than once, each interpreter's installed build is
+measured as another server in the same interleaved runs, and the ratios of
+their medians to the first one's are printed at the end: this is how two
+compiled sets are compared (README, "Speed").
+
 Run: .venv/bin/python bench/rtpmidi_fanout.py [--shapes 1x1,1x4,8x5] [--runs 3]
+         [--python A/bin/python --python B/bin/python]
 """
 
 import os
@@ -48,8 +54,8 @@ from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.protocols.rtpmidi.session import (  # noqa: E402
     CONTROL, DATA, AppleMidiSession, Send,
 )
-from benchlib import (find_maximum, paced_exchange, percentile, start_gateway,  # noqa: E402
-                      udp_benchmark_main)
+from benchlib import (find_maximum, gateway_pythons, paced_exchange, percentile,  # noqa: E402
+                      start_gateway, udp_benchmark_main)
 from tests.conftest import free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
@@ -170,7 +176,7 @@ def make_groups(sessions, size, with_session):
     return groups
 
 
-def setup_gateway(sessions, size, args):
+def setup_gateway(sessions, size, args, python):
     ports = [free_port(socket.SOCK_DGRAM, even=True) for _ in range(sessions)]
     config = {
         "sessions": [{"name": f"s{index}", "passphrase": PASSPHRASE,
@@ -183,7 +189,7 @@ def setup_gateway(sessions, size, args):
                     "sessions": [{"session": f"s{index}", "port": port}
                                  for index, port in enumerate(ports)]},
     }
-    gateway = start_gateway(config, "bench-rtpmidi-", args)
+    gateway = start_gateway(config, "bench-rtpmidi-", args, python)
     groups = make_groups(sessions, size, with_session=True)
     members = [member for group in groups for member in group]
     now = time.monotonic()
@@ -270,13 +276,15 @@ def max_forwarded_rate(groups, start_rate, limit, server_pid):
     return best[1]["forwarded"] if best else 0.0
 
 
-def run_server(kind, shape, args):
+def run_server(python, shape, args):
+    """One run against the baseline relay (``python`` is BASELINE) or a gateway build."""
     sessions, size = SHAPES[shape]
-    if kind == "gateway":
-        server, groups = setup_gateway(sessions, size, args)
+    gateway = python is not BASELINE
+    if gateway:
+        server, groups = setup_gateway(sessions, size, args, python)
     else:
         server, groups = setup_baseline(sessions, size)
-    pid = server.process.pid if kind == "gateway" else server.pid
+    pid = server.process.pid if gateway else server.pid
     try:
         members = [member for group in groups for member in group]
         latency = step(groups, LATENCY_RATE, LATENCY_SECONDS, True, pid, LATENCY_GRACE)
@@ -287,7 +295,7 @@ def run_server(kind, shape, args):
         for group in groups:
             for member in group:
                 member.close()
-        if kind == "gateway":
+        if gateway:
             server.stop()
         else:
             server.terminate()
@@ -301,32 +309,71 @@ def main():
     udp_benchmark_main(__doc__.split("\n")[0], add_arguments, run_all)
 
 
+BASELINE = object()
+
+
+def server_labels(pythons):
+    """A column label per server: "baseline", and "gateway" or each build's virtualenv name."""
+    if len(pythons) == 1:
+        return {BASELINE: "baseline", pythons[0]: "gateway"}
+    labels = {BASELINE: "baseline"}
+    for number, python in enumerate(pythons, 1):
+        name = os.path.basename(os.path.dirname(os.path.dirname(python)))[-10:]
+        labels[python] = name if name and name not in labels.values() else f"build{number}"
+    return labels
+
+
+def ratio(numerator, denominator):
+    return numerator / denominator if denominator else float("nan")
+
+
 def run_all(args):
-    print(f"{'shape':>5} {'server':>8} | {'max fwd/s':>9} | at {LATENCY_RATE} fwd/s:"
+    pythons = gateway_pythons(args)
+    labels = server_labels(pythons)
+    servers = [BASELINE] + pythons
+    if len(pythons) > 1:
+        print("builds compared: " + "; ".join(f"{labels[python]} = {python}" for python in pythons))
+    print(f"{'shape':>5} {'server':>10} | {'max fwd/s':>9} | at {LATENCY_RATE} fwd/s:"
           f" {'loss':>6} {'cpu µs':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8}", flush=True)
+    by_build = {}
     for shape in args.shapes.split(","):
         results = {}
-        # Interleaved, so that other load on the machine hits both servers alike.
-        runs_by_kind = {"baseline": [], "gateway": []}
-        for _ in range(args.runs):
-            for kind, runs in runs_by_kind.items():
-                runs.append(run_server(kind, shape, args))
-        for kind, runs in runs_by_kind.items():
+        # Interleaved, and in a rotated order, so that other load on the
+        # machine and warm-up hit every server alike.
+        runs_by_server = {server: [] for server in servers}
+        for number in range(args.runs):
+            shift = number % len(servers)
+            for server in servers[shift:] + servers[:shift]:
+                runs_by_server[server].append(run_server(server, shape, args))
+        for server in servers:
+            runs = runs_by_server[server]
             figures = {"max": statistics.median(run[0] for run in runs)}
             for key in ("loss", "cpu_us", "p50", "p99", "p999"):
                 figures[key] = statistics.median(run[1][key] for run in runs)
-            results[kind] = figures
-            print(f"{shape:>5} {kind:>8} | {figures['max']:9.0f} | {'':16}"
+            results[server] = figures
+            print(f"{shape:>5} {labels[server]:>10} | {figures['max']:9.0f} | {'':16}"
                   f" {figures['loss']:6.2%} {figures['cpu_us']:7.1f} {figures['p50']:7.3f} {figures['p99']:7.3f}"
                   f" {figures['p999']:8.3f}   (runs: "
                   f"{', '.join(f'{run[0]:.0f}' for run in runs)})", flush=True)
-        ours, base = results["gateway"], results["baseline"]
-        ratio = ours["max"] / base["max"] if base["max"] else float("nan")
-        cpu_ratio = base["cpu_us"] / ours["cpu_us"]
-        print(f"{shape:>5}    ratio | gateway/baseline max = {ratio:.2f} (goal >= 0.40),"
-              f" by CPU per datagram = {cpu_ratio:.2f};"
-              f" gateway p99 at 10k/s = {ours['p99']:.3f} ms (goal <= 1 ms),"
-              f" p99 gateway/baseline = {ours['p99'] / base['p99']:.2f}", flush=True)
+        base = results[BASELINE]
+        for python in pythons:
+            ours = results[python]
+            print(f"{shape:>5} {labels[python]:>10} | gateway/baseline max ="
+                  f" {ratio(ours['max'], base['max']):.2f} (goal >= 0.40),"
+                  f" by CPU per datagram = {ratio(base['cpu_us'], ours['cpu_us']):.2f};"
+                  f" gateway p99 at 10k/s = {ours['p99']:.3f} ms (goal <= 1 ms),"
+                  f" p99 gateway/baseline = {ratio(ours['p99'], base['p99']):.2f}", flush=True)
+        by_build[shape] = results
+    if len(pythons) > 1:
+        first = pythons[0]
+        print(f"ratios of medians against {labels[first]} (> 1: faster):")
+        for python in pythons[1:]:
+            for shape, results in by_build.items():
+                ours, theirs = results[python], results[first]
+                print(f"{shape:>5} {labels[python]:>10} / {labels[first]}:"
+                      f" max {ratio(ours['max'], theirs['max']):.2f},"
+                      f" by CPU per datagram {ratio(theirs['cpu_us'], ours['cpu_us']):.2f},"
+                      f" p99 at 10k/s {ratio(ours['p99'], theirs['p99']):.2f}", flush=True)
 
 
 if __name__ == "__main__":
