@@ -3,19 +3,17 @@ the compiled hot path (or pure Python when no compiler works)."""
 
 import os
 import subprocess
+import sys
 import venv
 
 import pytest
 
-from gateway.build import HOT_MODULES
+from gateway.build import COMPILABLE, HOT_MODULES
 from tests.conftest import REPO, build_report, need_external
 
 
-def install_from_clean_clone(root, environ=None):
-    """A fresh virtualenv under ``root`` with netgateway pip-installed from a clean clone."""
-    env_dir = root / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = str(env_dir / "bin" / "python")
+def clean_clone(root):
+    """``root``/src: a clone of the checkout with its uncommitted changes, and no build/."""
     # Build from a copy so the checkout's build/ and egg-info never leak in.
     subprocess.run(["git", "clone", "-q", "--no-local", REPO, str(root / "src")], check=True)
     subprocess.run(["git", "-C", REPO, "diff", "HEAD", "--binary"],
@@ -23,7 +21,16 @@ def install_from_clean_clone(root, environ=None):
     if os.path.getsize(root / "wip.patch"):
         subprocess.run(["git", "-C", str(root / "src"), "apply", str(root / "wip.patch")],
                        check=True)
-    subprocess.run([python, "-m", "pip", "install", "-q", str(root / "src")], check=True,
+    return root / "src"
+
+
+def install_from_clean_clone(root, environ=None):
+    """A fresh virtualenv under ``root`` with netgateway pip-installed from a clean clone."""
+    env_dir = root / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = str(env_dir / "bin" / "python")
+    source = clean_clone(root)
+    subprocess.run([python, "-m", "pip", "install", "-q", str(source)], check=True,
                    timeout=900, env=environ)
     subprocess.run([python, "-m", "gateway.plugincache"], check=True, cwd=str(root))
     return env_dir
@@ -77,3 +84,60 @@ def test_without_a_compiler_the_package_installs_as_pure_python(tmp_path):
                             cwd="/", env={"PATH": os.environ["PATH"]}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout
+
+
+def test_a_build_ships_only_the_extensions_it_compiled(installed, tmp_path):
+    # pip builds in the source tree, whose build/lib still holds every module
+    # the fixture compiled; a build of another set must not ship them.
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    source = installed.parent / "src"
+    environ = dict(os.environ, NETGATEWAY_COMPILE=HOT_MODULES[0])
+    subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                    str(source)], check=True, timeout=900, env=environ)
+    compiled = compiled_modules(env_dir)
+    need_external(compiled, "the hot path did not compile (a C compiler and the Python headers"
+                            " are needed)")
+    assert compiled == [HOT_MODULES[0]]
+    leftovers = [path.name for path in env_dir.glob("lib/python*/site-packages/gateway/**/*.so")]
+    assert len(leftovers) == 1, leftovers
+
+
+def run_setup_python(source, env_dir, environ):
+    environ = dict(environ, NETGATEWAY_VENV=str(env_dir), PYTHON=sys.executable)
+    for name in ("NETGATEWAY_PURE_PYTHON", "NETGATEWAY_COMPILE", "PYTHONPATH"):
+        environ.pop(name, None)
+    result = subprocess.run([str(source / "scripts" / "setup-python")], capture_output=True,
+                            text=True, env=environ, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line for line in result.stdout.splitlines() if line.startswith("setup-python: ")]
+
+
+def test_setup_python_says_what_it_does_and_installs_pure_python_without_a_compiler(tmp_path):
+    source = clean_clone(tmp_path)
+    env_dir = tmp_path / "venv"
+    steps = run_setup_python(source, env_dir, dict(os.environ, CC="false"))
+    assert len(steps) == 5, steps
+    assert steps[0].startswith("setup-python: creating the virtualenv")
+    assert steps[1].startswith("setup-python: installing dependencies")
+    assert f"compiling {len(HOT_MODULES)} hot modules with Cython" in steps[2]
+    assert "NETGATEWAY_PURE_PYTHON=1 skips this" in steps[2]
+    assert steps[3] == "setup-python: writing the Twisted plugin cache"
+    assert steps[4].startswith(f"setup-python: done; hot path compiled: 0 of {len(HOT_MODULES)}")
+    assert compiled_modules(env_dir) == []
+    result = subprocess.run([str(env_dir / "bin" / "twistd"), "netgateway", "--help"],
+                            capture_output=True, text=True, cwd="/",
+                            env={"PATH": os.environ["PATH"]}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # The same sources and settings again: kept, not rebuilt.
+    assert run_setup_python(source, env_dir, dict(os.environ, CC="false")) == []
+
+
+def test_every_compile_set_names_compilable_modules():
+    from gateway import build
+    assert build.compile_set(None) == HOT_MODULES
+    assert build.compile_set("all") == COMPILABLE
+    assert set(HOT_MODULES) <= set(COMPILABLE)
+    assert build.compile_set("codecs," + COMPILABLE[-1]) == build.CODEC_MODULES + COMPILABLE[-1:]
+    with pytest.raises(ValueError):
+        build.compile_set("gateway.web.site")
