@@ -15,7 +15,7 @@ import tempfile
 import time
 
 # Every benchmark puts the checkout on sys.path before it imports this module.
-from tests.conftest import REPO, GatewayProcess, build_report, environ_without_checkout
+from tests.conftest import REPO, GatewayProcess, build_report
 
 
 def cpu_seconds(pid):
@@ -169,23 +169,9 @@ class InstalledGateway(GatewayProcess):
         super().__init__(config, workdir, installed=True)
         self.python = python
 
-    def start(self, timeout=20.0):
+    def command(self):
         twistd = os.path.join(os.path.dirname(self.python), "twistd")
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "netgateway", "-c", self.config_path],
-            cwd=self.workdir, env=environ_without_checkout(os.environ),
-            stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"twistd exited with {self.process.returncode}:\n{self.log}")
-            try:
-                self.status()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"twistd did not answer /status within {timeout}s:\n{self.log}")
+        return [twistd, "-n", "--pidfile=", "netgateway", "-c", self.config_path]
 
 
 def run_generator_on_cpu1():

@@ -164,9 +164,8 @@ class GatewayProcess:
             env = dict(os.environ,
                        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(twistd_command() + ["-c", self.config_path],
-                                        cwd=self.workdir, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=env,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -177,6 +176,9 @@ class GatewayProcess:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"twistd did not answer /status within {timeout}s:\n{self.log}")
+
+    def command(self):
+        return twistd_command() + ["-c", self.config_path]
 
     def status(self):
         with urllib.request.urlopen(self.web_url + "/status", timeout=2,
