@@ -1,13 +1,13 @@
 """Adds the compiled hot path to the package that setup.cfg declares.
 
-The modules every forwarded packet runs through (``gateway.build.HOT_MODULES``)
-are compiled with Cython. Their .py files stay the only code: the .pxd file
-beside each declares, for the compiler alone, which classes become extension
-types and the C types of a few locals (README, "Speed"). Every extension is
-optional. Without a C compiler or the Python headers, on an interpreter other
-than CPython, or with NETGATEWAY_PURE_PYTHON=1, the package installs as pure
-Python and behaves the same. NETGATEWAY_COMPILE chooses another set of modules,
-to measure it (gateway/build.py).
+The sans-IO codecs every forwarded RTP-MIDI packet runs through
+(``gateway.build.HOT_MODULES``) are compiled with Cython. Their .py files stay
+the only code: the .pxd file beside each declares, for the compiler alone,
+which classes become extension types and the C types of a few locals (README,
+"Speed"). Every extension is optional. Without a C compiler or the Python
+headers, on an interpreter other than CPython, or with NETGATEWAY_PURE_PYTHON=1,
+the package installs as pure Python and behaves the same. NETGATEWAY_COMPILE
+chooses another set of modules, to measure it (gateway/build.py).
 
 Cython and the C compiler run on every core, and without debugging
 information (-g0: a fifth less compile time, a sixth of the size).
