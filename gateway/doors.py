@@ -25,6 +25,7 @@ DOORS = {
     "websocket": Door("gateway.protocols.websocket.config", "gateway.protocols.websocket.server"),
     "oscgroups": Door("gateway.protocols.oscgroups.config", "gateway.protocols.oscgroups.door"),
     "rtpmidi": Door("gateway.protocols.rtpmidi.config", "gateway.protocols.rtpmidi.door"),
+    "sip": Door("gateway.protocols.sip.config", "gateway.protocols.sip.door"),
 }
 
 

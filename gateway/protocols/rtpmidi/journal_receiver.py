@@ -44,6 +44,11 @@ class JournalReceiver:
         self.unrecoverable_gaps = 0
         self._highest = None
 
+    @property
+    def highest(self):
+        """The extended highest sequence number received, or None before the first packet."""
+        return self._highest
+
     def receive(self, packet):
         """Return ``(delta, message)`` pairs to play: repairs (delta 0) then the packet's commands."""
         highest = self._highest

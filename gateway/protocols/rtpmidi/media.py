@@ -26,7 +26,7 @@ import typing
 from gateway.midi import NOTE_ON, SYSEX_END, SYSEX_START, MidiEvent
 from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
 from gateway.protocols.rtpmidi.journal_sender import JournalSender
-from gateway.protocols.rtpmidi.payload import SysExReassembler
+from gateway.protocols.rtpmidi.payload import PAYLOAD_TYPE, SysExReassembler
 from gateway.protocols.rtpmidi.stream import OutgoingStream
 
 _U32 = 0xFFFFFFFF
@@ -55,12 +55,14 @@ class RtpMidiStream:
     __slots__ = ("clock_rate", "clock_base", "late_ticks", "clock_offset", "outgoing",
                  "journal_receiver", "sysex", "packets_received", "late_dropped")
 
-    def __init__(self, ssrc, sequence, clock_rate, clock_base, latetime, journal=True):
+    def __init__(self, ssrc, sequence, clock_rate, clock_base, latetime, journal=True,
+                 payload_type=PAYLOAD_TYPE, marker=False):
         self.clock_rate = clock_rate
         self.clock_base = clock_base
         self.late_ticks = round(latetime * clock_rate)
         self.clock_offset = None
-        self.outgoing = OutgoingStream(ssrc, sequence, JournalSender() if journal else None)
+        self.outgoing = OutgoingStream(ssrc, sequence, JournalSender() if journal else None,
+                                       payload_type, marker)
         self.journal_receiver = JournalReceiver()
         self.sysex = SysExReassembler()
         self.packets_received = 0

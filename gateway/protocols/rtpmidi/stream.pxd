@@ -5,7 +5,7 @@ cdef class PreparedPacket:
     cdef public object section, journalled_section, messages
 
 cdef class OutgoingStream:
-    cdef public object ssrc, sequence, last_midi_time, _guards_sent
+    cdef public object ssrc, sequence, last_midi_time, _guards_sent, marker, payload_type
     cdef public JournalSender journal
 
     cpdef packet(self, prepared, timestamp, now)

@@ -19,7 +19,7 @@ are parameters, packets are returned as bytes.
 
 from gateway.midi import UNDEFINED_STATUSES
 from gateway.protocols.rtpmidi.payload import (
-    FLAG_J, MAX_DELTA, command_section, rtp_header, section_of_list,
+    FLAG_J, MAX_DELTA, PAYLOAD_TYPE, command_section, rtp_header, section_of_list,
 )
 
 __all__ = ["PreparedPacket", "RTP_MIDI_LIST", "prepare", "OutgoingStream", "GUARD_DELAYS",
@@ -114,15 +114,20 @@ class OutgoingStream:
     """Our RTP stream to one peer: SSRC, sequence numbers, recovery journal, guard packets.
 
     ``journal`` is a :class:`~gateway.protocols.rtpmidi.journal_sender.JournalSender`,
-    or None to send without one (and then without guard packets).
+    or None to send without one (and then without guard packets). The RTP
+    ``payload_type`` and ``marker`` are what the signalling agreed: AppleMIDI
+    peers expect 97 and no marker, sfront the SDP's type with the marker set.
     """
 
-    __slots__ = ("ssrc", "sequence", "journal", "last_midi_time", "_guards_sent")
+    __slots__ = ("ssrc", "sequence", "journal", "last_midi_time", "_guards_sent", "marker",
+                 "payload_type")
 
-    def __init__(self, ssrc, sequence, journal):
+    def __init__(self, ssrc, sequence, journal, payload_type=PAYLOAD_TYPE, marker=False):
         self.ssrc = ssrc
         self.sequence = sequence
         self.journal = journal
+        self.payload_type = payload_type
+        self.marker = marker
         self.last_midi_time = None
         self._guards_sent = len(GUARD_DELAYS)
 
@@ -130,7 +135,7 @@ class OutgoingStream:
         """The datagram carrying ``prepared`` to this peer, sent at RTP ``timestamp``."""
         sequence = self.sequence
         self.sequence = (sequence + 1) & 0xFFFF
-        header = rtp_header(sequence, timestamp, self.ssrc)
+        header = rtp_header(sequence, timestamp, self.ssrc, self.marker, self.payload_type)
         journal = self.journal
         if journal is None:
             return header + prepared.section
@@ -156,7 +161,8 @@ class OutgoingStream:
             return None
         self.sequence = (sequence + 1) & 0xFFFF
         journal.record(sequence, timestamp, ())
-        return b"".join((rtp_header(sequence, timestamp, self.ssrc), _JOURNAL_ONLY_SECTION,
+        return b"".join((rtp_header(sequence, timestamp, self.ssrc, self.marker, self.payload_type),
+                         _JOURNAL_ONLY_SECTION,
                          octets))
 
     def acknowledge(self, sequence):
