@@ -416,7 +416,8 @@ class SessionServer:
         previous = self.by_rtp_source.get(source)
         if previous is not None and previous is not client:
             actions += self._remove(previous, "restarted", now, notify=True)
-        client.name = origin.username or "sfront"
+        # What the client itself calls a member: login@host (sfront.md §2.3).
+        client.name = f"{origin.username}@{origin.address}"[:64]
         client.advertised = (sdp.connection(), media.port)
         client.clock_rate = rtpmap.clock_rate or 44100
         client.payload_type = rtpmap.payload_type
