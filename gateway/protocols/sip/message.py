@@ -139,14 +139,16 @@ class Dialect:
         self.trailing_nul = trailing_nul
 
     def spell(self, name):
+        """``name`` as this dialect writes it: compact, or long as written (canonical
+        capitals when it was written compact or in lower case)."""
         long = _long_name(name)
         if self.compact and long in _LONG_TO_COMPACT:
             return _LONG_TO_COMPACT[long]
+        if len(name) > 1 and name != long:
+            return name
         if long in _CANONICAL_SPELLING:
             return _CANONICAL_SPELLING[long]
-        if len(name) == 1:          # a compact name written out in a long dialect
-            return "-".join(part.capitalize() for part in long.split("-"))
-        return name
+        return "-".join(part.capitalize() for part in long.split("-"))
 
 
 RFC3261 = Dialect()
@@ -264,7 +266,8 @@ class Via:
         return Via(self.transport, self.host, self.port, params)
 
     def __str__(self):
-        sent_by = self.host if self.port is None else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        sent_by = host if self.port is None else f"{host}:{self.port}"
         params = "".join(f";{key}" if value is None else f";{key}={value}"
                          for key, value in self.params)
         return f"SIP/2.0/{self.transport} {sent_by}{params}"
