@@ -1,9 +1,13 @@
 """Doors meet only at the session bus: what each door package may import.
 
 A door may use the contract (gateway.interfaces, gateway.bus.values), the
-shared helpers every door has (MIDI model, DoorService, schema, logging) and
-its own package; never the bus implementation, the service that wires doors
-together, or another door.
+shared helpers every door has (MIDI model, DoorService, schema, logging, the
+join throttle's back-off) and its own package; never the bus implementation,
+the service that wires doors together, or another door.
+
+One door's code is shared on purpose: the RTP-MIDI media codec
+(:data:`MEDIA_CODEC`), which AppleMIDI sessions and SDP-negotiated SIP
+sessions both carry. It may import no signalling of the RTP-MIDI door.
 """
 
 import ast
@@ -14,8 +18,11 @@ import pytest
 from gateway import doors
 from tests.conftest import REPO
 
-SHARED = {"gateway.interfaces", "gateway.bus.values", "gateway.actions", "gateway.midi",
-          "gateway.doorservice", "gateway.schema", "gateway.log"}
+MEDIA_CODEC = {f"gateway.protocols.rtpmidi.{name}" for name in (
+    "media", "payload", "stream", "journal_wire", "journal_state", "journal_sender",
+    "journal_receiver")}
+SHARED = {"gateway.interfaces", "gateway.bus.values", "gateway.bus.throttle", "gateway.actions",
+          "gateway.midi", "gateway.doorservice", "gateway.schema", "gateway.log"} | MEDIA_CODEC
 DOOR_PACKAGES = sorted({module.rsplit(".", 1)[0] for pair in doors.DOORS.values()
                         for module in pair})
 
@@ -54,7 +61,16 @@ def test_a_door_imports_only_the_contract_shared_helpers_and_itself(package):
     assert wrong == []
 
 
+@pytest.mark.parametrize("module", sorted(MEDIA_CODEC))
+def test_the_shared_media_codec_imports_no_signalling(module):
+    path = os.path.join(REPO, *module.split(".")) + ".py"
+    wrong = [f"{line} imports {name}" for line, name in gateway_imports(path, module)
+             if name.startswith("gateway.protocols.")
+             and not any(name == codec or name.startswith(codec + ".") for codec in MEDIA_CODEC)]
+    assert wrong == []
+
+
 def test_the_check_catches_a_door_importing_another_door():
-    assert not allowed("gateway.protocols.rtpmidi.stream", "gateway.protocols.oscgroups")
+    assert not allowed("gateway.protocols.rtpmidi.session", "gateway.protocols.sip")
     assert not allowed("gateway.bus.local", "gateway.protocols.websocket")
     assert allowed("gateway.bus.values.JoinRequest", "gateway.protocols.websocket")
