@@ -59,7 +59,7 @@ CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.
 CLIENT_CACHE = os.path.join(CACHE, "sfront-clients")
 MODES = ("stream", "listen", "duplex")
 # Bump when a build recipe here changes, so cached clients are rebuilt.
-RECIPE = 1
+RECIPE = 2
 
 
 def peers_dir():
@@ -141,6 +141,13 @@ def _patched_orchestra(text):
     return text[:start] + guarded + text[end:]
 
 
+def _beats_per_second(midi):
+    """The MIDI file's (first) tempo: SASL's ``end`` counts its beats (bach.mid: 80 bpm)."""
+    found = re.search(rb"\xff\x51\x03(...)", midi, re.DOTALL)
+    microseconds = int.from_bytes(found.group(1), "big") if found else 500000
+    return 1e6 / microseconds
+
+
 def _build_duplex(out, session, passphrase, sip_ip, sip_port, seconds, extra):
     """Streams bach.mid like ``stream`` and renders to heard.wav only what the network plays.
 
@@ -148,7 +155,9 @@ def _build_duplex(out, session, passphrase, sip_ip, sip_port, seconds, extra):
     sfront refuses a second ``-aout`` ("sfront only processes one -aout
     file/device"). With ``-aout heard.wav`` alone the WAV would also hold the
     client's own local playing, so the orchestra here plays only network
-    channels (>= 16); the score ends after ``seconds``.
+    channels (>= 16); the score ends after ``seconds`` (its ``end`` counts
+    beats of the MIDI file's tempo). The plain stream client ends after 90
+    beats, about 67.5 s, its last note at about 66 s.
     """
     sfront = translator()
     examples = os.path.join(os.path.dirname(os.path.dirname(sfront)),
@@ -158,8 +167,10 @@ def _build_duplex(out, session, passphrase, sip_ip, sip_port, seconds, extra):
         orchestra = _patched_orchestra(stream.read())
     with open(os.path.join(out, "stream.saol"), "w") as stream:
         stream.write(orchestra)
+    with open(os.path.join(out, "bach.mid"), "rb") as stream:
+        beats = seconds * _beats_per_second(stream.read())
     with open(os.path.join(out, "stream.sasl"), "w") as stream:
-        stream.write(f"{seconds} end\n")
+        stream.write(f"{beats:g} end\n")
     _run([sfront, "-mstr", "bach.mid", "-orc", "stream.saol", "-sco", "stream.sasl",
           "-bitout", "score.mp4"], cwd=out)
     _run([sfront, "-session", session, "-passphrase", passphrase, "-sip_ip", sip_ip,
@@ -471,6 +482,12 @@ class Client:
         for reader in self._readers:
             reader.join(5)
         return code
+
+    def interrupt(self):
+        """Sends SIGINT (by PID) without waiting: the client starts its graceful shutdown."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGINT)
 
     def stop(self, graceful=True, timeout=15.0):
         """Ends the client by PID: SIGINT first when ``graceful`` (it then sends its RTCP BYE
