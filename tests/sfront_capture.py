@@ -131,7 +131,7 @@ class MediaMember:
         self.client_rtcp = None
         self.client_hiseq = None
         self.client_ssrc32 = None
-        self.reflect = False
+        self.reflect = False            # False, True, or until this many s from the start
 
     def send_rtp(self, commands, destination, flags=0):
         """Signed RTP as the member; ``flags``: the Z and P bits of the section header."""
@@ -162,7 +162,9 @@ class MediaMember:
         if len(data) >= 12:
             seq = struct.unpack(">H", data[2:4])[0]
             self.client_hiseq = seq if self.client_hiseq is None else seq
-        if self.reflect and len(data) > 17:
+        reflecting = self.reflect is True or (
+            self.reflect and time.monotonic() - self.recorder.start < self.reflect)
+        if reflecting and len(data) > 17:
             commands = command_section(data)
             if commands:
                 self.send_rtp(commands, source, flags=data[12])
@@ -184,7 +186,9 @@ def command_section(data):
 def serve(ns, recorder, client, seconds, nat=False, notes=True, reflect=False):
     """Binds the server's sockets, then starts the client (``client()`` returns a
     sfront_peer.Client) and plays the session server until the client exits or ``seconds``
-    pass (then SIGINT). Returns what it learnt, and the client."""
+    pass (then SIGINT). ``reflect``: send the client's notes back to it as the member's,
+    always (True) or for that many seconds; no notes of its own then. Returns what it
+    learnt, and the client."""
     sip = {SIP_PORT: ns.socket(bind=(SIP_IP, SIP_PORT)),
            SIP_PORT + 1: ns.socket(bind=(SIP_IP, SIP_PORT + 1))}
     media = MediaMember(ns, recorder)
