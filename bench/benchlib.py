@@ -292,12 +292,13 @@ def find_maximum(passes, start_rate, limit):
 
 
 def max_forwarded(step, settle, start_rate, limit):
-    """The highest forwarded rate whose step loses < :data:`MAX_LOSS` and keeps to schedule.
+    """The figures of the fastest step that loses < :data:`MAX_LOSS` and keeps to schedule.
 
     ``step(rate)`` offers ``rate`` forwarded datagrams/s and returns its
     :func:`fanout_figures`; ``settle()`` runs after every step (control
     traffic, leftovers). 1.5x steps from ``start_rate``, then two bisections
-    (:func:`find_maximum`); 0.0 when even ``start_rate`` fails.
+    (:func:`find_maximum`). When even ``start_rate`` fails: forwarded 0.0,
+    CPU NaN.
     """
     def passes(rate):
         result = step(rate)
@@ -305,7 +306,7 @@ def max_forwarded(step, settle, start_rate, limit):
         return result if result["loss"] < MAX_LOSS and result["on_schedule"] else None
 
     best = find_maximum(passes, start_rate, limit)
-    return best[1]["forwarded"] if best else 0.0
+    return best[1] if best else {"forwarded": 0.0, "cpu_us": float("nan")}
 
 
 def fanout_figures(result, fanout):
