@@ -24,10 +24,11 @@ ratios of the medians: a noisy shared machine moves both doors alike, so the
 ratios are the steadier figures.
 
 The real sfront client cannot be driven at load (it is a timed synthesizer),
-so each SIP member here is a Python program playing one, from the sans-IO
-pieces of the door (gateway.protocols.sip.sfront, message, sdp) as
-shared/protocols/sfront.md §2-§3 describes the client: an RTP/RTCP socket
-pair on its own 127.0.0.x address; an INVITE from the RTP socket to the SIP
+so each SIP member here is a Python program playing one: the messages are
+written and checked by tests/sip/sfront_double.py (the unit tests' sfront
+double, built on gateway.protocols.sip.sfront, message and sdp), as
+shared/protocols/sfront.md §2-§3 describes the client, and sent on real
+sockets: an RTP/RTCP socket pair on the client's own 127.0.0.x address; an INVITE from the RTP socket to the SIP
 port and one from the RTCP socket to the port above, LF lines, compact
 headers, a final NUL, ``s=`` the session name keyed with the passphrase;
 after the 401, the resend with ``Authorization: SignSDP nonce, digest`` and
@@ -39,8 +40,8 @@ command per packet (NoteOn/NoteOff 60 in turn) with the recovery journal,
 marker set, PT 96, SSRC 0 as a 64-bit sfront does, 44.1 kHz timestamps, the
 first 4 octets of HMAC-MD5 appended; every client sends a signed RTCP RR
 (with a report block about the gateway's member once it has heard from it,
-so the gateway trims its journal) between steps, well within the 25 s the
-gateway waits. Receivers count the signed RTP-MIDI that reaches them and
+so the gateway trims its journal; no SDES, which the gateway does not read)
+between steps, well within the 25 s the gateway waits. Receivers count the signed RTP-MIDI that reaches them and
 check its signature: every ``--verify-every``-th packet, all by default.
 
 The RTP-MIDI door is driven by bench/rtpmidi_fanout.py's AppleMIDI members,
@@ -70,13 +71,13 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from gateway.protocols.sip import sfront  # noqa: E402
-from gateway.protocols.sip.message import MalformedMessage, Request, Response, parse  # noqa: E402
-from gateway.protocols.sip.sdp import NTP_UNIX_OFFSET, Sdp  # noqa: E402
+from gateway.protocols.sip.message import MalformedMessage, Response, parse  # noqa: E402
 from benchlib import (fanout_figures, gateway_pythons, interleaved_runs,  # noqa: E402
                       max_forwarded, paced_exchange, ratio, rtp_midi_packets, start_gateway,
                       udp_benchmark_main)
 import rtpmidi_fanout  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.sip.sfront_double import SfrontDouble  # noqa: E402
 
 SHAPES = rtpmidi_fanout.SHAPES
 DOORS = ("rtpmidi", "sip")
@@ -98,9 +99,6 @@ REPORT_INTERVAL = 2.0           # sfront reports every 5 s; the gateway waits 25
 SETUP_SECONDS = 20.0
 INVITE_RESEND = 5.0             # sfront resends an unanswered INVITE every 5 s
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
-AGENT = "sfront/0.98 07/21/10"
-FMTP = ('streamtype=5; mode=rtp-midi; config=""; profile-level-id=76; tsmode=buffer;'
-        ' octpos=last; mperiod=44100; rtp_ptime=0; rtp_maxptime=0; guardtime=44100')
 RTP_HEADER_SIZE = rtpmidi_fanout.RTP_HEADER_SIZE
 COMMAND_LIST_SIZE = rtpmidi_fanout.COMMAND_LIST_SIZE
 MARKER_AND_PT = 0x80 | PAYLOAD_TYPE
@@ -153,13 +151,12 @@ def free_port_range(host, count):
 
 
 class Leg:
-    """One of a client's two SIP sockets (§2.1): its Call-ID, CSeq, server and last INVITE."""
+    """One of a client's two SIP sockets (§2.1): its number for the double, its server, state."""
 
-    def __init__(self, sock, call_id, server):
+    def __init__(self, number, sock, server):
+        self.number = number            # SfrontDouble's leg: 0 the RTP socket, 1 the RTCP one
         self.sock = sock
-        self.call_id = call_id
         self.server = server
-        self.cseq = 1
         self.nonce = None
         self.registered = False
         self.invite = None
@@ -167,75 +164,58 @@ class Leg:
 
 
 class SfrontClient:
-    """A Python program playing one sfront 0.98 client (64-bit build) against the SIP door."""
+    """One sfront 0.98 client (64-bit build) on real sockets: tests/sip/sfront_double.py
+    writes and checks its messages, this class sends, receives and counts them."""
 
-    def __init__(self, index, session, rng, key, sip_port):
+    def __init__(self, index, session, rng, sip_port):
         self.index = index
-        self.key = key
-        self.keyed_name = sfront.keyed_name(key, session)
         self.host = f"127.0.0.{FIRST_CLIENT_HOST + index}"
         self.rtp, self.rtcp = bind_pair(self.host)
-        self.port = self.rtp.getsockname()[1]
-        self.login = f"player{index}"
+        port = self.rtp.getsockname()[1]
         # sfront's Call-ID is its SSRC variable, a random unsigned long; RTCP's is one more.
-        self.call_id = rng.getrandbits(63)
-        self.legs = {"rtp": Leg(self.rtp, self.call_id, (SIP_HOST, sip_port)),
-                     "rtcp": Leg(self.rtcp, self.call_id + 1, (SIP_HOST, sip_port + 1))}
-        self.member_ssrc = None         # the gateway's member, from its INVITE
-        self.media_to = None
-        self.rtcp_to = None
+        self.double = SfrontDouble(session, PASSPHRASE, self.host, port, rng.getrandbits(63),
+                                   (SIP_HOST, sip_port), f"player{index}", rate=CLOCK_RATE)
+        self.key = self.double.key
+        self.legs = [Leg(0, self.rtp, (SIP_HOST, sip_port)),
+                     Leg(1, self.rtcp, (SIP_HOST, sip_port + 1))]
+        self.rtcp_to = None             # the gateway's member's RTCP address, from its INVITE
         self.sequence = rng.getrandbits(16)
         self.timestamp = rng.getrandbits(32)
         self.highest = None             # extended highest sequence heard from the member
         self.reported_at = None
         self.sender = None              # the index of the sender whose packets this one gets
         self.counted = self.checked = self.bad = 0
-        self.member_challenges = 0
+
+    @property
+    def name(self):
+        return self.double.login
+
+    @property
+    def media_to(self):
+        return self.double.member[1] if self.double.member else None
 
     # SIP ------------------------------------------------------------------------
     def start(self, now):
-        for leg in self.legs.values():
+        for leg in self.legs:
             self._invite(leg, now)
 
-    def _uri(self, leg):
-        return f"sip:{self.keyed_name}@{leg.server[0]}:{leg.server[1]}"
-
-    def _headers(self, leg, method):
-        headers = [("i", str(leg.call_id)),
-                   ("v", f"SIP/2.0/UDP {self.host}:{leg.sock.getsockname()[1]}")]
-        if method == "INVITE":
-            headers.append(("c", "application/sdp"))
-        return headers + [("f", f"sip:{self.login}@bench"), ("t", self._uri(leg)),
-                          ("CSeq", str(leg.cseq)), ("User-Agent", AGENT)]
-
     def _invite(self, leg, now):
-        lines = [("v", "0"),
-                 ("o", f"{self.login} {self.call_id} 0 IN IP4 bench"),
-                 ("s", self.keyed_name),
-                 ("a", f"tool:{AGENT}"),
-                 ("t", f"{int(time.time()) + NTP_UNIX_OFFSET} 0"),
-                 # m= is the RTP port, also in the INVITE from the RTCP socket.
-                 ("m", f"audio {self.port} RTP/AVP {PAYLOAD_TYPE}"),
-                 ("c", f"IN IP4 {self.host}")]
-        if leg.nonce is not None:
-            lines.append(("a", f'nonce:"{leg.nonce}"'))
-        lines += [("a", f"rtpmap:{PAYLOAD_TYPE} {sfront.PAYLOAD_NAME}/{CLOCK_RATE}"),
-                  ("a", f"fmtp:{PAYLOAD_TYPE} {FMTP}")]
-        body = Sdp(lines).to_bytes(sfront.DIALECT.line_end)
-        headers = self._headers(leg, "INVITE")
-        if leg.nonce is not None:
-            headers.append(("Authorization",
-                            str(sfront.SignSdp(leg.nonce, sfront.digest(self.key, body)))))
-        leg.invite = Request("INVITE", self._uri(leg), headers, body).to_bytes(sfront.DIALECT)
+        leg.invite = self.double.invite(leg.number, time.time(), leg.nonce)
         leg.sent_at = now
         leg.sock.sendto(leg.invite, leg.server)
 
     def resend(self, now):
         """An INVITE still unanswered after 5 s goes again, unchanged (§2.1)."""
-        for leg in self.legs.values():
+        for leg in self.legs:
             if not leg.registered and now - leg.sent_at >= INVITE_RESEND:
                 leg.sent_at = now
                 leg.sock.sendto(leg.invite, leg.server)
+
+    def _request(self, leg, method):
+        """An ACK (the CSeq it acknowledges) or a BYE (the next CSeq) from ``leg``."""
+        if method == "ACK":
+            self.double.cseq[leg.number] -= 1   # request() counts up; an ACK does not
+        leg.sock.sendto(self.double.request(method, leg.number), leg.server)
 
     def on_sip(self, leg, data, source, now):
         if source != leg.server:
@@ -245,73 +225,46 @@ class SfrontClient:
         except MalformedMessage:
             return
         if isinstance(message, Response):
-            self._on_response(leg, message, now)
-        elif message.method == "INVITE" and leg is self.legs["rtp"]:
-            self._on_member_invite(leg, message, data, source, now)
+            self._on_response(leg, message, data, now)
+        elif message.method == "INVITE" and leg.number == 0:
+            self._on_member_invite(leg, message, data, source)
 
-    def _on_response(self, leg, message, now):
-        if message.call_id is None or message.call_id.strip() != str(leg.call_id):
+    def _on_response(self, leg, message, data, now):
+        if message.call_id is None or message.call_id.strip() != str(self.double.call_id
+                                                                       + leg.number):
             return
         status = message.status
         if status < 200:
             return
-        leg.sock.sendto(Request("ACK", self._uri(leg), self._headers(leg, "ACK"))
-                        .to_bytes(sfront.DIALECT), leg.server)
+        self._request(leg, "ACK")
         if status == 401:
-            nonce = sfront.challenged_nonce(message.get("www-authenticate"))
-            if nonce is not None and sfront.is_digest(nonce):
-                leg.nonce = nonce
-                leg.cseq += 1
-                self._invite(leg, now)
+            leg.nonce = self.double.challenged(data, leg.number)
+            self._invite(leg, now)
         elif status < 300:
             leg.registered = True
         else:
-            raise RuntimeError(f"{self.login}: the SIP door answered {status} {message.reason}")
+            raise RuntimeError(f"{self.name}: the SIP door answered {status} {message.reason}")
 
-    def _on_member_invite(self, leg, message, data, source, now):
-        """The INVITE that introduces the gateway's member, checked as sfront does (§2.3)."""
-        reply = Response(200, "", [(name, value) for name, value in message.headers])
-        call_id = (message.call_id or "").strip()
-        if message.get("in-reply-to") != str(leg.call_id) or not call_id.isdigit():
-            leg.sock.sendto(reply.to_bytes(sfront.DIALECT), leg.server)
-            return
-        nonce = sfront.member_nonce(self.key, int(call_id), leg.call_id, *source)
-        signed = sfront.SignSdp.parse(message.get("authorization"))
-        if signed is None or signed.nonce != nonce:
-            self.member_challenges += 1
-            reply = Response(401, "", reply.headers + [("WWW-Authenticate",
-                                                        f'SignSDP nonce ="{nonce}"')])
-            leg.sock.sendto(reply.to_bytes(sfront.DIALECT), leg.server)
-            return
-        leg.sock.sendto(reply.to_bytes(sfront.DIALECT), leg.server)
-        body = data.rstrip(b"\0").split(b"\n\n", 1)[1]
-        if sfront.digest(self.key, body) != signed.digest:
-            raise RuntimeError(f"{self.login}: the member INVITE's SDP digest does not verify")
-        sdp = Sdp.parse(body)
-        origin, media, rtpmap = sdp.origin(), sdp.media(), sdp.rtpmap()
-        host = sdp.connection()
-        if (sdp.first("s") != self.keyed_name or origin.session_id > _U32
-                or host in ("127.0.0.1", "0.0.0.0", "255.255.255.255")
-                or rtpmap.encoding.lower() != sfront.PAYLOAD_NAME
-                or rtpmap.clock_rate not in (None, CLOCK_RATE)
-                or str(rtpmap.payload_type) not in media.formats):
-            raise RuntimeError(f"{self.login}: sfront would discard the member INVITE:\n"
-                               + body.decode())
-        if self.member_ssrc is None:
-            self.member_ssrc = origin.session_id
-            self.media_to = (host, media.port)
-            self.rtcp_to = (host, media.port + 1)
+    def _on_member_invite(self, leg, message, data, source):
+        """The INVITE that introduces the gateway's member: answered ``SIP/2.0 200`` with its
+        headers echoed (§2.3), checked as sfront checks it (by the double)."""
+        leg.sock.sendto(Response(200, "", message.headers).to_bytes(sfront.DIALECT), leg.server)
+        if message.get("in-reply-to") != str(self.double.call_id):
+            return      # sfront answers 200 and ignores it
+        first = self.double.member is None
+        ssrc, (host, port) = self.double.member_invite(data, source)
+        self.rtcp_to = (host, port + 1)
+        if first:
             self.report()       # the gateway counts its member accepted on our first RTCP
 
     @property
     def ready(self):
-        return self.member_ssrc is not None and all(leg.registered for leg in self.legs.values())
+        return self.double.member is not None and all(leg.registered for leg in self.legs)
 
     # Media ----------------------------------------------------------------------
-    def report(self):
+    def report(self, bye=False):
         """A signed RR from the RTCP socket, with a report block once the member was heard."""
-        packet = sfront.receiver_report(self.call_id & _U32, self.member_ssrc, self.highest)
-        self.rtcp.sendto(sfront.sign(self.key, packet), self.rtcp_to)
+        self.rtcp.sendto(self.double.rtcp(self.highest, bye), self.rtcp_to)
         self.reported_at = time.monotonic()
 
     def saw(self, sequence):
@@ -325,7 +278,8 @@ class SfrontClient:
             self.highest = highest + delta
 
     def build_packets(self, count, rate):
-        """``count`` signed packets at ``rate``/s: one command each, journal on (§3.1)."""
+        """``count`` signed packets at ``rate``/s: one command each, journal on, marker set,
+        PT 96, SSRC 0 (§3.1; the double's :meth:`rtp` sends no journal, sfront's default does)."""
         ticks = max(1, round(CLOCK_RATE / rate))
         packets = rtp_midi_packets(count, self.sequence, self.timestamp, 0, bend=False,
                                    ticks=ticks, marker=True, payload_type=PAYLOAD_TYPE)
@@ -336,13 +290,10 @@ class SfrontClient:
     def close(self):
         """What sfront does on exit: a signed RR + BYE to the member, SIP BYE from both sockets."""
         try:
-            if self.member_ssrc is not None:
-                packet = sfront.receiver_report(self.call_id & _U32, bye=True)
-                self.rtcp.sendto(sfront.sign(self.key, packet), self.rtcp_to)
-            for leg in self.legs.values():
-                leg.cseq += 1
-                leg.sock.sendto(Request("BYE", self._uri(leg), self._headers(leg, "BYE"))
-                                .to_bytes(sfront.DIALECT), leg.server)
+            if self.double.member is not None:
+                self.report(bye=True)
+            for leg in self.legs:
+                self._request(leg, "BYE")
         except OSError:
             pass
         self.rtp.close()
@@ -353,8 +304,8 @@ def pump(clients, seconds):
     """Carry SIP, take note of the member's RTP, send due RTCP reports, for ``seconds``."""
     sockets = {}
     for client in clients:
-        sockets[client.rtp] = (client, client.legs["rtp"])
-        sockets[client.rtcp] = (client, client.legs["rtcp"])
+        sockets[client.rtp] = (client, client.legs[0])
+        sockets[client.rtcp] = (client, client.legs[1])
     deadline = time.monotonic() + seconds
     while True:
         now = time.monotonic()
@@ -400,11 +351,10 @@ def setup_sip(sessions, size, args, python):
     }
     gateway = start_gateway(config, "bench-sip-", args, python)
     rng = random.Random(3261)
-    key = sfront.session_key(PASSPHRASE)
     groups = []
     try:
         for session in range(sessions):
-            group = [SfrontClient(session * size + index, f"s{session}", rng, key, sip_port)
+            group = [SfrontClient(session * size + index, f"s{session}", rng, sip_port)
                      for index in range(size)]
             for receiver in group[1:]:
                 receiver.sender = session
