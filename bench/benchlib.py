@@ -9,13 +9,22 @@ import argparse
 import contextlib
 import os
 import select
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 # Every benchmark puts the checkout on sys.path before it imports this module.
+from gateway.protocols.rtpmidi.journal_sender import JournalSender
+from gateway.protocols.rtpmidi.payload import PAYLOAD_TYPE, RtpMidiPacket
 from tests.conftest import REPO, GatewayProcess, build_report
+
+MAX_LOSS = 0.001
+"""A step passes when it loses less than this fraction of what it should forward."""
+
+ID_MASK = 0x3FFF
+"""Packet ids carried in a pitch bend's 14 bits (see :func:`rtp_midi_packets`)."""
 
 
 def cpu_seconds(pid):
@@ -280,3 +289,91 @@ def find_maximum(passes, start_rate, limit):
         else:
             failed = middle
     return best
+
+
+def max_forwarded(step, settle, start_rate, limit):
+    """The figures of the fastest step that loses < :data:`MAX_LOSS` and keeps to schedule.
+
+    ``step(rate)`` offers ``rate`` forwarded datagrams/s and returns its
+    :func:`fanout_figures`; ``settle()`` runs after every step (control
+    traffic, leftovers). 1.5x steps from ``start_rate``, then two bisections
+    (:func:`find_maximum`). When even ``start_rate`` fails: forwarded 0.0,
+    CPU NaN.
+    """
+    def passes(rate):
+        result = step(rate)
+        settle()
+        return result if result["loss"] < MAX_LOSS and result["on_schedule"] else None
+
+    best = find_maximum(passes, start_rate, limit)
+    return best[1] if best else {"forwarded": 0.0, "cpu_us": float("nan")}
+
+
+def fanout_figures(result, fanout):
+    """Rates, loss, CPU and latency percentiles of a :func:`paced_exchange` whose every
+    sent datagram should reach ``fanout`` receivers."""
+    received, expected, latencies = result["received"], result["sent"] * fanout, result["latencies"]
+    elapsed = result["elapsed"]
+    return {"offered": expected / elapsed, "forwarded": received / elapsed,
+            "loss": 1.0 - received / expected if expected else 0.0,
+            "on_schedule": result["on_schedule"], "cpu_us": result["cpu_us"],
+            "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
+            "p999": percentile(latencies, 0.999)}
+
+
+def interleaved_runs(servers, runs, run_one):
+    """``{server: [run_one(server) for each of runs]}``, the runs interleaved in a
+    rotated order so that other load on the machine and warm-up hit every server alike."""
+    by_server = {server: [] for server in servers}
+    for number in range(runs):
+        shift = number % len(servers)
+        for server in servers[shift:] + servers[:shift]:
+            by_server[server].append(run_one(server))
+    return by_server
+
+
+def ratio(numerator, denominator):
+    return numerator / denominator if denominator else float("nan")
+
+
+def rtp_midi_packets(count, sequence, timestamp, ssrc, *, ids=False, bend=True, ticks=1,
+                     marker=False, payload_type=PAYLOAD_TYPE):
+    """``count`` RTP-MIDI packets from ``sequence``/``timestamp`` (``ticks`` apart), journal on.
+
+    Each carries NoteOn or NoteOff 60 in turn and, with ``bend``, a pitch
+    bend: the packet's index (& :data:`ID_MASK`) when ``ids``, else the centre.
+    The journal is acknowledged up to the previous packet, as a peer that
+    receives feedback keeps it. With ``ids`` every packet goes through the
+    codec; without, two codec-built templates (one per NoteOn/NoteOff parity)
+    are stamped with sequence, timestamp and checkpoint, which is what the
+    codec would write for them.
+    """
+    if ids and not bend:
+        raise ValueError("packet ids travel in the pitch bend")
+    journal_sender = JournalSender()
+    built = []
+    for index in range(count if ids else min(count, 4)):
+        number = (sequence + index) & 0xFFFF
+        stamp = (timestamp + index * ticks) & 0xFFFFFFFF
+        messages = [bytes((0x90, 60, 100)) if index % 2 == 0 else bytes((0x80, 60, 0))]
+        if bend:
+            value = index & ID_MASK if ids else 0x2000
+            messages.append(bytes((0xE0, value & 0x7F, value >> 7)))
+        journal = journal_sender.journal_for(number, stamp)
+        built.append(bytes(RtpMidiPacket(number, stamp, ssrc,
+                                         [(0, message) for message in messages],
+                                         journal, marker=marker, payload_type=payload_type)))
+        journal_sender.record(number, stamp, messages)
+        journal_sender.acknowledge(number)
+    if not ids and count > 4:
+        templates = built[2:4]
+        # RTP header, command section header and list, journal header: the checkpoint.
+        checkpoint_at = 12 + 1 + (templates[0][12] & 0x0F) + 1
+        built = built[:2]
+        for index in range(2, count):
+            packet = bytearray(templates[index % 2])
+            number = (sequence + index) & 0xFFFF
+            struct.pack_into("!HI", packet, 2, number, (timestamp + index * ticks) & 0xFFFFFFFF)
+            struct.pack_into("!H", packet, checkpoint_at, (number - 1) & 0xFFFF)
+            built.append(bytes(packet))
+    return built

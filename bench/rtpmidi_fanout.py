@@ -40,7 +40,6 @@ import random
 import select
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -49,25 +48,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from gateway.protocols.rtpmidi.journal_sender import JournalSender  # noqa: E402
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket  # noqa: E402
 from gateway.actions import Send  # noqa: E402
 from gateway.protocols.rtpmidi.session import CONTROL, DATA, AppleMidiSession  # noqa: E402
-from benchlib import (find_maximum, gateway_pythons, paced_exchange, percentile,  # noqa: E402
-                      start_gateway, udp_benchmark_main)
+from benchlib import (ID_MASK, fanout_figures, gateway_pythons, interleaved_runs,  # noqa: E402
+                      max_forwarded, paced_exchange, ratio, rtp_midi_packets, start_gateway,
+                      udp_benchmark_main)
 from tests.conftest import free_port  # noqa: E402
 from tests.rtpmidi_peer import bind_port_pair  # noqa: E402
 
 SHAPES = {"1x1": (1, 2), "1x4": (1, 5), "8x5": (8, 5)}
 LATENCY_RATE = 10_000
-MAX_LOSS = 0.001
 STEP_SECONDS = 1.0
 LATENCY_SECONDS = 2.0
 LATENCY_GRACE = 0.3
 # A server that keeps up delivers within milliseconds; later arrivals were
 # queued in its 4 MiB receive buffer, which hides overload in short steps.
 THROUGHPUT_GRACE = 0.05
-ID_MASK = 0x3FFF
 SIGNATURE = b"\xff\xff"
 RTP_HEADER_SIZE = 12
 COMMAND_LIST_SIZE = 0x8F     # the B flag and LEN of the command section header
@@ -100,39 +97,12 @@ class Member:
         self.control.close()
         self.data.close()
 
-    # Packets: NoteOn/NoteOff 60 alternating plus a pitch bend, journal on.
-    def build_packets(self, count, ids):
-        """``count`` packets continuing this member's sequence; bend = packet id if ``ids``.
-
-        With ``ids`` every packet goes through the codec; without, two codec-built
-        templates (one per NoteOn/NoteOff parity) are stamped with sequence,
-        timestamp and checkpoint, which is what the codec would write for them.
-        """
+    # Packets: NoteOn/NoteOff 60 alternating, a pitch bend with ``bend``, journal on.
+    def build_packets(self, count, ids, bend=True):
+        """``count`` packets continuing this member's sequence (benchlib.rtp_midi_packets)."""
         ssrc = self.session.ssrc if self.session else 0x5EED
-        timestamp = int(time.monotonic() * 10_000)
-        journal_sender = JournalSender()
-        built = []
-        for index in range(count if ids else min(count, 4)):
-            sequence = (self.sequence + index) & 0xFFFF
-            bend = index & ID_MASK if ids else 0x2000
-            messages = [bytes((0x90, 60, 100)) if index % 2 == 0 else bytes((0x80, 60, 0)),
-                        bytes((0xE0, bend & 0x7F, bend >> 7))]
-            journal = journal_sender.journal_for(sequence, timestamp + index)
-            built.append(bytes(RtpMidiPacket(sequence, timestamp + index, ssrc,
-                                             [(0, message) for message in messages],
-                                             journal)))
-            journal_sender.record(sequence, timestamp + index, messages)
-            journal_sender.acknowledge(sequence)
-        if not ids and count > 4:
-            templates = built[2:4]
-            checkpoint_at = 12 + 1 + (templates[0][12] & 0x0F) + 1
-            built = built[:2]
-            for index in range(2, count):
-                packet = bytearray(templates[index % 2])
-                sequence = (self.sequence + index) & 0xFFFF
-                struct.pack_into("!HI", packet, 2, sequence, (timestamp + index) & 0xFFFFFFFF)
-                struct.pack_into("!H", packet, checkpoint_at, (sequence - 1) & 0xFFFF)
-                built.append(bytes(packet))
+        built = rtp_midi_packets(count, self.sequence, int(time.monotonic() * 10_000), ssrc,
+                                 ids=ids, bend=bend)
         self.sequence = (self.sequence + count) & 0xFFFF
         return built
 
@@ -223,19 +193,21 @@ def setup_baseline(sessions, size):
     return relay, groups
 
 
-def step(groups, forwarded_rate, seconds, measure_latency, server_pid, grace):
+def step(groups, forwarded_rate, seconds, measure_latency, server_pid, grace, bend=True):
     """Offer ``forwarded_rate`` forwarded datagrams/s for ``seconds``; return the figures.
 
     ``cpu_us`` is the server's CPU time per forwarded datagram: on a shared
     machine where other work also runs on CPU 0 it stays comparable when the
-    rates do not.
+    rates do not. Without ``bend`` each packet carries one command, the note
+    (bench/sip_fanout.py compares with sfront, which sends one per packet).
     """
     senders = [group[0] for group in groups]
     receivers = [member for group in groups for member in group[1:]]
     fanout = len(groups[0]) - 1
     input_rate = forwarded_rate / fanout
     per_sender = max(1, int(input_rate * seconds / len(senders)))
-    sources = [(sender.data, sender.target, sender.build_packets(per_sender, measure_latency))
+    sources = [(sender.data, sender.target,
+                sender.build_packets(per_sender, measure_latency, bend))
                for sender in senders]
 
     def classify(receiver, view, size):
@@ -253,26 +225,20 @@ def step(groups, forwarded_rate, seconds, measure_latency, server_pid, grace):
     result = paced_exchange(sources, {receiver.data: receiver for receiver in receivers},
                             input_rate, grace, server_pid, classify,
                             (lambda index: index & ID_MASK) if measure_latency else None)
-    received, expected, latencies = result["received"], result["sent"] * fanout, result["latencies"]
-    elapsed = result["elapsed"]
-    return {"offered": expected / elapsed, "forwarded": received / elapsed,
-            "loss": 1.0 - received / expected if expected else 0.0,
-            "on_schedule": result["on_schedule"], "cpu_us": result["cpu_us"],
-            "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
-            "p999": percentile(latencies, 0.999)}
+    return fanout_figures(result, fanout)
 
 
 def max_forwarded_rate(groups, start_rate, limit, server_pid):
     """Highest forwarded rate with < 0.1% loss: 1.5x steps, then two bisections."""
+    return max_forwarded_step(groups, start_rate, limit, server_pid)["forwarded"]
+
+
+def max_forwarded_step(groups, start_rate, limit, server_pid, bend=True):
+    """The figures of the step at the highest forwarded rate with < 0.1% loss."""
     members = [member for group in groups for member in group]
-
-    def passes(rate):
-        result = step(groups, rate, STEP_SECONDS, False, server_pid, THROUGHPUT_GRACE)
-        pump(members, 0.3)
-        return result if result["loss"] < MAX_LOSS and result["on_schedule"] else None
-
-    best = find_maximum(passes, start_rate, limit)
-    return best[1]["forwarded"] if best else 0.0
+    return max_forwarded(
+        lambda rate: step(groups, rate, STEP_SECONDS, False, server_pid, THROUGHPUT_GRACE, bend),
+        lambda: pump(members, 0.3), start_rate, limit)
 
 
 def run_server(python, shape, args):
@@ -322,10 +288,6 @@ def server_labels(pythons):
     return labels
 
 
-def ratio(numerator, denominator):
-    return numerator / denominator if denominator else float("nan")
-
-
 def run_all(args):
     pythons = gateway_pythons(args)
     labels = server_labels(pythons)
@@ -337,13 +299,8 @@ def run_all(args):
     by_build = {}
     for shape in args.shapes.split(","):
         results = {}
-        # Interleaved, and in a rotated order, so that other load on the
-        # machine and warm-up hit every server alike.
-        runs_by_server = {server: [] for server in servers}
-        for number in range(args.runs):
-            shift = number % len(servers)
-            for server in servers[shift:] + servers[:shift]:
-                runs_by_server[server].append(run_server(server, shape, args))
+        runs_by_server = interleaved_runs(servers, args.runs,
+                                          lambda server: run_server(server, shape, args))
         for server in servers:
             runs = runs_by_server[server]
             figures = {"max": statistics.median(run[0] for run in runs)}
