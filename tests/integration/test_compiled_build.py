@@ -27,6 +27,8 @@ UNIT_TESTS = [
     "tests/bus/test_contract.py",
     "tests/rtpmidi/test_door.py",
     "tests/doors/test_rtpmidi_against_bus.py",
+    "tests/sip/test_server.py",
+    "tests/doors/test_sip_against_bus.py",
 ]
 
 

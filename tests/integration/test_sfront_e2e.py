@@ -222,6 +222,24 @@ def test_a_client_with_the_wrong_passphrase_is_refused_and_hears_nothing(tmp_pat
         assert peer.is_silent(peer.wav_peaks(client.wav))
 
 
+def test_a_full_session_makes_the_client_say_the_server_is_overloaded(tmp_path):
+    program = peer.build_client("listen", *DEMO, *SIP, seconds=8)
+    full = {"sessions": [{"name": DEMO[0], "passphrase": DEMO[1], "max_members": 1}]}
+    with jam(tmp_path, "full", full) as (ns, gateway):
+        async def scenario():
+            browser = await member(gateway)
+            client = peer.run_client(ns, program, tmp_path)
+            with client:
+                await asyncio.get_running_loop().run_in_executor(None, client.wait, 30)
+            browser.close()
+            return client
+        client = in_namespace(ns, scenario)
+        status = gateway.status()
+    print(f"client said: {client.lines[:4]}")
+    assert [line for line in client.lines if "SIP server is overloaded" in line], client.lines
+    assert status["doors"]["sip"]["refused"] == {"session_full": 1}
+
+
 # --- loss -----------------------------------------------------------------------------
 
 def test_loss_towards_a_listening_client_leaves_no_note_sounding(tmp_path):

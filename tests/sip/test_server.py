@@ -150,7 +150,7 @@ def test_a_nonce_is_good_for_one_signed_invite_only(server):
     [challenge] = server.receive(client.invite(0, NOW), client.rtp_source, 5060, NOW)
     nonce = client.challenged(challenge.data, 0)
     [admit] = server.receive(client.invite(0, NOW, nonce), client.rtp_source, 5060, NOW)
-    server.refused(admit.client, SESSION_FULL, NOW)
+    server.admitted(admit.client, NOW)
     replayed = client.invite(0, NOW + 1, nonce)
     actions = server.receive(replayed, client.rtp_source, 5060, NOW + 1)
     assert [drop.reason for drop in sends(actions, Drop)] == ["stale_nonce"]
@@ -181,6 +181,26 @@ def test_a_refused_client_hears_503_for_a_full_session_and_is_forgotten(server):
     assert response.status == 503 and send.address == client.rtp_source
     assert server.clients == {} and server.refusals == {SESSION_FULL: 1}
     assert server.admitted(admit.client, NOW) == []
+
+
+def test_the_other_socket_of_a_refused_client_gets_the_same_answer_and_no_throttle_strike(server):
+    client = SfrontDouble()
+    [admit] = handshake(server, client, 0)
+    server.refused(admit.client, SESSION_FULL, NOW)
+    for _ in range(5):
+        actions = server.receive(client.invite(1, NOW), client.rtcp_source, 5061, NOW)
+        assert reply_of(actions)[0].status == 503 and not sends(actions, Drop)
+    assert server.throttle.blocked_for(client.rtp_source[0], NOW) == 0
+    server.timer(NOW + 61)
+    assert server.refused_calls == {}
+
+
+def test_a_client_whose_rtp_socket_never_completes_is_forgotten(server):
+    client = SfrontDouble()
+    handshake(server, client, 1)
+    assert len(server.clients) == 1
+    server.timer(NOW + 61)
+    assert server.clients == {} and server.legs == {}
 
 
 def test_the_gateway_full_refuses_with_503():

@@ -141,10 +141,11 @@ class Client:
                  "member_ssrc", "member_call_id", "member_cseq", "member_nonce",
                  "invite_due", "invite_tries", "accepted", "rtcp_deadline", "report_due",
                  "reported_highest", "stream", "packets_verified", "packets_refused",
-                 "joined_at", "rtp_confirmed", "rtcp_confirmed")
+                 "joined_at", "rtp_confirmed", "rtcp_confirmed", "created_at")
 
-    def __init__(self, call_id, session, rng):
+    def __init__(self, call_id, session, rng, now):
         self.call_id = call_id
+        self.created_at = now
         self.session = session
         self.name = None
         self.advertised = None
@@ -234,6 +235,7 @@ class SessionServer:
         self.by_rtp_source = {}     # (host, port) -> Client
         self.by_rtcp_source = {}
         self.refusals = {}          # reason -> count, for /status and /metrics
+        self.refused_calls = {}     # refused client's Call-ID -> (status, phrase, until)
         self.packets_verified = 0
 
     # Inputs ------------------------------------------------------------------
@@ -272,6 +274,8 @@ class SessionServer:
         timestamp_cache = {}
         for client in list(self.clients.values()):
             if client.state != "joined":
+                if client.state == "verifying" and now - client.created_at > NONCE_LIFETIME:
+                    self._forget(client)        # its RTP socket never completed
                 continue
             if now >= client.rtcp_deadline:
                 actions += self._remove(client, "timeout", now, notify=True)
@@ -293,6 +297,9 @@ class SessionServer:
                  and self.clients.get(key[1]) is None and self.clients.get(key[1] - 1) is None]
         for key in stale:
             del self.legs[key]
+        for call_id in [call_id for call_id, (_, _, until) in self.refused_calls.items()
+                        if now >= until]:
+            del self.refused_calls[call_id]
         return actions
 
     def admitted(self, client, now):
@@ -319,6 +326,8 @@ class SessionServer:
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
         actions = self._answer_invite(client, status, phrase)
         self._forget(client)
+        # Its other socket's INVITE, and resends, get the same answer.
+        self.refused_calls[client.call_id] = (status, phrase, now + NONCE_LIFETIME)
         return actions
 
     def remove(self, client, reason, now):
@@ -343,6 +352,10 @@ class SessionServer:
         cseq = message.cseq
         if call_id is None or cseq is None:
             return [Drop("malformed", source, "INVITE without a numeric Call-ID and CSeq")]
+        base = call_id if role == SIP_RTP else call_id - 1
+        refused = self.refused_calls.get(base)
+        if refused is not None and now < refused[2]:
+            return [self._reply(message, source, port, refused[0], refused[1])]
         key = (source, call_id)
         leg = self.legs.get(key)
         if leg is not None and leg.last_request == data and leg.last_reply is not None:
@@ -393,7 +406,6 @@ class SessionServer:
         if rtpmap.encoding.lower() != sfront.PAYLOAD_NAME:
             return self._refuse_leg(message, leg, source, port, "unsupported_payload",
                                     488, "Not Acceptable Here")
-        base = call_id if role == SIP_RTP else call_id - 1
         client = self.clients.get(base)
         if client is not None and client.session is not session:
             return self._refuse_leg(message, leg, source, port, "session_mismatch", 403,
@@ -403,7 +415,7 @@ class SessionServer:
                 self.refusals[GATEWAY_FULL] = self.refusals.get(GATEWAY_FULL, 0) + 1
                 return self._refuse_leg(message, leg, source, port, "gateway_full",
                                         *_REFUSAL_STATUS[GATEWAY_FULL])
-            client = self.clients[base] = Client(base, session, self.rng)
+            client = self.clients[base] = Client(base, session, self.rng, now)
         client.nat = client.nat or sdp.attribute("nat") is not None
         actions = []
         if role == SIP_RTCP:
