@@ -107,6 +107,20 @@ class GatewayConfig:
         return {name: section for name, section in self.doors.items()
                 if section is not None and section.enabled}
 
+    def listening_ports(self):
+        """``(key path, transport, number)`` of every port the enabled parts listen on."""
+        sections = [("web", self.web)] if self.web.enabled else []
+        sections += list(self.enabled_doors().items())
+        return [entry for path, section in sections for entry in section.listening_ports(path)
+                if entry[2] is not None]
+
+    def port_key(self, number):
+        """The key path of the setting that asks for port ``number`` (for error lines)."""
+        for key_path, _, listed in self.listening_ports():
+            if listed == number:
+                return key_path
+        return f"port {number}"
+
 
 def _check_sessions(config, problems):
     minimum = config.limits.min_passphrase_length
@@ -143,16 +157,11 @@ def _check_tls(config, problems):
 
 def _check_ports(config, problems):
     owners = {}
-    sections = [("web", config.web)] if config.web.enabled else []
-    sections += list(config.enabled_doors().items())
-    for path, section in sections:
-        for key_path, transport, number in section.listening_ports(path):
-            if number is None:
-                continue
-            other = owners.setdefault((transport, number), key_path)
-            if other != key_path:
-                problems.append(f"{key_path}: {transport} port {number} is already used by"
-                                f" {other}; expected a free port")
+    for key_path, transport, number in config.listening_ports():
+        other = owners.setdefault((transport, number), key_path)
+        if other != key_path:
+            problems.append(f"{key_path}: {transport} port {number} is already used by"
+                            f" {other}; expected a free port")
 
 
 def parse(data):

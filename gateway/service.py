@@ -1,7 +1,9 @@
 """Builds the gateway: the session bus plus one child service per enabled door."""
 
+import sys
+
 from twisted.application import internet, service
-from twisted.internet import ssl, task
+from twisted.internet import error, ssl, task
 from twisted.web import server
 
 from gateway import doors, log as gatewaylog
@@ -41,7 +43,16 @@ class GatewayService(service.MultiService):
         self._expiry_interval = interval
 
     def startService(self):
-        super().startService()
+        try:
+            super().startService()
+        except error.CannotListenError as failure:
+            # One line naming the key, like a config error; no traceback.
+            reason = getattr(failure.socketError, "strerror", None) or str(failure.socketError)
+            sys.stderr.write(f"netgateway: {self.context.config.port_key(failure.port)}:"
+                             f" cannot listen on {failure.interface or '*'}:{failure.port}"
+                             f" ({reason}); not starting\n")
+            sys.stderr.flush()
+            raise SystemExit(2)
         self._expiry.start(self._expiry_interval, now=False)
 
     def stopService(self):

@@ -58,6 +58,29 @@ def move_to_free_ports(config):
     span = oscgroups["relay"]["port_max"] - oscgroups["relay"]["port_min"]
     oscgroups["relay"]["port_min"], oscgroups["relay"]["port_max"] = relay_base, min(
         65535, relay_base + span)
+    sip = config["sip"]
+    sip["port"] = free_port(socket.SOCK_DGRAM, even=True)
+    media = free_port(socket.SOCK_DGRAM, even=True)
+    sip["media"]["port_min"], sip["media"]["port_max"] = media, media + 2 * len(
+        config["sessions"]) - 1
+
+
+def test_a_busy_port_stops_startup_with_one_line_naming_its_key(tmp_path):
+    with open(os.path.join(REPO, "config", "config.yaml")) as stream:
+        config = yaml.safe_load(stream)
+    move_to_free_ports(config)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", config["sip"]["port"]))
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = run_twistd(["netgateway", "-c", str(path)], cwd=tmp_path)
+    port = config["sip"]["port"]
+    output = result.stderr + result.stdout      # twistd -n logs stderr to stdout by now
+    assert result.returncode == 2
+    [line] = [line for line in output.splitlines() if "cannot listen" in line]
+    assert line.endswith(f"netgateway: sip.port: cannot listen on 127.0.0.1:{port} (Address"
+                         f" already in use); not starting")
+    assert "Traceback" not in output
 
 
 def test_default_config_starts_every_door(tmp_path):
