@@ -190,3 +190,31 @@ def test_validating_a_config_imports_no_reactor_zeroconf_prometheus_or_autobahn(
     imported = sorted({banned for banned in NOT_FOR_VALIDATION for name in modules
                        if name == banned or name.startswith(banned + ".")})
     assert imported == []
+
+
+SIP_SESSIONS = [{"name": "demo", "passphrase": "twenty characters or more"},
+                {"name": "jam", "passphrase": "twenty characters or more"}]
+
+
+@pytest.mark.parametrize("sip, expected", [
+    ({"host": "0.0.0.0"}, "sip.host: expected the one IPv4 address clients were built with"),
+    ({"media": {"host": "127.0.0.1"}}, "sip.media.host: expected an IPv4 address other than"
+                                       " 127.0.0.1, 0.0.0.0, 255.255.255.255"),
+    ({"media": {"port_min": 6001, "port_max": 6100}}, "sip.media.port_min: expected an even"),
+    ({"media": {"port_min": 6000, "port_max": 6002}}, "sip.media.port_max: expected at least"
+                                                      " 6003 (two ports for each of the 2"),
+    ({"port": 6000}, "sip.media.port_min-port_max: udp port 6000 is already used by sip.port"),
+    ({"channels": "mixed"}, "sip.channels: expected one of"),
+])
+def test_sip_section_problems_name_the_key(sip, expected):
+    found = problems({"sessions": SIP_SESSIONS, "web": {"enabled": False}, "sip": sip})
+    assert any(problem.startswith(expected) for problem in found), found
+
+
+def test_sip_media_ports_follow_the_declared_sessions():
+    config = parse({"sessions": SIP_SESSIONS, "web": {"enabled": False},
+                    "sip": {"media": {"port_min": 7000, "port_max": 7003}}})
+    section = config.doors["sip"]
+    assert section.media_ports(config.sessions) == {"demo": 7000, "jam": 7002}
+    assert config.port_key(5061) == "sip.port" and config.port_key(7003) == (
+        "sip.media.port_min-port_max")

@@ -70,12 +70,6 @@ class Config:
             problems.append(f"{name}.media.port_max: expected at least"
                             f" {media.port_min + needed - 1} (two ports for each of the"
                             f" {len(config.sessions)} declared sessions), got {media.port_max}")
-        sip_ports = {self.port, self.port + 1}
-        media_ports = set(range(media.port_min, media.port_min + needed))
-        if media.host == self.host and sip_ports & media_ports:
-            problems.append(f"{name}.media.port_min: media ports must not be the SIP ports"
-                            f" {self.port} and {self.port + 1} (sfront mistakes media from"
-                            " its SIP server's address)")
         return problems
 
 
