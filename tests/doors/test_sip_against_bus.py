@@ -19,7 +19,7 @@ from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi.payload import RtpMidiPacket
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST
-from gateway.protocols.sip import door as sipdoor, sfront
+from gateway.protocols.sip import door as sipdoor, metrics, sfront
 from gateway.protocols.sip.message import parse as parse_sip
 from tests.bus.recording import RecordingBus
 from tests.rtpmidi.test_door import MemoryReactor
@@ -221,3 +221,17 @@ def test_status_shows_clients_packets_and_refusals(gateway):
     assert status["clients"] == 1 and status["packets_verified"] == 1
     assert status["refused"] == {"unknown_session": 1}
     assert status["sessions"] == [{"session": "demo", "media_port": MEDIA}]
+
+
+def test_metrics_show_members_packets_verified_and_refusals(gateway):
+    client = gateway.client()
+    gateway.joined(client)
+    gateway.inject(MEDIA, client.rtp([(0, b"\x90\x3c\x64")]), client.rtp_source)
+    stranger = gateway.client(port=5010, call_id=1, passphrase="wrong wrong wrong wrong")
+    gateway.inject(5060, stranger.invite(0, NOW), stranger.rtp_source)
+    samples = {(family.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in metrics.SipCollector(gateway.door).collect()
+               for sample in family.samples}
+    assert samples[("netgateway_sip_members", (("session", "demo"),))] == 1
+    assert samples[("netgateway_sip_packets_verified", ())] == 1
+    assert samples[("netgateway_sip_refused", (("reason", "unknown_session"),))] == 1

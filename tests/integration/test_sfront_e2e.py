@@ -14,6 +14,7 @@ exactly every tenth packet of one direction dropped, the same in every run.
 """
 
 import asyncio
+import base64
 import contextlib
 import os
 import time
@@ -146,6 +147,11 @@ def test_a_streaming_clients_bach_reaches_a_websocket_member_in_order(tmp_path):
             return client, heard, left
         client, heard, left = in_namespace(ns, scenario)
         status = gateway.status()
+        log = gateway.log()
+    key = peer.session_key(DEMO[1])
+    for secret in (DEMO[1], key.hex(), base64.b64encode(key).decode()):
+        assert secret not in log, "the passphrase and key never reach the log"
+    assert "sip member 'unknown@vm' joined session 'demo'" in log
     assert CONTACT in client.lines and "Network status: Shutdown completed" in client.lines
     assert not [line for line in client.advisories() if "SIP" in line]
     ons = [data[1] for _, data in heard if data[0] & 0xF0 == 0x90 and data[2]]
