@@ -52,7 +52,7 @@ def test_the_rfc3261_dialect_writes_crlf_long_names_and_content_length():
 def test_a_status_line_without_reason_is_what_sfront_answers():
     response = parse(b"SIP/2.0 200\ni: 5\nCSeq: 1\n\n")
     assert isinstance(response, Response) and (response.status, response.reason) == (200, "")
-    assert Response(200, "", [("i", "5")]).to_bytes(sfront.DIALECT) == b"SIP/2.0 200\ni: 5\n\n\0"
+    assert Response(200, "", [("i", "5")]).to_bytes(sfront.DIALECT) == b"SIP/2.0 200\ni: 5\n\0"
 
 
 def test_folded_headers_spaces_around_the_colon_and_content_length():

@@ -92,7 +92,9 @@ class _Message:
     def to_bytes(self, dialect):
         """The message as ``dialect`` writes it."""
         end = dialect.line_end
-        text = end.join(self._lines(dialect)) + end + end
+        text = end.join(self._lines(dialect)) + end
+        if self.body or dialect.empty_line_without_body:
+            text += end
         data = text.encode("utf-8") + self.body
         return data + b"\0" if dialect.trailing_nul else data
 
@@ -128,15 +130,19 @@ class Response(_Message):
 
 
 class Dialect:
-    """How a peer writes messages: line ending, compact names, Content-Length, a final NUL."""
+    """How a peer writes messages: line ending, compact names, Content-Length, a final NUL,
+    and whether a message without a body still ends with an empty line (RFC 3261 §7)."""
 
-    __slots__ = ("line_end", "compact", "content_length", "trailing_nul")
+    __slots__ = ("line_end", "compact", "content_length", "trailing_nul",
+                 "empty_line_without_body")
 
-    def __init__(self, line_end="\r\n", compact=False, content_length=True, trailing_nul=False):
+    def __init__(self, line_end="\r\n", compact=False, content_length=True, trailing_nul=False,
+                 empty_line_without_body=True):
         self.line_end = line_end
         self.compact = compact
         self.content_length = content_length
         self.trailing_nul = trailing_nul
+        self.empty_line_without_body = empty_line_without_body
 
     def spell(self, name):
         """``name`` as this dialect writes it: compact, or long as written (canonical

@@ -33,8 +33,10 @@ __all__ = ["DIALECT", "session_key", "keyed_name", "MIRROR_NAME", "MIRROR_KEYED_
            "digest", "is_digest", "member_nonce", "sign", "verified", "SignSdp",
            "RtcpReport", "read_rtcp", "receiver_report", "PAYLOAD_NAME", "SIGNATURE_OCTETS"]
 
-DIALECT = Dialect(line_end="\n", compact=True, content_length=False, trailing_nul=True)
-"""How sfront writes SIP: LF lines, compact names, no Content-Length, a final NUL (§2.1)."""
+DIALECT = Dialect(line_end="\n", compact=True, content_length=False, trailing_nul=True,
+                  empty_line_without_body=False)
+"""How sfront writes SIP: LF lines, compact names, no Content-Length, a final NUL, and no
+empty line after the headers of a message without a body (§2.1; the golden captures)."""
 
 MD5_ROUNDS = 10000
 MIRROR_NAME = "mirror"
