@@ -107,3 +107,10 @@ def test_read_rtcp_raises_only_valueerror(packet):
         sfront.read_rtcp(packet)
     except ValueError:
         pass
+
+
+@given(key=st.binary(min_size=16, max_size=16), packet=st.binary(max_size=400))
+def test_the_signer_is_rfc_2104_hmac_md5_cut_to_four_octets(key, packet):
+    import hashlib
+    import hmac
+    assert sfront.Signer(key).signature(packet) == hmac.new(key, packet, hashlib.md5).digest()[:4]

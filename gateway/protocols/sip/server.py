@@ -105,11 +105,12 @@ class Played(typing.NamedTuple):
 class DeclaredSession:
     """A declared session as sfront clients reach it: its key, keyed name and media port."""
 
-    __slots__ = ("name", "key", "keyed_name", "media_port")
+    __slots__ = ("name", "key", "signer", "keyed_name", "media_port")
 
     def __init__(self, name, passphrase, media_port):
         self.name = name
         self.key = sfront.session_key(passphrase)
+        self.signer = sfront.Signer(self.key)
         # sfront names a session called "mirror" by a fixed hash, not by its key (§1).
         self.keyed_name = (sfront.MIRROR_KEYED_NAME if name == sfront.MIRROR_NAME
                            else sfront.keyed_name(self.key, name))
@@ -184,11 +185,11 @@ class Client:
 
     def rtp_packet(self, prepared, timestamp, now):
         """The signed datagram carrying ``prepared`` to this client."""
-        return sfront.sign(self.session.key, self.stream.packet(prepared, timestamp, now))
+        return self.session.signer.sign(self.stream.packet(prepared, timestamp, now))
 
     def guard_packet(self, timestamp, now):
         data = self.stream.guard_packet(timestamp, now)
-        return None if data is None else sfront.sign(self.session.key, data)
+        return None if data is None else self.session.signer.sign(data)
 
     def describe(self):
         receiver = self.stream.journal_receiver if self.stream is not None else None
@@ -586,11 +587,11 @@ class SessionServer:
         if client is not None:
             if client.session is not session or client.state != "joined":
                 return None, None
-            packet = sfront.verified(session.key, data)
+            packet = session.signer.verified(data)
             if packet is not None:
                 setattr(client, confirmed, True)
             return client, packet
-        packet = sfront.verified(session.key, data)
+        packet = session.signer.verified(data)
         if packet is None:
             return None, None
         for candidate in self.clients.values():
@@ -663,7 +664,7 @@ class SessionServer:
     def _report(self, client):
         highest = client.stream.journal_receiver.highest
         packet = sfront.receiver_report(client.member_ssrc, client.rtcp_ssrc, highest)
-        return Send(sfront.sign(client.session.key, packet), client.rtcp_to,
+        return Send(client.session.signer.sign(packet), client.rtcp_to,
                     client.session.media_port + 1)
 
     # Leaving -------------------------------------------------------------------
@@ -675,7 +676,7 @@ class SessionServer:
         if client.state == "joined":
             if reason != "bye":
                 packet = sfront.receiver_report(client.member_ssrc, bye=True)
-                actions.append(Send(sfront.sign(client.session.key, packet), client.rtcp_to,
+                actions.append(Send(client.session.signer.sign(packet), client.rtcp_to,
                                     client.session.media_port + 1))
             if notify:
                 actions.append(PeerLeft(client, reason))
