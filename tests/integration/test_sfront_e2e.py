@@ -147,7 +147,7 @@ def test_a_streaming_clients_bach_reaches_a_websocket_member_in_order(tmp_path):
             return client, heard, left
         client, heard, left = in_namespace(ns, scenario)
         status = gateway.status()
-        log = gateway.log()
+        log = gateway.log
     key = peer.session_key(DEMO[1])
     for secret in (DEMO[1], key.hex(), base64.b64encode(key).decode()):
         assert secret not in log, "the passphrase and key never reach the log"
@@ -246,6 +246,18 @@ def test_a_full_session_makes_the_client_say_the_server_is_overloaded(tmp_path):
     assert status["doors"]["sip"]["refused"] == {"session_full": 1}
 
 
+def test_stopping_the_gateway_removes_its_member_from_a_client_with_rtcp_bye(tmp_path):
+    program = peer.build_client("listen", *DEMO, *SIP, seconds=12)
+    with jam(tmp_path, "stop") as (ns, gateway):
+        with peer.run_client(ns, program, tmp_path) as client:
+            client.wait_for_line(IN, timeout=15)
+            gateway.stop()
+            client.wait_for_line(r"RTCP BYE received, deleting netgateway@netgateway:6000",
+                                 timeout=10)
+            client.wait(30)
+    assert client.advisories() == [], client.advisories()
+
+
 # --- loss -----------------------------------------------------------------------------
 
 def test_loss_towards_a_listening_client_leaves_no_note_sounding(tmp_path):
@@ -333,12 +345,16 @@ def test_a_declared_mirror_session_echoes_an_sfront_clients_notes_back(tmp_path)
 
 # --- NAT --------------------------------------------------------------------------------
 
-def test_a_client_behind_nat_plays_into_the_session(tmp_path):
+@pytest.mark.parametrize("symmetric", [False, True], ids=["cone", "symmetric"])
+def test_a_client_behind_nat_plays_into_the_session(tmp_path, symmetric):
+    """Behind a home router's NAT: the gateway's replies carry received/rport, the client
+    adds a=nat, and media goes where its packets come from. Behind a symmetric NAT its
+    media arrive from other ports than its SIP: the gateway learns them by signature."""
     rig_ip = "198.18.0.1"
     program = peer.build_client("stream", *DEMO, rig_ip, SIP[1])
     peer.need_sfront()
     peer.need_namespaces()
-    with peer.nat_rig(clients=1) as rig:
+    with peer.nat_rig(clients=1, symmetric=symmetric) as rig:
         override = peer_override({"sip": {"host": rig_ip, "port": SIP[1],
                                           "media": {"host": rig_ip, "port_min": DEMO_MEDIA,
                                                     "port_max": DEMO_MEDIA + 3}}})
@@ -360,4 +376,5 @@ def test_a_client_behind_nat_plays_into_the_session(tmp_path):
     ons = [data for _, data in heard if data[0] & 0xF0 == 0x90 and data[2]]
     print(f"behind NAT: {sfront}; {len(ons)} note-ons heard; client said {client.statuses()}")
     assert sfront["nat"] is True and sfront["peer"].startswith(rig.wan_ip)
+    assert sfront["accepted"] is True       # its RTCP reached us, and so did our member
     assert len(ons) >= 20
