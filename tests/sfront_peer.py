@@ -547,6 +547,26 @@ def wav_peaks(path, window=0.5):
             for index in range(0, len(samples), step)]
 
 
+def zero_crossing_rate(path, threshold=300, window=0.1):
+    """Zero crossings per second of the first channel, over the windows whose peak exceeds
+    ``threshold``: a rough pitch measure (it scales with every partial of a transposed note)."""
+    import array
+    with wave.open(str(path), "rb") as stream:
+        channels, rate = stream.getnchannels(), stream.getframerate()
+        samples = array.array("h", stream.readframes(stream.getnframes()))[::channels]
+    if struct.pack("=H", 1) != struct.pack("<H", 1):
+        samples.byteswap()
+    step = max(2, int(rate * window))
+    crossings = sounding = 0
+    for index in range(0, len(samples) - step + 1, step):
+        part = samples[index:index + step]
+        if max(map(abs, part)) <= threshold:
+            continue
+        crossings += sum(1 for before, after in zip(part, part[1:]) if (before < 0) != (after < 0))
+        sounding += step
+    return crossings * rate / sounding if sounding else 0.0
+
+
 def is_silent(peaks, threshold=0):
     """True when no window's peak exceeds ``threshold``."""
     return all(peak <= threshold for peak in peaks)

@@ -332,15 +332,32 @@ def test_loss_from_a_streaming_client_is_repaired_no_note_stuck_at_a_websocket_m
 
 # --- mirror -----------------------------------------------------------------------------
 
-def test_a_declared_mirror_session_echoes_an_sfront_clients_notes_back(tmp_path):
+def echoed(tmp_path, interval):
+    """What a duplex client in the mirror session ``echo`` (``interval`` semitones) hears."""
     program = peer.build_client("duplex", *ECHO, *SIP, seconds=8)
-    with jam(tmp_path, "echo") as (ns, gateway):
-        with peer.run_client(ns, program, tmp_path) as client:
+    sessions = {"sessions": [{"name": DEMO[0], "passphrase": DEMO[1]},
+                             {"name": ECHO[0], "passphrase": ECHO[1],
+                              "mirror": {"interval": interval, "delay": 0.0}}]}
+    workdir = tmp_path / f"interval{interval}"
+    workdir.mkdir()
+    with jam(workdir, "echo", sessions) as (ns, gateway):
+        with peer.run_client(ns, program, workdir) as client:
             client.wait_for_line(IN, timeout=15)
             client.wait(40)
-    peaks = peer.wav_peaks(client.wav)
-    print(f"echo session: {peaks}")
+    return client.wav
+
+
+def test_a_declared_mirror_session_echoes_an_sfront_clients_notes_back_a_fifth_up(tmp_path):
+    """The client hears its own Bach from the echo session. A fifth up sounds 2^(7/12) = 1.5
+    times higher than the same echo at unison: the zero-crossing rate of its WAV (a rough
+    pitch measure; it measured 1.8 times) must rise by well over a semitone's 6%."""
+    fifth, unison = echoed(tmp_path, 7), echoed(tmp_path, 0)
+    peaks = peer.wav_peaks(fifth)
+    rates = peer.zero_crossing_rate(fifth), peer.zero_crossing_rate(unison)
+    print(f"echo a fifth up: {peaks}; zero crossings/s {rates[0]:.0f} against {rates[1]:.0f}"
+          f" at unison, ratio {rates[0] / rates[1]:.2f}")
     assert sum(1 for peak in peaks if peak > 100) >= 6, peaks
+    assert rates[0] / rates[1] > 1.3
 
 
 # --- NAT --------------------------------------------------------------------------------
