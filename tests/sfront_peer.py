@@ -57,7 +57,7 @@ from tests.conftest import BASE_CONFIG, REPO, GatewayProcess, free_port, merge, 
 CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
                      "netgateway-peers")
 CLIENT_CACHE = os.path.join(CACHE, "sfront-clients")
-MODES = ("stream", "listen", "duplex")
+MODES = ("stream", "listen", "duplex", "organ")
 # Bump when a build recipe here changes, so cached clients are rebuilt.
 RECIPE = 2
 
@@ -179,6 +179,40 @@ def _build_duplex(out, session, passphrase, sip_ip, sip_port, seconds, extra):
     _run(["gcc", "-O2", "-w", "client.c", "-lm", "-o", "client"], cwd=out)
 
 
+ORGAN = """\
+// netgateway's test orchestra: a tone that sounds exactly while a note is held, with no
+// decay and no release, so a note-off that never arrives leaves its note sounding for the
+// rest of the file (stream.saol's plucked string dies away by itself within 2 s).
+global {
+  srate 44100;
+  krate 1050;
+  outchannels 1;
+}
+
+instr organ (pitch, velocity) preset 1 {
+  table tone(harm, 2048, 1, 0.5, 0.25);
+  asig sound;
+
+  sound = 0.05 * (velocity / 127) * oscil(tone, cpsmidi(pitch));
+  output(sound);
+}
+"""
+
+
+def _build_organ(out, session, passphrase, sip_ip, sip_port, seconds, extra):
+    """Like ``listen``, but renders with :data:`ORGAN`: a stuck note is heard to the end."""
+    sfront = translator()
+    with open(os.path.join(out, "organ.saol"), "w") as stream:
+        stream.write(ORGAN)
+    with open(os.path.join(out, "listen.sasl"), "w") as stream:
+        stream.write(f"{seconds} end\n")
+    _run([sfront, "-orc", "organ.saol", "-sco", "listen.sasl", "-bitout", "score.mp4"], cwd=out)
+    _run([sfront, "-session", session, "-passphrase", passphrase, "-sip_ip", sip_ip,
+          "-sip_port", str(sip_port), "-aout", "heard.wav", "-timesync", "-cin", "fstr",
+          "-bitc", "score.mp4", "-o", "client.c", *extra], cwd=out)
+    _run(["gcc", "-O2", "-w", "client.c", "-lm", "-o", "client"], cwd=out)
+
+
 def build_client(mode, session, passphrase, sip_ip, sip_port, seconds=20, extra=()):
     """Path of a client program, built once per set of arguments and cached.
 
@@ -186,7 +220,8 @@ def build_client(mode, session, passphrase, sip_ip, sip_port, seconds=20, extra=
     nothing, renders what it hears to ``heard.wav`` for ``seconds``), both by
     shared/peers/sfront/make-client.sh; or ``duplex`` (streams bach.mid and
     renders to ``heard.wav`` only what the network plays, the score ending
-    after ``seconds``; built here). ``extra``: more sfront options, e.g.
+    after ``seconds``; built here); or ``organ`` (``listen`` with :data:`ORGAN`,
+    whose notes sound until their note-off; built here). ``extra``: more sfront options, e.g.
     ``("-bandsize", "4")``. The WAV lands in the cwd the client runs in.
     Skips (fails under CI=true) when sfront cannot be built here.
     """
@@ -206,8 +241,8 @@ def build_client(mode, session, passphrase, sip_ip, sip_port, seconds=20, extra=
     os.makedirs(CLIENT_CACHE, exist_ok=True)
     building = tempfile.mkdtemp(prefix=f".{mode}-{key}-", dir=CLIENT_CACHE)
     try:
-        if mode == "duplex":
-            _build_duplex(building, session, passphrase, sip_ip, sip_port, seconds, extra)
+        if mode in BUILDERS:
+            BUILDERS[mode](building, session, passphrase, sip_ip, sip_port, seconds, extra)
         else:
             _run([os.path.join(peers, "make-client.sh"), building, mode, session, passphrase,
                   sip_ip, str(sip_port), str(seconds), "--", *map(str, extra)])
@@ -223,6 +258,9 @@ def build_client(mode, session, passphrase, sip_ip, sip_port, seconds=20, extra=
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return program
+
+
+BUILDERS = {"duplex": _build_duplex, "organ": _build_organ}
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 The clients are unmodified sfront networking programs built from
 shared/peers/sfront by tests/sfront_peer.py: ``stream`` plays the
 distribution's bach.mid, ``listen`` renders what it hears to a WAV,
-``duplex`` does both (its WAV holds only what the network played). They
+``duplex`` does both (its WAV holds only what the network played), ``organ``
+listens with an instrument that holds each note until its note-off. They
 find their own address through the namespace's hosts file (127.0.0.2), so
 the gateway runs in the same namespace, with SIP on 127.0.0.1:5060/5061
 and media on 127.0.0.5. WebSocket members are the test's own asyncio
@@ -165,7 +166,7 @@ def test_a_streaming_clients_bach_reaches_a_websocket_member_in_order(tmp_path):
 
 
 def test_a_websocket_melody_sounds_in_a_listening_clients_wav_and_nothing_else(tmp_path):
-    program = peer.build_client("listen", *DEMO, *SIP, seconds=10)
+    program = peer.build_client("organ", *DEMO, *SIP, seconds=10)
     with jam(tmp_path, "listen") as (ns, gateway):
         async def scenario():
             browser = await member(gateway)
@@ -262,8 +263,11 @@ def test_stopping_the_gateway_removes_its_member_from_a_client_with_rtcp_bye(tmp
 
 def test_loss_towards_a_listening_client_leaves_no_note_sounding(tmp_path):
     """Every 10th packet from the gateway's media port to the client is lost; the recovery
-    journal and guard packets end every note: the WAV is silent once the melody is over."""
-    program = peer.build_client("listen", *DEMO, *SIP, seconds=12)
+    journal and guard packets end every note: the WAV is silent once the melody is over.
+    The client's orchestra (tests/sfront_peer.py ORGAN) holds a note until its note-off,
+    so a lost note-off would sound to the end of the file: with ``sip.journal: false``
+    this test fails."""
+    program = peer.build_client("organ", *DEMO, *SIP, seconds=12)
     with jam(tmp_path, "lossout") as (ns, gateway):
         drop_every_tenth(ns, "-s", MEDIA_HOST, "--sport", str(DEMO_MEDIA))
 
