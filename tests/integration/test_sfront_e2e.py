@@ -388,6 +388,13 @@ def test_a_client_behind_nat_plays_into_the_session(tmp_path, symmetric):
                     await wait_line(client, r"^Network status: SIP INVITE accepted from"
                                             r" netgateway@netgateway:6000")
                     heard = await collect(browser, 8)
+                    # Our receiver reports reach it through the NAT too.
+                    await wait_line(client, r"Media \(RTCP\) flowing from netgateway@", 15)
+                    if not symmetric:
+                        # Behind NAT it sends a SIP INFO keep-alive every 6th RTCP tick (~30 s).
+                        await asyncio.get_running_loop().run_in_executor(None, lambda: (
+                            peer.wait_until(lambda: sip_members(gateway)[0]["keepalives"],
+                                            "an INFO keep-alive", timeout=40)))
                     [sfront] = sip_members(gateway)
                     client.stop()
                 return client, heard, sfront

@@ -142,7 +142,7 @@ class Client:
                  "member_ssrc", "member_call_id", "member_cseq", "member_nonce",
                  "invite_due", "invite_tries", "accepted", "rtcp_deadline", "report_due",
                  "reported_highest", "stream", "packets_verified", "packets_refused",
-                 "joined_at", "rtp_confirmed", "rtcp_confirmed", "created_at")
+                 "joined_at", "rtp_confirmed", "rtcp_confirmed", "created_at", "keepalives")
 
     def __init__(self, call_id, session, rng, now):
         self.call_id = call_id
@@ -177,6 +177,7 @@ class Client:
         self.joined_at = None
         self.rtp_confirmed = False
         self.rtcp_confirmed = False
+        self.keepalives = 0
 
     @property
     def rtcp_ssrc(self):
@@ -195,6 +196,7 @@ class Client:
         receiver = self.stream.journal_receiver if self.stream is not None else None
         host, port = self.rtp_source
         return {"peer": f"{host}:{port}", "nat": self.nat, "accepted": self.accepted,
+                "keepalives": self.keepalives,
                 "clock_rate": self.clock_rate,
                 "packets_verified": self.packets_verified,
                 "packets_refused": self.packets_refused,
@@ -264,7 +266,9 @@ class SessionServer:
         if method in ("INFO", "OPTIONS"):
             client = self._client_of(message.call_id, role)
             actions = [self._reply(message, source, port, 200, "OK")]
-            if client is not None and client.state == "joined":
+            if client is not None and client.state == "joined" and source in (
+                    client.rtp_source, client.rtcp_source):
+                client.keepalives += 1
                 actions.append(PeerAlive(client))
             return actions
         return [self._reply(message, source, port, 501, "Not Implemented")]
@@ -616,6 +620,8 @@ class SessionServer:
             return [Drop("bad_signature", source, "RTP signature does not verify")]
         client.packets_verified += 1
         self.packets_verified += 1
+        client.accepted = True          # it sends to our member: it took our INVITE
+        client.invite_due = None
         try:
             rtp = RtpMidiPacket.parse(packet, lazy_journal=True)
             if rtp.payload_type != client.payload_type:
