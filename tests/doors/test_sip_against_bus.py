@@ -150,14 +150,15 @@ def test_one_fan_out_reaches_every_client_signed_on_its_own_stream(gateway):
 def test_a_client_that_cannot_be_written_to_does_not_stop_the_fan_out(gateway):
     first, second = gateway.client(), gateway.client(port=5006, call_id=4242)
     gateway.joined(first), gateway.joined(second)
-    media = gateway.door.media_listeners["demo"]
-    write = media.write
+    media = gateway.door.media_listeners["demo"].socket
+    sendto = media.sendto
 
     def refuse_first(data, address):
         if address == first.rtp_source:
             raise OSError(101, "Network is unreachable")
-        write(data, address)
-    media.write = refuse_first
+        sendto(data, address)
+    for member in gateway.door.members.values():
+        member._sendto = refuse_first
     gateway.bus.fan_out([MidiEvent(b"\x90\x40\x50", NOW)], ALICE)
     assert gateway.midi_to(second) == [b"\x90\x40\x50"]
     assert gateway.drops.get("sip", "send_failed") == 1

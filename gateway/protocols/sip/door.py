@@ -43,16 +43,23 @@ class SfrontMember:
         self.sip_door = sip_door
         self.client = client
         self.membership = None
+        session = client.session
+        self._memo_key = (DOOR, session.name, client.clock_rate)
+        # The socket itself, as the RTP-MIDI door does: Port.write's checks cost per packet.
+        self._sendto = sip_door.media_listeners[session.name].socket.sendto
 
     def deliver(self, delivery):
         client = self.client
-        now, timestamp, packets = delivery.memo(
-            (DOOR, client.session.name, client.clock_rate), self.sip_door.prepare,
-            delivery, client.session.name, client.clock_rate)
-        media = self.sip_door.media_listeners[client.session.name]
+        sip_door = self.sip_door
+        now, timestamp, packets = delivery.memo(self._memo_key, sip_door.prepare, delivery,
+                                                client.session.name, client.clock_rate)
+        rtp_packet = client.rtp_packet
+        address = client.rtp_to
         for prepared in packets:
-            self.sip_door.write(media, client.rtp_packet(prepared, timestamp, now),
-                                client.rtp_to)
+            try:
+                self._sendto(rtp_packet(prepared, timestamp, now), address)
+            except OSError as error:
+                sip_door.drop(address, "send_failed", error.strerror or str(error))
 
     def roster_changed(self, notice):
         if notice.change == LEFT:
@@ -158,16 +165,14 @@ class SipDoor(DoorService):
     def _tick(self):
         self.carry_out(self.server.timer(self.reactor.seconds()))
 
-    def write(self, listening, data, address):
-        try:
-            listening.write(data, address)
-        except OSError as error:
-            self.drop(address, "send_failed", error.strerror or str(error))
-
     def _send(self, action):
         listening = self.listeners.get(action.via)
-        if listening is not None:
-            self.write(listening, action.data, action.address)
+        if listening is None:
+            return
+        try:
+            listening.write(action.data, action.address)
+        except OSError as error:
+            self.drop(action.address, "send_failed", error.strerror or str(error))
 
     def _dropped(self, action):
         self.drop(action.source, action.reason, action.detail or "", action.count)
