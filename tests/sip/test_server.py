@@ -110,6 +110,17 @@ def test_an_answered_signed_invite_resent_gets_the_same_answer_and_no_second_adm
                                                                               5060)]
 
 
+def test_a_resend_while_the_bus_decides_waits_for_its_answer(server):
+    client = SfrontDouble()
+    [challenge] = server.receive(client.invite(0, NOW), client.rtp_source, 5060, NOW)
+    signed = client.invite(0, NOW, client.challenged(challenge.data, 0))
+    [admit] = server.receive(signed, client.rtp_source, 5060, NOW)
+    assert server.receive(signed, client.rtp_source, 5060, NOW + 5) == []
+    assert server.refusals == {} and server.throttle.blocked_for("127.0.0.2", NOW + 5) == 0
+    [ok, _] = sends(server.admitted(admit.client, NOW + 6))
+    assert parse(ok.data).status == 200
+
+
 def test_an_unknown_keyed_name_is_refused_with_403_before_any_challenge(server):
     client = SfrontDouble(passphrase="a wrong passphrase, long enough")
     actions = server.receive(client.invite(0, NOW), client.rtp_source, 5060, NOW)

@@ -363,8 +363,9 @@ class SessionServer:
             return [self._reply(message, source, port, refused[0], refused[1])]
         key = (source, call_id)
         leg = self.legs.get(key)
-        if leg is not None and leg.last_request == data and leg.last_reply is not None:
-            return [Send(leg.last_reply, source, port)]      # a resend we already answered
+        if leg is not None and leg.last_request == data:
+            # A resend: the answer we gave, or none yet while the bus decides.
+            return [] if leg.last_reply is None else [Send(leg.last_reply, source, port)]
         try:
             sdp = Sdp.parse(message.body)
             keyed = sdp.first("s")
@@ -407,7 +408,7 @@ class SessionServer:
                                      "t= is outside the freshness window")
         leg.nonce = None                # one use: a replayed resend cannot pass again
         self.throttle.succeeded(host)
-        leg.last_request = data
+        leg.last_request, leg.last_reply = data, None
         if rtpmap.encoding.lower() != sfront.PAYLOAD_NAME:
             return self._refuse_leg(message, leg, source, port, "unsupported_payload",
                                     488, "Not Acceptable Here")
