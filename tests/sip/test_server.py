@@ -206,6 +206,19 @@ def test_the_other_socket_of_a_refused_client_gets_the_same_answer_and_no_thrott
     assert server.refused_calls == {}
 
 
+def test_a_flood_of_invites_from_many_sockets_keeps_a_bounded_number_of_nonces(server):
+    from gateway.protocols.sip.server import MAX_PENDING_LEGS
+    first = SfrontDouble(port=2000, call_id=1)
+    [challenge] = server.receive(first.invite(0, NOW), first.rtp_source, 5060, NOW)
+    nonce = first.challenged(challenge.data, 0)
+    for number in range(MAX_PENDING_LEGS + 10):
+        flooder = SfrontDouble(host="127.0.0.3", port=10000 + number, call_id=10 + number)
+        server.receive(flooder.invite(0, NOW), flooder.rtp_source, 5060, NOW)
+    assert len(server.legs) == MAX_PENDING_LEGS
+    actions = server.receive(first.invite(0, NOW, nonce), first.rtp_source, 5060, NOW)
+    assert [drop.reason for drop in sends(actions, Drop)] == ["stale_nonce"]   # evicted first
+
+
 def test_a_client_whose_rtp_socket_never_completes_is_forgotten(server):
     client = SfrontDouble()
     handshake(server, client, 1)

@@ -448,7 +448,7 @@ class SessionServer:
     def _challenge(self, message, data, source, port, key, leg, now):
         if leg is None:
             if len(self.legs) >= MAX_PENDING_LEGS:
-                self._expire_oldest_leg()
+                del self.legs[next(iter(self.legs))]    # the oldest: dicts keep insertion order
             leg = self.legs[key] = _Leg(key[1], source, now)
         if leg.nonce is None:
             leg.nonce = sfront.digest(self.rng.getrandbits(128).to_bytes(16, "big"), b"nonce")
@@ -456,10 +456,6 @@ class SessionServer:
         leg.last_request = data
         return [self._store_reply(leg, message, source, port, 401, "Unauthorized",
                                   [("WWW-Authenticate", sfront.challenge(leg.nonce))])]
-
-    def _expire_oldest_leg(self):
-        oldest = min(self.legs, key=lambda key: self.legs[key].issued_at)
-        del self.legs[oldest]
 
     def _auth_failed(self, message, source, port, now, reason, detail):
         self.throttle.failed(source[0], now)
