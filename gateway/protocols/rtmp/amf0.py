@@ -161,6 +161,11 @@ class TypedObject(dict):
             return self.class_name == other.class_name and dict.__eq__(self, other)
         return dict.__eq__(self, other)
 
+    def __ne__(self, other):
+        # dict's own __ne__ would not consult the __eq__ above
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
     __hash__ = None
 
     def __repr__(self):
