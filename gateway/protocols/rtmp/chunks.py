@@ -300,7 +300,9 @@ class ChunkReader:
     the peer's acknowledgement window has passed. Set Chunk Size, Abort and
     Window Acknowledgement Size take effect here; the others are the
     caller's to act on. Raises only :class:`ChunkError`; after one, the
-    reader stays broken.
+    reader stays broken, and messages completed earlier in the same call are
+    not returned (the connection is being closed anyway). Unparsed input held
+    between calls is at most one chunk (header + chunk size octets).
     """
 
     def __init__(self, max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
