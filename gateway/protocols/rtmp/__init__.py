@@ -1,1 +1,1 @@
-"""RTMP door: handshake, chunk stream, AMF0 and the MIDI-over-RTMP service."""
+"""RTMP door: RTMP clients (ffmpeg, OBS, rtmpdump, librtmp) in sessions, MIDI as AMF0 data."""
