@@ -86,14 +86,6 @@ class Gateway:
         return list(self.server_port.sent) + list(self.bridge_port.sent)
 
 
-@pytest.fixture
-def gateway():
-    gateway = Gateway()
-    yield gateway
-    if gateway.door.running:
-        gateway.door.stopService()
-
-
 def refusing(source, refusal):
     return lambda request: refusal if request.source == source[0] else None
 

@@ -68,14 +68,6 @@ class Gateway:
         return sent
 
 
-@pytest.fixture
-def gateway():
-    gateway = Gateway()
-    yield gateway
-    if gateway.door.running:
-        gateway.door.stopService()
-
-
 def commands(data):
     return [applemidi.parse_control(datagram).command for datagram in data]
 

@@ -83,14 +83,6 @@ class Gateway:
         return messages
 
 
-@pytest.fixture
-def gateway():
-    gateway = Gateway()
-    yield gateway
-    if gateway.door.running:
-        gateway.door.stopService()
-
-
 def test_a_verified_client_joins_as_verified_with_its_login_at_host(gateway):
     client = gateway.client(login="ann")
     gateway.handshake(client)
