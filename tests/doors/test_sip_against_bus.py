@@ -204,12 +204,16 @@ def test_stopping_says_bye_to_every_client_and_leaves(gateway):
     assert membership.left == ["shutdown"]
 
 
-def test_status_shows_clients_packets_and_refusals(gateway):
+def one_packet_played_and_one_stranger_refused(gateway):
     client = gateway.client()
     gateway.joined(client)
     gateway.inject(MEDIA, client.rtp([(0, b"\x90\x3c\x64")]), client.rtp_source)
     stranger = gateway.client(port=5010, call_id=1, passphrase="wrong wrong wrong wrong")
     gateway.inject(5060, stranger.invite(0, NOW), stranger.rtp_source)
+
+
+def test_status_shows_clients_packets_and_refusals(gateway):
+    one_packet_played_and_one_stranger_refused(gateway)
     status = gateway.door.status()
     assert status["clients"] == 1 and status["packets_verified"] == 1
     assert status["refused"] == {"unknown_session": 1}
@@ -217,11 +221,7 @@ def test_status_shows_clients_packets_and_refusals(gateway):
 
 
 def test_metrics_show_members_packets_verified_and_refusals(gateway):
-    client = gateway.client()
-    gateway.joined(client)
-    gateway.inject(MEDIA, client.rtp([(0, b"\x90\x3c\x64")]), client.rtp_source)
-    stranger = gateway.client(port=5010, call_id=1, passphrase="wrong wrong wrong wrong")
-    gateway.inject(5060, stranger.invite(0, NOW), stranger.rtp_source)
+    one_packet_played_and_one_stranger_refused(gateway)
     samples = {(family.name, tuple(sorted(sample.labels.items()))): sample.value
                for family in metrics.SipCollector(gateway.door).collect()
                for sample in family.samples}
