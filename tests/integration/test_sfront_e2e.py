@@ -99,12 +99,33 @@ async def collect(client, seconds):
     return heard
 
 
-async def play_melody(client, channel=0):
+async def play_melody(client, chord=(0,)):
+    """MELODY on channel 1, each note with the notes ``chord`` semitones above it."""
     for note in MELODY:
-        client.send_midi([0x90 | channel, note, 100])
+        for offset in chord:
+            client.send_midi([0x90, note + offset, 100])
         await asyncio.sleep(0.25)
-        client.send_midi([0x80 | channel, note, 0])
+        for offset in chord:
+            client.send_midi([0x80, note + offset, 0])
         await asyncio.sleep(0.25)
+
+
+def melody_heard(ns, gateway, program, workdir, chord=(0,)):
+    """A listening client runs ``program``; 3 s after it started, a browser member plays
+    the melody. Returns the client and when the melody began and ended on its clock."""
+    async def scenario():
+        browser = await member(gateway)
+        client = peer.run_client(ns, program, workdir)
+        started = time.monotonic()
+        with client:
+            await wait_line(client, IN)
+            await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
+            begun = time.monotonic() - started
+            await play_melody(browser, chord)
+            ended = time.monotonic() - started
+            await asyncio.get_running_loop().run_in_executor(None, client.wait, 30)
+        return client, begun, ended
+    return in_namespace(ns, scenario)
 
 
 async def wait_line(client, pattern, timeout=15):
@@ -168,19 +189,7 @@ def test_a_streaming_clients_bach_reaches_a_websocket_member_in_order(tmp_path):
 def test_a_websocket_melody_sounds_in_a_listening_clients_wav_and_nothing_else(tmp_path):
     program = peer.build_client("organ", *DEMO, *SIP, seconds=10)
     with jam(tmp_path, "listen") as (ns, gateway):
-        async def scenario():
-            browser = await member(gateway)
-            client = peer.run_client(ns, program, tmp_path)
-            started = time.monotonic()
-            with client:
-                await wait_line(client, IN)
-                await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
-                begun = time.monotonic() - started
-                await play_melody(browser)
-                ended = time.monotonic() - started
-                await asyncio.get_running_loop().run_in_executor(None, client.wait, 30)
-            return client, begun, ended
-        client, begun, ended = in_namespace(ns, scenario)
+        client, begun, ended = melody_heard(ns, gateway, program, tmp_path)
     peaks = peer.wav_peaks(client.wav)
     print(f"melody from {begun:.2f} s to {ended:.2f} s; WAV peaks per 0.5 s: {peaks}")
     peer.assert_sound_between(peaks, begun, ended, margin=1.5)
@@ -270,27 +279,8 @@ def test_loss_towards_a_listening_client_leaves_no_note_sounding(tmp_path):
     program = peer.build_client("organ", *DEMO, *SIP, seconds=12)
     with jam(tmp_path, "lossout") as (ns, gateway):
         drop_every_tenth(ns, "-s", MEDIA_HOST, "--sport", str(DEMO_MEDIA))
-
-        async def scenario():
-            browser = await member(gateway)
-            client = peer.run_client(ns, program, tmp_path)
-            started = time.monotonic()
-            with client:
-                await wait_line(client, IN)
-                await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
-                begun = time.monotonic() - started
-                # Chords of three, so that a lost packet takes several notes with it.
-                for note in MELODY:
-                    for offset in (0, 4, 7):
-                        browser.send_midi([0x90, note + offset, 100])
-                    await asyncio.sleep(0.25)
-                    for offset in (0, 4, 7):
-                        browser.send_midi([0x80, note + offset, 0])
-                    await asyncio.sleep(0.25)
-                ended = time.monotonic() - started
-                await asyncio.get_running_loop().run_in_executor(None, client.wait, 30)
-            return client, begun, ended
-        client, begun, ended = in_namespace(ns, scenario)
+        # Chords of three, so that a lost packet takes several notes with it.
+        client, begun, ended = melody_heard(ns, gateway, program, tmp_path, chord=(0, 4, 7))
         dropped = dropped_by_iptables(ns)
     peaks = peer.wav_peaks(client.wav)
     print(f"{dropped} packets dropped; melody {begun:.2f}-{ended:.2f} s; peaks {peaks}")
