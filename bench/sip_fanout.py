@@ -175,7 +175,8 @@ class SfrontClient:
         # sfront's Call-ID is its SSRC variable, a random unsigned long; RTCP's is one more.
         self.double = SfrontDouble(session, PASSPHRASE, self.host, port, rng.getrandbits(63),
                                    (SIP_HOST, sip_port), f"player{index}", rate=CLOCK_RATE)
-        self.key = self.double.key
+        # Kept per client: sfront.sign/verified prepare a new Signer on every call.
+        self.signer = sfront.Signer(self.double.key)
         self.legs = [Leg(0, self.rtp, (SIP_HOST, sip_port)),
                      Leg(1, self.rtcp, (SIP_HOST, sip_port + 1))]
         self.rtcp_to = None             # the gateway's member's RTCP address, from its INVITE
@@ -285,7 +286,7 @@ class SfrontClient:
                                    ticks=ticks, marker=True, payload_type=PAYLOAD_TYPE)
         self.sequence = (self.sequence + count) & 0xFFFF
         self.timestamp = (self.timestamp + count * ticks) & _U32
-        return [sfront.sign(self.key, packet) for packet in packets]
+        return [self.signer.sign(packet) for packet in packets]
 
     def close(self):
         """What sfront does on exit: a signed RR + BYE to the member, SIP BYE from both sockets."""
@@ -397,8 +398,6 @@ def sip_step(groups, forwarded_rate, seconds, server_pid, grace, verify_every):
     sources = [(sender.rtp, sender.media_to,
                 sender.build_packets(per_sender, input_rate / len(senders)))
                for sender in senders]
-    verified = sfront.verified
-
     def classify(receiver, view, size):
         if view[0] & 0xC0 != 0x80:
             return None                         # SIP on the RTP socket
@@ -408,7 +407,7 @@ def sip_step(groups, forwarded_rate, seconds, server_pid, grace, verify_every):
         receiver.counted += 1
         if receiver.counted % verify_every == 0:
             receiver.checked += 1
-            if view[1] != MARKER_AND_PT or verified(receiver.key, bytes(view[:size])) is None:
+            if view[1] != MARKER_AND_PT or receiver.signer.verified(bytes(view[:size])) is None:
                 receiver.bad += 1
                 return None
         return receiver.sender, None
