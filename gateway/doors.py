@@ -26,6 +26,7 @@ DOORS = {
     "oscgroups": Door("gateway.protocols.oscgroups.config", "gateway.protocols.oscgroups.door"),
     "rtpmidi": Door("gateway.protocols.rtpmidi.config", "gateway.protocols.rtpmidi.door"),
     "sip": Door("gateway.protocols.sip.config", "gateway.protocols.sip.door"),
+    "rtmp": Door("gateway.protocols.rtmp.config", "gateway.protocols.rtmp.door"),
 }
 
 

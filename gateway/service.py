@@ -8,7 +8,7 @@ from twisted.web import server
 
 from gateway import doors, log as gatewaylog
 from gateway.bus.local import DropCounters, LocalBus
-from gateway.web.site import build_root
+from gateway.web.site import access_log_line, build_root
 
 
 class GatewayContext:
@@ -23,6 +23,16 @@ class GatewayContext:
         self.doors = {}
         self.web_root = None
         self.metrics = None
+        self._tls_options = None
+
+    def tls_options(self):
+        """The web site's certificate as Twisted TLS options (web.tls); rtmps uses it too."""
+        if self._tls_options is None:
+            tls = self.config.web.tls
+            with open(tls.certificate, "rb") as cert, open(tls.key, "rb") as key:
+                self._tls_options = ssl.PrivateCertificate.loadPEM(
+                    cert.read() + b"\n" + key.read()).options()
+        return self._tls_options
 
     def status(self):
         body = self.bus.snapshot()
@@ -67,9 +77,7 @@ def _web_service(context, site):
     web = context.config.web
     if web.tls is None:
         return internet.TCPServer(web.port, site, interface=web.host, reactor=context.reactor)
-    with open(web.tls.certificate, "rb") as cert, open(web.tls.key, "rb") as key:
-        options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
-    return internet.SSLServer(web.port, site, options, interface=web.host,
+    return internet.SSLServer(web.port, site, context.tls_options(), interface=web.host,
                               reactor=context.reactor)
 
 
@@ -86,7 +94,7 @@ def make_gateway(config, reactor):
         context.doors[name] = door
         door.setServiceParent(gateway)
     if config.web.enabled:
-        site = server.Site(context.web_root)
+        site = server.Site(context.web_root, logFormatter=access_log_line)
         site.displayTracebacks = False
         web = _web_service(context, site)
         web.setName("web")

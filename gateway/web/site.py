@@ -2,17 +2,24 @@
 
 import json
 import os
+import re
 import time
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.twisted import MetricsResource
-from twisted.web import resource, static
+from twisted.web import http, resource, static
 
 import gateway
 from gateway import build
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+_QUERY = re.compile(r'\?[^\s"]*')
+
+
+def access_log_line(timestamp, request):
+    """Twisted's combined log line without query strings: they may carry a passphrase."""
+    return _QUERY.sub("?-", http.combinedLogFormatter(timestamp, request))
 
 
 class StatusResource(resource.Resource):
