@@ -89,8 +89,6 @@ class RtmpPlayer:
 class RtmpConnection(_QueuedSink, protocol.Protocol):
     """One RTMP client connection; its member in the session once it joined."""
 
-    door = DOOR
-
     def __init__(self, rtmp_door):
         self.door = rtmp_door
         self.core = None

@@ -1,0 +1,265 @@
+"""The RTMP door's adapter against a recording bus: fan-outs with members that misbehave.
+
+Connections are the door's own protocol objects on Twisted's StringTransport
+(which keeps what is written and lets the test pause a producer), the clock
+a MemoryReactorClock; the bus is tests/bus/recording.py's, answering as the
+test says. Real clients against a real twistd are in
+tests/integration/test_rtmp_e2e.py.
+"""
+
+import types
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.resource import Resource
+from zope.interface.verify import verifyObject
+
+from gateway.bus.local import DropCounters
+from gateway.bus.values import RosterEntry
+from gateway.config import parse
+from gateway.interfaces import IMember
+from gateway.midi import MidiEvent
+from gateway.protocols.rtmp import amf0, door as rtmpdoor
+from gateway.protocols.rtmp.chunks import (
+    AUDIO, COMMAND_AMF0, DATA_AMF0, VIDEO, ChunkReader, ChunkWriter, Message)
+from gateway.protocols.rtmp.handshake import PACKET_SIZE
+from tests.bus.recording import RecordingBus
+
+PASSPHRASE = "play along with netgateway demo"
+ALICE = RosterEntry(7, "alice", "websocket")
+AAC_HEADER = b"\xaf\x00\x12\x10"
+
+
+class TcpTransport(StringTransport):
+    """A StringTransport with the TCP option the door sets."""
+
+    def setTcpNoDelay(self, enabled):
+        self.no_delay = enabled
+
+
+class Gateway:
+    def __init__(self, rtmp=None):
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_800_000_000.0)
+        self.bus = RecordingBus()
+        config = parse({"sessions": [{"name": "demo", "passphrase": PASSPHRASE}],
+                        "rtmp": {"player_queue_bytes": 32 * 1024, "slow_player_seconds": 2.0,
+                                 **(rtmp or {})}})
+        self.drops = DropCounters()
+        context = types.SimpleNamespace(config=config, reactor=self.reactor, bus=self.bus,
+                                        drops=self.drops, metrics=None, web_root=Resource())
+        self.door = rtmpdoor.make_service(config.doors["rtmp"], context)
+        self.door.startService()
+
+    def client(self, name, path="demo"):
+        client = Client(self, name)
+        client.connect(path)
+        return client
+
+
+class Client:
+    """One connection of the door, driven with the test's bytes."""
+
+    def __init__(self, gateway, name):
+        self.gateway = gateway
+        self.name = name
+        self.protocol = rtmpdoor.RtmpFactory(gateway.door).buildProtocol(None)
+        self.transport = TcpTransport(peerAddress=types.SimpleNamespace(
+            host="127.0.0.1", port=40000 + len(gateway.door.connections)))
+        self.protocol.makeConnection(self.transport)
+        self.writer = ChunkWriter()
+        self.reader = ChunkReader()
+        self.protocol.dataReceived(b"\x03" + bytes(PACKET_SIZE) + bytes(PACKET_SIZE))
+        self.transport.clear()      # S0 S1 S2
+        self.membership = None
+
+    def send(self, message):
+        self.protocol.dataReceived(self.writer.write(message))
+
+    def command(self, name, transaction, *values, stream_id=0):
+        self.send(Message(COMMAND_AMF0, stream_id, 0,
+                          amf0.encode(name, float(transaction), *values)))
+
+    def connect(self, path):
+        self.command("connect", 1, {"app": f"jam/{path}"}, PASSPHRASE, self.name)
+        (pending,) = self.gateway.bus.pending(self.name)
+        self.membership = pending.accept()
+        self.command("createStream", 2, None)
+
+    def received(self):
+        """Messages written to this client since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        return [event for event in self.reader.receive(data) if isinstance(event, Message)]
+
+
+def publisher(gateway, name="pub"):
+    client = gateway.client(name)
+    client.command("publish", 3, None, "live", "live", stream_id=1)
+    client.send(Message(AUDIO, 1, 0, AAC_HEADER))
+    return client
+
+
+def player(gateway, name, stream="live"):
+    client = gateway.client(name)
+    client.command("play", 3, None, stream, stream_id=1)
+    client.received()
+    return client
+
+
+def audio(timestamp, size=400):
+    return Message(AUDIO, 1, timestamp, b"\xaf\x01" + bytes(size))
+
+
+def test_an_rtmp_connection_is_a_bus_member():
+    gateway = Gateway()
+    client = gateway.client("alice")
+    assert verifyObject(IMember, client.protocol)
+    (request,) = [join.request for join in gateway.bus.joins]
+    assert (request.session, request.name, request.door, request.source) == (
+        "demo", "alice", "rtmp", "127.0.0.1")
+    assert request.credential.passphrase == PASSPHRASE
+
+
+def test_a_late_player_gets_the_sequence_header_first_then_every_frame():
+    gateway = Gateway()
+    source = publisher(gateway)
+    source.send(audio(23))
+    late = player(gateway, "late")
+    assert late.protocol.playing      # registered; its first messages were the headers
+    source.send(audio(46))
+    (frame,) = late.received()
+    assert (frame.type_id, frame.timestamp) == (AUDIO, 46)
+
+
+def test_a_player_that_disconnects_inside_the_fan_out_does_not_make_others_miss_the_frame():
+    gateway = Gateway()
+    source = publisher(gateway)
+    players = [player(gateway, f"p{index}") for index in range(3)]
+    first, second, third = players
+    original = first.transport.write
+
+    def write_and_kill_second(data):
+        original(data)
+        second.protocol.connectionLost(None)
+    first.transport.write = write_and_kill_second
+    source.send(audio(23))
+    assert [message.timestamp for message in first.received()] == [23]
+    assert [message.timestamp for message in third.received()] == [23]
+    assert second.received() == []
+    assert second.membership.left == ["disconnected"]
+    source.send(audio(46))
+    assert [message.timestamp for message in third.received()] == [46]
+
+
+def test_a_stalled_player_queues_drops_video_first_and_is_disconnected_others_get_all():
+    gateway = Gateway()
+    source = publisher(gateway)
+    source.send(Message(VIDEO, 1, 0, b"\x17\x00" + bytes(20)))
+    stalled, healthy = player(gateway, "stalled"), player(gateway, "healthy")
+    stalled.protocol.pauseProducing()
+    timestamps = []
+    for step in range(40):
+        timestamp = 40 * step
+        video = b"\x17\x01" if step % 10 == 0 else b"\x27\x01"
+        source.send(Message(VIDEO, 1, timestamp, video + bytes(3000)))
+        source.send(audio(timestamp + 1))
+        timestamps += [timestamp, timestamp + 1]
+    assert [message.timestamp for message in healthy.received()] == timestamps
+    assert stalled.transport.value() == b""
+    assert gateway.drops.get("rtmp", "frame_dropped") > 0
+    queue = stalled.protocol.queue
+    assert queue.dropped["video"] > 0 and queue.dropped["audio"] == 0
+    assert queue.queued_bytes <= 32 * 1024
+    gateway.reactor.advance(2.5)
+    source.send(audio(2000))
+    assert gateway.drops.get("rtmp", "slow_player") == 1
+    assert stalled.transport.disconnecting and stalled.membership.left == ["too slow"]
+    assert [message.timestamp for message in healthy.received()] == [2000]
+
+
+def test_a_paused_player_that_resumes_gets_what_was_queued_in_order():
+    gateway = Gateway()
+    source = publisher(gateway)
+    listener = player(gateway, "listener")
+    listener.protocol.pauseProducing()
+    for timestamp in (23, 46, 69):
+        source.send(audio(timestamp))
+    assert listener.received() == []
+    listener.protocol.resumeProducing()
+    assert [message.timestamp for message in listener.received()] == [23, 46, 69]
+
+
+def test_session_midi_reaches_midi_stream_players_as_on_midi_once_encoded():
+    gateway = Gateway()
+    listeners = [player(gateway, f"m{index}", stream="midi") for index in range(2)]
+    audio_only = player(gateway, "audio")
+    delivery = gateway.bus.fan_out([MidiEvent(b"\x90\x3c\x64", gateway.reactor.seconds())],
+                                   ALICE)
+    for client in listeners:
+        (message,) = client.received()
+        assert message.type_id == DATA_AMF0
+        assert amf0.decode_all(message.payload) == ["onMidi", {
+            "bytes": [144.0, 60.0, 100.0], "hex": "903c64", "from": "alice", "member": 7.0}]
+    assert audio_only.received() == []
+    assert list(delivery._memo) == [("rtmp", "onMidi")]
+
+
+def test_onmidi_from_a_publisher_is_published_to_the_bus():
+    gateway = Gateway()
+    source = publisher(gateway)
+    source.send(Message(DATA_AMF0, 1, 10, amf0.encode("onMidi", {"hex": "903c64"})))
+    source.command("midi", 9, None, [128, 60, 0])
+    assert source.membership.published_data == [b"\x90\x3c\x64", b"\x80\x3c\x00"]
+
+
+def test_second_publisher_is_refused_and_counted_and_the_first_keeps_publishing():
+    gateway = Gateway()
+    first = publisher(gateway, "first")
+    second = gateway.client("second")
+    second.command("publish", 3, None, "live", "live", stream_id=1)
+    codes = [amf0.decode_all(m.payload)[3]["code"] for m in second.received()
+             if m.type_id == COMMAND_AMF0 and amf0.decode_all(m.payload)[0] == "onStatus"]
+    assert codes == ["NetStream.Publish.BadName"]
+    assert gateway.door.status()["refused_publishers"] == 1
+    listener = player(gateway, "listener")
+    first.send(audio(23))
+    assert [message.timestamp for message in listener.received()] == [23]
+
+
+def test_publisher_leaving_tells_players_and_the_next_publisher_is_heard():
+    gateway = Gateway()
+    source = publisher(gateway)
+    listener = player(gateway, "listener")
+    source.protocol.connectionLost(None)
+    codes = [amf0.decode_all(m.payload)[3]["code"] for m in listener.received()
+             if m.type_id == COMMAND_AMF0]
+    assert codes == ["NetStream.Play.UnpublishNotify"]
+    again = publisher(gateway, "again")
+    again.send(audio(5))
+    kinds = [(m.type_id, m.timestamp) for m in listener.received()]
+    assert kinds[-2:] == [(AUDIO, 0), (AUDIO, 5)]     # its sequence header, then its audio
+
+
+def test_the_bus_kicking_a_member_says_play_stop_and_closes():
+    gateway = Gateway()
+    listener = player(gateway, "listener")
+    gateway.bus.kick(listener.membership, "idle")
+    (stop,) = listener.received()
+    assert amf0.decode_all(stop.payload)[3]["code"] == "NetStream.Play.Stop"
+    assert listener.transport.disconnecting
+
+
+@pytest.mark.parametrize("garbage", [b"\x06" + bytes(100), b"\x03" + bytes(3072) + b"\xff" * 64])
+def test_garbage_closes_that_connection_only_and_is_counted(garbage):
+    gateway = Gateway()
+    source = publisher(gateway)
+    listener = player(gateway, "listener")
+    bad = rtmpdoor.RtmpConnection(gateway.door)
+    transport = TcpTransport()
+    bad.makeConnection(transport)
+    bad.dataReceived(garbage)
+    assert transport.disconnecting
+    assert sum(count for (door, _), count in gateway.drops.items() if door == "rtmp") >= 1
+    source.send(audio(23))
+    assert [message.timestamp for message in listener.received()] == [23]
