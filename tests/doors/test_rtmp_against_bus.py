@@ -10,6 +10,7 @@ tests/integration/test_rtmp_e2e.py.
 import types
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
@@ -23,6 +24,7 @@ from gateway.protocols.rtmp import amf0, door as rtmpdoor
 from gateway.protocols.rtmp.chunks import (
     AUDIO, COMMAND_AMF0, DATA_AMF0, VIDEO, ChunkReader, ChunkWriter, Message)
 from gateway.protocols.rtmp.handshake import PACKET_SIZE
+from gateway.protocols.rtmp.metrics import RtmpCollector
 from tests.bus.recording import RecordingBus
 
 PASSPHRASE = "play along with netgateway demo"
@@ -263,3 +265,24 @@ def test_garbage_closes_that_connection_only_and_is_counted(garbage):
     assert sum(count for (door, _), count in gateway.drops.items() if door == "rtmp") >= 1
     source.send(audio(23))
     assert [message.timestamp for message in listener.received()] == [23]
+
+
+def test_status_and_metrics_show_connections_streams_players_and_refusals():
+    gateway = Gateway()
+    first = publisher(gateway, "first")
+    player(gateway, "listener")
+    gateway.client("second").command("publish", 3, None, "live", "live", stream_id=1)
+    first.send(audio(23))
+    status = gateway.door.status()
+    assert status["connections"] == 3 and status["frames_relayed"] == 2
+    (stream,) = status["streams"]
+    assert stream == {"session": "demo", "stream": "live", "publishing": True, "players": 1,
+                      "frames_in": 2, "bytes_in": 4 + 402, "audio_header": True,
+                      "video_header": False, "metadata": False}
+    registry = CollectorRegistry()
+    registry.register(RtmpCollector(gateway.door))
+    text = generate_latest(registry).decode()
+    assert "netgateway_rtmp_connections 3.0" in text
+    assert 'netgateway_rtmp_stream_players{session="demo",stream="live"} 1.0' in text
+    assert "netgateway_rtmp_publish_refused_total 1.0" in text
+    assert "netgateway_rtmp_frames_relayed_total 2.0" in text
