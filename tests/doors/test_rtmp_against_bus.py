@@ -175,9 +175,10 @@ def test_a_stalled_player_queues_drops_video_first_and_is_disconnected_others_ge
     assert queue.queued_bytes <= 32 * 1024
     gateway.reactor.advance(2.5)
     source.send(audio(2000))
+    source.send(audio(2023))                # disconnecting: not counted again
     assert gateway.drops.get("rtmp", "slow_player") == 1
     assert stalled.transport.disconnecting and stalled.membership.left == ["too slow"]
-    assert [message.timestamp for message in healthy.received()] == [2000]
+    assert [message.timestamp for message in healthy.received()] == [2000, 2023]
 
 
 def test_a_paused_player_that_resumes_gets_what_was_queued_in_order():

@@ -43,13 +43,18 @@ class _QueuedSink:
 
     queue = None
     door = None
+    gone = False        # closed, or being closed: nothing more is written
 
     def write_frame(self, frame, data, now):
+        if self.gone:
+            return
         queue = self.queue
         if not queue.paused:
             self.write(data)
             return
         if queue.behind(now):
+            self.gone = True
+            queue.clear()
             self.door.drop(self.peer, "slow_player", f"socket full for more than"
                                                      f" {queue.max_behind_seconds:g} s")
             self.too_slow()
@@ -98,7 +103,6 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         self.playing = {}           # stream id -> (LiveStream, RtmpPlayer)
         self.queue = PlayerQueue(rtmp_door.config.player_queue_bytes,
                                  rtmp_door.config.slow_player_seconds)
-        self._closed = False
 
     # Protocol ------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         self.carry_out(self.core.receive(data, self.door.reactor.seconds()))
 
     def connectionLost(self, reason=None):
-        self._closed = True
+        self.gone = True
         self.door.connections.discard(self)
         self.queue.clear()
         for stream_id in list(self.publishing) + list(self.playing):
@@ -132,7 +136,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
             membership.leave("disconnected")
 
     def write(self, data):
-        if data and not self._closed:
+        if data and not self.gone:
             self.transport.write(data)
 
     def too_slow(self):
@@ -161,7 +165,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         joining.addErrback(lambda failure: self.door.log.failure("rtmp: join failed", failure))
 
     def _joined(self, membership):
-        if self._closed:
+        if self.gone:
             membership.leave("disconnected while joining")
             return
         self.membership = membership
@@ -169,7 +173,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
 
     def _refused(self, failure):
         failure.trap(JoinRefused)
-        if not self._closed:
+        if not self.gone:
             self.carry_out(self.core.refused(failure.value.message, failure.value.reason))
 
     def _publish(self, action):
