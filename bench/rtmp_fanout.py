@@ -17,9 +17,9 @@ passed, a window of ``--window`` seconds is measured:
 - frames per player: the audio messages each player got in the window,
   min/median/max, against the publisher's rate x the window ("every frame":
   the fewest any player got is within 2 frames + 0.5% of that, no gaps, no
-  closes); gaps: an audio timestamp more than ``--gap-factor`` x the median
-  frame interval after the previous one; the longest any player waited
-  between two audio messages;
+  closes); gaps: an audio timestamp more than ``--gap-factor`` (1.5) x the
+  median frame interval after the previous one, or before it; "max wait": the
+  longest any player waited between two audio messages;
 - the player program's own CPU over the window, to show that the load
   generator is not the bottleneck.
 
@@ -75,6 +75,7 @@ READY_GRACE = 30.0                 # beyond N / rate, for every player to be pla
 PUBLISH_WAIT = 20.0                # for the publisher's stream to reach a probe player
 FRAME_SLACK = 2                    # frames a player may miss at the window's edges
 FRAME_SLACK_SHARE = 0.005
+GAP_FACTOR = 1.5                   # ffmpeg's AAC steps are 23/24 ms, across -stream_loop too
 
 
 class Target(typing.NamedTuple):
@@ -136,9 +137,9 @@ def build_player(directory):
 class Players:
     """One rtmp_player process: N players of ``url``; its JSON lines read with timeouts."""
 
-    def __init__(self, program, url, count, rate, conn_args=(), gap_factor=3.0):
+    def __init__(self, program, url, count, rate, conn_args=(), gap_factor=GAP_FACTOR, lowat=0):
         command = [program, "-n", str(count), "--rate", str(rate),
-                   "--gap-factor", str(gap_factor)]
+                   "--gap-factor", str(gap_factor), "--lowat", str(lowat)]
         for arg in conn_args:
             command += ["--conn-arg", arg]
         command.append(url)
@@ -241,7 +242,7 @@ def measure_step(program, target, count, args):
     try:
         if count:
             players = Players(program, target.url, count, args.rate, target.conn_args,
-                              args.gap_factor)
+                              args.gap_factor, args.lowat)
             ready = players.line("ready", count / args.rate + READY_GRACE)
             if ready is None:
                 print(f"  warning: not every one of {count} players was playing within"
@@ -300,15 +301,21 @@ def slope(points):
             / sum((x - mean_x) ** 2 for x, _ in points))
 
 
-def every_frame(report, fps, count):
-    """True when each of the ``count`` players got the publisher's every frame in the window."""
+def every_frame(report, fps, count, lowat=0):
+    """True when each of the ``count`` players got the publisher's every frame in the window.
+
+    With ``lowat`` a player reads in bursts of that many bytes, so as many
+    more frames may fall on the far side of the window's edges.
+    """
     expected = fps * report["window_s"]
+    frame_bytes = report["window_bytes"] / report["window_audio"] if report["window_audio"] else 1
+    slack = FRAME_SLACK + 2 * lowat / frame_bytes
     return (report["window_players"] == count and report["closed_in_window"] == 0
-            and report["gaps"] == 0
-            and report["audio_min"] >= expected * (1 - FRAME_SLACK_SHARE) - FRAME_SLACK)
+            and report["gaps"] == 0 and report["backwards"] == 0
+            and report["audio_min"] >= expected * (1 - FRAME_SLACK_SHARE) - slack)
 
 
-def summarise(runs, fps):
+def summarise(runs, fps, lowat=0):
     """Medians over runs, per N: {N: {...}}, and the CPU slope (share of a core per player)."""
     counts = sorted(runs[0])
     summary = {}
@@ -325,11 +332,11 @@ def summarise(runs, fps):
                 frames_median=statistics.median(r["audio_median"] for r in reports),
                 frames_max=max(r["audio_max"] for r in reports),
                 expected=statistics.median(fps * r["window_s"] for r in reports),
-                gaps=sum(r["gaps"] for r in reports),
+                gaps=sum(r["gaps"] + r["backwards"] for r in reports),
                 closes=sum(r["closed_in_window"] + r["failed"] for r in reports),
                 playing=min(r["window_players"] for r in reports),
                 max_gap_ms=max(r["max_arrival_gap_ms"] for r in reports),
-                all_frames=all(every_frame(r, fps, count) for r in reports)
+                all_frames=all(every_frame(r, fps, count, lowat) for r in reports)
                 and len(reports) == len(steps))
         summary[count] = row
     base = summary.get(0, {}).get("cpu")
@@ -386,8 +393,13 @@ def main():
     parser.add_argument("--rate", type=float, default=RATE, help="new connections per second")
     parser.add_argument("--runs", type=int, default=None,
                         help=f"medians over this many runs (default {RUNS}; 1 with --quick)")
-    parser.add_argument("--gap-factor", type=float, default=3.0,
-                        help="a timestamp step above this x the median frame interval is a gap")
+    parser.add_argument("--gap-factor", type=float, default=GAP_FACTOR,
+                        help="a timestamp step above this x the median frame interval is a gap"
+                             f" (default {GAP_FACTOR:g}: one lost AAC frame is a 46 ms step)")
+    parser.add_argument("--lowat", type=int, default=0, metavar="BYTES",
+                        help="players wake only when BYTES are waiting (SO_RCVLOWAT): cheaper"
+                             " players, fewer ACKs for the server, coarser 'max wait'"
+                             " (default 0: off)")
     parser.add_argument("--quick", action="store_true",
                         help="one short run of fewer players: checks that the bench works")
     add_source_argument(parser)   # for the gateway target (benchlib.start_gateway)
@@ -419,7 +431,7 @@ def main():
         shutil.rmtree(build, ignore_errors=True)
     results = {}
     for name in targets:
-        results[name] = summarise(runs_by_target[name], fps)
+        results[name] = summarise(runs_by_target[name], fps, args.lowat)
         print_target(name, *results[name], fps)
     baseline = targets[0]
     for name in targets[1:]:
