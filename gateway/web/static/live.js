@@ -8,7 +8,8 @@
 export const MPEGTS_VERSION = '1.8.2';
 const MPEGTS_SRC = new URL('./vendor/mpegts.js', import.meta.url).href;
 export const DEFAULT_STREAM = 'live';
-const RETRY_MS = 3000;
+// Seconds before each new try while no one publishes or the stream cannot be reached.
+const RETRY_DELAYS_S = [3, 3, 5, 10];
 const TICK_MS = 250;
 // RMS above which a stream counts as sounding (a -40 dBFS signal is 0.01).
 const SIGNAL_RMS = 0.01;
@@ -120,6 +121,7 @@ export class LiveListener {
     this.retryTimer = null;
     this.tickTimer = null;
     this.gotMedia = false;
+    this.retries = 0;
     this.generation = 0; // bumped by every teardown, so a late start() knows it is stale
     this.timings = {};
 
@@ -186,6 +188,7 @@ export class LiveListener {
     this.stream = stream;
     this.remember('liveStream', stream === DEFAULT_STREAM ? null : stream);
     this.timings = { listen: performance.now() };
+    this.retries = 0;
     this.connectGraph();
     this.start();
   }
@@ -309,13 +312,17 @@ export class LiveListener {
     if (type === ErrorTypes.NETWORK_ERROR && detail === ErrorDetails.NETWORK_STATUS_CODE_INVALID) {
       if (code === 403) {
         this.fail('Wrong passphrase for this session’s stream.');
+      } else if (code === 429) {
+        this.fail('The gateway refuses this address for a while after wrong passphrases. Try again later.');
       } else if (code === 404) {
         this.retry(`No one is publishing “${this.stream}” in this session yet.`);
       } else {
         this.retry(`The gateway answered ${code}${info.msg ? ` ${info.msg}` : ''}.`);
       }
     } else if (type === ErrorTypes.NETWORK_ERROR) {
-      this.retry(this.gotMedia ? 'The stream broke off.' : 'Cannot reach the stream.');
+      // A WebSocket the gateway refuses (no one publishing, wrong passphrase) only fails.
+      const refused = this.url.startsWith('ws') ? ' (or the gateway refused it: no one publishing yet?)' : '';
+      this.retry(this.gotMedia ? 'The stream broke off.' : `Cannot reach the stream${refused}.`);
     } else if (detail === ErrorDetails.MEDIA_CODEC_UNSUPPORTED) {
       this.fail(`This browser cannot play the stream’s codec${info && info.msg ? ` (${info.msg})` : ''}.`);
     } else {
@@ -331,12 +338,14 @@ export class LiveListener {
   }
 
   retry(reason) {
+    this.retries = this.gotMedia ? 0 : this.retries + 1;
     this.teardown();
     if (!this.wanted) return;
+    const delay = RETRY_DELAYS_S[Math.min(Math.max(this.retries - 1, 0), RETRY_DELAYS_S.length - 1)];
     this.phase = 'waiting';
-    this.setStatus(`${reason} Trying again in ${RETRY_MS / 1000} s…`);
+    this.setStatus(`${reason} Trying again in ${delay} s…`);
     this.render();
-    this.retryTimer = setTimeout(() => this.start(), RETRY_MS);
+    this.retryTimer = setTimeout(() => this.start(), delay * 1000);
   }
 
   fail(text) {
