@@ -255,13 +255,21 @@ def test_a_websocket_listener_hanging_up_leaves_the_performer_publishing(
     assert "Unhandled Error" not in rtmp_gateway.log
 
 
-def test_page_waits_for_the_performer_and_follows_a_restart(open_live, performer):
-    jam = open_live().join("listener")
+# Over WebSocket the gateway can only refuse the upgrade, which the page sees as a failure.
+NO_ONE_PUBLISHING = {
+    "http": "No one is publishing “live” in this session yet.",
+    "websocket": "Cannot reach the stream (or the gateway refused it: no one publishing yet?).",
+}
+
+
+@pytest.mark.parametrize("transport", ["http", "websocket"])
+def test_page_waits_for_the_performer_and_follows_a_restart(open_live, performer, transport):
+    jam = open_live("?live_transport=websocket" if transport == "websocket" else "")
+    jam.join("listener")
     status = jam.page.locator("#live-status")
     click_listen(jam)
-    expect(status).to_contain_text("No one is publishing “live” in this session yet."
-                                   " Trying again in 3 s")
-    jam.screenshot("browser-live-waiting.png")
+    expect(status).to_contain_text(NO_ONE_PUBLISHING[transport] + " Trying again in 3 s")
+    jam.screenshot(f"browser-live-waiting-{transport}.png")
 
     performer.start()
     published = time.monotonic()
@@ -271,14 +279,14 @@ def test_page_waits_for_the_performer_and_follows_a_restart(open_live, performer
 
     performer.stop()
     expect(status).to_contain_text("“live” ended: the performer stopped publishing.")
-    expect(status).to_contain_text("No one is publishing “live”", timeout=WAIT_MS)
+    expect(status).to_contain_text(NO_ONE_PUBLISHING[transport], timeout=WAIT_MS)
     performer.start()
     restarted = time.monotonic()
     wait_playing(jam)
     replayed = time.monotonic() - restarted
     hears_the_sine(jam, seconds=3.0)
     # Both include the page's retry delay (3 s, then 3 or 5 s): it polls while no one publishes.
-    record_timings("gateway-restart", {
+    record_timings(f"gateway-restart-{transport}", {
         "publish_to_playing_s": round(waited, 3),
         "republish_to_playing_s": round(replayed, 3),
     })
