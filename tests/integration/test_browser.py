@@ -83,13 +83,13 @@ def browser_context(tmp_path):
 class JamPage:
     """One player's tab, with the console errors it logged."""
 
-    def __init__(self, context, gateway):
+    def __init__(self, context, gateway, query=""):
         self.page = context.new_page()
         self.console_errors = []
         self.page.on("console", lambda message: message.type == "error"
                      and self.console_errors.append(message.text))
         self.page.on("pageerror", lambda error: self.console_errors.append(str(error)))
-        self.page.goto(gateway.web_url + "/")
+        self.page.goto(gateway.web_url + "/" + query)
 
     def fill_form(self, name, session, passphrase):
         self.page.fill("#session", session)

@@ -57,9 +57,10 @@ def test_installed_package_carries_its_data(installed):
     python = str(installed / "bin" / "python")
     script = ("import os, gateway.tap, gateway.web.site as s;"
               "print(os.path.exists(gateway.tap.DEFAULT_CONFIG),"
-              " os.path.exists(os.path.join(s.STATIC_DIR, 'index.html')))")
+              " os.path.exists(os.path.join(s.STATIC_DIR, 'index.html')),"
+              " os.path.exists(os.path.join(s.STATIC_DIR, 'vendor', 'mpegts.js')))")
     result = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd="/")
-    assert result.stdout.split() == ["True", "True"]
+    assert result.stdout.split() == ["True", "True", "True"]
 
 
 def test_plugin_cache_was_regenerated(installed):

@@ -1,5 +1,8 @@
 // The netgateway jam page: joins a session over the gateway's WebSocket door and plays
-// notes with an on-screen keyboard, the computer keyboard and Web MIDI devices.
+// notes with an on-screen keyboard, the computer keyboard and Web MIDI devices; live.js
+// plays the session's live audio stream beside them.
+
+import { LiveListener, liveStreamUrl } from './live.js';
 
 const NOTE_NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
 const SPOKEN_NOTE_NAMES = ['C', 'C sharp', 'D', 'D sharp', 'E', 'F', 'F sharp', 'G', 'G sharp', 'A', 'A sharp', 'B'];
@@ -77,6 +80,10 @@ let pingTimer = null;
 let nextPingId = 1;
 let retryTimer = null;
 let errorClearTimer = null;
+let live = null;
+// Debugging and tests only: ?live_url=URL replaces the gateway's live stream URL ({session}
+// and {stream} are filled in), ?live_transport=websocket takes FLV over WebSocket.
+const pageParams = new URLSearchParams(location.search);
 
 window.netgateway = {
   state,
@@ -263,6 +270,7 @@ function setPhase(phase) {
   $('#join').disabled = busy;
   $('#leave').disabled = !busy && !socket;
   $('#jam').hidden = phase !== 'joined' && phase !== 'retrying';
+  if (phase === 'idle' && live && live.wanted) live.stop('Stopped: you are not in a session.');
   document.body.dataset.phase = phase;
 }
 
@@ -865,8 +873,48 @@ function setUpKeyboard() {
   renderKeyboard();
 }
 
+function setUpLive() {
+  const template = pageParams.get('live_url') || '';
+  live = new LiveListener({
+    elements: {
+      root: $('#live'),
+      form: $('#live-form'),
+      stream: $('#live-stream'),
+      toggle: $('#live-toggle'),
+      volume: $('#live-volume'),
+      level: $('#live-level'),
+      time: $('#live-time'),
+      status: $('#live-status'),
+      media: $('#live-audio'),
+    },
+    context: () => {
+      synth.wake(); // the Listen click is a user gesture
+      return synth.context;
+    },
+    joined: () => (state.phase === 'joined' || state.phase === 'retrying') && state.session
+      ? { server: state.server, session: state.session, passphrase } : null,
+    template,
+    transport: pageParams.get('live_transport') === 'websocket' ? 'websocket' : 'http',
+    remember,
+    remembered,
+  });
+  if (template) $('#live-hint').textContent = `Debugging: streams come from ${template} (the page's live_url parameter).`;
+  window.netgatewayLive = {
+    mediaTime: () => live.mediaTime(),
+    level: () => live.level(),
+    outputLevel: () => live.outputLevel(),
+    behind: () => live.behind(),
+    get phase() { return live.phase; },
+    get url() { return live.url; },
+    get timings() { return { ...live.timings }; },
+    get log() { return live.log; },
+    liveStreamUrl,
+  };
+}
+
 setUpForm();
 setUpControls();
 setUpKeyboard();
+setUpLive();
 setPhase('idle');
 midiDevices.start();
