@@ -31,13 +31,13 @@ the baseline and the others' ratios to it are printed.
 
 A target is a function (below, ``TARGETS``) that starts a server and yields a
 :class:`Target`: the server's pid, the URL the players play, their extra
-connect arguments and where the publisher publishes. The gateway target
-(``twistd -n netgateway -c CONFIG`` with its RTMP door, URL
-rtmp://127.0.0.1:PORT/jam/SESSION, connect arguments passphrase and name) is
-left to be written in :func:`gateway_target`.
+connect arguments and where the publisher publishes: node-media-server
+(``nms``) and the gateway (``gateway``: ``twistd -n netgateway`` with its RTMP
+door, rtmp://127.0.0.1:PORT/jam/SESSION, connect arguments passphrase and
+name; at most 1,023 players, its largest session).
 
 Run: .venv/bin/python bench/rtmp_fanout.py [--quick] [--players 0,100,500,1000]
-         [--window 12] [--runs 3] [--targets nms]
+         [--window 12] [--runs 3] [--targets nms,gateway] [--source]
 NMS must be installed: cd tests/peers && npm install --omit=optional.
 """
 
@@ -60,11 +60,13 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from benchlib import (add_source_argument, cpu_seconds, interleaved_runs, pin_to_cpu0,  # noqa: E402
-                      ratio, run_generator_on_cpu1)
+                      ratio, run_generator_on_cpu1, start_gateway)
 from tests import rtmp_peer  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 PLAYER_SOURCE = os.path.join(HERE, "rtmp_player.c")
 MAX_PLAYERS = 5000                 # rtmp_player.c's bound
+MAX_GATEWAY_MEMBERS = 1024         # the gateway's largest session (limits.max_members_per_session)
 FLV_SECONDS = 60
 PLAYERS = "0,100,500,1000"
 QUICK_PLAYERS = "0,50,200"
@@ -105,20 +107,31 @@ def nms_target(args, workdir):
 
 @contextlib.contextmanager
 def gateway_target(args, workdir):
-    """THE GATEWAY TARGET: to be written once the RTMP door exists.
+    """``twistd -n netgateway`` with its RTMP door (benchlib.start_gateway: pinned to CPU 0).
 
-    Start ``twistd -n netgateway -c CONFIG`` with the RTMP door on a free
-    127.0.0.1 port and one session (benchlib.start_gateway(config, prefix,
-    args) does it and pins it to CPU 0; ``--source``/``--python`` are its
-    options), then ``yield Target(pid=gateway.process.pid,
-    url=f"rtmp://127.0.0.1:{port}/jam/{session}", conn_args=(passphrase,
-    name), publish_url=..., publish_options=("-rtmp_conn", "S:... S:..."))``
-    and stop it in a ``finally``. Every player gets the same name here: give
-    the door a config (or the players names) that allows that.
+    One declared session whose member limit takes every player; the players
+    join it with the passphrase and a name as connect arguments, and play its
+    default stream, which the publisher publishes (the passphrase in the URL,
+    as README.rst says for ffmpeg).
     """
-    raise SystemExit("the gateway target is not written yet (bench/rtmp_fanout.py,"
-                     " gateway_target)")
-    yield  # pragma: no cover  (a generator, like nms_target)
+    port = free_port()
+    passphrase = "benchmark passphrase 0123"
+    config = {
+        "sessions": [{"name": "load", "passphrase": passphrase,
+                      "max_members": MAX_GATEWAY_MEMBERS}],
+        "limits": {"max_members_per_session": MAX_GATEWAY_MEMBERS},
+        "web": {"host": "127.0.0.1", "port": free_port()},
+        "rtmp": {"port": port, "max_connections": MAX_PLAYERS + 10},
+        "logging": {"level": "warn"},
+    }
+    gateway = start_gateway(config, "bench-rtmp-", args)
+    try:
+        url = f"rtmp://127.0.0.1:{port}/jam/load"
+        yield Target(pid=gateway.process.pid, url=url, conn_args=(passphrase, "listener"),
+                     publish_url=f"{url}?passphrase={passphrase.replace(' ', '%20')}"
+                                 "&name=publisher")
+    finally:
+        gateway.stop()
 
 
 TARGETS = {"nms": nms_target, "gateway": gateway_target}
@@ -388,7 +401,7 @@ def parse_players(text):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--targets", default="nms",
+    parser.add_argument("--targets", default="nms,gateway",
                         help=f"comma-separated, of {', '.join(TARGETS)}; the first is the"
                              " baseline of the ratios (default nms)")
     parser.add_argument("--players", default=None,

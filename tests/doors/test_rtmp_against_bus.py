@@ -287,3 +287,23 @@ def test_status_and_metrics_show_connections_streams_players_and_refusals():
     assert 'netgateway_rtmp_stream_players{session="demo",stream="live"} 1.0' in text
     assert "netgateway_rtmp_publish_refused_total 1.0" in text
     assert "netgateway_rtmp_frames_relayed_total 2.0" in text
+
+
+def test_a_player_that_raises_in_the_fan_out_is_removed_and_counted_and_nobody_else_notices():
+    gateway = Gateway()
+    source = publisher(gateway)
+    first, broken, last = (player(gateway, name) for name in ("first", "broken", "last"))
+
+    def raising(data):
+        raise RuntimeError("a transport that fails")
+    broken.transport.write = raising
+    source.send(audio(23))
+    assert [message.timestamp for message in first.received()] == [23]
+    assert [message.timestamp for message in last.received()] == [23]
+    assert gateway.drops.get("rtmp", "player_error") == 1
+    assert broken.transport.disconnecting and broken.membership.left == ["error"]
+    assert source.transport.disconnecting is False
+    source.send(audio(46))
+    assert [message.timestamp for message in last.received()] == [46]
+    (stream,) = gateway.door.status()["streams"]
+    assert stream["players"] == 2

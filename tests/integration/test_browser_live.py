@@ -235,10 +235,6 @@ def test_page_plays_the_gateways_stream_and_stops(open_live, rtmp_gateway, perfo
                "the gateway saw the page hang up after leave")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "RTMP door bug: FlvWebSocket.write sends on an autobahn protocol that is already"
-    " closing (Disconnected) from inside the publisher's dataReceived, which drops the"
-    " publisher: a WebSocket listener pressing Stop can end the performer's stream"))
 def test_a_websocket_listener_hanging_up_leaves_the_performer_publishing(
         open_live, rtmp_gateway, performer):
     performer.start()

@@ -57,7 +57,7 @@ class _QueuedSink:
             queue.clear()
             self.door.drop(self.peer, "slow_player", f"socket full for more than"
                                                      f" {queue.max_behind_seconds:g} s")
-            self.too_slow()
+            self.abort("too slow")
             return
         if not queue.offer(frame, data):
             self.door.drop(self.peer, "frame_dropped", "player behind")
@@ -88,6 +88,9 @@ class RtmpPlayer:
 
     def publisher_changed(self, started):
         self.connection.write(self.connection.core.publisher_changed(self.stream_id, started))
+
+    def abort(self, reason):
+        self.connection.abort(reason)
 
 
 @implementer(IMember)
@@ -139,8 +142,9 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         if data and not self.gone:
             self.transport.write(data)
 
-    def too_slow(self):
-        self._leave("too slow")
+    def abort(self, reason):
+        self.gone = True
+        self._leave(reason)
         self.transport.abortConnection()
 
     # Actions ---------------------------------------------------------------------
@@ -302,6 +306,9 @@ class _FlvListener:
         if not started:
             self.sink.finish()      # the next publisher's timestamps start afresh
 
+    def abort(self, reason):
+        self.sink.abort(reason)
+
 
 class HttpFlvListener(_QueuedSink):
     """One ``GET /live/SESSION/STREAM.flv``: a never-ending FLV body."""
@@ -340,7 +347,8 @@ class HttpFlvListener(_QueuedSink):
         if not self._finished:
             self.request.write(data)
 
-    def too_slow(self):
+    def abort(self, reason):
+        self.gone = True
         self.request.transport.abortConnection()
 
     def finish(self):
@@ -396,10 +404,12 @@ class FlvWebSocket(_QueuedSink, WebSocketServerProtocol):
 
     def write(self, data):
         # mpegts.js and flv.js read the messages as one byte stream: tags may share one.
-        if self._open and data:
+        # Once autobahn started closing, sending raises: the listener is leaving anyway.
+        if self._open and data and self.state == self.STATE_OPEN:
             self.sendMessage(data, isBinary=True)
 
-    def too_slow(self):
+    def abort(self, reason):
+        self.gone = True
         self.dropConnection(abort=True)
 
     def finish(self):
@@ -515,8 +525,21 @@ class RtmpDoor(DoorService):
         waits = stream.waits_for_key_frame
         for player in tuple(stream.players):
             if not waits(player, frame):
-                player.send_frame(frame, now)
+                try:
+                    player.send_frame(frame, now)
+                except Exception:
+                    self._player_failed(stream, player)
         self.frames_relayed += 1
+
+    def _player_failed(self, stream, player):
+        """A player raised while it was sent a frame: it goes, and nobody else notices."""
+        self.log.failure("rtmp: a player failed; it is disconnected")
+        self.drops.count(DOOR, "player_error")
+        self.live.stop(stream, player)
+        try:
+            player.abort("error")
+        except Exception:
+            self.log.failure("rtmp: a failed player could not be closed")
 
     def find_live(self, path, passphrase, source):
         """``(status, text, LiveStream)`` for a web listener's path: the stream, or why not."""
