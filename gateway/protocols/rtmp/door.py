@@ -22,7 +22,7 @@ import collections
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol, task, tcp
 from twisted.web import resource, server
 from zope.interface import implementer
 
@@ -36,6 +36,43 @@ from gateway.protocols.rtmp.relay import LiveStreams, PlayerQueue, flv_header
 DOOR = "rtmp"
 TIMER_INTERVAL = 1.0
 LISTENER_NAME = "web listener"
+
+
+def direct_writer(transport):
+    """A ``write(data)`` for ``transport`` that sends at once when Twisted holds nothing.
+
+    Twisted's ``transport.write`` buffers the bytes and registers the socket
+    for writing, and the reactor sends them on its next turn and unregisters
+    it: two epoll_ctl calls, an epoll event and Python bookkeeping per frame
+    and player. A relay writes one small frame to each of hundreds of players
+    some 43 times a second, so this sends on the socket itself whenever
+    Twisted's buffer is empty, and hands Twisted whatever the socket did not
+    take (keeping the order, the back-pressure and the error handling).
+    bench/rtmp_fanout.py --quick (up to 200 players of a 128 kbit/s AAC
+    stream, node-media-server in the same run): 30.1 us of gateway CPU per
+    frame delivered through ``transport.write`` (2.77x NMS's), 12.9 us this
+    way (0.94x). Plain TCP only: a TLS transport is written through Twisted.
+    """
+    if type(transport) is not tcp.Server:
+        return lambda data: transport.write(data)
+    send = transport.socket.send
+    write = transport.write
+
+    def write_now(data):
+        if (transport._tempDataLen or transport.offset < len(transport.dataBuffer)
+                or transport.disconnecting or not transport.connected):
+            write(data)
+            return
+        try:
+            sent = send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            write(data)     # Twisted meets the error again and closes the connection
+            return
+        if sent < len(data):
+            write(data[sent:])
+    return write_now
 
 
 class _QueuedSink:
@@ -124,6 +161,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         door.connections.add(self)
         self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
+        self._write_now = direct_writer(self.transport)
 
     def dataReceived(self, data):
         self.carry_out(self.core.receive(data, self.door.reactor.seconds()))
@@ -140,7 +178,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
 
     def write(self, data):
         if data and not self.gone:
-            self.transport.write(data)
+            self._write_now(data)
 
     def abort(self, reason):
         self.gone = True
