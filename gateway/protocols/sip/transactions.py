@@ -106,7 +106,7 @@ class ServerTransaction:
 
     __slots__ = ("key", "method", "transport", "source", "reliable", "state", "request",
                  "last_response", "final_status", "retransmit_at", "interval", "ends_at",
-                 "tu_deadline", "owner", "created_at", "live")
+                 "tu_deadline", "owner", "created_at", "live", "tag")
 
     def __init__(self, key, request, transport, source, now, tu_limit):
         self.key = key
@@ -125,6 +125,7 @@ class ServerTransaction:
         self.owner = None           # what the core keeps about it (a call, a pending auth)
         self.created_at = now
         self.live = True            # counted in TransactionTable.live
+        self.tag = None             # the To tag of our responses on it (none on a 100)
 
     @property
     def is_invite(self):
@@ -317,7 +318,7 @@ class TransactionTable:
                 transaction.tu_deadline = float("inf")      # the core answers it now
             return
         if transaction.ends_at is not None and now >= transaction.ends_at:
-            waiting_for_ack = transaction.state in (COMPLETED, ACCEPTED)
+            waiting_for_ack = transaction.is_invite and transaction.state in (COMPLETED, ACCEPTED)
             self._terminate(transaction)
             expired.append(Expired(transaction, "no_ack" if waiting_for_ack else "done"))
             return
