@@ -100,6 +100,7 @@ class Agent:
         self.cnonce = "0a4f113b"
         self.nc = 0
         self.last_branch = None
+        self.last_nonce = None
 
     def branch(self):
         self.last_branch = f"z9hG4bK{next(_counter):010x}"
@@ -123,7 +124,9 @@ class Agent:
         lines = [f"{method} {uri} SIP/2.0", f"Via: {self.via(branch)}", "Max-Forwards: 70",
                  f"From: <sip:{self.user}@{host}>;tag={self.tag}", f"To: {to}",
                  f"Call-ID: {call_id or self.call_id}", f"CSeq: {cseq} {method}",
-                 f"Contact: <sip:{self.user}@{host}:{port}>", f"User-Agent: {self.user_agent}"]
+                 f"User-Agent: {self.user_agent}"]
+        if not any(name.lower() == "contact" for name, _ in headers):
+            lines.append(f"Contact: <sip:{self.user}@{host}:{port}>")
         lines += [f"{name}: {value}" for name, value in headers]
         if body:
             lines.append("Content-Type: application/sdp")
@@ -136,6 +139,8 @@ class Agent:
         nonce = params["nonce"]
         password = self.password if password is None else password
         if self.qop:
+            if nonce != self.last_nonce:
+                self.nc, self.last_nonce = 0, nonce     # a new nonce counts from 1
             self.nc += 1
             nc = f"{self.nc:08x}"
             response = response_digest(algorithm, self.user, params["realm"], password,
