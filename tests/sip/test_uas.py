@@ -453,3 +453,18 @@ def test_a_lost_tcp_connection_ends_its_calls():
     assert ok.get("contact") == "<sip:demo@127.0.0.1:5060;transport=tcp>"
     assert core.timer(NOW + 30) == []                           # nothing resent over TCP
     assert only(core.connection_lost("TCP", agent.address, NOW + 31), CallEnded).reason == "closed"
+
+
+def test_a_new_cseq_on_a_reused_branch_is_a_new_request():
+    # sipsak -i -f FILE sends the file's Via as written, so its INVITE after the 401
+    # has the first one's branch (measured against this core).
+    core = make_core()
+    agent = Sipsak()
+    data = agent.request("INVITE", INVITE_URI, body=MIDI_OFFER, branch="z9hG4bKfile")
+    challenge = final(send(core, agent, data))
+    send(core, agent, agent.ack(INVITE_URI, agent.cseq, header_param(challenge.get("to"), "tag"),
+                                branch="z9hG4bKfile"))
+    again = agent.request("INVITE", INVITE_URI, [agent.authorization(
+        challenge, "INVITE", INVITE_URI)], body=MIDI_OFFER, branch="z9hG4bKfile")
+    assert only(verify(core, send(core, agent, again)), CallOffered).offer == MIDI_OFFER
+    assert core.counts["branch_reused"] == 1

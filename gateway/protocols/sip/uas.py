@@ -468,8 +468,13 @@ class UserAgentServer:
             return self._ack(request, key, now, source)
         existing = self.transactions.find(key)
         if existing is not None:
-            self.counts["retransmissions"] += 1
-            return self.transactions.retransmission(existing)
+            if existing.request.cseq[0] == cseq[0]:
+                self.counts["retransmissions"] += 1
+                return self.transactions.retransmission(existing)
+            # The same branch with a new CSeq is a new request from a client that reuses
+            # its branch (sipsak -i -f sends a file's Via as written): the old one is over.
+            self.counts["branch_reused"] += 1
+            self.transactions.terminate(existing)
         if self.transactions.full():
             return [Drop("transactions_full", source),
                     self._stateless(request, transport, source, 503,
