@@ -118,7 +118,9 @@ class Agent:
             self.cseq += 1
             cseq = self.cseq
         host, port = self.address
-        to = f"<{uri.split(';')[0]}>" if method != "REGISTER" else f"<sip:{self.session}@{GATEWAY[0]}>"
+        # A REGISTER's To is the AOR, sip:SESSION@HOST; other requests are to their URI.
+        to = f"<sip:{self.session}@{GATEWAY[0]}>" if method == "REGISTER" \
+            else f"<{uri.split(';')[0]}>"
         if to_tag:
             to += f";tag={to_tag}"
         lines = [f"{method} {uri} SIP/2.0", f"Via: {self.via(branch)}", "Max-Forwards: 70",

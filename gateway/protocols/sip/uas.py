@@ -313,7 +313,7 @@ class UserAgentServer:
 
     def authenticated(self, ticket, now):
         """The proof of ``ticket`` (from :class:`Authenticate`) is good."""
-        if ticket.done or ticket.transaction.answered:
+        if ticket.done or ticket.transaction.answered or ticket.transaction.state == "terminated":
             return []
         ticket.done = True
         if ticket.nc is not None:
