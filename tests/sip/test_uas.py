@@ -468,3 +468,21 @@ def test_a_new_cseq_on_a_reused_branch_is_a_new_request():
         challenge, "INVITE", INVITE_URI)], body=MIDI_OFFER, branch="z9hG4bKfile")
     assert only(verify(core, send(core, agent, again)), CallOffered).offer == MIDI_OFFER
     assert core.counts["branch_reused"] == 1
+
+
+def test_an_invite_without_offer_gets_ours_and_the_answer_comes_in_the_ack():
+    core = make_core()
+    agent = Baresip()
+    offered = only(invite(core, agent, offer=b""), CallOffered)
+    assert offered.offer is None
+    assert [r.status for r in responses(core.ringing(offered.call, NOW))] == [180]
+    ok = final(core.answer(offered.call, ANSWER, NOW))
+    actions = send(core, agent, agent.ack(INVITE_URI, agent.cseq, header_param(
+        ok.get("to"), "tag"), body=PCMU_OFFER))
+    assert only(actions, CallConfirmed).sdp == PCMU_OFFER
+
+
+def test_the_core_makes_framers_with_its_limits():
+    core = make_core(limits=Limits(max_stream_header_octets=1000, max_body_octets=10))
+    framer = core.new_framer()
+    assert (framer.max_header_octets, framer.max_body_octets) == (1000, 10)

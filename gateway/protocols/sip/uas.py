@@ -294,6 +294,10 @@ class UserAgentServer:
                 actions += self.receive(frame, transport, source, now)
         return actions
 
+    def new_framer(self):
+        """A :class:`StreamFramer` for one new TCP or TLS connection, with our limits."""
+        return StreamFramer(self.limits.max_stream_header_octets, self.limits.max_body_octets)
+
     def connection_lost(self, transport, source, now):
         """A stream connection closed: the calls that lived on it are over."""
         actions = []
