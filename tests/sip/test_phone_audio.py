@@ -133,6 +133,16 @@ def test_silence_before_and_after_a_note():
     assert synthesizer.render_payload(PCMA) == b"\xd5" * 160
 
 
+def test_a_note_ended_before_its_first_frame_still_sounds():
+    synthesizer = Synthesizer()
+    synthesizer.note_on(0, 72, 100)
+    synthesizer.note_off(0, 72)                           # a DTMF press of which only E came
+    sound = render(synthesizer, 0.5)
+    assert numpy.abs(sound[:320]).max() > 3000
+    assert not sound[-800:].any()
+    assert largest_step(sound) <= steady_step(72, 100) + 2
+
+
 def largest_step(samples):
     return numpy.abs(numpy.diff(samples)).max()
 

@@ -32,21 +32,24 @@ of look-ahead, 150 ms recovery), and a soft clip bends whatever still goes
 over 80% smoothly towards full scale, so a 16-voice chord gets quieter
 rather than distorted, and nothing ever wraps around or clips hard.
 
-numpy does the sample work. Measured here (Python 3.11, one core of these
-machines, bench/phone_render.py --compare), CPU per 20 ms frame rendered and
-μ-law encoded, medians:
+numpy does the sample work, because it is what meets issue 11's goal (at
+most 1% of a core per call). Measured with bench/phone_render.py --compare
+(Python 3.11, numpy 2.4, one core of these 2-core machines while other
+benchmarks ran: figures move by a third between runs), CPU per 20 ms frame
+rendered and μ-law encoded, medians:
 
-=========  ============  ============================
-voices     numpy         pure Python (same algorithm)
-=========  ============  ============================
-0          0.1 µs        0.1 µs (the silent frame is a constant)
-4          ≈ 27 µs       ≈ 600 µs
-16         ≈ 57 µs       ≈ 2,200 µs
-=========  ============  ============================
+=========  ==========  ============================  =============================
+voices     numpy       pure Python (same algorithm)  a call, 50 frames/s: np / py
+=========  ==========  ============================  =============================
+0          0.1 µs      0.2 µs (a constant frame)     0.0% / 0.0%
+4          30-41 µs    151-185 µs                    0.2% / 0.8-0.9% of a core
+16         55-74 µs    758-859 µs                    0.3-0.4% / 3.8-4.3% of a core
+=========  ==========  ============================  =============================
 
-At 50 frames a second, pure Python needs about 11% of a core per call
-playing a 16-note texture, numpy 0.3%: only numpy meets the goal of issue 11
-(at most 1% of a core per call), so numpy is a dependency (setup.cfg).
+Pure Python is 5x slower at 4 voices and 10-16x at 16, past the goal from
+about 5 voices on; with numpy a call takes 0.4% of a core or less with all
+16 voices sounding, so numpy is a dependency (setup.cfg). A silent call
+costs neither anything.
 Python's ``audioop`` is not used: it is deprecated and gone in Python 3.13.
 
 Sans-IO: no Twisted, sockets or clocks; the caller says when a frame is due.
@@ -173,7 +176,7 @@ def silence(payload_type, samples=FRAME_SAMPLES):
 
 # The synthesizer -------------------------------------------------------------
 _TABLE_BITS = 11
-_TABLE_SIZE = 1 << _TABLE_BITS           # one period; its error (-60 dB) is below G.711's
+_TABLE_SIZE = 1 << _TABLE_BITS           # one period; its error (-50 dB) is below G.711's (-38)
 _PHASE_SHIFT = 32 - _TABLE_BITS          # phases are 32-bit fixed point, wrapping for free
 _HARMONICS = (1.0, 0.4, 0.2, 0.1)        # fundamental, 2nd, 3rd, 4th
 HIGHEST_PARTIAL = 3600.0                 # Hz: below Nyquist (4000) and the phone band's top
@@ -253,7 +256,8 @@ class _Voice:
         stage = self.stage
         if stage == _ATTACK:
             self.level = 1.0
-            self.stage = _HOLD
+            # A key let go before its first frame still sounds: attack, then release.
+            self.stage = _HOLD if self.held or self.sustained else _RELEASING
         elif stage == _HOLD:
             self.level = SUSTAIN_LEVEL + (self.level - SUSTAIN_LEVEL) * _DECAY
             self.brightness = (_BRIGHTNESS_FLOOR
@@ -365,7 +369,7 @@ class Synthesizer:
                 voice.held = False
                 if self.pedal_down[channel]:
                     voice.sustained = True
-                elif voice.stage != _FADING:
+                elif voice.stage == _HOLD:
                     voice.stage = _RELEASING
 
     def sustain(self, channel, down):
@@ -375,7 +379,7 @@ class Synthesizer:
         for voice in self.voices:
             if voice.key[0] == channel and voice.sustained:
                 voice.sustained = False
-                if voice.stage != _FADING:
+                if voice.stage == _HOLD:
                     voice.stage = _RELEASING
 
     def all_notes_off(self, channel):
