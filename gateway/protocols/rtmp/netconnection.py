@@ -46,6 +46,8 @@ MAX_HELD_MESSAGES = 64              # commands held while the bus decides on a j
 MAX_NAME_LENGTH = 64
 DEFAULT_PLAYER_NAME = "rtmp player"
 SERVER_INFO = {"fmsVer": "FMS/3,5,7,7009", "capabilities": 31.0, "mode": 1.0}
+MIDI_STREAM_METADATA = amf0.EcmaArray(duration=0.0, description="the session's MIDI as"
+                                      " onMidi data messages")
 
 # States.
 HANDSHAKE = "handshake"
@@ -489,6 +491,11 @@ class Connection:
                                          f"{name} has no publisher yet; waiting."))
         items.append(Message(DATA_AMF0, stream_id, 0, amf0.encode(
             "|RtmpSampleAccess", True, True), OWN_DATA_CHUNK_STREAM))
+        if stream.midi:
+            # ffmpeg's player returns from opening the stream only after its first audio
+            # or video message, or an onMetaData ECMA array; the MIDI stream has no media.
+            items.append(Message(DATA_AMF0, stream_id, 0, amf0.encode(
+                "onMetaData", MIDI_STREAM_METADATA), OWN_DATA_CHUNK_STREAM))
         return [Write(self.writer.write_all(items))]
 
     def publisher_changed(self, stream_id, started):
