@@ -45,15 +45,20 @@ class _QueuedSink:
 
     queue = None
     door = None
+    given_up = False        # too slow: being disconnected, takes no more frames
 
     def write_frame(self, frame, data, now):
         queue = self.queue
         if not queue.paused:
             self.write(data)
             return
+        if self.given_up:
+            return          # the abort's connectionLost comes in a later reactor turn
         if queue.behind(now):
+            self.given_up = True
             self.door.drop(self.peer, "slow_player", f"socket full for more than"
                                                      f" {queue.max_behind_seconds:g} s")
+            queue.clear()
             self.too_slow()
             return
         if not queue.offer(frame, data):
