@@ -258,15 +258,23 @@ def ffmpeg_play(url, out_path, seconds, extra=(), timeout=None):
     return run_bounded(command, timeout or seconds + 15, stdout=subprocess.DEVNULL)
 
 
-def ffmpeg_play_data(url, seconds):
+# A stream of data messages only (the RTMP door's MIDI stream): ffmpeg's probing
+# of it never ends by duration (data packets have none), only at -probesize
+# bytes, 5 MB by default; 32 makes it start writing at the first message, which
+# the probe keeps.
+DATA_ONLY = ("-probesize", "32", "-analyzeduration", "0")
+
+
+def ffmpeg_play_data(url, seconds, extra=()):
     """ffmpeg plays ``url`` for ``seconds`` s of wall time: ``(raw AMF0 bodies, stderr)``.
 
     ``-f data`` writes the data stream's message bodies back to back (decode
     them with :func:`amf0_decode`); ffmpeg's ``-t`` does not end it there, so it
     is ended by PID (SIGTERM: it flushes what it has) once ``seconds`` passed.
+    ``extra`` are input options: :data:`DATA_ONLY` for a stream without media.
     """
-    command = [*FFMPEG, "-analyzeduration", "500000", "-i", url, "-map", "0:d", "-c", "copy",
-               "-flush_packets", "1", "-f", "data", "pipe:1"]
+    command = [*FFMPEG, "-analyzeduration", "500000", *extra, "-i", url, "-map", "0:d",
+               "-c", "copy", "-flush_packets", "1", "-f", "data", "pipe:1"]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     try:

@@ -134,7 +134,8 @@ def test_wrong_passphrase_at_connect_is_connect_rejected_with_the_bus_words_then
 def test_unknown_application_is_rejected_without_asking_the_bus():
     client = Client()
     actions, written = client.connect("live/demo", PASSPHRASE)
-    assert actions == [nc.Close("unknown_app")]
+    assert [(type(action), action.reason) for action in actions] == [
+        (nc.Dropped, "unknown_app"), (nc.Close, "unknown_app")]
     assert statuses(written) == ["NetConnection.Connect.Rejected"]
 
 
@@ -170,7 +171,8 @@ def test_no_passphrase_anywhere_is_rejected_at_the_first_stream_saying_how_to_gi
     client.connect("jam")
     stream_id = create_stream(client)
     actions, written = client.command("publish", 3, None, "demo", stream_id=stream_id)
-    assert actions == [nc.Close("no_passphrase")]
+    assert [(type(action), action.reason) for action in actions] == [
+        (nc.Dropped, "no_passphrase"), (nc.Close, "no_passphrase")]
     assert "-rtmp_conn S:PASSPHRASE" in written[-1][1][3]["description"]
 
 
@@ -313,6 +315,13 @@ def test_pings_are_answered_and_silence_pings_then_closes():
     (ping,) = connection.timer(25.0, 10.0, 60.0)
     assert type(client.reader.receive(ping.data)[0]) is PingRequest
     assert connection.timer(61.0, 10.0, 60.0) == [nc.Close("idle")]
+
+
+def test_an_undecodable_connect_closes_at_once():
+    client = Client()
+    actions, _ = client.send(Message(COMMAND_AMF0, 0, 0, b"\x02\x00\x07conn"))
+    assert [(type(action), action.reason) for action in actions] == [
+        (nc.Dropped, "bad_amf"), (nc.Close, "bad_amf")]
 
 
 def test_a_silent_or_slow_handshake_times_out():

@@ -17,8 +17,6 @@ to ``player_queue_bytes`` and drops whole frames past that
 full for ``slow_player_seconds`` is disconnected and counted.
 """
 
-import collections
-
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -35,6 +33,8 @@ from gateway.protocols.rtmp.relay import LiveStreams, PlayerQueue, flv_header
 
 DOOR = "rtmp"
 TIMER_INTERVAL = 1.0
+# How long a connection the door ended may take to read the door's last words and close.
+CLOSE_LINGER_SECONDS = 2.0
 LISTENER_NAME = "web listener"
 
 
@@ -143,6 +143,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         self.playing = {}           # stream id -> (LiveStream, RtmpPlayer)
         self.queue = PlayerQueue(rtmp_door.config.player_queue_bytes,
                                  rtmp_door.config.slow_player_seconds)
+        self._linger = None
 
     # Protocol ------------------------------------------------------------------
 
@@ -168,6 +169,8 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
 
     def connectionLost(self, reason=None):
         self.gone = True
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         self.door.connections.discard(self)
         self.queue.clear()
         for stream_id in list(self.publishing) + list(self.playing):
@@ -273,8 +276,21 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
             self.membership.publish([MidiEvent(data, now) for data in action.messages])
 
     def _close(self, action):
+        self.gone = True
         self._leave(action.reason)
-        self.transport.loseConnection()
+        for stream_id in list(self.publishing) + list(self.playing):
+            self._stop(stream_id)
+        # Half-close, and read (the core ignores it) until the peer closes: a full close
+        # answers what the client sends meanwhile (ffmpeg acknowledges the window sizes
+        # that came before a refusal) with a reset, and the client then fails on a write
+        # ("Broken pipe") before it has read the refusal. rtmps has no half-close.
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is None:
+            self.transport.loseConnection()
+            return
+        lose_write()
+        self._linger = self.door.reactor.callLater(CLOSE_LINGER_SECONDS,
+                                                   self.transport.abortConnection)
 
     def _dropped(self, action):
         self.door.drop(self.peer, action.reason, action.detail)

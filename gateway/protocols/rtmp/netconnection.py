@@ -46,6 +46,8 @@ MAX_HELD_MESSAGES = 64              # commands held while the bus decides on a j
 MAX_NAME_LENGTH = 64
 DEFAULT_PLAYER_NAME = "rtmp player"
 SERVER_INFO = {"fmsVer": "FMS/3,5,7,7009", "capabilities": 31.0, "mode": 1.0}
+MIDI_STREAM_METADATA = amf0.EcmaArray(duration=0.0, description="the session's MIDI as"
+                                      " onMidi data messages")
 
 # States.
 HANDSHAKE = "handshake"
@@ -337,13 +339,16 @@ class Connection:
     # Commands ----------------------------------------------------------------------
 
     def _command(self, message, now):
+        # Before connect there is nothing to keep: a bad first command closes at once.
+        refuse = self._fail if self.state == CONNECTING else (
+            lambda reason, detail: [Dropped(reason, detail)])
         try:
             values = self._values(message)
         except amf0.AmfError as error:
-            return [Dropped("bad_amf", str(error))]
+            return refuse("bad_amf", str(error))
         if len(values) < 2 or not isinstance(values[0], str) \
                 or not isinstance(values[1], (int, float)):
-            return [Dropped("bad_command", "a command needs a name and a transaction id")]
+            return refuse("bad_command", "a command needs a name and a transaction id")
         name, transaction, arguments = values[0], values[1], values[3:]
         if self.state == CONNECTING:
             if name != "connect":
@@ -417,8 +422,12 @@ class Connection:
                 "status", "NetConnection.Connect.Success", "Connection succeeded.",
                 objectEncoding=float(encoding) if encoding in (0, 3) else 0.0)))))]
 
-    def _reject(self, description, reason):
-        """Refuse the connect (its _error) or, after it, the stream that made us join."""
+    def _reject(self, description, reason, counted=False):
+        """Refuse the connect (its _error) or, after it, the stream that made us join.
+
+        ``counted``: the bus counted it already (its refusals); the door's own are
+        counted here, as a drop with ``reason``.
+        """
         status = _status("error", "NetConnection.Connect.Rejected", description)
         if self._connect_transaction is not None:
             transaction, self._connect_transaction = self._connect_transaction, None
@@ -430,7 +439,8 @@ class Connection:
                                                            status))
         self.state = CLOSED
         self.close_reason = reason
-        return [Write(data), Close(reason)]
+        dropped = [] if counted else [Dropped(reason, description)]
+        return dropped + [Write(data), Close(reason)]
 
     # The bus's and relay's answers --------------------------------------------------
 
@@ -455,7 +465,7 @@ class Connection:
         if self.state != JOINING:
             return []
         self._held = []
-        return self._reject(description, reason)
+        return self._reject(description, reason, counted=True)
 
     def publish_started(self, stream_id, name):
         stream = self.streams.get(stream_id)
@@ -489,6 +499,11 @@ class Connection:
                                          f"{name} has no publisher yet; waiting."))
         items.append(Message(DATA_AMF0, stream_id, 0, amf0.encode(
             "|RtmpSampleAccess", True, True), OWN_DATA_CHUNK_STREAM))
+        if stream.midi:
+            # ffmpeg's player returns from opening the stream only after its first audio
+            # or video message, or an onMetaData ECMA array; the MIDI stream has no media.
+            items.append(Message(DATA_AMF0, stream_id, 0, amf0.encode(
+                "onMetaData", MIDI_STREAM_METADATA), OWN_DATA_CHUNK_STREAM))
         return [Write(self.writer.write_all(items))]
 
     def publisher_changed(self, stream_id, started):
