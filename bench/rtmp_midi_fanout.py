@@ -601,6 +601,33 @@ class OtherLoad:
         busy, ours, now = self.snapshot()
         return max(0.0, (busy - before[0]) - (ours - before[1])) / (now - before[2])
 
+    @staticmethod
+    def processes():
+        """{pid: (command name, CPU seconds)} of every process now."""
+        found = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as stream:
+                        text = stream.read()
+                except OSError:
+                    continue
+                command = text[text.index("(") + 1:text.rindex(")")]
+                fields = text.rpartition(")")[2].split()
+                found[int(name)] = (command, (int(fields[11]) + int(fields[12]))
+                                    / os.sysconf("SC_CLK_TCK"))
+        return found
+
+    def busiest(self, before, count=4):
+        """The ``count`` other processes that used most CPU since ``before`` (processes())."""
+        used = []
+        for pid, (command, seconds) in self.processes().items():
+            if pid not in self.pids:
+                used.append((seconds - before.get(pid, (command, 0.0))[1], pid, command))
+        return ", ".join(f"{command} {pid} {seconds:.1f} s"
+                         for seconds, pid, command in sorted(used, reverse=True)[:count]
+                         if seconds > 0)
+
 
 def _children(parent):
     found = []
@@ -880,6 +907,7 @@ def run_once(bench, door, fanout, args, start_rate):
     """One run: connect ``fanout`` receivers of ``door``, light, CPU and maximum steps."""
     bench.connect(door, fanout)
     before = bench.other_load.snapshot()
+    processes = bench.other_load.processes() if bench.verbose else None
     try:
         bench.step(LIGHT_RATE, WARM_UP_SECONDS)
         light = bench.step(LIGHT_RATE, args.light_seconds, all_latencies=True)
@@ -902,6 +930,9 @@ def run_once(bench, door, fanout, args, start_rate):
                                         "p99": float("nan")}
         checked = light["checked"] + cpu["checked"]
         others = bench.other_load.since(before)
+        if bench.verbose:
+            print(f"    other load {others:.2f} CPUs; busiest others:"
+                  f" {bench.other_load.busiest(processes)}", flush=True)
         benchmarks = other_benchmarks([bench.pid])
         if benchmarks:
             print(f"    warning: another benchmark ran during this {door} run, its figures are"
