@@ -307,3 +307,19 @@ def test_a_player_that_raises_in_the_fan_out_is_removed_and_counted_and_nobody_e
     assert [message.timestamp for message in last.received()] == [46]
     (stream,) = gateway.door.status()["streams"]
     assert stream["players"] == 2
+
+
+def test_session_midi_to_a_player_that_stops_reading_is_bounded_then_it_is_disconnected():
+    gateway = Gateway()
+    stalled, reading = (player(gateway, name, stream="midi") for name in ("stalled", "reading"))
+    stalled.protocol.pauseProducing()
+    for sequence in range(2000):
+        gateway.bus.fan_out([MidiEvent(bytes((0xE0, sequence & 0x7F, 0x40)),
+                                       gateway.reactor.seconds())], ALICE)
+    assert len(reading.received()) == 2000
+    queue = stalled.protocol.queue
+    assert queue.queued_bytes <= 32 * 1024 and queue.dropped["data"] > 0
+    gateway.reactor.advance(2.5)
+    gateway.bus.fan_out([MidiEvent(b"\x90\x3c\x64", gateway.reactor.seconds())], ALICE)
+    assert gateway.drops.get("rtmp", "slow_player") == 1
+    assert stalled.transport.disconnecting and stalled.membership.left == ["too slow"]

@@ -29,13 +29,15 @@ from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.rtmp import metrics, netconnection, onmidi
-from gateway.protocols.rtmp.relay import LiveStreams, PlayerQueue, flv_header
+from gateway.protocols.rtmp.chunks import DATA_AMF0
+from gateway.protocols.rtmp.relay import Frame, LiveStreams, PlayerQueue, flv_header
 
 DOOR = "rtmp"
 TIMER_INTERVAL = 1.0
 # How long a connection the door ended may take to read the door's last words and close.
 CLOSE_LINGER_SECONDS = 2.0
 LISTENER_NAME = "web listener"
+MIDI_DATA = Frame(DATA_AMF0, 0, b"")        # what the player queue knows of onMidi chunks
 
 
 def direct_writer(transport):
@@ -314,7 +316,9 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         if not self.core.plays_midi:
             return
         bodies = delivery.memo((DOOR, "onMidi"), _on_midi_bodies, delivery)
-        self.write(self.core.midi_data(bodies))
+        # Through the player's queue, like media: a player that stops reading is
+        # disconnected rather than held in memory.
+        self.write_frame(MIDI_DATA, self.core.midi_data(bodies), self.door.reactor.seconds())
 
     def roster_changed(self, notice):
         pass        # RTMP has no roster message; /status lists the members
