@@ -266,8 +266,8 @@ def paced_exchange(sources, receivers, rate, grace, server_pid, classify, id_of=
             "latencies": latencies}
 
 
-def find_maximum(passes, start_rate, limit):
-    """The highest rate whose step passes: 1.5x steps up, then two bisections.
+def find_maximum(passes, start_rate, limit, factor=1.5, bisections=2):
+    """The highest rate whose step passes: ``factor`` steps up, then ``bisections``.
 
     ``passes(rate)`` runs one step and returns its figures, or None when it
     lost too much or fell behind schedule. Returns (rate, figures) or None.
@@ -280,8 +280,8 @@ def find_maximum(passes, start_rate, limit):
             failed = rate
             break
         best = (rate, result)
-        rate *= 1.5
-    for _ in range(2 if best and failed else 0):
+        rate *= factor
+    for _ in range(bisections if best and failed else 0):
         middle = (best[0] + failed) / 2
         result = passes(middle)
         if result is not None:

@@ -86,7 +86,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from benchlib import (MAX_LOSS, add_source_argument, cpu0_kept_awake, cpu_seconds,  # noqa: E402
-                      interleaved_runs, percentile, ratio,
+                      find_maximum, interleaved_runs, percentile, ratio,
                       run_generator_on_cpu1, start_gateway)
 from gateway.protocols.rtmp import amf0  # noqa: E402
 from gateway.protocols.rtmp.chunks import (  # noqa: E402
@@ -854,30 +854,12 @@ def passes(figures):
             and not figures["bad"])
 
 
-def search(passes, start_rate, limit, factor=2.0, bisections=3):
-    """The highest rate whose step passes: ``factor`` steps up, then bisections.
-
-    benchlib.find_maximum with the step factor and the number of bisections
-    as parameters. Returns (rate, figures) or None.
-    """
-    best, failed = None, None
-    rate = start_rate
-    while rate <= limit:
-        result = passes(rate)
-        if result is None:
-            failed = rate
-            break
-        best = (rate, result)
-        rate *= factor
-    if best is None and failed is not None and start_rate > SEARCH_START:
-        return search(passes, SEARCH_START, limit, factor, bisections)
-    for _ in range(bisections if best and failed else 0):
-        middle = (best[0] + failed) / 2
-        result = passes(middle)
-        if result is not None:
-            best = (middle, result)
-        else:
-            failed = middle
+def search(passes, start_rate, limit):
+    """benchlib.find_maximum in 2x steps and three bisections, from SEARCH_START again
+    when even the first (carried-over) rate failed."""
+    best = find_maximum(passes, start_rate, limit, factor=2.0, bisections=3)
+    if best is None and start_rate > SEARCH_START:
+        return find_maximum(passes, SEARCH_START, limit, factor=2.0, bisections=3)
     return best
 
 
