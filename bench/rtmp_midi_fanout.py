@@ -131,6 +131,20 @@ class Counts:
         self.checked = 0            # onMidi values decoded in full and found right
         self.bad = []               # what was wrong with the others
 
+    def arrived(self, seq, now, record):
+        """Count sequence number ``seq`` arriving at ``now``: 1 if it came in time, else 0."""
+        sent = self.sent_at[seq]
+        if sent is None:
+            self.stale += 1
+            return 0
+        latency = now - sent
+        if latency > LATE_SECONDS:
+            self.late += 1
+            return 0
+        if record:
+            self.latencies.append(latency)
+        return 1
+
 
 # -- WebSocket: a raw client -----------------------------------------------------------
 
@@ -210,7 +224,6 @@ class WsPeer:
         end = len(buffer)
         position = 0
         counts = self.counts
-        sent_at = counts.sent_at
         ok = 0
         while position + 2 <= end:
             first = buffer[position]
@@ -222,17 +235,7 @@ class WsPeer:
                 seq = ((buffer[start] & 0x0F) << 14 | buffer[start + 1] << 7
                        | buffer[start + 2])
                 position = start + 3
-                sent = sent_at[seq]
-                if sent is None:
-                    counts.stale += 1
-                    continue
-                latency = now - sent
-                if latency > LATE_SECONDS:
-                    counts.late += 1
-                else:
-                    ok += 1
-                    if self.record:
-                        counts.latencies.append(latency)
+                ok += counts.arrived(seq, now, self.record)
                 continue
             if length == 126:
                 if start + 2 > end:
@@ -518,7 +521,6 @@ class RtmpPeer:
 
     def feed(self, data, now, setup=False):
         counts = self.counts
-        sent_at = counts.sent_at
         ok = 0
         messages = self.reader.receive(data)
         for type_id, _, payload in messages:
@@ -532,17 +534,7 @@ class RtmpPeer:
             if self.check_next:
                 self.check_next = False
                 self.check(payload, value)
-            sent = sent_at[seq]
-            if sent is None:
-                counts.stale += 1
-                continue
-            latency = now - sent
-            if latency > LATE_SECONDS:
-                counts.late += 1
-            else:
-                ok += 1
-                if self.record:
-                    counts.latencies.append(latency)
+            ok += counts.arrived(seq, now, self.record)
         if self.reader.ack_window is not None:
             self.answer(())
         counts.ok += ok

@@ -72,7 +72,8 @@ class Client:
         self.writer = ChunkWriter()
         self.reader = ChunkReader()
         self.protocol.dataReceived(b"\x03" + bytes(PACKET_SIZE) + bytes(PACKET_SIZE))
-        self.transport.clear()      # S0 S1 S2
+        gateway.reactor.advance(0)  # the end of the reactor turn: S0 S1 S2 are sent
+        self.transport.clear()
         self.membership = None
 
     def send(self, message):
@@ -89,7 +90,8 @@ class Client:
         self.command("createStream", 2, None)
 
     def received(self):
-        """Messages written to this client since the last call."""
+        """Messages written to this client since the last call (at the end of the turn)."""
+        self.gateway.reactor.advance(0)
         data = self.transport.value()
         self.transport.clear()
         return [event for event in self.reader.receive(data) if isinstance(event, Message)]

@@ -146,6 +146,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
         self.queue = PlayerQueue(rtmp_door.config.player_queue_bytes,
                                  rtmp_door.config.slow_player_seconds)
         self._linger = None
+        self._pending = []          # written in this reactor turn, sent at its end
 
     # Protocol ------------------------------------------------------------------
 
@@ -171,24 +172,38 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
 
     def connectionLost(self, reason=None):
         self.gone = True
+        self._pending = []
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self.door.connections.discard(self)
         self.queue.clear()
-        for stream_id in list(self.publishing) + list(self.playing):
-            self._stop(stream_id)
+        self._stop_all()
         membership, self.membership = self.membership, None
         if membership is not None:
             membership.leave("disconnected")
 
     def write(self, data):
+        """Send ``data`` at the end of this reactor turn, with whatever else it brings."""
         if data and not self.gone:
-            self._write_now(data)
+            if not self._pending:
+                self.door.flush_later(self)
+            self._pending.append(data)
+
+    def flush(self):
+        pending, self._pending = self._pending, []
+        if pending and not self.transport.disconnecting:
+            self._write_now(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def abort(self, reason):
         self.gone = True
+        self._pending = []
         self._leave(reason)
+        self._stop_all()
         self.transport.abortConnection()
+
+    def _stop_all(self):
+        for stream_id in list(self.publishing) + list(self.playing):
+            self._stop(stream_id)
 
     # Actions ---------------------------------------------------------------------
 
@@ -278,10 +293,10 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
             self.membership.publish([MidiEvent(data, now) for data in action.messages])
 
     def _close(self, action):
+        self.flush()                # the last words go before the half-close
         self.gone = True
         self._leave(action.reason)
-        for stream_id in list(self.publishing) + list(self.playing):
-            self._stop(stream_id)
+        self._stop_all()
         # Half-close, and read (the core ignores it) until the peer closes: a full close
         # answers what the client sends meanwhile (ffmpeg acknowledges the window sizes
         # that came before a refusal) with a reset, and the client then fails on a write
@@ -537,6 +552,7 @@ class RtmpDoor(DoorService):
         self.refused_publishers = 0
         self.frames_relayed = 0
         self.listeners = []
+        self._unflushed = []
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = self.reactor
         if context.web_root is not None:
@@ -577,6 +593,28 @@ class RtmpDoor(DoorService):
             connection.carry_out(connection.core.timer(now, config.handshake_timeout,
                                                        config.idle_timeout))
 
+    def flush_later(self, connection):
+        """Send ``connection``'s writes when this reactor turn ends.
+
+        One send per connection per turn, not per message: a burst of MIDI (one
+        onMidi per message) or a frame with its headers leaves in one segment.
+        bench/rtmp_midi_fanout.py --quick measured the RTMP door at 0.25-0.54 of the
+        WebSocket door's maximum with a send per message, and at 0.75-2.29 (96k and
+        128k messages/s to 10 and 50 players) with this; bench/rtmp_fanout.py --quick
+        stayed at 14.5 us per frame delivered (1.14x node-media-server's).
+        """
+        if not self._unflushed:
+            self.reactor.callLater(0, self._flush)
+        self._unflushed.append(connection)
+
+    def _flush(self):
+        unflushed, self._unflushed = self._unflushed, []
+        for connection in unflushed:
+            try:
+                connection.flush()
+            except Exception:
+                self._failed(connection)
+
     def relay(self, stream, frame):
         """Send a publisher's frame to every player of its stream."""
         now = self.reactor.seconds()
@@ -591,9 +629,12 @@ class RtmpDoor(DoorService):
 
     def _player_failed(self, stream, player):
         """A player raised while it was sent a frame: it goes, and nobody else notices."""
+        self.live.stop(stream, player)
+        self._failed(player)
+
+    def _failed(self, player):
         self.log.failure("rtmp: a player failed; it is disconnected")
         self.drops.count(DOOR, "player_error")
-        self.live.stop(stream, player)
         try:
             player.abort("error")
         except Exception:
