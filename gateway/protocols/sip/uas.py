@@ -362,8 +362,9 @@ class UserAgentServer:
         return self._final(transaction, 200, "OK", now, self._dialog_headers(call), sdp,
                            "application/sdp")
 
-    def reject(self, call, reason, now, retry_after=None):
-        """Refuse an offered ``call`` with a bus refusal code or a status code (488, 480)."""
+    def reject(self, call, reason, now, retry_after=None, headers=()):
+        """Refuse an offered ``call`` with a bus refusal code or a status code (488, 480);
+        ``headers`` are added to the response (a Warning that says why)."""
         if call.state != "offered":
             return []
         if isinstance(reason, int):
@@ -371,7 +372,9 @@ class UserAgentServer:
         else:
             status, phrase, wait = _REFUSALS.get(reason, (403, "Forbidden", False))
             self.counts[f"refused_{reason}"] += 1
-        headers = [("Retry-After", str(int(retry_after or self.retry_after)))] if wait else []
+        headers = list(headers)
+        if wait:
+            headers.append(("Retry-After", str(int(retry_after or self.retry_after))))
         actions = self._final(call.invite_transaction, status, phrase, now, headers)
         self._end(call, "rejected", now, notify=False)
         return actions
