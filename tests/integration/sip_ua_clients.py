@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-MIDI_SDP_MEDIA = "m=audio {port} RTP/AVP 96\r\na=rtpmap:96 rtp-midi/44100\r\na=sendrecv\r\n"
+MIDI_SDP_MEDIA = ("m=audio {port} RTP/AVP 96\r\nc=IN IP4 127.0.0.1\r\na=rtcp:{rtcp}\r\n"
+                  "a=rtpmap:96 rtp-midi/44100\r\na=sendrecv\r\n")
 
 
 def pjsua2_main(mode, transport, port, user, password, ca=None):
@@ -30,6 +31,8 @@ def pjsua2_main(mode, transport, port, user, password, ca=None):
     ep.audDevManager().setNullDev()
     transport_config = pj.TransportConfig()
     transport_config.port = 0
+    transport_config.boundAddress = "127.0.0.1"     # loopback only, media included
+    transport_config.publicAddress = "127.0.0.1"
     kind = pj.PJSIP_TRANSPORT_UDP
     if transport == "tls":
         kind = pj.PJSIP_TRANSPORT_TLS
@@ -55,12 +58,14 @@ def pjsua2_main(mode, transport, port, user, password, ca=None):
             sdp = prm.sdp.wholeSdp
             head = sdp.split("m=audio", 1)[0]
             port = sdp.split("m=audio ", 1)[1].split(" ", 1)[0]
-            prm.sdp.wholeSdp = head + MIDI_SDP_MEDIA.format(port=port)
+            prm.sdp.wholeSdp = head + MIDI_SDP_MEDIA.format(port=port, rtcp=int(port) + 1)
 
     account_config = pj.AccountConfig()
     account_config.idUri = f"sip:demo@127.0.0.1:{port}{suffix}"
     account_config.regConfig.registrarUri = f"sip:127.0.0.1:{port}{suffix}"
     account_config.regConfig.registerOnAdd = mode == "register"
+    account_config.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    account_config.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
     account_config.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, password))
     account = Account()
     account.create(account_config)
@@ -75,7 +80,7 @@ def pjsua2_main(mode, transport, port, user, password, ca=None):
     else:
         call = Call(account)
         call.makeCall(f"sip:demo@127.0.0.1:{port}{suffix}", pj.CallOpParam(True))
-        while time.monotonic() < deadline and "DISCONNCTD" not in result["states"]:
+        while time.monotonic() < deadline and "DISCONNECTED" not in result["states"]:
             ep.libHandleEvents(20)
     print(json.dumps(result), flush=True)
     del call                # before libDestroy, or pjsua2 aborts the process
