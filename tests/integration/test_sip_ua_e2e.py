@@ -15,7 +15,6 @@ to end tests are tests/integration/test_sfront_e2e.py.
 
 import asyncio
 import json
-import os
 import random
 import shutil
 import socket
