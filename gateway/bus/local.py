@@ -94,6 +94,11 @@ _RELEASE_KIND = bytes(
     for status in range(0x100))
 
 
+def _proves_passphrase(credential):
+    """Whether a match of ``credential`` shows the joiner knows the passphrase."""
+    return credential.passphrase is not None or getattr(credential, "proves_passphrase", False)
+
+
 def _control_releases(data):
     """All Sound Off, All Notes Off, or a sustain/sostenuto pedal lifted."""
     number = data[1]
@@ -394,7 +399,9 @@ class LocalBus:
         credential = request.credential
         if session is None:
             refusal = self._creation_refusal(request)
-        elif credential.passphrase is None and not session.declared:
+        elif not session.declared and not _proves_passphrase(credential):
+            # An allow-list or a door's own check proves nothing about a session
+            # someone created with a passphrase: as if it did not exist.
             refusal = Refusal(values.UNKNOWN_SESSION, f"no session {request.session!r}")
         elif not session.accepts(credential):
             refusal = Refusal(values.WRONG_PASSPHRASE,

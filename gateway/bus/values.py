@@ -14,6 +14,15 @@ of a door share one encoding of them.
 import hmac
 import typing
 
+# A credential is any value with ``passphrase`` (the text, or None when the joiner
+# does not bring it), ``matches(secret)``, and ``proves_passphrase``: whether a match
+# shows that the joiner knows the session's passphrase. Credentials that prove it
+# may join sessions created at run time; the others (AllowedAddress, Verified) only
+# declared ones. Only a credential carrying the passphrase itself can create a
+# session: the bus needs the text to keep. A SIP digest response
+# (gateway.protocols.sip.digest.DigestProof) proves the passphrase without
+# carrying it.
+
 # Why a join was refused: stable codes that each door maps to its own wire.
 WRONG_PASSPHRASE = "wrong_passphrase"
 SESSION_FULL = "session_full"
@@ -32,9 +41,10 @@ UPDATED = "update"
 
 
 class Passphrase(typing.NamedTuple):
-    """The joiner brings the passphrase itself (WebSocket, RTMP, SIP digest checked by it)."""
+    """The joiner brings the passphrase itself (WebSocket, RTMP)."""
 
     passphrase: str
+    proves_passphrase = True
 
     def matches(self, secret):
         return hmac.compare_digest(self.passphrase.encode("utf-8"), secret.encode("utf-8"))
@@ -48,6 +58,7 @@ class AllowedAddress(typing.NamedTuple):
     """
 
     passphrase = None
+    proves_passphrase = False
 
     def matches(self, secret):
         return True
@@ -58,6 +69,7 @@ class Verified(typing.NamedTuple):
     group password checked with :meth:`SessionBus.check`). Declared sessions only."""
 
     passphrase = None
+    proves_passphrase = False
 
     def matches(self, secret):
         return True

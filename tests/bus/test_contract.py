@@ -538,3 +538,41 @@ def test_roster_lists_the_mirror_first(harness):
     _, solo_in = harness.join("solo", session="mirror")
     assert [entry.door for entry in solo_in.welcome.roster] == ["mirror", "test"]
     assert solo_in.welcome.mirror
+
+
+# --- credentials that prove the passphrase without carrying it ------------------
+
+def digest_proof(session_passphrase, player="ann", realm="netgateway"):
+    """A SIP digest response made with ``session_passphrase`` (what a softphone sends)."""
+    from gateway.protocols.sip import digest
+    nonce = "5f0.000000000001.abc"
+    response = digest.response_digest("MD5", player, realm, session_passphrase, "REGISTER",
+                                      "sip:127.0.0.1", nonce)
+    credentials = digest.parse_credentials(
+        f'Digest username="{player}", realm="{realm}", nonce="{nonce}",'
+        f' uri="sip:127.0.0.1", response="{response}"')
+    return digest.DigestProof(player, realm, "REGISTER", credentials)
+
+
+def test_a_digest_proof_joins_a_session_created_at_run_time_but_never_creates_one(harness):
+    _, creator = harness.join("creator", session="jam", passphrase=NEW_PASS)
+    proof = digest_proof(NEW_PASS)
+    assert proof.passphrase is None and proof.proves_passphrase
+    assert harness.bus.check(harness.request("ann", session="jam", credential=proof)) is None
+    harness.join(RecordingMember("ann"), session="jam", credential=proof)
+    assert harness.names("jam") == ["creator", "ann"]
+    assert harness.refusal("eve", session="jam", credential=digest_proof("wrong but long enough")
+                           ).reason == values.WRONG_PASSPHRASE
+    assert harness.refusal("bob", session="nowhere", credential=digest_proof(NEW_PASS)
+                           ).reason == values.UNKNOWN_SESSION
+    assert harness.bus.session_view("nowhere") is None
+
+
+def test_credentials_that_prove_nothing_still_reach_declared_sessions_only(harness):
+    harness.join("creator", session="jam", passphrase=NEW_PASS)
+    assert harness.refusal("mac", session="jam", credential=AllowedAddress(),
+                           source="127.0.0.5").reason == values.UNKNOWN_SESSION
+    assert harness.refusal("bridge", session="jam", credential=Verified()
+                           ).reason == values.UNKNOWN_SESSION
+    harness.join(RecordingMember("digest"), credential=digest_proof(DEMO_PASS))
+    assert harness.names() == ["digest"]

@@ -51,13 +51,43 @@ class FakePort:
         self.listening = False
 
 
+class FakeStreamPort:
+    """A TCP (or TLS) listening port whose connections the test opens with ``connect``."""
+
+    def __init__(self, number, factory):
+        self.number = number
+        self.factory = factory
+        self.listening = True
+
+    def connect(self, source):
+        """A new connection from ``source``: ``(protocol, StringTransport)``."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        proto = self.factory.buildProtocol(IPv4Address("TCP", *source))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", *source))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def stopListening(self):
+        self.listening = False
+
+
 class MemoryReactor(task.Clock):
-    """task.Clock plus listenUDP on an in-memory network that records what is sent."""
+    """task.Clock plus listenUDP on an in-memory network that records what is sent,
+    and listenTCP/listenSSL whose connections a test opens itself."""
 
     def __init__(self):
         super().__init__()
         self.ports = {}
+        self.stream_ports = {}
         self.sent = []
+
+    def listenTCP(self, number, factory, backlog=50, interface=""):
+        port = self.stream_ports[number] = FakeStreamPort(number, factory)
+        return port
+
+    def listenSSL(self, number, factory, contextFactory, backlog=50, interface=""):
+        return self.listenTCP(number, factory, backlog, interface)
 
     def listenUDP(self, number, proto, interface="", maxPacketSize=8192):
         port = FakePort(self, number, proto)

@@ -6,6 +6,8 @@ validated without them; the door itself is :mod:`gateway.protocols.sip.door`.
 
 import dataclasses
 import ipaddress
+import os
+import typing
 
 from gateway.schema import bounded, port
 from gateway.protocols.sip import channels
@@ -21,6 +23,52 @@ class MediaConfig:
     port_min: int = port(6000, doc="first media port; declared session k uses"
                                    " port_min + 2k (RTP) and the next (RTCP)")
     port_max: int = port(6127, doc="last media port")
+
+
+@dataclasses.dataclass
+class UasTlsConfig:
+    certificate: str = bounded(doc="PEM certificate chain file")
+    key: str = bounded(doc="PEM private key file")
+
+
+@dataclasses.dataclass
+class UasMediaConfig:
+    host: typing.Optional[str] = bounded(None, doc="IPv4 address of the call media ports as"
+                                                   " callers reach it; null: sip.host")
+    port_min: int = port(6200, doc="first media port; each call takes an even RTP port and"
+                                   " the next for RTCP")
+    port_max: int = port(6263, doc="last media port")
+
+
+@dataclasses.dataclass
+class UasConfig:
+    """Standard SIP user agents: softphones, SIP libraries, RTP-MIDI endpoints (RFC 3261)."""
+
+    enabled: bool = True
+    udp_port: typing.Optional[int] = bounded(
+        None, minimum=1, maximum=65535,
+        doc="null: sip.port, shared with sfront clients (their datagrams are told apart"
+            " by dialect); or a port of its own")
+    tcp_port: typing.Optional[int] = bounded(5060, minimum=1, maximum=65535,
+                                             doc="SIP over TCP; null: none")
+    tls_port: typing.Optional[int] = bounded(
+        None, minimum=1, maximum=65535,
+        doc="SIP over TLS (sips:, usually 5061); needs uas.tls or web.tls; null: none")
+    tls: typing.Optional[UasTlsConfig] = None
+    realm: str = bounded("netgateway", doc="digest realm softphones show")
+    media: UasMediaConfig = dataclasses.field(default_factory=UasMediaConfig)
+    max_calls: int = bounded(32, minimum=1, maximum=10000,
+                             doc="calls at once (also bounded by the media ports); more are"
+                                 " answered 503")
+    max_connections: int = bounded(256, minimum=1, maximum=100000,
+                                   doc="TCP and TLS connections at once; more are closed")
+    max_registrations: int = bounded(4096, minimum=1, maximum=1000000,
+                                     doc="registered contacts at once")
+    media_timeout: float = bounded(60.0, minimum=5.0, maximum=86400.0,
+                                   doc="seconds without RTP or RTCP from a caller before the"
+                                       " gateway hangs up")
+    nonce_lifetime: float = bounded(300.0, minimum=10.0, maximum=86400.0,
+                                    doc="seconds a digest nonce stays fresh")
 
 
 @dataclasses.dataclass
@@ -40,6 +88,7 @@ class Config:
     journal: bool = bounded(True, doc="send the RFC 6295 recovery journal to clients")
     max_clients: int = bounded(64, minimum=1, maximum=10000,
                                doc="sfront clients at once; more are refused with 503")
+    uas: UasConfig = dataclasses.field(default_factory=UasConfig)
 
     def media_ports(self, sessions):
         """The RTP media port of each declared session, by name."""
@@ -50,7 +99,26 @@ class Config:
         ports = [(f"{path}.port", "udp", self.port), (f"{path}.port", "udp", self.port + 1)]
         ports += [(f"{path}.media.port_min-port_max", "udp", number)
                   for number in range(self.media.port_min, self.media.port_max + 1)]
+        uas = self.uas
+        if uas.enabled:
+            if uas.udp_port is not None and uas.udp_port != self.port:
+                ports.append((f"{path}.uas.udp_port", "udp", uas.udp_port))
+            if uas.tcp_port is not None:
+                ports.append((f"{path}.uas.tcp_port", "tcp", uas.tcp_port))
+            if uas.tls_port is not None:
+                ports.append((f"{path}.uas.tls_port", "tcp", uas.tls_port))
+            ports += [(f"{path}.uas.media.port_min-port_max", "udp", number)
+                      for number in range(uas.media.port_min, uas.media.port_max + 1)]
         return ports
+
+    @property
+    def uas_udp_port(self):
+        """The UDP port standard user agents use (sip.port when shared with sfront)."""
+        return self.port if self.uas.udp_port is None else self.uas.udp_port
+
+    @property
+    def uas_media_host(self):
+        return self.uas.media.host or self.host
 
     def check(self, name, config):
         problems = []
@@ -70,6 +138,42 @@ class Config:
             problems.append(f"{name}.media.port_max: expected at least"
                             f" {media.port_min + needed - 1} (two ports for each of the"
                             f" {len(config.sessions)} declared sessions), got {media.port_max}")
+        if self.uas.enabled:
+            problems += self._check_uas(name, config)
+        return problems
+
+    def _check_uas(self, name, config):
+        problems = []
+        uas = self.uas
+        path = f"{name}.uas"
+        if uas.udp_port == self.port + 1:
+            problems.append(f"{path}.udp_port: {uas.udp_port} is the RTCP side of sfront"
+                            f" clients ({name}.port + 1); expected null ({name}.port,"
+                            " shared) or another port")
+        host = uas.media.host
+        if host is not None and (not _is_ipv4(host) or host == "0.0.0.0"):
+            problems.append(f"{path}.media.host: expected an IPv4 address callers can reach"
+                            f" (written in SDP answers), got {host!r}")
+        if uas.media.port_min % 2:
+            problems.append(f"{path}.media.port_min: expected an even port (RTP even, RTCP"
+                            f" the next), got {uas.media.port_min}")
+        if uas.media.port_max < uas.media.port_min + 1:
+            problems.append(f"{path}.media.port_max: expected at least"
+                            f" {uas.media.port_min + 1} (one RTP/RTCP pair), got"
+                            f" {uas.media.port_max}")
+        if not uas.realm or '"' in uas.realm or "\\" in uas.realm:
+            problems.append(f"{path}.realm: expected a non-empty name without quotes or"
+                            f" backslashes, got {uas.realm!r}")
+        if uas.tls_port is not None and uas.tls is None and config.web.tls is None:
+            problems.append(f"{path}.tls_port: SIP over TLS needs a certificate; expected"
+                            f" {path}.tls ({{certificate, key}}) or web.tls to be set"
+                            " (or tls_port: null)")
+        if uas.tls is not None:
+            for key in ("certificate", "key"):
+                value = getattr(uas.tls, key)
+                if value is not None and not os.access(value, os.R_OK):
+                    problems.append(f"{path}.tls.{key}: expected a readable PEM file,"
+                                    f" cannot read {value!r}")
         return problems
 
 

@@ -175,10 +175,15 @@ class DigestProof:
     """What a client sent to prove it knows a secret; ``matches(secret)`` checks it.
 
     Shaped like the bus's credentials: ``passphrase`` is None because the
-    passphrase itself never travels in digest authentication.
+    passphrase itself never travels in digest authentication, and
+    ``proves_passphrase`` is true because a response that matches could only be
+    computed by someone who knows it. So the bus admits a digest to a session
+    created at run time, but never creates one from it (it has no passphrase
+    to give the new session).
     """
 
     passphrase = None
+    proves_passphrase = True
     __slots__ = ("username", "realm", "method", "credentials")
 
     def __init__(self, username, realm, method, credentials):

@@ -1,4 +1,5 @@
-"""SIP door: the session server of sfront networking (thin Twisted adapter).
+"""SIP door: the session server of sfront networking, and standard SIP user agents (thin
+Twisted adapter).
 
 Binds the two SIP ports sfront clients are built with (``sip.port`` for
 their RTP sockets, ``sip.port + 1`` for their RTCP sockets) and, on
@@ -10,6 +11,15 @@ datagrams written, drops counted, verified clients joined to the bus as
 encoded once per fan-out and sent to each client signed with its
 session's key. The ``sip`` section is :mod:`~gateway.protocols.sip.config`,
 the Prometheus collector :mod:`~gateway.protocols.sip.metrics`.
+
+Standard SIP user agents (``sip.uas``: softphones, SIP libraries, RTP-MIDI
+endpoints) are served by :class:`~gateway.protocols.sip.agents.StandardAgents`.
+By default they share ``sip.port`` over UDP with sfront clients, as a softphone
+dialling ``sip:demo@HOST`` expects port 5060: each datagram on it goes to the
+sfront server when it is in sfront's dialect
+(:func:`~gateway.protocols.sip.sfront.speaks_sfront`: NUL-terminated, bare-LF
+lines) and to the RFC 3261 core otherwise. TCP and TLS are theirs alone
+(sfront speaks only UDP; its ``port + 1`` is UDP too, so TLS on TCP 5061 is free).
 """
 
 import socket
@@ -24,6 +34,7 @@ from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import channels, metrics
+from gateway.protocols.sip.sfront import speaks_sfront
 from gateway.protocols.sip.server import Admit, DeclaredSession, Played, SessionServer
 
 DOOR = "sip"
@@ -115,6 +126,11 @@ class SipDoor(DoorService):
             Send: self._send, Drop: self._dropped, Admit: self._admit, Played: self._played,
             PeerAlive: self._alive, PeerLeft: lambda action: self._left(action.peer,
                                                                         action.reason)})
+        self.agents = None
+        self._shared_udp = config.uas.enabled and config.uas_udp_port == config.port
+        if config.uas.enabled:
+            from gateway.protocols.sip.agents import StandardAgents
+            self.agents = StandardAgents(self, config, context)
         if context.metrics is not None:
             context.metrics.register(metrics.SipCollector(self))
 
@@ -129,6 +145,8 @@ class SipDoor(DoorService):
             self.media_listeners[session.name] = self._listen(session.media_port,
                                                               config.media.host)
             self._listen(session.media_port + 1, config.media.host)
+        if self.agents is not None:
+            self.agents.start(self.listeners[config.port] if self._shared_udp else None)
         self._timer.start(TIMER_INTERVAL, now=False)
         self.log.info("sip: sfront session server on udp {host}:{port} (RTCP side {rtcp}),"
                       " media on {media} ports {first}-{last} for {count} sessions",
@@ -153,17 +171,23 @@ class SipDoor(DoorService):
         self.carry_out(self.server.close(self.reactor.seconds()))
         for client in list(self.members):
             self._left(client, "shutdown")
+        stopping = [self.agents.stop()] if self.agents is not None else []
         listening, self.listeners = list(self.listeners.values()), {}
-        return defer.gatherResults([defer.maybeDeferred(port.stopListening)
-                                    for port in listening])
+        return defer.gatherResults(stopping + [defer.maybeDeferred(port.stopListening)
+                                               for port in listening])
 
     # Datagrams -------------------------------------------------------------------
 
     def receive(self, data, addr, port):
+        if self._shared_udp and port == self.config.port and not speaks_sfront(data):
+            self.agents.datagram(data, addr)
+            return
         self.carry_out(self.server.receive(data, addr, port, self.reactor.seconds()))
 
     def _tick(self):
         self.carry_out(self.server.timer(self.reactor.seconds()))
+        if self.agents is not None:
+            self.agents.tick()
 
     def _send(self, action):
         listening = self.listeners.get(action.via)
@@ -257,7 +281,8 @@ class SipDoor(DoorService):
                 "media_host": config.media.host, "channels": config.channels,
                 "sessions": [{"session": session.name, "media_port": session.media_port}
                              for session in self.sessions],
-                **totals}
+                **totals,
+                "user_agents": self.agents.status() if self.agents is not None else None}
 
 
 def make_service(config, context):

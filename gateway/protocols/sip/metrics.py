@@ -4,6 +4,11 @@ Read from the door's session server at each scrape; registered by
 :class:`~gateway.protocols.sip.door.SipDoor` when the web site serves
 ``/metrics``. Dropped packets, by reason (``bad_signature``,
 ``unknown_source``, ...), are in ``netgateway_dropped{door="sip"}``.
+
+Standard user agents (``sip.uas``) add ``netgateway_sip_uas_*``: calls now and
+calls answered, by transport; digest failures; registrations; media packets by
+kind (``rtp_in``, ``rtp_out``, ``rtcp_in``, ``rtcp_out``, ``guard_out``,
+``keepalive_out``, ``feedback_in``, ``malformed_in``, ``refused_in``, ...).
 """
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -32,3 +37,30 @@ class SipCollector:
         for reason, count in sorted(server.refusals.items()):
             refused.add_metric([reason], count)
         yield from (clients, verified, refused)
+        agents = self.door.agents
+        if agents is not None:
+            yield from _user_agents(agents)
+
+
+def _user_agents(agents):
+    core = agents.core.counts
+    calls = GaugeMetricFamily("netgateway_sip_uas_calls",
+                              "Calls of standard user agents joined now, by transport",
+                              labels=["transport"])
+    answered = CounterMetricFamily("netgateway_sip_uas_calls_answered",
+                                   "Calls answered (200), by transport", labels=["transport"])
+    for transport, count in sorted(agents.calls_by_transport().items()):
+        calls.add_metric([transport], count)
+        answered.add_metric([transport], agents.counts.get(
+            f"calls_answered_{transport.lower()}", 0))
+    failures = CounterMetricFamily("netgateway_sip_uas_digest_failures",
+                                   "Digest responses that did not prove the passphrase")
+    failures.add_metric([], core.get("digest_failures", 0))
+    registrations = GaugeMetricFamily("netgateway_sip_uas_registrations",
+                                      "Contacts registered now")
+    registrations.add_metric([], agents.core.registrar.count)
+    packets = CounterMetricFamily("netgateway_sip_uas_media_packets",
+                                  "Call media packets, by kind", labels=["kind"])
+    for kind, count in sorted(agents.media_counts().items()):
+        packets.add_metric([kind], count)
+    yield from (calls, answered, failures, registrations, packets)

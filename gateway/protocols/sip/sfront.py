@@ -29,14 +29,31 @@ import typing
 
 from gateway.protocols.sip.message import Dialect
 
-__all__ = ["DIALECT", "session_key", "keyed_name", "MIRROR_NAME", "MIRROR_KEYED_NAME",
-           "digest", "is_digest", "member_nonce", "Signer", "sign", "verified", "SignSdp",
+__all__ = ["DIALECT", "speaks_sfront", "session_key", "keyed_name", "MIRROR_NAME",
+           "MIRROR_KEYED_NAME", "digest", "is_digest", "member_nonce", "Signer", "sign", "verified", "SignSdp",
            "RtcpReport", "read_rtcp", "receiver_report", "PAYLOAD_NAME", "SIGNATURE_OCTETS"]
 
 DIALECT = Dialect(line_end="\n", compact=True, content_length=False, trailing_nul=True,
                   empty_line_without_body=False)
 """How sfront writes SIP: LF lines, compact names, no Content-Length, a final NUL, and no
 empty line after the headers of a message without a body (§2.1; the golden captures)."""
+
+
+
+def speaks_sfront(datagram):
+    """Whether a datagram on a SIP port shared with RFC 3261 user agents is sfront's.
+
+    sfront ends every SIP datagram with a NUL and every line with a bare LF; RFC
+    3261 §7 requires CRLF, and every standard agent measured writes it (and no
+    NUL). So a datagram that ends with a NUL, or whose first line ends with a
+    bare LF, is sfront's; anything else, CRLF keep-alives and garbage included,
+    is the standard agents' core's to answer or drop.
+    """
+    if datagram[-1:] == b"\0":
+        return True
+    end = datagram.find(b"\n", 0, 4096)
+    return end > 0 and datagram[end - 1] != 0x0D
+
 
 MD5_ROUNDS = 10000
 MIRROR_NAME = "mirror"

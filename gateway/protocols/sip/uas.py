@@ -34,7 +34,8 @@ throttled           503 Service Unavailable with Retry-After (the throttle's wai
 
 A call, step by step (each line is one input and what it returns):
 
-1. ``INVITE`` -> 100 Trying at once; no (or a stale) Authorization -> 401 with one
+1. ``INVITE`` -> 100 Trying if nothing else is sent within 200 ms (§17.2.1; a
+   retransmission before any answer gets it at once); no (or a stale) Authorization -> 401 with one
    challenge per algorithm. The client ACKs the 401 (absorbed by its transaction) and
    sends the INVITE again with credentials -> :class:`Authenticate`.
 2. :meth:`~UserAgentServer.authenticated` -> :class:`CallOffered` (the :class:`Call`
@@ -96,6 +97,8 @@ _KNOWN_REFUSED = frozenset(("SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"))
 _NEEDS_DIALOG = frozenset(("BYE", "INFO", "UPDATE", "PRACK"))
 _MEDIA_NEUTRAL_SDP_LINES = frozenset("osiuepzrtbk")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+TRYING_DELAY = 0.2
+"""RFC 3261 §17.2.1: an INVITE not answered within 200 ms gets a 100 Trying."""
 
 
 class Authenticate(typing.NamedTuple):
@@ -264,6 +267,7 @@ class UserAgentServer:
         self.calls = {}                                 # Call-ID -> Call
         self.ended = collections.OrderedDict()          # Call-ID -> until (late ACK, BYE)
         self.counts = collections.Counter()             # for /status and /metrics
+        self._trying = collections.OrderedDict()        # INVITE transaction -> 100 due
         self.started_at = now
         self._next_sweep = now
 
@@ -362,8 +366,9 @@ class UserAgentServer:
         return self._final(transaction, 200, "OK", now, self._dialog_headers(call), sdp,
                            "application/sdp")
 
-    def reject(self, call, reason, now, retry_after=None):
-        """Refuse an offered ``call`` with a bus refusal code or a status code (488, 480)."""
+    def reject(self, call, reason, now, retry_after=None, headers=()):
+        """Refuse an offered ``call`` with a bus refusal code or a status code (488, 480);
+        ``headers`` are added to the response (a Warning that says why)."""
         if call.state != "offered":
             return []
         if isinstance(reason, int):
@@ -371,7 +376,9 @@ class UserAgentServer:
         else:
             status, phrase, wait = _REFUSALS.get(reason, (403, "Forbidden", False))
             self.counts[f"refused_{reason}"] += 1
-        headers = [("Retry-After", str(int(retry_after or self.retry_after)))] if wait else []
+        headers = list(headers)
+        if wait:
+            headers.append(("Retry-After", str(int(retry_after or self.retry_after))))
         actions = self._final(call.invite_transaction, status, phrase, now, headers)
         self._end(call, "rejected", now, notify=False)
         return actions
@@ -474,6 +481,8 @@ class UserAgentServer:
         if existing is not None:
             if existing.request.cseq[0] == cseq[0]:
                 self.counts["retransmissions"] += 1
+                if existing.is_invite and existing.last_response is None:
+                    return self._trying_now(existing, now)
                 return self.transactions.retransmission(existing)
             # The same branch with a new CSeq is a new request from a client that reuses
             # its branch (sipsak -i -f sends a file's Via as written): the old one is over.
@@ -493,8 +502,10 @@ class UserAgentServer:
             return self._cancel(transaction, key, now)
         actions = []
         if method == "INVITE":
-            actions = self.transactions.respond(
-                transaction, 100, self._response_bytes(request, source, 100, "Trying"), now)
+            # §17.2.1: 100 Trying only if nothing else is sent within 200 ms (timer).
+            # sipsak over TCP reads one message per read: a 100 written with the 401
+            # or 200 right behind it would hide them from it.
+            self._trying[transaction] = now + TRYING_DELAY
         required = request.get("require")
         if required and method != "CANCEL":
             return actions + self._final(transaction, 420, "Bad Extension", now,
@@ -753,9 +764,22 @@ class UserAgentServer:
 
     # Time ----------------------------------------------------------------------------------
 
+    def _trying_now(self, transaction, now):
+        self._trying.pop(transaction, None)
+        if transaction.last_response is not None or transaction.state == "terminated":
+            return []
+        data = self._response_bytes(transaction.request, transaction.source, 100, "Trying")
+        return self.transactions.respond(transaction, 100, data, now)
+
     def _timer(self, now):
         sends, expired = self.transactions.timer(now)
         actions = list(sends)
+        trying = self._trying
+        while trying:
+            transaction, due = next(iter(trying.items()))
+            if due > now:
+                break
+            actions += self._trying_now(transaction, now)
         for transaction, why in expired:
             owner = transaction.owner
             if why == "tu_timeout":
