@@ -20,14 +20,25 @@ from gateway.bus.values import RosterEntry
 from gateway.config import parse
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
-from gateway.protocols.rtmp import amf0, door as rtmpdoor
+from gateway.protocols.rtmp import amf0
 from gateway.protocols.rtmp.chunks import (
     AUDIO, COMMAND_AMF0, DATA_AMF0, VIDEO, ChunkReader, ChunkWriter, Message)
 from gateway.protocols.rtmp.handshake import PACKET_SIZE
 from gateway.protocols.rtmp.metrics import RtmpCollector
 from tests.bus.recording import RecordingBus
+from tests.doors.conftest import import_on_twisted
 
 PASSPHRASE = "play along with netgateway demo"
+rtmpdoor = None         # gateway.protocols.rtmp.door, imported by the fixture below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def door_module():
+    """The RTMP door (its FLV over WebSocket is autobahn's), with txaio on Twisted."""
+    global rtmpdoor
+    for module in import_on_twisted("gateway.protocols.rtmp.door"):
+        rtmpdoor = module
+        yield module
 ALICE = RosterEntry(7, "alice", "websocket")
 AAC_HEADER = b"\xaf\x00\x12\x10"
 

@@ -30,6 +30,7 @@ from gateway.config import parse
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from tests.bus.recording import RecordingBus
+from tests.doors.conftest import import_on_twisted
 
 PASSPHRASE = "twenty characters or more"
 PEER_HOST = "203.0.113.5"
@@ -44,16 +45,7 @@ MASK = b"\x37\xfa\x21\x3d"
 @pytest.fixture(scope="module")
 def server():
     """gateway.protocols.websocket.server, with txaio on Twisted while this module runs."""
-    import txaio
-    framework = txaio._explicit_framework
-    saved = {name: getattr(txaio, name) for name in txaio.__all__ if hasattr(txaio, name)}
-    txaio._explicit_framework = None
-    txaio.use_twisted()
-    from gateway.protocols.websocket import server as module
-    yield module
-    txaio._explicit_framework = framework
-    for name, value in saved.items():
-        setattr(txaio, name, value)
+    yield from import_on_twisted("gateway.protocols.websocket.server")
 
 
 class RecordingLog:
