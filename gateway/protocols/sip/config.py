@@ -14,6 +14,49 @@ from gateway.protocols.sip import channels
 
 # sfront refuses a member whose c= is one of these (shared/protocols/sfront.md §2.3).
 _REFUSED_MEDIA_HOSTS = ("127.0.0.1", "0.0.0.0", "255.255.255.255")
+INVITE_TRANSPORTS = ("udp", "tcp", "tls")
+
+
+@dataclasses.dataclass
+class InviteConfig:
+    """A SIP user agent the gateway calls (it is the caller): its peer joins ``session``."""
+
+    session: str = bounded(doc="a session declared in 'sessions'; the called peer joins it")
+    uri: str = bounded(doc="sip:user@host:port (sips: for TLS) of the peer; host an IP address")
+    transport: typing.Optional[str] = bounded(
+        None, choices=INVITE_TRANSPORTS,
+        doc="udp, tcp or tls; null: the URI's transport parameter, else tls for sips:"
+            " and udp for sip:")
+    name: typing.Optional[str] = bounded(None, doc="the peer's name in the session; null:"
+                                                   " user@host of the URI")
+    username: str = bounded("netgateway", doc="our From user, and the digest user name"
+                                              " answering the peer's challenges")
+    password: typing.Optional[str] = bounded(
+        None, doc="digest password for 401/407 challenges (another netgateway: its session"
+                  " passphrase); null: none, and a challenge fails the call")
+    tls_ca: typing.Optional[str] = bounded(
+        None, doc="PEM file of the CA certificates a tls peer is verified against; null:"
+                  " the system's")
+    retry: float = bounded(5.0, minimum=0.5, maximum=3600.0,
+                           doc="seconds before calling again after a call ends or fails;"
+                               " doubled by each failure in a row")
+    retry_max: float = bounded(300.0, minimum=1.0, maximum=86400.0,
+                               doc="the longest wait between attempts")
+    ring_timeout: float = bounded(60.0, minimum=5.0, maximum=600.0,
+                                  doc="seconds a ringing call may stay unanswered before the"
+                                      " gateway cancels it")
+
+    def target(self):
+        """``(scheme, user, host, port, transport)`` of the URI; ValueError if unusable."""
+        from gateway.protocols.sip.uac import parse_target
+        return parse_target(self.uri, self.transport)
+
+    @property
+    def display_name(self):
+        if self.name:
+            return self.name
+        _, user, host, _, _ = self.target()
+        return f"{user}@{host}" if user else host
 
 
 @dataclasses.dataclass
@@ -88,6 +131,9 @@ class Config:
     journal: bool = bounded(True, doc="send the RFC 6295 recovery journal to clients")
     max_clients: int = bounded(64, minimum=1, maximum=10000,
                                doc="sfront clients at once; more are refused with 503")
+    invite: typing.List[InviteConfig] = bounded(
+        default_factory=list, doc="SIP user agents the gateway calls (it is the caller);"
+                                  " needs uas.enabled")
     uas: UasConfig = dataclasses.field(default_factory=UasConfig)
 
     def media_ports(self, sessions):
@@ -140,6 +186,30 @@ class Config:
                             f" {len(config.sessions)} declared sessions), got {media.port_max}")
         if self.uas.enabled:
             problems += self._check_uas(name, config)
+        problems += self._check_invite(name, config)
+        return problems
+
+    def _check_invite(self, name, config):
+        problems = []
+        declared = {session.name for session in config.sessions}
+        for index, entry in enumerate(self.invite):
+            path = f"{name}.invite[{index}]"
+            if not self.uas.enabled:
+                problems.append(f"{path}: calling out uses the standard user agents' ports"
+                                f" and media; expected {name}.uas.enabled: true")
+            if entry.session not in declared:
+                problems.append(f"{path}.session: expected a session declared in 'sessions'"
+                                f" (a called peer cannot create one), got {entry.session!r}")
+            try:
+                entry.target()
+            except ValueError as error:
+                problems.append(f"{path}.uri: {error}")
+            if entry.retry_max < entry.retry:
+                problems.append(f"{path}.retry_max: expected at least retry ({entry.retry}),"
+                                f" got {entry.retry_max}")
+            if entry.tls_ca is not None and not os.access(entry.tls_ca, os.R_OK):
+                problems.append(f"{path}.tls_ca: expected a readable PEM file, cannot read"
+                                f" {entry.tls_ca!r}")
         return problems
 
     def _check_uas(self, name, config):

@@ -285,3 +285,110 @@ class NonceCounts:
 
     def __len__(self):
         return len(self._highest)
+
+
+# The client's side: answering a challenge (the gateway calling out, sip.invite) -------
+#
+# implements RFC 3261 §22.2 and §22.3 (a 401's WWW-Authenticate is answered with
+#   Authorization, a 407's Proxy-Authenticate with Proxy-Authorization, on a new request)
+# implements RFC 8760 §2.4 (the topmost challenge whose algorithm the client supports:
+#   MD5, SHA-256 and their -sess forms) and RFC 7616 §3.4 (qop=auth with nc and cnonce
+#   when offered; RFC 2069's response when the challenge has no qop; opaque echoed)
+
+class Challenge:
+    """One ``Digest ...`` challenge a server sent (``header``: which header it came in)."""
+
+    __slots__ = ("header", "realm", "nonce", "algorithm", "qop", "opaque", "stale")
+
+    def __init__(self, header, realm, nonce, algorithm, qop, opaque, stale):
+        self.header = header            # "www-authenticate" or "proxy-authenticate"
+        self.realm = realm
+        self.nonce = nonce
+        self.algorithm = algorithm      # upper case
+        self.qop = qop                  # the offered qop options, lower case (a tuple)
+        self.opaque = opaque
+        self.stale = stale
+
+    @property
+    def answer_header(self):
+        """The header that carries the answer: Authorization or Proxy-Authorization."""
+        return "Proxy-Authorization" if self.header == "proxy-authenticate" else "Authorization"
+
+    def __repr__(self):
+        return f"Challenge({self.realm!r}, {self.algorithm}, qop={self.qop})"
+
+
+def parse_challenge(value, header="www-authenticate"):
+    """The :class:`Challenge` of one WWW-/Proxy-Authenticate value; DigestError if it is
+    not a digest challenge this client can answer."""
+    if value is None or len(value) > MAX_CREDENTIALS_LENGTH:
+        raise DigestError("no challenge, or too long")
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        raise DigestError(f"scheme {scheme[:16]!r} is not Digest")
+    params = {}
+    position, rest = 0, rest.strip()
+    while position < len(rest):
+        match = _PARAMETER.match(rest, position)
+        if match is None or match.end() == position:
+            raise DigestError(f"bad parameter at {rest[position:position + 24]!r}")
+        quoted = match.group(2)
+        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) \
+            if quoted is not None else match.group(3)
+        if len(params) > MAX_PARAMETERS:
+            raise DigestError("too many parameters")
+        position = match.end()
+    if not params.get("nonce") or params.get("realm") is None:
+        raise DigestError("a challenge needs a realm and a nonce")
+    algorithm = (params.get("algorithm") or "MD5").upper()
+    if algorithm not in ALGORITHMS:
+        raise DigestError(f"algorithm {algorithm[:16]!r} is not supported")
+    qop = tuple(option.strip().lower() for option in params["qop"].split(",")
+                if option.strip()) if params.get("qop") is not None else ()
+    if qop and "auth" not in qop:
+        raise DigestError(f"qop {params['qop'][:24]!r} offers no auth")
+    if not qop and algorithm.endswith("-SESS"):
+        raise DigestError("a -sess algorithm needs qop")
+    return Challenge(header, params["realm"], params["nonce"], algorithm, qop,
+                     params.get("opaque"), (params.get("stale") or "").lower() == "true")
+
+
+def pick_challenge(message):
+    """The challenge of a 401 or 407 ``message`` to answer (RFC 8760 §2.4: the topmost
+    one this client supports), or None."""
+    header = "proxy-authenticate" if message.status == 407 else "www-authenticate"
+    for value in message.values(header):
+        try:
+            return parse_challenge(value, header)
+        except DigestError:
+            continue
+    return None
+
+
+def _quoted(text):
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def authorization(challenge, username, password, method, uri, nc=1, cnonce=None):
+    """``(header name, value)`` answering ``challenge`` for ``method`` on ``uri``.
+
+    With qop offered the answer uses qop=auth, nonce count ``nc`` and ``cnonce``
+    (random when not given); without, RFC 2069's response.
+    """
+    qop = "auth" if challenge.qop else None
+    nc_text = f"{nc:08x}" if qop else None
+    if qop and cnonce is None:
+        cnonce = os.urandom(8).hex()
+    response = response_digest(challenge.algorithm, username, challenge.realm, password,
+                               method, uri, challenge.nonce, nc_text, cnonce, qop)
+    parts = [f'username="{_quoted(username)}"', f'realm="{_quoted(challenge.realm)}"',
+             f'nonce="{_quoted(challenge.nonce)}"', f'uri="{_quoted(uri)}"',
+             f'response="{response}"', f"algorithm={challenge.algorithm}"]
+    if qop:
+        parts += [f'cnonce="{cnonce}"', f"qop={qop}", f"nc={nc_text}"]
+    if challenge.opaque is not None:
+        parts.append(f'opaque="{_quoted(challenge.opaque)}"')
+    return challenge.answer_header, "Digest " + ", ".join(parts)
+
+
+__all__ += ["Challenge", "parse_challenge", "pick_challenge", "authorization"]

@@ -34,7 +34,7 @@ from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, co
 from gateway.protocols.rtpmidi.stream import PreparedPacket
 from gateway.protocols.sip import rtcp
 
-__all__ = ["MidiCall", "Heard", "RTP", "RTCP", "REPORT_INTERVAL"]
+__all__ = ["MidiCall", "AwaitingAnswer", "Heard", "RTP", "RTCP", "REPORT_INTERVAL"]
 
 RTP = "rtp"
 RTCP = "rtcp"
@@ -220,3 +220,40 @@ class MidiCall:
                 "packets_received": self.stream.packets_received,
                 "packets_lost": receiver.lost_packets, "gaps_repaired": receiver.repaired_gaps,
                 "late_dropped": self.stream.late_dropped, **dict(self.counts)}
+
+
+class _Offered(typing.NamedTuple):
+    clock_rate: int
+
+
+class AwaitingAnswer:
+    """The media of a call we made the offer in, before its answer came.
+
+    An INVITE without an offer gets ours in the 200 and its answer in the ACK
+    (RFC 3264 §5, RFC 3261 §13.2.1): until then nothing is sent, and what arrives
+    on the call's ports is counted and dropped. The adapter then replaces this
+    with a :class:`MidiCall` made from the answer.
+    """
+
+    def __init__(self, now, clock_rate=44100):
+        self.offer = _Offered(clock_rate)
+        self.last_heard = now
+        self.counts = collections.Counter()
+        self.closed = False
+
+    def receive(self, data, source, now, via):
+        self.counts["before_answer_in"] += 1
+        return [Drop("before_answer", source, "media before the SDP answer")]
+
+    def packets(self, prepared, timestamp, now):
+        return []
+
+    def timer(self, now):
+        return []
+
+    def close(self, now):
+        self.closed = True
+        return []
+
+    def describe(self):
+        return {"media": "awaiting the SDP answer", **dict(self.counts)}

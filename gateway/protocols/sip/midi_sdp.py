@@ -345,3 +345,61 @@ def answer(offer, host, port, session_id, agent="netgateway"):
             lines.append(("a", f"rtcp:{port + 1}"))
         lines.append(("a", offer.direction))
     return Sdp(lines).to_bytes()
+
+
+# Our offer, and the answer to it ----------------------------------------------------------
+#
+# implements RFC 3264 §5 (the offer: one m= line, our media address, sendrecv) and §6
+#   read from the other side (the answer has as many m= lines as the offer, port 0 for a
+#   refused one, the same encoding and clock rate), RFC 6295 §6.1 (audio/rtp-midi with
+#   the default parameters: recovery journal, closed-loop, comex) and RFC 3605 (a=rtcp)
+#
+# Used when the gateway offers: in the INVITEs of sip.invite (RFC 3261 §13.2.1) and in
+# the 200 to an INVITE without an offer (the answer then comes in the ACK).
+
+OFFER_PAYLOAD_TYPE = 96
+OFFER_CLOCK_RATE = 44100
+
+
+def offer(host, port, session_id, agent="netgateway"):
+    """Our SDP offer: one RTP-MIDI stream (``rtp-midi/44100``, payload type 96) at
+    ``host:port``, RTCP on ``port + 1``, both directions."""
+    pt = OFFER_PAYLOAD_TYPE
+    return Sdp([("v", "0"), ("o", f"{agent} {session_id} {session_id} IN IP4 {host}"),
+                ("s", agent), ("c", f"IN IP4 {host}"), ("t", "0 0"),
+                ("m", f"audio {port} RTP/AVP {pt}"),
+                ("a", f"rtpmap:{pt} rtp-midi/{OFFER_CLOCK_RATE}"),
+                ("a", f"rtcp:{port + 1}"), ("a", "sendrecv")]).to_bytes()
+
+
+def read_answer(body):
+    """The stream an SDP answer to :func:`offer` sets up, or :class:`Refused`.
+
+    The answer describes the answerer's side as an offer does (where its media
+    goes, what it wants to receive, its direction), so it is read as one: the
+    result is a :class:`MidiOffer` to run a call's media with. Refused: no answer,
+    not one m= line, the stream refused (port 0), no rtp-midi in it, or another
+    clock rate than offered.
+    """
+    if not body:
+        return Refused(488, 304, "no SDP answer to our offer")
+    try:
+        media_lines = sum(1 for kind, _ in Sdp.parse(body).lines if kind == "m")
+    except MalformedSdp as error:
+        return Refused(488, 399, f"unreadable SDP answer: {error}"[:120])
+    if media_lines != 1:
+        return Refused(488, 304, f"the answer has {media_lines} m= lines; our offer had one")
+    stream = read_offer(body)
+    if isinstance(stream, PhoneOffer):
+        return Refused(488, 304, "the answer has no rtp-midi stream")
+    if isinstance(stream, Refused):
+        if stream.code == 304:
+            return Refused(488, 304, "the answer refused the rtp-midi stream (or has none)")
+        return stream
+    if stream.clock_rate != OFFER_CLOCK_RATE:
+        return Refused(488, 305, f"the answer's clock rate {stream.clock_rate} is not the"
+                                 f" offered {OFFER_CLOCK_RATE}")
+    return stream
+
+
+__all__ += ["offer", "read_answer", "OFFER_PAYLOAD_TYPE", "OFFER_CLOCK_RATE"]

@@ -15,6 +15,9 @@
 #   response goes back to the source address and port of its request)
 # implements RFC 3311 (UPDATE in a dialog), RFC 6086 (INFO in a dialog), RFC 3428 §7
 #   (MESSAGE in a dialog), RFC 5626 §3.5.1 (CRLF keep-alives, through framing)
+# implements RFC 3261 §13.2.1 and RFC 3264 §5 for an INVITE without an offer: the
+#   adapter's answer() is then our offer (in the 200, and its retransmissions), and
+#   the ACK's body is the answer (CallConfirmed.sdp; None when the caller sent none)
 
 Which session, and who (README "SIP phones"): an INVITE's Request-URI user is the
 session (``sip:demo@gateway``); a REGISTER's To user is (its Request-URI names only
@@ -44,9 +47,18 @@ A call, step by step (each line is one input and what it returns):
    ACK) or :meth:`~UserAgentServer.reject` with a refusal code or a status (488).
 3. ``ACK`` -> :class:`CallConfirmed`. It is matched to the call by Call-ID and CSeq,
    not by To tag: pyVoIP acknowledges with a tag of its own.
+   An INVITE without a body wants our offer: :class:`CallOffered` has ``offer``
+   None, the SDP given to :meth:`~UserAgentServer.answer` is our offer, and the
+   answer arrives in the ACK (:class:`CallConfirmed`'s ``sdp``; an ACK without
+   one is counted, ``acks_without_answer``, and the adapter hangs up).
 4. ``BYE`` (even before the ACK: pjsua2), ``CANCEL``, no ACK in 64*T1, a lost TCP
    connection, or :meth:`~UserAgentServer.hang_up` -> :class:`CallEnded`, once per
    offered call that the adapter did not reject itself.
+
+Messages of dialogs that are not the server's (the calls the gateway makes itself,
+``sip.invite``, whose responses and in-dialog requests arrive on the same ports):
+when ``foreign`` is set, a predicate on Call-IDs, such a message is handed back
+parsed in a :class:`Foreign` action for the client core.
 
 Inputs are :meth:`~UserAgentServer.receive` (one datagram or framed message, or a
 parsed message), :meth:`~UserAgentServer.receive_stream` (stream octets through a
@@ -86,7 +98,7 @@ from gateway.protocols.sip.transactions import (
 )
 
 __all__ = ["UserAgentServer", "Limits", "Call", "Authenticate", "CallOffered",
-           "CallConfirmed", "CallEnded", "CallInfo", "CloseConnection", "ALLOW",
+           "CallConfirmed", "CallEnded", "CallInfo", "CloseConnection", "Foreign", "ALLOW",
            "StreamFramer"]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE"
@@ -153,6 +165,15 @@ class CloseConnection(typing.NamedTuple):
     transport: str
     address: typing.Any
     reason: str
+
+
+class Foreign(typing.NamedTuple):
+    """``message`` (parsed) belongs to a dialog of the client core (``foreign``):
+    hand it over with its ``transport`` and ``source``."""
+
+    message: typing.Any
+    transport: str
+    source: typing.Any
 
 
 class Limits(typing.NamedTuple):
@@ -270,6 +291,7 @@ class UserAgentServer:
         self._trying = collections.OrderedDict()        # INVITE transaction -> 100 due
         self.started_at = now
         self._next_sweep = now
+        self.foreign = None         # Call-ID -> bool: messages the client core takes
 
     # Inputs ------------------------------------------------------------------------------
 
@@ -429,6 +451,9 @@ class UserAgentServer:
                 message = parse(data)
             except MalformedMessage as error:
                 return [Drop("malformed", source, str(error))]
+        foreign = self.foreign
+        if foreign is not None and message.call_id and foreign(message.call_id):
+            return [Foreign(message, transport, source)]
         if isinstance(message, Response):
             return self._response(message, source, now)
         return self._request(message, transport, source, now)
@@ -614,8 +639,11 @@ class UserAgentServer:
                 actions = []
                 if call.state == "answered":
                     call.state = "confirmed"
-                    if call.offer is None and request.body:
-                        call.offer = request.body
+                    if call.offer is None:      # we offered in the 200: the answer
+                        if request.body:
+                            call.offer = request.body
+                        else:
+                            self.counts["acks_without_answer"] += 1
                     if call.hangup_pending is not None:
                         actions += self._send_bye(call, now)
                         self._end(call, call.hangup_pending, now, notify=False)
