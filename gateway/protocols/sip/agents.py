@@ -46,9 +46,10 @@ from gateway.protocols.sip import midi_sdp
 from gateway.protocols.sip.midi_call import RTCP, RTP, Heard, MidiCall
 from gateway.protocols.sip.registrar import Registrar
 from gateway.protocols.sip.uas import (
-    Authenticate, CallConfirmed, CallEnded, CallInfo, CallOffered, CloseConnection, Limits,
-    UserAgentServer,
+    Authenticate, CallConfirmed, CallEnded, CallInfo, CallOffered, CloseConnection, Foreign,
+    Limits, UserAgentServer,
 )
+from gateway.protocols.sip.midi_call import AwaitingAnswer
 
 DOOR = "sip"
 UDP, TCP, TLS = "UDP", "TCP", "TLS"
@@ -253,13 +254,15 @@ class StandardAgents:
         self.connections = {}       # (transport, (host, port)) -> _Stream
         self.udp = None             # the UDP IListeningPort standard agents use
         self.listeners = []         # our own listening ports (TCP, TLS, own UDP)
+        self.outbound = None        # the calls we make (sip.invite, outbound.py), if any
         self._requests = {}         # INVITE transaction -> JoinRequest, until CallOffered
         self.counts = collections.Counter()     # door-level counters for /status, /metrics
         self.media_totals = collections.Counter()   # media packets of ended calls, by kind
         self._handlers = {
             Send: self._send, Drop: self._dropped, Authenticate: self._authenticate,
             CallOffered: self._offered, CallConfirmed: self._confirmed, CallEnded: self._ended,
-            CallInfo: self._info, CloseConnection: self._close_connection}
+            CallInfo: self._info, CloseConnection: self._close_connection,
+            Foreign: self._foreign}
 
     def carry_out(self, actions):
         handlers = self._handlers
@@ -377,6 +380,11 @@ class StandardAgents:
         if stream is not None:
             stream.transport.loseConnection()
 
+    def _foreign(self, action):
+        """A message of a call we made (the core knows its Call-ID as not its own)."""
+        if self.outbound is not None:
+            self.outbound.received(action.message, action.transport, action.source)
+
     def _authenticate(self, action):
         request = JoinRequest(action.session, action.player, DOOR, action.proof, action.source)
         now = self.now()
@@ -397,9 +405,8 @@ class StandardAgents:
         if request is None:             # cannot happen: authenticated() answers at once
             self.carry_out(self.core.reject(call, 500, now))
             return
-        if action.offer is None:
-            self._reject(call, midi_sdp.Refused(488, 304, "an SDP offer with rtp-midi is"
-                                                          " needed in the INVITE"))
+        if action.offer is None:        # the caller wants our offer (RFC 3264 §5)
+            self._offerless(call, request)
             return
         offer = midi_sdp.read_offer(action.offer)
         if isinstance(offer, midi_sdp.PhoneOffer):
@@ -461,7 +468,55 @@ class StandardAgents:
 
     def _confirmed(self, action):
         member = self.members.get(action.call)
+        if member is not None and isinstance(member.media, AwaitingAnswer):
+            self._answer_in_ack(member, action.sdp)
+            return
         if member is not None and member.membership is not None:
+            member.membership.touch()
+
+    # INVITEs without an offer (RFC 3261 §13.2.1): ours in the 200, the answer in the ACK
+
+    def _offerless(self, call, request):
+        """Join the caller with media ports but no stream yet; our offer goes in the 200."""
+        ports = self.pool.take(self, self.reactor, self.media_host)
+        if ports is None:
+            self.door.drop(call.source, "no_media_ports", "every sip.uas.media port is in use")
+            self.carry_out(self.core.reject(call, 503, self.now()))
+            return
+        member = CallMember(self, call, AwaitingAnswer(self.now()), ports)
+        ports.member = member
+        self.members[call] = member
+        joining = self.bus.join(request, member)
+        joining.addCallbacks(self._joined_offerless, self._join_refused,
+                             callbackArgs=(member,), errbackArgs=(member,))
+
+    def _joined_offerless(self, membership, member):
+        call = member.call
+        if self.members.get(call) is not member or call.state != "offered":
+            membership.leave("left while joining")       # CANCEL, or the INVITE timed out
+            return
+        member.membership = membership
+        offer = midi_sdp.offer(self.media_host, member.ports.rtp_port, self.rng.getrandbits(31))
+        self.counts[f"calls_answered_{call.transport.lower()}"] += 1
+        self.counts["offers_made"] += 1
+        self.carry_out(self.core.answer(call, offer, self.now()))
+
+    def _answer_in_ack(self, member, sdp):
+        """The ACK's answer to our offer: the call's media, or our BYE when it has none
+        we can use (RFC 3261 §13.2.2.4 asks the caller for one; RFC 3264 §6)."""
+        call = member.call
+        stream = midi_sdp.read_answer(sdp)
+        if isinstance(stream, midi_sdp.Refused):
+            self.counts["answers_refused"] += 1
+            self.door.drop(call.source, "answer_refused", stream.text)
+            self.hang_up(call, "answer_refused")
+            return
+        now = self.now()
+        member.media = MidiCall(stream, self.rng.getrandbits(32), self.rng.getrandbits(16),
+                                self.clock_base, now, latetime=self.config.latetime,
+                                journal=self.config.journal, timeout=self.uas.media_timeout,
+                                hosts=(call.source[0],), cname=f"netgateway@{self.media_host}")
+        if member.membership is not None:
             member.membership.touch()
 
     def _info(self, action):

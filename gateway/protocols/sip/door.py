@@ -20,6 +20,10 @@ sfront server when it is in sfront's dialect
 (:func:`~gateway.protocols.sip.sfront.speaks_sfront`: NUL-terminated, bare-LF
 lines) and to the RFC 3261 core otherwise. TCP and TLS are theirs alone
 (sfront speaks only UDP; its ``port + 1`` is UDP too, so TLS on TCP 5061 is free).
+
+The calls the gateway makes itself (``sip.invite``) are
+:class:`~gateway.protocols.sip.outbound.OutboundCalls`, on the standard user
+agents' sockets and media ports.
 """
 
 import socket
@@ -127,10 +131,14 @@ class SipDoor(DoorService):
             PeerAlive: self._alive, PeerLeft: lambda action: self._left(action.peer,
                                                                         action.reason)})
         self.agents = None
+        self.outbound = None
         self._shared_udp = config.uas.enabled and config.uas_udp_port == config.port
         if config.uas.enabled:
             from gateway.protocols.sip.agents import StandardAgents
             self.agents = StandardAgents(self, config, context)
+            if config.invite:
+                from gateway.protocols.sip.outbound import OutboundCalls
+                self.outbound = OutboundCalls(self, self.agents, config)
         if context.metrics is not None:
             context.metrics.register(metrics.SipCollector(self))
 
@@ -147,6 +155,8 @@ class SipDoor(DoorService):
             self._listen(session.media_port + 1, config.media.host)
         if self.agents is not None:
             self.agents.start(self.listeners[config.port] if self._shared_udp else None)
+        if self.outbound is not None:
+            self.outbound.start()
         self._timer.start(TIMER_INTERVAL, now=False)
         self.log.info("sip: sfront session server on udp {host}:{port} (RTCP side {rtcp}),"
                       " media on {media} ports {first}-{last} for {count} sessions",
@@ -171,6 +181,8 @@ class SipDoor(DoorService):
         self.carry_out(self.server.close(self.reactor.seconds()))
         for client in list(self.members):
             self._left(client, "shutdown")
+        if self.outbound is not None:
+            self.outbound.stop()            # BYEs leave before the sockets close
         stopping = [self.agents.stop()] if self.agents is not None else []
         listening, self.listeners = list(self.listeners.values()), {}
         return defer.gatherResults(stopping + [defer.maybeDeferred(port.stopListening)
@@ -188,6 +200,8 @@ class SipDoor(DoorService):
         self.carry_out(self.server.timer(self.reactor.seconds()))
         if self.agents is not None:
             self.agents.tick()
+        if self.outbound is not None:
+            self.outbound.tick()
 
     def _send(self, action):
         listening = self.listeners.get(action.via)
@@ -282,7 +296,8 @@ class SipDoor(DoorService):
                 "sessions": [{"session": session.name, "media_port": session.media_port}
                              for session in self.sessions],
                 **totals,
-                "user_agents": self.agents.status() if self.agents is not None else None}
+                "user_agents": self.agents.status() if self.agents is not None else None,
+                "invite": self.outbound.status() if self.outbound is not None else None}
 
 
 def make_service(config, context):

@@ -40,6 +40,26 @@ class SipCollector:
         agents = self.door.agents
         if agents is not None:
             yield from _user_agents(agents)
+        outbound = getattr(self.door, "outbound", None)
+        if outbound is not None:
+            yield from _invitations(outbound)
+
+
+def _invitations(outbound):
+    """``netgateway_sip_invite_*``: the calls the gateway makes (sip.invite)."""
+    connected = GaugeMetricFamily("netgateway_sip_invite_connected",
+                                  "sip.invite peers answered and joined now")
+    connected.add_metric([], outbound.connected())
+    attempts = CounterMetricFamily("netgateway_sip_invite_attempts",
+                                   "Calls the gateway made (sip.invite)")
+    attempts.add_metric([], outbound.counts.get("attempts", 0))
+    outcomes = CounterMetricFamily("netgateway_sip_invite_outcomes",
+                                   "How sip.invite calls went: answered, failed (never"
+                                   " answered), answer_refused", labels=["outcome"])
+    for outcome in ("answered", "failed", "answers_refused"):
+        outcomes.add_metric([outcome.replace("answers_", "answer_")],
+                            outbound.counts.get(outcome, 0))
+    yield from (connected, attempts, outcomes)
 
 
 def _user_agents(agents):

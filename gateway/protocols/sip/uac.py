@@ -93,6 +93,9 @@ class Target(typing.NamedTuple):
     password: typing.Optional[str] = None
     display: typing.Optional[str] = None
 
+    def __repr__(self):         # never the password
+        return f"Target({self.uri!r}, {self.transport}, user={self.user!r})"
+
 
 class Ringing(typing.NamedTuple):
     """A provisional response (180 Ringing, 183 Session Progress, ...) to ``call``."""
