@@ -237,6 +237,7 @@ class AwaitingAnswer:
 
     def __init__(self, now, clock_rate=44100):
         self.offer = _Offered(clock_rate)
+        self.rtp_to = None
         self.last_heard = now
         self.counts = collections.Counter()
         self.closed = False

@@ -755,7 +755,8 @@ class UserAgentClient:
                     actions.append(Send(transaction.data, transaction.destination,
                                         transaction.transport))
                     transaction.interval *= 2                         # Timer A
-                    transaction.retransmit_at = now + transaction.interval
+                    transaction.retransmit_at = max(
+                        now, transaction.retransmit_at + transaction.interval)
                     self.counts["invite_retransmissions"] += 1
             elif state == PROCEEDING:
                 if transaction.cancelled_at is not None \
