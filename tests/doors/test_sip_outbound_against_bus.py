@@ -495,6 +495,8 @@ def test_sip_invite_is_validated():
     assert "sip.invite[2].retry_max" in text
     assert "sip.invite[0].transport" in problems([{"session": "demo", "uri": "sip:x@127.0.0.1",
                                                    "transport": "sctp"}])
+    twice = {"session": "demo", "uri": "sip:x@127.0.0.1", "transport": "tcp"}
+    assert "one tcp or tls call per peer address" in problems([twice, twice])
 
 
 # --- INVITEs without an offer (the gateway offers in its 200) ------------------------------------

@@ -192,6 +192,7 @@ class Config:
     def _check_invite(self, name, config):
         problems = []
         declared = {session.name for session in config.sessions}
+        streams = {}
         for index, entry in enumerate(self.invite):
             path = f"{name}.invite[{index}]"
             if not self.uas.enabled:
@@ -201,9 +202,15 @@ class Config:
                 problems.append(f"{path}.session: expected a session declared in 'sessions'"
                                 f" (a called peer cannot create one), got {entry.session!r}")
             try:
-                entry.target()
+                _, _, host, number, transport = entry.target()
             except ValueError as error:
                 problems.append(f"{path}.uri: {error}")
+            else:
+                if transport != "UDP" and (transport, host, number) in streams:
+                    problems.append(f"{path}.uri: {streams[transport, host, number]} already"
+                                    f" calls {host}:{number} over {transport.lower()}; expected"
+                                    " one tcp or tls call per peer address")
+                streams.setdefault((transport, host, number), f"{name}.invite[{index}]")
             if entry.retry_max < entry.retry:
                 problems.append(f"{path}.retry_max: expected at least retry ({entry.retry}),"
                                 f" got {entry.retry_max}")
