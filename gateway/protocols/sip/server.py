@@ -141,8 +141,8 @@ class _Leg:
 class Client:
     """One sfront client: its SIP legs, where its media comes from and goes, its stream."""
 
-    __slots__ = ("call_id", "session", "name", "admitting_since", "advertised", "clock_rate", "payload_type",
-                 "rtp_source", "rtcp_source", "rtp_to", "rtcp_to", "nat", "state",
+    __slots__ = ("call_id", "session", "name", "admitting_since", "advertised", "clock_rate",
+                 "payload_type", "rtp_source", "rtcp_source", "rtp_to", "rtcp_to", "nat", "state",
                  "member_ssrc", "member_call_id", "member_cseq", "member_nonce",
                  "invite_due", "invite_tries", "accepted", "rtcp_deadline", "report_due",
                  "reported_highest", "stream", "packets_verified", "packets_refused",
