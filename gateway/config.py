@@ -19,6 +19,7 @@ import typing
 import yaml
 
 from gateway import doors
+from gateway.tls import TlsFileError, read_chain
 from gateway.schema import bounded, describe_value, load_section, port, suggestion
 
 
@@ -72,8 +73,9 @@ class LimitsConfig:
 
 @dataclasses.dataclass
 class TlsConfig:
-    certificate: str = bounded(doc="PEM certificate chain file")
-    key: str = bounded(doc="PEM private key file")
+    certificate: str = bounded(doc="PEM certificate chain file: the leaf, then intermediates")
+    key: typing.Optional[str] = bounded(None, doc="PEM private key file; null: the key is in"
+                                                  " the certificate file")
 
 
 @dataclasses.dataclass
@@ -149,10 +151,18 @@ def _check_tls(config, problems):
     tls = config.web.tls
     if not config.web.enabled or tls is None:
         return
+    unreadable = False
     for key in ("certificate", "key"):
         path = getattr(tls, key)
         if path is not None and not os.access(path, os.R_OK):
+            unreadable = True
             problems.append(f"web.tls.{key}: expected a readable PEM file, cannot read {path!r}")
+    if not unreadable and tls.certificate is not None:
+        try:
+            read_chain(tls.certificate, tls.key)
+        except TlsFileError as error:
+            problems.append(f"web.tls.certificate: expected a PEM certificate chain and its"
+                            f" key, but {error}")
 
 
 def _check_ports(config, problems):
