@@ -75,6 +75,21 @@ class GatewayService(service.MultiService):
             sys.stderr.flush()
             raise SystemExit(2)
         self._expiry.start(self._expiry_interval, now=False)
+        self._say_where()
+
+    def _say_where(self):
+        """One line a newcomer can follow: the page's address and the sessions to join."""
+        config = self.context.config
+        sessions = ", ".join(session.name for session in config.sessions) or "none declared"
+        if config.web.enabled:
+            scheme = "https" if config.web.tls is not None else "http"
+            host = config.web.host if ":" not in config.web.host else f"[{config.web.host}]"
+            self.context.log.info("netgateway: jam page at {url}/ (sessions: {sessions})",
+                                  url=f"{scheme}://{host}:{config.web.port}",
+                                  sessions=sessions)
+        else:
+            self.context.log.info("netgateway: no web site; sessions: {sessions}",
+                                  sessions=sessions)
 
     def stopService(self):
         if self._expiry.running:
