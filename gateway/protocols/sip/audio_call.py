@@ -106,6 +106,11 @@ class AudioCall:
         try:
             report = rtcp.read(data, self.ssrc)
         except ValueError as error:
+            if len(data) >= 8 and data[0] >> 6 == 2 and rtcp.is_rtcp(data):
+                # RTCP all the same (baresip starts some compounds with APP): alive.
+                self.last_heard = now
+                self._counts["rtcp_other_in"] += 1
+                return []
             self._counts["malformed_in"] += 1
             return [Drop("malformed", source, f"RTCP: {error}")]
         if not self.rtcp_latched:
