@@ -4,7 +4,8 @@ Real clients nobody on this project wrote, all on loopback:
 
 - Debian's baresip (config in a temporary directory as shared/protocols/sip-clients.md
   §2.2 describes: aufile source, aubridge player, the sndfile filter recording what
-  it hears to a WAV; driven through ctrl_tcp) registers, dials ``sip:demo@127.0.0.1``,
+  it hears to a WAV; driven through ctrl_tcp) registers, dials ``sip:demo@127.0.0.1``
+  (over UDP and over TCP),
   and its ``sndcode`` digits reach a WebSocket member as notes; a WebSocket member
   plays a melody and the WAV baresip recorded holds those pitches (an FFT per note),
   with silence before and after;
@@ -190,9 +191,9 @@ class Baresip:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"baresip did not register:\n{self.log}")
 
-    async def call(self):
+    async def call(self, transport="udp"):
         """Dial the session; returns when the call is established."""
-        self.command("dial", f"sip:demo@127.0.0.1:{self.gateway_port}")
+        self.command("dial", f"sip:demo@127.0.0.1:{self.gateway_port};transport={transport}")
         await self.wait_event("CALL_ESTABLISHED")
 
     async def stop(self):
@@ -226,16 +227,18 @@ def run(scenario, timeout=60):
     asyncio.run(asyncio.wait_for(scenario(), timeout))
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_baresip_registers_dials_and_its_keys_become_notes_at_a_websocket_member(
-        phone_gateway, tmp_path):
+        phone_gateway, tmp_path, transport):
     async def scenario():
         browser = await joined_browser(phone_gateway)
         phone = await Baresip(tmp_path / "baresip", phone_gateway.sip_port).start()
         try:
             await phone.registered()
-            await phone.call()
+            await phone.call(transport)
             [member] = sip_members(phone_gateway)
             assert member["name"] == "bare" and member["codec"] == "PCMU"
+            assert member["transport"] == transport.upper()
             assert member["telephone_event"] is not None
             for digit in "159":
                 phone.command("sndcode", digit)
@@ -248,8 +251,9 @@ def test_baresip_registers_dials_and_its_keys_become_notes_at_a_websocket_member
         browser.close()
 
     run(scenario)
-    assert user_agents(phone_gateway)["phone"]["digits"] == 3
-    assert user_agents(phone_gateway)["core"]["registrations"] >= 1
+    agents = user_agents(phone_gateway)
+    assert agents["phone"]["digits"] == 3 and agents["core"]["registrations"] >= 1
+    assert agents[f"phone_calls_answered_{transport}"] == 1
     assert PASSPHRASE not in phone_gateway.log
 
 
