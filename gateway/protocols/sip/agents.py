@@ -55,7 +55,7 @@ from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import audio_sdp, midi_sdp
 from gateway.protocols.sip.audio_call import AudioCall
 from gateway.protocols.sip.midi_call import RTCP, RTP, Heard, MidiCall
-from gateway.protocols.sip.phone_audio import FRAME_SECONDS
+from gateway.protocols.sip.phone_audio import FRAME_SECONDS, encode_many, render_many
 from gateway.protocols.sip.registrar import Registrar
 from gateway.protocols.sip.uas import (
     Authenticate, CallConfirmed, CallEnded, CallInfo, CallOffered, CloseConnection, Limits,
@@ -131,7 +131,11 @@ class FramePacer:
 
     Running only while there are phone calls. Each call's frames are due on the
     loop's ticks (:meth:`first_frame_due`), so a tick on time sends each call's
-    frame on time; a late tick sends what is owed (FrameClock's catch-up).
+    frame on time; a late tick sends what is owed (FrameClock's catch-up). The
+    frames of every call with notes sounding are rendered together
+    (:func:`~gateway.protocols.sip.phone_audio.render_many`: numpy's fixed cost
+    per frame paid once per tick, not once per call); silent calls send a
+    silent frame, and a call catching up renders its own.
     """
 
     def __init__(self, agents, reactor):
@@ -166,25 +170,53 @@ class FramePacer:
         self.ticks += 1
         now = self.reactor.seconds()
         agents = self.agents
+        batch = []                  # (member, frames): one frame each, voices sounding
         for member in list(self.calls):
+            media = member.media
             try:
-                packets, events = member.media.frames(now)
-                if packets:
-                    sendto = member.sendto
-                    address = member.media.rtp_to
-                    for packet in packets:
-                        sendto(packet, address)
+                frames, events = media.due(now)
                 if events and member.membership is not None:
                     member.membership.publish(events)
-            except OSError as failure:        # a full socket buffer: this frame is lost
-                agents.door.drop(member.media.rtp_to, "send_failed",
-                                 failure.strerror or str(failure))
+                if not frames:
+                    continue
+                if len(frames) == 1 and media.synthesizer.voices and media.offer.send:
+                    batch.append((member, frames))
+                    continue
+                self._send(member, media.packets(frames))     # silence, or catching up
             except Exception:
-                # One call's failure must not stop every call's sound.
-                agents.door.log.failure("sip: phone call {player} failed; hanging up",
-                                        player=member.call.player)
-                self.remove(member)
-                agents.hang_up(member.call, "error")
+                self._failed(member)
+        if not batch:
+            return
+        try:
+            rendered = render_many([member.media.synthesizer for member, _ in batch])
+            payloads = encode_many(rendered, [member.media.offer.payload_type
+                                              for member, _ in batch])
+        except Exception:
+            agents.door.log.failure("sip: rendering phone calls' frames together failed")
+            payloads = [None] * len(batch)
+        for (member, frames), payload in zip(batch, payloads):
+            try:
+                self._send(member, member.media.packets(frames, () if payload is None
+                                                        else (payload,)))
+            except Exception:
+                self._failed(member)
+
+    def _send(self, member, packets):
+        sendto = member.sendto
+        address = member.media.rtp_to
+        try:
+            for packet in packets:
+                sendto(packet, address)
+        except OSError as failure:        # a full socket buffer: this frame is lost
+            self.agents.door.drop(address, "send_failed", failure.strerror or str(failure))
+
+    def _failed(self, member):
+        # One call's failure must not stop every call's sound.
+        agents = self.agents
+        agents.door.log.failure("sip: phone call {player} failed; hanging up",
+                                player=member.call.player)
+        self.remove(member)
+        agents.hang_up(member.call, "error")
 
 
 class _MediaProtocol(protocol.DatagramProtocol):

@@ -132,10 +132,23 @@ class AudioCall:
     def frames(self, now):
         """``(datagrams, events)``: the frames due at ``now`` for the phone, and note-offs of
         digits whose end never came (for the session)."""
-        packets, events = self.phone.tick(now)
-        if not self.offer.send:
-            packets = []
-        return packets, events
+        frames, events = self.phone.due(now)
+        return (self.packets(frames) if frames else []), events
+
+    def due(self, now):
+        """``(frames, events)`` as :meth:`PhoneCall.due
+        <gateway.protocols.sip.phone.PhoneCall.due>`: the pacer renders many calls'
+        frames at once, then makes each call's datagrams with :meth:`packets`."""
+        return self.phone.due(now)
+
+    def packets(self, frames, payloads=()):
+        """The datagrams of ``frames`` (none when the answer said we do not send)."""
+        packets = self.phone.packets(frames, payloads)
+        return packets if self.offer.send else []
+
+    @property
+    def synthesizer(self):
+        return self.phone.synthesizer
 
     # Time -------------------------------------------------------------------------------
 
