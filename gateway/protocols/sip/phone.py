@@ -23,8 +23,10 @@ The SIP door's adapter owns the socket and the clock. It calls
 the MidiEvents it returns; :meth:`PhoneCall.play` with what the session
 delivers; :meth:`PhoneCall.tick` from a ``LoopingCall`` every 20 ms on the
 reactor clock, sending the datagrams and publishing the events it returns
-(digits whose end packets were lost end there); and :meth:`PhoneCall.hang_up`
-when the call ends, publishing its note-offs.
+(digits whose end packets were lost end there), or its two halves
+:meth:`PhoneCall.due` and :meth:`PhoneCall.packets`, between which an adapter
+renders many calls' frames at once; and :meth:`PhoneCall.hang_up` when the call
+ends, publishing its note-offs.
 
 Pacing (:class:`FrameClock`): frame k is due at ``start + k * 20 ms`` on
 the adapter's clock, computed from k and never accumulated, so a call stays

@@ -52,6 +52,12 @@ about 5 voices on; with numpy a call takes 0.4% of a core or less with all
 costs neither anything.
 Python's ``audioop`` is not used: it is deprecated and gone in Python 3.13.
 
+:func:`render_many` renders one frame of many synthesizers with one set of
+numpy operations (float32 samples until the limiter), as the SIP door's pacer
+does for every phone call on each 20 ms tick: measured for 100 calls of 1 and
+5 voices, 9 and 20 µs per call-frame against 36 and 57 µs one call at a time,
+because each numpy call's fixed cost is paid once per tick.
+
 Sans-IO: no Twisted, sockets or clocks; the caller says when a frame is due.
 """
 
