@@ -18,6 +18,11 @@ server's CPU per registration (µs, /proc), and the ratios gateway/baseline of
 the rates and of the CPU per registration. Medians of ``--runs`` runs, the two
 servers' runs interleaved.
 
+Measured (checkout sources, medians of 3 runs of 5 s): the gateway 1,817
+registrations/s (3,634 transactions/s) at 494 µs of CPU each, the baseline 21,184
+(42,368) at 47 µs: 0.09x its rate, 10.6x its CPU per registration (a full RFC 3261
+transaction layer, registrar and HMAC nonces, and the bus's check, in Python).
+
 Run: .venv/bin/python bench/sip_register.py [--clients 64] [--seconds 5] [--runs 3] [--quick]
          [--source | --python PATH]
 """
