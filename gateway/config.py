@@ -13,13 +13,12 @@ themselves (see :mod:`gateway.doors`); this module knows only the shape.
 
 import dataclasses
 import ipaddress
-import os
 import typing
 
 import yaml
 
 from gateway import doors
-from gateway.tls import TlsFileError, read_chain
+from gateway import tls
 from gateway.schema import bounded, describe_value, load_section, port, suggestion
 
 
@@ -148,21 +147,10 @@ def _check_sessions(config, problems):
 
 
 def _check_tls(config, problems):
-    tls = config.web.tls
-    if not config.web.enabled or tls is None:
+    web_tls = config.web.tls
+    if not config.web.enabled or web_tls is None:
         return
-    unreadable = False
-    for key in ("certificate", "key"):
-        path = getattr(tls, key)
-        if path is not None and not os.access(path, os.R_OK):
-            unreadable = True
-            problems.append(f"web.tls.{key}: expected a readable PEM file, cannot read {path!r}")
-    if not unreadable and tls.certificate is not None:
-        try:
-            read_chain(tls.certificate, tls.key)
-        except TlsFileError as error:
-            problems.append(f"web.tls.certificate: expected a PEM certificate chain and its"
-                            f" key, but {error}")
+    problems += tls.problems("web.tls", web_tls)
 
 
 def _check_ports(config, problems):

@@ -9,6 +9,7 @@ every certificate in order and the key wherever it is, and checks that the
 key is the leaf's. Imports no Twisted: configuration checks use it.
 """
 
+import os
 import re
 
 from cryptography import x509
@@ -62,3 +63,19 @@ def read_chain(certificate_path, key_path):
         raise TlsFileError(f"the private key in {key_path or certificate_path!r} is not the"
                            f" key of the first certificate in {certificate_path!r}")
     return chain, key
+
+
+def problems(path, tls):
+    """Config lines for a ``{certificate, key}`` section at ``path`` that cannot serve."""
+    found = []
+    for key in ("certificate", "key"):
+        value = getattr(tls, key)
+        if value is not None and not os.access(value, os.R_OK):
+            found.append(f"{path}.{key}: expected a readable PEM file, cannot read {value!r}")
+    if not found and tls.certificate is not None:
+        try:
+            read_chain(tls.certificate, tls.key)
+        except TlsFileError as error:
+            found.append(f"{path}.certificate: expected a PEM certificate chain and its key,"
+                         f" but {error}")
+    return found

@@ -44,13 +44,14 @@ the note-offs of the keys still down before the member leaves.
 import collections
 import random
 
-from twisted.internet import defer, error, protocol, ssl, task
+from twisted.internet import defer, error, protocol, task
 from twisted.protocols import policies
 from zope.interface import implementer
 
 from gateway.actions import Drop, PeerLeft, Send
 from gateway.bus.values import JoinRefused, JoinRequest
 from gateway.interfaces import IMember
+from gateway.service import certificate_options
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import audio_sdp, midi_sdp
 from gateway.protocols.sip.audio_call import AudioCall
@@ -425,8 +426,7 @@ class StandardAgents:
         tls = self.uas.tls
         if tls is None:
             return self.context.tls_options()       # the web site's certificate
-        with open(tls.certificate, "rb") as cert, open(tls.key, "rb") as key:
-            return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+        return certificate_options(tls.certificate, tls.key)
 
     def stop(self):
         """Every call hears our BYE; connections, listeners and media ports close."""

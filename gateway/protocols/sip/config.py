@@ -6,9 +6,9 @@ validated without them; the door itself is :mod:`gateway.protocols.sip.door`.
 
 import dataclasses
 import ipaddress
-import os
 import typing
 
+from gateway import tls
 from gateway.schema import bounded, port
 from gateway.protocols.sip import channels
 
@@ -27,8 +27,9 @@ class MediaConfig:
 
 @dataclasses.dataclass
 class UasTlsConfig:
-    certificate: str = bounded(doc="PEM certificate chain file")
-    key: str = bounded(doc="PEM private key file")
+    certificate: str = bounded(doc="PEM certificate chain file: the leaf, then intermediates")
+    key: typing.Optional[str] = bounded(None, doc="PEM private key file; null: the key is in"
+                                                  " the certificate file")
 
 
 @dataclasses.dataclass
@@ -197,11 +198,7 @@ class Config:
             except ValueError as error:
                 problems += [f"{path}.phone.keypad.{line}" for line in str(error).splitlines()]
         if uas.tls is not None:
-            for key in ("certificate", "key"):
-                value = getattr(uas.tls, key)
-                if value is not None and not os.access(value, os.R_OK):
-                    problems.append(f"{path}.tls.{key}: expected a readable PEM file,"
-                                    f" cannot read {value!r}")
+            problems += tls.problems(f"{path}.tls", uas.tls)
         return problems
 
 
