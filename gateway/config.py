@@ -13,12 +13,12 @@ themselves (see :mod:`gateway.doors`); this module knows only the shape.
 
 import dataclasses
 import ipaddress
-import os
 import typing
 
 import yaml
 
 from gateway import doors
+from gateway import tls
 from gateway.schema import bounded, describe_value, load_section, port, suggestion
 
 
@@ -72,8 +72,9 @@ class LimitsConfig:
 
 @dataclasses.dataclass
 class TlsConfig:
-    certificate: str = bounded(doc="PEM certificate chain file")
-    key: str = bounded(doc="PEM private key file")
+    certificate: str = bounded(doc="PEM certificate chain file: the leaf, then intermediates")
+    key: typing.Optional[str] = bounded(None, doc="PEM private key file; null: the key is in"
+                                                  " the certificate file")
 
 
 @dataclasses.dataclass
@@ -146,13 +147,10 @@ def _check_sessions(config, problems):
 
 
 def _check_tls(config, problems):
-    tls = config.web.tls
-    if not config.web.enabled or tls is None:
+    web_tls = config.web.tls
+    if not config.web.enabled or web_tls is None:
         return
-    for key in ("certificate", "key"):
-        path = getattr(tls, key)
-        if path is not None and not os.access(path, os.R_OK):
-            problems.append(f"web.tls.{key}: expected a readable PEM file, cannot read {path!r}")
+    problems += tls.problems("web.tls", web_tls)
 
 
 def _check_ports(config, problems):

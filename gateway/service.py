@@ -2,13 +2,25 @@
 
 import sys
 
+import OpenSSL.crypto
+
 from twisted.application import internet, service
 from twisted.internet import error, ssl, task
 from twisted.web import server
 
 from gateway import doors, log as gatewaylog
 from gateway.bus.local import DropCounters, LocalBus
+from gateway.tls import read_chain
 from gateway.web.site import access_log_line, build_root
+
+
+def certificate_options(certificate_path, key_path):
+    """Twisted TLS options serving the whole chain in ``certificate_path`` (gateway.tls)."""
+    chain, key = read_chain(certificate_path, key_path)
+    leaf, *intermediates = [OpenSSL.crypto.X509.from_cryptography(certificate)
+                            for certificate in chain]
+    return ssl.CertificateOptions(privateKey=OpenSSL.crypto.PKey.from_cryptography_key(key),
+                                  certificate=leaf, extraCertChain=intermediates)
 
 
 class GatewayContext:
@@ -26,12 +38,11 @@ class GatewayContext:
         self._tls_options = None
 
     def tls_options(self):
-        """The web site's certificate as Twisted TLS options (web.tls); rtmps uses it too."""
+        """The web site's certificate chain as Twisted TLS options (web.tls); rtmps and
+        SIP over TLS use it too."""
         if self._tls_options is None:
             tls = self.config.web.tls
-            with open(tls.certificate, "rb") as cert, open(tls.key, "rb") as key:
-                self._tls_options = ssl.PrivateCertificate.loadPEM(
-                    cert.read() + b"\n" + key.read()).options()
+            self._tls_options = certificate_options(tls.certificate, tls.key)
         return self._tls_options
 
     def status(self):
@@ -64,6 +75,21 @@ class GatewayService(service.MultiService):
             sys.stderr.flush()
             raise SystemExit(2)
         self._expiry.start(self._expiry_interval, now=False)
+        self._say_where()
+
+    def _say_where(self):
+        """One line a newcomer can follow: the page's address and the sessions to join."""
+        config = self.context.config
+        sessions = ", ".join(session.name for session in config.sessions) or "none declared"
+        if config.web.enabled:
+            scheme = "https" if config.web.tls is not None else "http"
+            host = config.web.host if ":" not in config.web.host else f"[{config.web.host}]"
+            self.context.log.info("netgateway: jam page at {url}/ (sessions: {sessions})",
+                                  url=f"{scheme}://{host}:{config.web.port}",
+                                  sessions=sessions)
+        else:
+            self.context.log.info("netgateway: no web site; sessions: {sessions}",
+                                  sessions=sessions)
 
     def stopService(self):
         if self._expiry.running:

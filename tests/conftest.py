@@ -142,7 +142,7 @@ class GatewayProcess:
     scripts/setup-python installed (compiled where it could be).
     """
 
-    def __init__(self, config, workdir, installed=False):
+    def __init__(self, config, workdir, installed=False, ca=None):
         self.config = config
         self.workdir = workdir
         self.installed = installed
@@ -154,7 +154,9 @@ class GatewayProcess:
         secure = "s" if tls else ""
         self.web_url = f"http{secure}://127.0.0.1:{config['web']['port']}"
         self.ws_url = f"ws{secure}://127.0.0.1:{config['web']['port']}/ws"
-        self.ssl_context = ssl.create_default_context(cafile=tls["certificate"]) if tls else None
+        # A self-signed certificate is its own CA; a chain's root is given as ``ca``.
+        self.ssl_context = ssl.create_default_context(cafile=ca or tls["certificate"]) \
+            if tls else None
         self.process = None
 
     def start(self, timeout=20.0):
@@ -216,14 +218,14 @@ def gateway_factory(tmp_path):
     """
     started = []
 
-    def start(override=None, installed=False):
+    def start(override=None, installed=False, ca=None):
         config = merge(BASE_CONFIG, {"web": {"port": free_port()}})
         config = merge(config, override or {})
         workdir = tmp_path / f"gateway{len(started)}"
         workdir.mkdir()
         if installed:
             installed_gateway_python()
-        process = GatewayProcess(config, str(workdir), installed)
+        process = GatewayProcess(config, str(workdir), installed, ca)
         started.append(process)
         return process.start()
 

@@ -249,10 +249,13 @@ def test_a_membership_that_arrives_after_cancel_is_left(gateway):
     assert membership.left == ["left while joining"]
 
 
-def test_an_audio_only_offer_goes_to_the_phone_hook_and_is_refused_for_now(gateway):
-    [refused] = gateway.invite(Agent(), PCMU_OFFER)
-    assert refused.status == 488 and "audio-only" in refused.get("warning")
-    assert gateway.bus.joins == [] and gateway.door.agents.counts["phone_offers_refused"] == 1
+def test_an_audio_only_offer_goes_to_the_phone_side(gateway):
+    # The phone side's own suite is tests/doors/test_sip_phone_against_bus.py.
+    assert gateway.invite(Agent(), PCMU_OFFER) == []
+    [pending] = gateway.bus.joins
+    pending.accept()
+    [ok] = gateway.replies()
+    assert ok.status == 200 and Sdp.parse(ok.body).media().formats == ("0", "101")
 
 
 @pytest.mark.parametrize("fmtp, words", [

@@ -201,6 +201,9 @@ def test_web_midi_devices_carry_notes_both_ways(browser_context, open_jam):
     browser_context.add_init_script(FAKE_WEB_MIDI)
     erin = open_jam().join("erin")
     frank = open_jam().join("frank")
+    # Permission is asked on the player's press, not at load (so a refusal can be retried).
+    assert erin.page.evaluate("window.fakeMidiOptions") is None
+    erin.page.click("#midi-enable")
     expect(erin.page.locator("#midi-status")).to_contain_text("Web MIDI ready")
     assert erin.page.evaluate("window.fakeMidiOptions") == {"sysex": False}
 
@@ -233,3 +236,26 @@ def test_page_rejoins_after_the_gateway_restarts(open_jam, gateway):
     # Chromium reports each refused reconnect attempt on the console; those are expected here.
     gina.console_errors = [text for text in gina.console_errors
                            if "WebSocket connection to" not in text]
+
+
+def test_over_plain_http_from_another_host_the_page_says_web_midi_needs_https(gateway,
+                                                                               tmp_path):
+    """jam.test resolves to the gateway but is not this machine: not a secure context."""
+    need_external(os.path.exists(CHROMIUM),
+                  f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    need_external(sync_playwright is not None, "the Python package playwright is missing")
+    args = [arg for arg in CHROMIUM_ARGS if not arg.startswith("--host-resolver-rules")]
+    args.append("--host-resolver-rules=MAP jam.test 127.0.0.1 , MAP * ~NOTFOUND")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=args,
+            headless=True)
+        try:
+            page = context.new_page()
+            page.goto(gateway.web_url.replace("127.0.0.1", "jam.test") + "/")
+            assert page.evaluate("window.isSecureContext") is False
+            expect(page.locator("#midi-status")).to_contain_text(
+                "Web MIDI needs a secure page", timeout=WAIT_MS)
+            expect(page.locator("#midi-enable")).to_be_disabled()
+        finally:
+            context.close()

@@ -102,3 +102,8 @@ def test_default_config_starts_every_door(tmp_path):
                                         and "enabled" in section and name != "web"}
     finally:
         process.stop()
+    # Where to go, in one line: the page and the sessions (never a passphrase).
+    port = config["web"]["port"]
+    (line,) = [line for line in process.log.splitlines() if "jam page at" in line]
+    assert line.endswith(f"netgateway: jam page at http://127.0.0.1:{port}/"
+                         " (sessions: demo, mirror, echo)")

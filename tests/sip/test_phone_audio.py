@@ -307,3 +307,33 @@ def test_skipped_frames_move_the_voices_on_and_come_back_without_a_click():
 def test_max_voices_must_be_positive():
     with pytest.raises(ValueError):
         Synthesizer(max_voices=0)
+
+
+# --- many synthesizers at once (the SIP door's pacer) ------------------------------------
+
+def test_render_many_gives_each_synthesizer_its_own_frame():
+    from gateway.protocols.sip.phone_audio import encode_many, render_many
+    chords = [[], [60], [48, 52, 55, 60, 64], list(range(40, 100, 4)), [72, 76]]
+
+    def band():
+        synthesizers = [phone_audio.Synthesizer() for _ in chords]
+        for synthesizer, chord in zip(synthesizers, chords):
+            for note in chord:
+                synthesizer.play(bytes((0x90, note, 120)))
+        return synthesizers
+    alone, together = band(), band()
+    for frame in range(60):
+        if frame == 20:                     # keys let go, a re-strike, a new note
+            for pair in (alone, together):
+                pair[2].play(b"\x80\x30\x00")
+                pair[3].play(b"\x90\x28\x64")
+                pair[0].play(b"\x90\x45\x64")
+                pair[4].play(b"\xb0\x7b\x00")
+        expected = [synthesizer.render() for synthesizer in alone]
+        rows = render_many(together)
+        for want, got in zip(expected, rows):
+            assert numpy.abs(want.astype(int) - got.astype(int)).max() <= 1, frame
+    assert [s.rendered_voices for s in alone] == [s.rendered_voices for s in together]
+    payloads = encode_many(rows, [phone_audio.PCMU, phone_audio.PCMA] * 2 + [phone_audio.PCMU])
+    assert payloads[1] == phone_audio.encode(rows[1], phone_audio.PCMA)
+    assert payloads[4] == phone_audio.encode(rows[4], phone_audio.PCMU)

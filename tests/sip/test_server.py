@@ -11,7 +11,7 @@ from gateway.bus.values import SESSION_FULL
 from gateway.protocols.sip import sfront
 from gateway.protocols.sip.message import Via, parse
 from gateway.protocols.sip.server import (
-    RTCP_TIMEOUT, REPORT_INTERVAL, Admit, DeclaredSession, Played, SessionServer,
+    ADMIT_TIMEOUT, RTCP_TIMEOUT, REPORT_INTERVAL, Admit, DeclaredSession, Played, SessionServer,
 )
 from tests.sip.sfront_double import DEMO_KEYED_NAME, DEMO_PASSPHRASE, SfrontDouble
 
@@ -192,6 +192,18 @@ def test_a_refused_client_hears_503_for_a_full_session_and_is_forgotten(server):
     assert response.status == 503 and send.address == client.rtp_source
     assert server.clients == {} and server.refusals == {SESSION_FULL: 1}
     assert server.admitted(admit.client, NOW) == []
+
+
+def test_a_client_the_bus_never_answers_hears_503_and_its_member_is_let_go(server):
+    client = SfrontDouble()
+    [admit] = handshake(server, client, 0)
+    assert server.timer(NOW + ADMIT_TIMEOUT) == []
+    actions = server.timer(NOW + ADMIT_TIMEOUT + 0.1)
+    response, _ = reply_of(actions)
+    assert response.status == 503 and "did not answer" in response.reason
+    assert sends(actions, PeerLeft) == [PeerLeft(admit.client, "join_timeout")]
+    assert server.clients == {} and server.refusals == {"join_timeout": 1}
+    assert server.admitted(admit.client, NOW + 20) == []     # a late answer is too late
 
 
 def test_the_other_socket_of_a_refused_client_gets_the_same_answer_and_no_throttle_strike(server):

@@ -96,7 +96,9 @@ def flv_header(has_video):
 
 def flv_tag(type_id, timestamp, payload):
     size = len(payload)
-    header = (bytes((type_id,)) + size.to_bytes(3, "big") + (timestamp & 0xFFFFFF).to_bytes(3, "big")
+    # TimestampExtended is the top octet, after the lower three; StreamID is always 0.
+    header = (bytes((type_id,)) + size.to_bytes(3, "big")
+              + (timestamp & 0xFFFFFF).to_bytes(3, "big")
               + bytes(((timestamp >> 24) & 0xFF, 0, 0, 0)))
     return header + payload + (size + 11).to_bytes(4, "big")
 

@@ -26,24 +26,37 @@ media silence of ``sip.uas.media_timeout`` or the bus ending it (idle, kicked,
 shutdown: our BYE) leave the bus, which sends everyone the note-offs of what the
 caller left sounding.
 
-Phones (audio offers without RTP-MIDI) go to :meth:`StandardAgents.phone_offered`,
-where the phone media core (gateway/protocols/sip/phone.py) is to plug in; until
-it does, they are answered 488 with a Warning.
+Phones (audio offers without RTP-MIDI: PCMU/PCMA, telephone-event) go to
+:meth:`StandardAgents.phone_offered`: :mod:`~gateway.protocols.sip.audio_sdp`
+reads the offer and writes our answer, and a
+:class:`~gateway.protocols.sip.audio_call.AudioCall` (the phone media core of
+phone.py: DTMF digits to notes, the session's MIDI rendered to G.711) runs its
+media on a port pair of ``sip.uas.media``. The caller is a member like an
+RTP-MIDI caller (door ``sip``, its digest user name as its name): its keys are
+published as notes, and what the session plays is rendered for its ear. One
+``LoopingCall`` (:class:`FramePacer`) ticks every phone call every 20 ms on the
+reactor clock, and each call's frames are due on that loop's ticks, so a frame
+leaves on the tick it is due (one timer for all calls rather than one per call:
+a reactor wake-up per 20 ms whatever the number of calls). Hanging up publishes
+the note-offs of the keys still down before the member leaves.
 """
 
 import collections
 import random
 
-from twisted.internet import defer, error, protocol, ssl
+from twisted.internet import defer, error, protocol, task
 from twisted.protocols import policies
 from zope.interface import implementer
 
 from gateway.actions import Drop, PeerLeft, Send
 from gateway.bus.values import JoinRefused, JoinRequest
 from gateway.interfaces import IMember
+from gateway.service import certificate_options
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
-from gateway.protocols.sip import midi_sdp
+from gateway.protocols.sip import audio_sdp, midi_sdp
+from gateway.protocols.sip.audio_call import AudioCall
 from gateway.protocols.sip.midi_call import RTCP, RTP, Heard, MidiCall
+from gateway.protocols.sip.phone_audio import FRAME_SECONDS, encode_many, render_many
 from gateway.protocols.sip.registrar import Registrar
 from gateway.protocols.sip.uas import (
     Authenticate, CallConfirmed, CallEnded, CallInfo, CallOffered, CloseConnection, Foreign,
@@ -72,7 +85,7 @@ class CallMember:
         self.ports = ports
         self.membership = None
         self.forgotten = False
-        self._memo_key = (DOOR, "uas", media.offer.clock_rate)
+        self._memo_key = (DOOR, "uas", getattr(media.offer, "clock_rate", None))
 
     def deliver(self, delivery):
         agents = self.agents
@@ -89,6 +102,9 @@ class CallMember:
         self.membership = None
         self.agents.hang_up(self.call, reason)
 
+    def answer_sdp(self, host, session_id):
+        return midi_sdp.answer(self.media.offer, host, self.ports.rtp_port, session_id)
+
     def describe(self):
         call = self.call
         info = {"transport": call.transport, "state": call.state, "player": call.player,
@@ -96,6 +112,113 @@ class CallMember:
                 "media_port": self.ports.rtp_port}
         info.update(self.media.describe())
         return info
+
+
+class PhoneMember(CallMember):
+    """One answered phone call: its keys are the member's notes; it hears the session."""
+
+    def __init__(self, agents, call, media, ports):
+        super().__init__(agents, call, media, ports)
+        self.sendto = None          # the RTP socket's own sendto, once the ports are open
+
+    def deliver(self, delivery):
+        self.media.play(delivery.events)
+
+    def answer_sdp(self, host, session_id):
+        return audio_sdp.audio_answer(self.media.offer, host, self.ports.rtp_port, session_id)
+
+
+class FramePacer:
+    """One ``LoopingCall`` every 20 ms that sends every phone call's due frames.
+
+    Running only while there are phone calls. Each call's frames are due on the
+    loop's ticks (:meth:`first_frame_due`), so a tick on time sends each call's
+    frame on time; a late tick sends what is owed (FrameClock's catch-up). The
+    frames of every call with notes sounding are rendered together
+    (:func:`~gateway.protocols.sip.phone_audio.render_many`: numpy's fixed cost
+    per frame paid once per tick, not once per call); silent calls send a
+    silent frame, and a call catching up renders its own.
+    """
+
+    def __init__(self, agents, reactor):
+        self.agents = agents
+        self.reactor = reactor
+        self.calls = {}             # PhoneMember -> None, in the order they began
+        self.loop = task.LoopingCall(self._tick)
+        self.loop.clock = reactor
+        self.phase = None           # a time the loop ticks at
+        self.ticks = 0
+
+    def first_frame_due(self, now):
+        """When a call beginning at ``now`` has its first frame due: the loop's next tick."""
+        if self.phase is None:
+            return now + FRAME_SECONDS
+        elapsed = now - self.phase
+        return self.phase + (int(elapsed / FRAME_SECONDS) + 1) * FRAME_SECONDS
+
+    def add(self, member):
+        if not self.loop.running:
+            self.phase = self.reactor.seconds()
+            self.loop.start(FRAME_SECONDS, now=False)
+        self.calls[member] = None
+
+    def remove(self, member):
+        self.calls.pop(member, None)
+        if not self.calls and self.loop.running:
+            self.loop.stop()
+            self.phase = None
+
+    def _tick(self):
+        self.ticks += 1
+        now = self.reactor.seconds()
+        agents = self.agents
+        batch = []                  # (member, frames): one frame each, voices sounding
+        for member in list(self.calls):
+            media = member.media
+            try:
+                frames, events = media.due(now)
+                if events and member.membership is not None:
+                    member.membership.publish(events)
+                if not frames:
+                    continue
+                if len(frames) == 1 and media.synthesizer.voices and media.offer.send:
+                    batch.append((member, frames))
+                    continue
+                self._send(member, media.packets(frames))     # silence, or catching up
+            except Exception:
+                self._failed(member)
+        if not batch:
+            return
+        try:
+            rendered = render_many([member.media.synthesizer for member, _ in batch])
+            payloads = encode_many(rendered, [member.media.offer.payload_type
+                                              for member, _ in batch])
+        except Exception:
+            agents.door.log.failure("sip: rendering phone calls' frames together failed")
+            payloads = [None] * len(batch)
+        for (member, frames), payload in zip(batch, payloads):
+            try:
+                self._send(member, member.media.packets(frames, () if payload is None
+                                                        else (payload,)))
+            except Exception:
+                self._failed(member)
+
+    def _send(self, member, packets):
+        sendto = member.sendto
+        address = member.media.rtp_to
+        try:
+            for packet in packets:
+                sendto(packet, address)
+        except OSError as failure:        # a full socket buffer: this frame is lost
+            self.agents.door.drop(address, "send_failed", failure.strerror or str(failure))
+
+    def _failed(self, member):
+        # One call's failure must not stop every call's sound.
+        agents = self.agents
+        agents.door.log.failure("sip: phone call {player} failed; hanging up",
+                                player=member.call.player)
+        self.remove(member)
+        agents.hang_up(member.call, "error")
 
 
 class _MediaProtocol(protocol.DatagramProtocol):
@@ -258,6 +381,10 @@ class StandardAgents:
         self._requests = {}         # INVITE transaction -> JoinRequest, until CallOffered
         self.counts = collections.Counter()     # door-level counters for /status, /metrics
         self.media_totals = collections.Counter()   # media packets of ended calls, by kind
+        self.phone_totals = collections.Counter()   # frames and keys of ended phone calls
+        self.phone = uas.phone
+        self.keypad = uas.phone.keypad_map() if uas.phone.enabled else None
+        self.pacer = FramePacer(self, self.reactor)
         self._handlers = {
             Send: self._send, Drop: self._dropped, Authenticate: self._authenticate,
             CallOffered: self._offered, CallConfirmed: self._confirmed, CallEnded: self._ended,
@@ -302,8 +429,7 @@ class StandardAgents:
         tls = self.uas.tls
         if tls is None:
             return self.context.tls_options()       # the web site's certificate
-        with open(tls.certificate, "rb") as cert, open(tls.key, "rb") as key:
-            return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+        return certificate_options(tls.certificate, tls.key)
 
     def stop(self):
         """Every call hears our BYE; connections, listeners and media ports close."""
@@ -434,14 +560,41 @@ class StandardAgents:
     def phone_offered(self, call, request, offer):
         """An audio offer without RTP-MIDI (a phone: PCMU/PCMA and telephone-event).
 
-        This is where the phone media core (gateway/protocols/sip/phone.py: keypad
-        digits to notes, the jam rendered to G.711) plugs in: join ``request`` with a
-        member that runs a PhoneCall on a media port pair, then answer ``call``.
-        Until then the call is refused with 488 and a Warning that says so.
+        The caller joins with a :class:`PhoneMember` whose :class:`AudioCall` runs
+        on a media port pair; the answer (PCMU preferred, then PCMA, and
+        telephone-event with the offered payload type) goes out when the
+        membership arrives. With ``sip.uas.phone.enabled`` false: 488.
         """
-        self.counts["phone_offers_refused"] += 1
-        self._reject(call, midi_sdp.Refused(488, 304, "audio-only calls are not served yet;"
-                                                      " offer rtp-midi (RFC 6295)"))
+        if not self.phone.enabled:
+            self.counts["phone_offers_refused"] += 1
+            self._reject(call, midi_sdp.Refused(488, 304, "audio-only calls are not served"
+                                                          " here; offer rtp-midi (RFC 6295)"))
+            return
+        audio = audio_sdp.read_audio_offer(offer.sdp)
+        if isinstance(audio, midi_sdp.Refused):
+            self.counts["phone_offers_refused"] += 1
+            self._reject(call, audio)
+            return
+        now = self.now()
+        ports = self.pool.take(self, self.reactor, self.media_host)
+        if ports is None:
+            self.door.drop(call.source, "no_media_ports", "every sip.uas.media port is in use")
+            self.carry_out(self.core.reject(call, 503, now))
+            return
+        rng = self.rng
+        phone = self.phone
+        media = AudioCall(audio, rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32),
+                          now, keypad=self.keypad, channel=phone.channel - 1,
+                          velocity=phone.velocity, hear_keys=phone.hear_keys,
+                          max_voices=phone.max_voices, timeout=self.uas.media_timeout,
+                          hosts=(call.source[0],), cname=f"netgateway@{self.media_host}")
+        member = PhoneMember(self, call, media, ports)
+        member.sendto = ports.listening[RTP].socket.sendto
+        ports.member = member
+        self.members[call] = member
+        joining = self.bus.join(request, member)
+        joining.addCallbacks(self._joined, self._join_refused, callbackArgs=(member, audio),
+                             errbackArgs=(member,))
 
     def _reject(self, call, refused):
         self.counts["offers_refused"] += 1
@@ -454,10 +607,22 @@ class StandardAgents:
             membership.leave("left while joining")       # CANCEL, or the INVITE timed out
             return
         member.membership = membership
-        session_id = self.rng.getrandbits(31)
-        answer = midi_sdp.answer(offer, self.media_host, member.ports.rtp_port, session_id)
+        answer = member.answer_sdp(self.media_host, self.rng.getrandbits(31))
         self.counts[f"calls_answered_{call.transport.lower()}"] += 1
-        self.carry_out(self.core.answer(call, answer, self.now()))
+        now = self.now()
+        if isinstance(member, PhoneMember):
+            self.counts[f"phone_calls_answered_{call.transport.lower()}"] += 1
+            member.media.begin(self.pacer.first_frame_due(now), now)
+            self.pacer.add(member)
+            media = member.media.offer
+            self.door.log.info(
+                "sip: phone call from {player!r} ({transport}) in session {session!r}:"
+                " {codec}{keys}", player=call.player, transport=call.transport,
+                session=call.session,
+                codec="PCMU" if media.payload_type == 0 else "PCMA",
+                keys=f" + telephone-event {media.event_payload_type}"
+                if media.event_payload_type is not None else ", no telephone-event (no keys)")
+        self.carry_out(self.core.answer(call, answer, now))
 
     def _join_refused(self, failure, member):
         failure.trap(JoinRefused)           # counted and logged by the bus
@@ -539,9 +704,12 @@ class StandardAgents:
             del self.members[member.call]
         self.counts[f"calls_ended_{reason}"] += 1
         bye = member.media.close(self.now())
-        if member.membership is not None:       # media flowed: say RTCP BYE
+        if member.membership is not None:       # media flowed: note-offs, RTCP BYE
             self._media_actions(member, bye)
         self.media_totals.update(member.media.counts)
+        if isinstance(member, PhoneMember):
+            self.pacer.remove(member)
+            self.phone_totals.update(member.media.phone_counts)
         member.ports.member = None
         self.pool.give_back(member.ports)
         membership, member.membership = member.membership, None
@@ -591,6 +759,18 @@ class StandardAgents:
             totals.update(member.media.counts)
         return totals
 
+    def phone_counts(self):
+        """Frames sent, late and skipped, and digits, of every phone call (ended or not)."""
+        totals = collections.Counter(self.phone_totals)
+        for member in self.members.values():
+            if isinstance(member, PhoneMember):
+                totals.update(member.media.phone_counts)
+        return totals
+
+    def phone_calls(self):
+        return sum(1 for member in self.members.values()
+                   if isinstance(member, PhoneMember) and member.membership is not None)
+
     def calls_by_transport(self):
         counts = collections.Counter(member.call.transport for member in self.members.values()
                                      if member.membership is not None)
@@ -605,4 +785,5 @@ class StandardAgents:
                 "calls": len(self.members), "calls_by_transport": self.calls_by_transport(),
                 "connections": len(self.connections),
                 "media_packets": dict(self.media_counts()),
+                "phone_calls": self.phone_calls(), "phone": dict(self.phone_counts()),
                 "core": totals, **dict(self.counts)}

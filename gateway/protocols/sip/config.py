@@ -6,9 +6,9 @@ validated without them; the door itself is :mod:`gateway.protocols.sip.door`.
 
 import dataclasses
 import ipaddress
-import os
 import typing
 
+from gateway import tls
 from gateway.schema import bounded, port
 from gateway.protocols.sip import channels
 
@@ -70,8 +70,9 @@ class MediaConfig:
 
 @dataclasses.dataclass
 class UasTlsConfig:
-    certificate: str = bounded(doc="PEM certificate chain file")
-    key: str = bounded(doc="PEM private key file")
+    certificate: str = bounded(doc="PEM certificate chain file: the leaf, then intermediates")
+    key: typing.Optional[str] = bounded(None, doc="PEM private key file; null: the key is in"
+                                                  " the certificate file")
 
 
 @dataclasses.dataclass
@@ -81,6 +82,28 @@ class UasMediaConfig:
     port_min: int = port(6200, doc="first media port; each call takes an even RTP port and"
                                    " the next for RTCP")
     port_max: int = port(6263, doc="last media port")
+
+
+@dataclasses.dataclass
+class UasPhoneConfig:
+    """Phones: audio-only calls (PCMU/PCMA), keypad in, the jam's sound out."""
+
+    enabled: bool = bounded(True, doc="answer audio-only offers; false: 488 Not Acceptable")
+    keypad: typing.Optional[dict] = bounded(
+        None, doc="DTMF key -> note (60, C4, F#3, Bb5) or octave_down, octave_up, sustain,"
+                  " none; keys not given keep the default map (1-9: C4 ... D5, 0: E5,"
+                  " *: octave down, #: octave up, A-D: F5 G5 A5 B5)")
+    channel: int = bounded(1, minimum=1, maximum=16, doc="MIDI channel of the keys' notes")
+    velocity: int = bounded(100, minimum=1, maximum=127, doc="velocity of the keys' notes")
+    hear_keys: bool = bounded(True, doc="callers hear their own keys (the session never"
+                                        " sends a member's notes back to it)")
+    max_voices: int = bounded(16, minimum=1, maximum=64,
+                              doc="notes the synthesizer plays at once for one caller")
+
+    def keypad_map(self):
+        """The :class:`~gateway.protocols.sip.phone_dtmf.KeypadMap`; ValueError naming keys."""
+        from gateway.protocols.sip.phone_dtmf import KeypadMap
+        return KeypadMap.from_config(self.keypad)
 
 
 @dataclasses.dataclass
@@ -112,6 +135,7 @@ class UasConfig:
                                        " gateway hangs up")
     nonce_lifetime: float = bounded(300.0, minimum=10.0, maximum=86400.0,
                                     doc="seconds a digest nonce stays fresh")
+    phone: UasPhoneConfig = dataclasses.field(default_factory=UasPhoneConfig)
 
 
 @dataclasses.dataclass
@@ -245,12 +269,13 @@ class Config:
             problems.append(f"{path}.tls_port: SIP over TLS needs a certificate; expected"
                             f" {path}.tls ({{certificate, key}}) or web.tls to be set"
                             " (or tls_port: null)")
+        if uas.phone.keypad is not None:
+            try:
+                uas.phone.keypad_map()
+            except ValueError as error:
+                problems += [f"{path}.phone.keypad.{line}" for line in str(error).splitlines()]
         if uas.tls is not None:
-            for key in ("certificate", "key"):
-                value = getattr(uas.tls, key)
-                if value is not None and not os.access(value, os.R_OK):
-                    problems.append(f"{path}.tls.{key}: expected a readable PEM file,"
-                                    f" cannot read {value!r}")
+            problems += tls.problems(f"{path}.tls", uas.tls)
         return problems
 
 

@@ -27,6 +27,11 @@ Choices made for real clients, and why:
 * The challenges list MD5 first, then SHA-256, with one nonce: old clients take the
   first challenge; pyVoIP keeps the last header it parses but always computes MD5,
   and the shared nonce makes its answer verify.
+* Agents built on libre (baresip) are challenged with MD5 alone
+  (:data:`MD5_ONLY_AGENTS`, matched in the User-Agent): libre reads every
+  WWW-Authenticate header and gives up the whole request, "Function not
+  implemented" (ENOSYS), at the first whose algorithm is not MD5, even after an
+  MD5 one it could answer (measured with Debian's baresip 1.0.0).
 * The ``uri`` of the credentials is hashed as the client wrote it and not compared
   with the Request-URI: pyVoIP writes ``sip:HOST;transport=UDP`` there whatever it
   requests. The session comes from the Request-URI (or To), and the password is that
@@ -64,6 +69,18 @@ ALGORITHMS = {"MD5": _hasher("md5"), "MD5-SESS": _hasher("md5"),
 
 OFFERED = ("MD5", "SHA-256")
 """The challenges sent, in this order (see the module docstring for why MD5 first)."""
+
+MD5_ONLY_AGENTS = ("baresip", "libre")
+"""User-Agent words (lower case) of clients challenged with MD5 only (see above)."""
+
+
+def algorithms_for(user_agent):
+    """The algorithms to challenge a client with, by its User-Agent header (or None)."""
+    if user_agent:
+        lowered = user_agent.lower()
+        if any(word in lowered for word in MD5_ONLY_AGENTS):
+            return ("MD5",)
+    return OFFERED
 
 _HEX_LENGTH = {"MD5": 32, "MD5-SESS": 32, "SHA-256": 64, "SHA-256-SESS": 64}
 
@@ -209,12 +226,12 @@ class DigestProof:
 
 # Challenges --------------------------------------------------------------------------
 
-def challenges(realm, nonce, stale=False):
+def challenges(realm, nonce, stale=False, algorithms=OFFERED):
     """The WWW-Authenticate values of one 401: one per offered algorithm, one nonce."""
     quoted_realm = realm.replace("\\", "\\\\").replace('"', '\\"')
     tail = ", stale=true" if stale else ""
     return [f'Digest realm="{quoted_realm}", nonce="{nonce}", algorithm={algorithm},'
-            f' qop="auth"{tail}' for algorithm in OFFERED]
+            f' qop="auth"{tail}' for algorithm in algorithms]
 
 
 class NonceSigner:

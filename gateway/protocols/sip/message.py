@@ -57,8 +57,9 @@ class _Message:
     def get(self, name):
         """The first value of header ``name`` (long or compact form, any case), or None."""
         wanted = _long_name(name)
+        known = _LONG_NAMES.get
         for header, value in self.headers:
-            if _long_name(header) == wanted:
+            if (known(header) or _long_name(header)) == wanted:
                 return value
         return None
 
@@ -160,9 +161,19 @@ class Dialect:
 RFC3261 = Dialect()
 
 
+_LONG_NAMES = {}
+_MAX_REMEMBERED_NAMES = 4096
+
+
 def _long_name(name):
-    name = name.lower()
-    return COMPACT_NAMES.get(name, name)
+    """A header name's long form in lower case (remembered: headers repeat their names)."""
+    long = _LONG_NAMES.get(name)
+    if long is None:
+        lowered = name.lower()
+        long = COMPACT_NAMES.get(lowered, lowered)
+        if len(_LONG_NAMES) < _MAX_REMEMBERED_NAMES:
+            _LONG_NAMES[name] = long
+    return long
 
 
 def parse(data):

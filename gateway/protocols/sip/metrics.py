@@ -8,7 +8,10 @@ Read from the door's session server at each scrape; registered by
 Standard user agents (``sip.uas``) add ``netgateway_sip_uas_*``: calls now and
 calls answered, by transport; digest failures; registrations; media packets by
 kind (``rtp_in``, ``rtp_out``, ``rtcp_in``, ``rtcp_out``, ``guard_out``,
-``keepalive_out``, ``feedback_in``, ``malformed_in``, ``refused_in``, ...).
+``keepalive_out``, ``feedback_in``, ``malformed_in``, ``refused_in``, ``event_in``
+for phones' telephone-events, ...); phones add ``netgateway_sip_uas_phone_calls``,
+``netgateway_sip_uas_phone_frames{kind=sent|late|skipped}`` and
+``netgateway_sip_uas_phone_digits``.
 """
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -83,4 +86,16 @@ def _user_agents(agents):
                                   "Call media packets, by kind", labels=["kind"])
     for kind, count in sorted(agents.media_counts().items()):
         packets.add_metric([kind], count)
-    yield from (calls, answered, failures, registrations, packets)
+    phones = agents.phone_counts()
+    phone_calls = GaugeMetricFamily("netgateway_sip_uas_phone_calls",
+                                    "Phone calls (audio: keypad in, the jam's sound out) now")
+    phone_calls.add_metric([], agents.phone_calls())
+    frames = CounterMetricFamily("netgateway_sip_uas_phone_frames",
+                                 "20 ms audio frames sent to phones: sent, late (over 10 ms"
+                                 " after due), skipped (a stalled reactor)", labels=["kind"])
+    for kind in ("sent", "late", "skipped"):
+        frames.add_metric([kind], phones.get(f"frames_{kind}", 0))
+    digits = CounterMetricFamily("netgateway_sip_uas_phone_digits",
+                                 "DTMF digits phones pressed")
+    digits.add_metric([], phones.get("digits", 0))
+    yield from (calls, answered, failures, registrations, packets, phone_calls, frames, digits)

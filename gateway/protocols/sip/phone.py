@@ -23,8 +23,10 @@ The SIP door's adapter owns the socket and the clock. It calls
 the MidiEvents it returns; :meth:`PhoneCall.play` with what the session
 delivers; :meth:`PhoneCall.tick` from a ``LoopingCall`` every 20 ms on the
 reactor clock, sending the datagrams and publishing the events it returns
-(digits whose end packets were lost end there); and :meth:`PhoneCall.hang_up`
-when the call ends, publishing its note-offs.
+(digits whose end packets were lost end there), or its two halves
+:meth:`PhoneCall.due` and :meth:`PhoneCall.packets`, between which an adapter
+renders many calls' frames at once; and :meth:`PhoneCall.hang_up` when the call
+ends, publishing its note-offs.
 
 Pacing (:class:`FrameClock`): frame k is due at ``start + k * 20 ms`` on
 the adapter's clock, computed from k and never accumulated, so a call stays
@@ -254,24 +256,40 @@ class PhoneCall:
     # Paced by the adapter ---------------------------------------------------
     def tick(self, now):
         """The frames due at ``now`` as datagrams, and the note-offs of digits timed out."""
-        if self.ended:
-            return Tick([], [])
-        events = self._keys(self.events.expire(now))
-        frames = self.clock.due(now)
+        frames, events = self.due(now)
         if not frames:
             return Tick([], events)
-        packets = []
-        synthesizer = self.synthesizer
-        sender = self.sender
-        payload_type = sender.payload_type
-        if frames.start != self._next_frame:
+        return Tick(self.packets(frames), events)
+
+    def due(self, now):
+        """``(frames, events)``: the numbers of the frames due at ``now`` (a ``range``,
+        often of one) and the note-offs of digits timed out. The frames are then made
+        with :meth:`packets`, which an adapter may give a frame rendered with others'
+        (:func:`~gateway.protocols.sip.phone_audio.render_many`)."""
+        if self.ended:
+            return range(0), []
+        events = self._keys(self.events.expire(now))
+        frames = self.clock.due(now)
+        if frames and frames.start != self._next_frame:
             # The clock skipped frames: the voices move on as if they had sounded.
-            synthesizer.skip(frames.start - self._next_frame)
-            sender.gap()
-        for frame in frames:
-            packets.append(sender.packet(frame, synthesizer.render_payload(payload_type)))
+            self.synthesizer.skip(frames.start - self._next_frame)
+            self.sender.gap()
+            self._next_frame = frames.start
+        return frames, events
+
+    def packets(self, frames, payloads=()):
+        """The datagrams of ``frames`` (from :meth:`due`): their payloads as given (the
+        G.711 octets of the first frames, already rendered), the rest rendered here."""
+        sender = self.sender
+        synthesizer = self.synthesizer
+        payload_type = sender.payload_type
+        packets = []
+        for index, frame in enumerate(frames):
+            payload = payloads[index] if index < len(payloads) else \
+                synthesizer.render_payload(payload_type)
+            packets.append(sender.packet(frame, payload))
         self._next_frame = frames.stop
-        return Tick(packets, events)
+        return packets
 
     def hang_up(self, now):
         """Note-offs for every key still down (the call ended); nothing is sent after."""

@@ -52,6 +52,12 @@ about 5 voices on; with numpy a call takes 0.4% of a core or less with all
 costs neither anything.
 Python's ``audioop`` is not used: it is deprecated and gone in Python 3.13.
 
+:func:`render_many` renders one frame of many synthesizers with one set of
+numpy operations (float32 samples until the limiter), as the SIP door's pacer
+does for every phone call on each 20 ms tick: measured for 100 calls of 1 and
+5 voices, 9 and 20 µs per call-frame against 36 and 57 µs one call at a time,
+because each numpy call's fixed cost is paid once per tick.
+
 Sans-IO: no Twisted, sockets or clocks; the caller says when a frame is due.
 """
 
@@ -64,7 +70,7 @@ from gateway.midi import CC_SUSTAIN, CONTROL_CHANGE, NOTE_OFF, NOTE_ON
 __all__ = [
     "SAMPLE_RATE", "FRAME_SAMPLES", "FRAME_SECONDS", "PCMU", "PCMA",
     "Synthesizer", "encode", "decode", "encode_ulaw", "decode_ulaw",
-    "encode_alaw", "decode_alaw", "silence",
+    "encode_alaw", "decode_alaw", "silence", "render_many", "encode_many",
 ]
 
 SAMPLE_RATE = 8000
@@ -467,6 +473,112 @@ class Synthesizer:
         # Silence went out for these frames: the voices come back in from it.
         for voice in self.voices:
             voice.last_fundamental = voice.last_overtones = 0.0
+
+
+_WAVES32 = _WAVES.astype(numpy.float32)
+_RAMP32 = _RAMP.astype(numpy.float32)
+
+
+def render_many(synthesizers):
+    """The next frame of each of ``synthesizers`` as the rows of one int16 array.
+
+    What :meth:`Synthesizer.render` gives for each, but with numpy's work done once
+    for every voice of every synthesizer: a frame's array operations cost the same
+    few microseconds for 2 voices as for 200, so a gateway that renders all its
+    phone calls' frames on one tick (the SIP door's pacer) pays them once per tick
+    rather than once per call. Sums may differ from :meth:`Synthesizer.render`'s in
+    their last bit (a sample by one step, rarely).
+    """
+    starts = []
+    ends = []
+    phases = []
+    increments = []
+    rows = []
+    segments = []                    # first row of each synthesizer that sounds
+    sounding = []                    # their indices in ``synthesizers``
+    row = 0
+    for index, synthesizer in enumerate(synthesizers):
+        synthesizer.frames += 1
+        voices = synthesizer.voices
+        finished = [voice for voice in voices if not voice.advance()]
+        for voice in finished:
+            voices.remove(voice)
+        count = len(voices)
+        synthesizer.rendered_voices = count
+        if count > synthesizer.peak_voices:
+            synthesizer.peak_voices = count
+        if not count:
+            continue
+        segments.append(row)
+        sounding.append(index)
+        row += 2 * count
+        for voice in voices:
+            fundamental = voice.level * voice.gain
+            overtones = fundamental * voice.brightness
+            starts.append(voice.last_fundamental)
+            starts.append(voice.last_overtones)
+            ends.append(fundamental)
+            ends.append(overtones)
+            voice.last_fundamental = fundamental
+            voice.last_overtones = overtones
+            phase = voice.phase
+            phases.append(phase)
+            increments.append(voice.increment)
+            rows.append(voice.overtone_row)
+            voice.phase = (phase + voice.increment * FRAME_SAMPLES) & 0xFFFFFFFF
+    frames = numpy.zeros((len(synthesizers), FRAME_SAMPLES), dtype=numpy.int16)
+    if not sounding:
+        return frames
+    phases = numpy.array(phases, dtype=numpy.uint32)
+    increments = numpy.array(increments, dtype=numpy.uint32)
+    positions = (phases[:, None] + increments[:, None] * _SAMPLE_OFFSETS) >> _PHASE_SHIFT
+    indices = numpy.empty((2 * len(positions), FRAME_SAMPLES), dtype=numpy.uint32)
+    indices[0::2] = positions                                  # fundamentals
+    indices[1::2] = positions + numpy.array(rows, dtype=numpy.uint32)[:, None]
+    # float32: half the memory traffic of float64, and its 24 bits are far finer
+    # than G.711's 14.
+    starts = numpy.array(starts, dtype=numpy.float32)
+    envelopes = (numpy.array(ends, dtype=numpy.float32) - starts)[:, None] * _RAMP32
+    envelopes += starts[:, None]
+    envelopes *= _WAVES32.take(indices)
+    mix = numpy.add.reduceat(envelopes, segments, axis=0, dtype=numpy.float64)
+    limiters = [synthesizers[index]._limit for index in sounding]
+    frames[sounding] = _limit_many(mix, limiters)
+    return frames
+
+
+def _limit_many(mix, limiters):
+    """:class:`_Limiter` for each row of ``mix`` with its own limiter; int16 rows."""
+    gains = numpy.array([limiter.gain for limiter in limiters])
+    peaks = numpy.abs(mix).max(axis=1)
+    wanted = numpy.where(peaks > _LIMIT, _LIMIT / numpy.maximum(peaks, _LIMIT), 1.0)
+    recovered = numpy.minimum(wanted, 1.0 - (1.0 - gains) * _GAIN_RECOVERY)
+    targets = numpy.where(wanted < gains, wanted, recovered)
+    for limiter, target in zip(limiters, targets.tolist()):
+        limiter.gain = target
+    mix *= gains[:, None] + (targets - gains)[:, None] * _RAMP
+    magnitude = numpy.abs(mix)
+    over = magnitude > _KNEE
+    if over.any():
+        headroom = 1.0 - _KNEE
+        bent = _KNEE + headroom * numpy.tanh((magnitude[over] - _KNEE) / headroom)
+        mix[over] = numpy.copysign(bent, mix[over])
+    return (mix * _FULL_SCALE).astype(numpy.int16)
+
+
+def encode_many(frames, payload_types):
+    """G.711 octets (bytes) of each int16 row of ``frames``, each in its payload type."""
+    if all(payload_type == PCMU for payload_type in payload_types):
+        data = _ULAW_ENCODE.take(frames.view(numpy.uint16)).tobytes()
+    else:
+        encoded = _ULAW_ENCODE.take(frames.view(numpy.uint16))
+        for index, payload_type in enumerate(payload_types):
+            if payload_type != PCMU:
+                encoded[index] = _ENCODE_TABLES[payload_type].take(frames[index].view(
+                    numpy.uint16))
+        data = encoded.tobytes()
+    return [data[start:start + FRAME_SAMPLES]
+            for start in range(0, len(data), FRAME_SAMPLES)]
 
 
 class _Limiter:

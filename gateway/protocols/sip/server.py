@@ -71,6 +71,9 @@ INVITE_TRIES = 4
 """Our member INVITE is resent until the client's RTCP shows it accepted the member."""
 
 NONCE_LIFETIME = 60.0
+# How long the bus may take to answer a join before the client is told to come back later.
+ADMIT_TIMEOUT = 10.0
+JOIN_TIMEOUT = "join_timeout"
 MAX_PENDING_LEGS = 512
 MAX_FUTURE = 5400
 MAX_PAST = 21600
@@ -83,7 +86,8 @@ MEDIA_RTCP = "media-rtcp"
 
 _REFUSAL_STATUS = {SESSION_FULL: (503, "Service Unavailable (session full)"),
                    GATEWAY_FULL: (503, "Service Unavailable (gateway full)"),
-                   THROTTLED: (503, "Service Unavailable (too many failed attempts)")}
+                   THROTTLED: (503, "Service Unavailable (too many failed attempts)"),
+                   JOIN_TIMEOUT: (503, "Service Unavailable (the session did not answer)")}
 _FORBIDDEN = (403, "Forbidden")
 _U32 = 0xFFFFFFFF
 
@@ -137,8 +141,8 @@ class _Leg:
 class Client:
     """One sfront client: its SIP legs, where its media comes from and goes, its stream."""
 
-    __slots__ = ("call_id", "session", "name", "advertised", "clock_rate", "payload_type",
-                 "rtp_source", "rtcp_source", "rtp_to", "rtcp_to", "nat", "state",
+    __slots__ = ("call_id", "session", "name", "admitting_since", "advertised", "clock_rate",
+                 "payload_type", "rtp_source", "rtcp_source", "rtp_to", "rtcp_to", "nat", "state",
                  "member_ssrc", "member_call_id", "member_cseq", "member_nonce",
                  "invite_due", "invite_tries", "accepted", "rtcp_deadline", "report_due",
                  "reported_highest", "stream", "packets_verified", "packets_refused",
@@ -158,6 +162,7 @@ class Client:
         self.rtcp_to = None
         self.nat = False
         self.state = "verifying"        # -> admitting -> joined -> gone
+        self.admitting_since = None
         ssrc = rng.getrandbits(32)
         while ssrc == call_id & _U32 or ssrc == 0:
             ssrc = rng.getrandbits(32)
@@ -281,6 +286,9 @@ class SessionServer:
             if client.state != "joined":
                 if client.state == "verifying" and now - client.created_at > NONCE_LIFETIME:
                     self._forget(client)        # its RTP socket never completed
+                elif client.state == "admitting" and now - client.admitting_since > ADMIT_TIMEOUT:
+                    actions += self._refuse(client, JOIN_TIMEOUT, now)
+                    actions.append(PeerLeft(client, JOIN_TIMEOUT))
                 continue
             if now >= client.rtcp_deadline:
                 actions += self._remove(client, "timeout", now, notify=True)
@@ -327,6 +335,9 @@ class SessionServer:
         """The bus refused ``client`` for ``reason`` (a refusal code): tell it and forget it."""
         if client.state != "admitting":
             return []
+        return self._refuse(client, reason, now)
+
+    def _refuse(self, client, reason, now):
         status, phrase = _REFUSAL_STATUS.get(reason, _FORBIDDEN)
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
         actions = self._answer_invite(client, status, phrase)
@@ -442,6 +453,7 @@ class SessionServer:
         client.rtp_source = client.rtp_to = source
         client.rtcp_to = client.rtcp_to or (source[0], source[1] + 1)
         client.state = "admitting"
+        client.admitting_since = now
         actions.append(Admit(client))
         return actions
 

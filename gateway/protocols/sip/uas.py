@@ -751,8 +751,9 @@ class UserAgentServer:
     def _challenge(self, transaction, now, stale):
         self.counts["challenges"] += 1
         nonce = self.nonces.issue(now)
+        algorithms = digest.algorithms_for(transaction.request.get("user-agent"))
         headers = [("WWW-Authenticate", value)
-                   for value in digest.challenges(self.realm, nonce, stale)]
+                   for value in digest.challenges(self.realm, nonce, stale, algorithms)]
         return self._final(transaction, 401, "Unauthorized", now, headers)
 
     # Our BYE -------------------------------------------------------------------------------

@@ -743,18 +743,39 @@ const midiDevices = {
   input: null,
   output: null,
 
-  async start() {
+  /* Says what stands in the way, if anything, and offers the button: the browser asks
+     for permission only when the player presses it, so a refusal can be tried again. */
+  offer() {
     const status = $('#midi-status');
+    const button = $('#midi-enable');
+    if (!window.isSecureContext) {
+      // Browsers hide Web MIDI from pages served over plain http from another machine.
+      status.textContent = 'Web MIDI needs a secure page: open this page over https '
+        + '(or as http://localhost on the gateway\'s own machine).';
+      return;
+    }
     if (typeof navigator.requestMIDIAccess !== 'function') {
       status.textContent = 'Web MIDI not available in this browser.';
       return;
     }
+    status.textContent = 'Web MIDI: press "Use MIDI devices" to choose a keyboard or synth.';
+    button.disabled = false;
+    button.addEventListener('click', () => this.start());
+  },
+
+  async start() {
+    const status = $('#midi-status');
+    const button = $('#midi-enable');
+    button.disabled = true;
     try {
       this.access = await navigator.requestMIDIAccess({ sysex: false });
     } catch (error) {
-      status.textContent = `Web MIDI not available (${error && error.name ? error.name : 'refused'}).`;
+      const reason = error && error.name ? error.name : 'refused';
+      status.textContent = `Web MIDI was not allowed (${reason}); press the button to try again.`;
+      button.disabled = false;
       return;
     }
+    button.hidden = true;
     this.access.addEventListener('statechange', () => this.refresh());
     this.refresh();
   },
@@ -917,4 +938,4 @@ setUpControls();
 setUpKeyboard();
 setUpLive();
 setPhase('idle');
-midiDevices.start();
+midiDevices.offer();

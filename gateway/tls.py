@@ -1,0 +1,81 @@
+"""The gateway's certificate: a full chain and its key, read from PEM files.
+
+What Let's Encrypt and most CAs issue is ``fullchain.pem`` (the leaf, then
+the intermediates) and ``privkey.pem``; some put the key in the same file.
+Twisted's ``PrivateCertificate.loadPEM`` keeps only the first certificate, so
+clients that trust the root but not the intermediate refused the gateway
+(``openssl s_client``: "unable to verify the first certificate"). This reads
+every certificate in order and the key wherever it is, and checks that the
+key is the leaf's. Imports no Twisted: configuration checks use it.
+"""
+
+import os
+import re
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+_CERTIFICATE_BLOCK = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\s.+?-----END CERTIFICATE-----", re.S)
+_KEY_BLOCK = re.compile(
+    rb"-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----\s.+?-----END \1-----", re.S)
+
+
+class TlsFileError(ValueError):
+    """A certificate or key file that cannot serve; the text says what is wrong."""
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise TlsFileError(f"cannot read {path!r} ({error.strerror})") from None
+
+
+def read_chain(certificate_path, key_path):
+    """``(certificates, key)``: the leaf first, then the rest in file order, and its key.
+
+    Raises :class:`TlsFileError` when a file holds no certificate or no key,
+    a block does not parse, or the key does not belong to the leaf.
+    """
+    data = _read(certificate_path)
+    blocks = _CERTIFICATE_BLOCK.findall(data)
+    if not blocks:
+        raise TlsFileError(f"no PEM certificate in {certificate_path!r}")
+    try:
+        chain = [x509.load_pem_x509_certificate(block) for block in blocks]
+    except ValueError as error:
+        raise TlsFileError(f"a certificate in {certificate_path!r} does not parse: {error}") \
+            from None
+    key_data = _read(key_path) if key_path else data
+    found = _KEY_BLOCK.search(key_data)
+    if found is None:
+        raise TlsFileError(f"no PEM private key in {key_path or certificate_path!r}")
+    try:
+        key = serialization.load_pem_private_key(found.group(0), password=None)
+    except (ValueError, TypeError) as error:
+        raise TlsFileError(f"the private key in {key_path or certificate_path!r} cannot be"
+                           f" used: {error}") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (key.public_key().public_bytes(serialization.Encoding.DER, public)
+            != chain[0].public_key().public_bytes(serialization.Encoding.DER, public)):
+        raise TlsFileError(f"the private key in {key_path or certificate_path!r} is not the"
+                           f" key of the first certificate in {certificate_path!r}")
+    return chain, key
+
+
+def problems(path, tls):
+    """Config lines for a ``{certificate, key}`` section at ``path`` that cannot serve."""
+    found = []
+    for key in ("certificate", "key"):
+        value = getattr(tls, key)
+        if value is not None and not os.access(value, os.R_OK):
+            found.append(f"{path}.{key}: expected a readable PEM file, cannot read {value!r}")
+    if not found and tls.certificate is not None:
+        try:
+            read_chain(tls.certificate, tls.key)
+        except TlsFileError as error:
+            found.append(f"{path}.certificate: expected a PEM certificate chain and its key,"
+                         f" but {error}")
+    return found
