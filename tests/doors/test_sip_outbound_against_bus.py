@@ -495,6 +495,8 @@ def test_sip_invite_is_validated():
     assert "sip.invite[2].retry_max" in text
     assert "sip.invite[0].transport" in problems([{"session": "demo", "uri": "sip:x@127.0.0.1",
                                                    "transport": "sctp"}])
+    assert "sip.invite[0].tls_ca: expected a readable PEM file" in problems([{
+        "session": "demo", "uri": "sips:x@127.0.0.1", "tls_ca": "/nonexistent/ca.pem"}])
     twice = {"session": "demo", "uri": "sip:x@127.0.0.1", "transport": "tcp"}
     assert "one tcp or tls call per peer address" in problems([twice, twice])
 
@@ -562,3 +564,16 @@ def test_an_ack_without_the_answer_is_hung_up(plain):
     assert plain.door.agents.core.counts["acks_without_answer"] == 1
     assert plain.door.agents.counts["answers_refused"] == 1
     assert plain.door.agents.members == {}
+
+
+def test_over_tls_the_gateway_verifies_the_callee_against_tls_ca(tmp_path):
+    from tests.certificates import self_signed
+    cert, _ = self_signed(tmp_path)
+    gateway = Gateway(invite={"uri": f"sips:demo@{CALLEE[0]}:5061", "tls_ca": cert})
+    [(host, port, factory, tls)] = gateway.reactor.connecting
+    assert (host, port, tls) == (CALLEE[0], 5061, True)
+    assert gateway.invitation()["transport"] == "TLS"
+    factory.clientConnectionFailed(None, types.SimpleNamespace(
+        getErrorMessage=lambda: "certificate verify failed"))
+    state = gateway.invitation()
+    assert state["state"] == "waiting" and "certificate verify failed" in state["last_reason"]

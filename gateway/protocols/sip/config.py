@@ -6,6 +6,7 @@ validated without them; the door itself is :mod:`gateway.protocols.sip.door`.
 
 import dataclasses
 import ipaddress
+import os
 import typing
 
 from gateway import tls
