@@ -2,25 +2,14 @@
 
 import sys
 
-import OpenSSL.crypto
-
 from twisted.application import internet, service
-from twisted.internet import error, ssl, task
+from twisted.internet import error, task
 from twisted.web import server
 
 from gateway import doors, log as gatewaylog
 from gateway.bus.local import DropCounters, LocalBus
-from gateway.tls import read_chain
+from gateway.tls import certificate_options
 from gateway.web.site import access_log_line, build_root
-
-
-def certificate_options(certificate_path, key_path):
-    """Twisted TLS options serving the whole chain in ``certificate_path`` (gateway.tls)."""
-    chain, key = read_chain(certificate_path, key_path)
-    leaf, *intermediates = [OpenSSL.crypto.X509.from_cryptography(certificate)
-                            for certificate in chain]
-    return ssl.CertificateOptions(privateKey=OpenSSL.crypto.PKey.from_cryptography_key(key),
-                                  certificate=leaf, extraCertChain=intermediates)
 
 
 class GatewayContext:

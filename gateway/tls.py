@@ -6,7 +6,8 @@ Twisted's ``PrivateCertificate.loadPEM`` keeps only the first certificate, so
 clients that trust the root but not the intermediate refused the gateway
 (``openssl s_client``: "unable to verify the first certificate"). This reads
 every certificate in order and the key wherever it is, and checks that the
-key is the leaf's. Imports no Twisted: configuration checks use it.
+key is the leaf's. Configuration checks use it, so Twisted and pyOpenSSL are
+imported only by :func:`certificate_options`, which a running gateway calls.
 """
 
 import os
@@ -63,6 +64,17 @@ def read_chain(certificate_path, key_path):
         raise TlsFileError(f"the private key in {key_path or certificate_path!r} is not the"
                            f" key of the first certificate in {certificate_path!r}")
     return chain, key
+
+
+def certificate_options(certificate_path, key_path):
+    """Twisted TLS options that serve the whole chain in ``certificate_path``."""
+    import OpenSSL.crypto
+    from twisted.internet import ssl
+    chain, key = read_chain(certificate_path, key_path)
+    leaf, *intermediates = [OpenSSL.crypto.X509.from_cryptography(certificate)
+                            for certificate in chain]
+    return ssl.CertificateOptions(privateKey=OpenSSL.crypto.PKey.from_cryptography_key(key),
+                                  certificate=leaf, extraCertChain=intermediates)
 
 
 def problems(path, tls):

@@ -22,7 +22,8 @@ MEDIA_CODEC = {f"gateway.protocols.rtpmidi.{name}" for name in (
     "media", "payload", "stream", "journal_wire", "journal_state", "journal_sender",
     "journal_receiver")}
 SHARED = {"gateway.interfaces", "gateway.bus.values", "gateway.bus.throttle", "gateway.actions",
-          "gateway.midi", "gateway.doorservice", "gateway.schema", "gateway.log"} | MEDIA_CODEC
+          "gateway.midi", "gateway.doorservice", "gateway.schema", "gateway.log",
+          "gateway.tls"} | MEDIA_CODEC
 DOOR_PACKAGES = sorted({module.rsplit(".", 1)[0] for pair in doors.DOORS.values()
                         for module in pair})
 

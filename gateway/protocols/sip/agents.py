@@ -51,7 +51,7 @@ from zope.interface import implementer
 from gateway.actions import Drop, PeerLeft, Send
 from gateway.bus.values import JoinRefused, JoinRequest
 from gateway.interfaces import IMember
-from gateway.service import certificate_options
+from gateway.tls import certificate_options
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import audio_sdp, midi_sdp
 from gateway.protocols.sip.audio_call import AudioCall
