@@ -24,9 +24,7 @@ Sans-IO: bytes in, values out.
 
 import typing
 
-from gateway.protocols.sip.midi_sdp import (
-    _DIRECTIONS, RTP_PROFILES, Refused, _attribute, _connection, _Media,
-)
+from gateway.protocols.sip.midi_sdp import _DIRECTIONS, RTP_PROFILES, Refused, describe
 from gateway.protocols.sip.phone_audio import PCMA, PCMU
 from gateway.protocols.sip.sdp import MalformedSdp, Sdp
 
@@ -66,23 +64,7 @@ def read_audio_offer(body):
 
 
 def _read(sdp):
-    session_connection = None
-    session_direction = "sendrecv"
-    media = []
-    for kind, value in sdp.lines:
-        if kind == "m":
-            media.append(_Media(value))
-        elif kind == "c":
-            if media:
-                media[-1].connection = _connection(value)
-            else:
-                session_connection = _connection(value)
-        elif kind == "a":
-            name, rest = _attribute(value)
-            if media:
-                media[-1].attributes.append((name, rest))
-            elif name in _DIRECTIONS:
-                session_direction = name
+    session_connection, session_direction, media, _ = describe(sdp)
     for index, line in enumerate(media):
         if line.kind != "audio" or line.port == 0 or line.protocol.upper() not in RTP_PROFILES:
             continue

@@ -184,7 +184,17 @@ def read_offer(body):
         return Refused(488, 399, f"unreadable SDP: {error}"[:120])
 
 
-def _read(sdp):
+class _Described(typing.NamedTuple):
+    """An SDP body read into its media descriptions and the session-level values."""
+
+    session_connection: typing.Any
+    direction: str
+    media: list
+    origin_id: str
+
+
+def describe(sdp):
+    """The :class:`_Described` of an SDP body: phones' and RTP-MIDI offers alike."""
     session_connection = None
     direction = "sendrecv"
     media = []
@@ -207,6 +217,11 @@ def _read(sdp):
             parts = value.split()
             if len(parts) >= 2:
                 origin_id = parts[1][:20]
+    return _Described(session_connection, direction, media, origin_id)
+
+
+def _read(sdp):
+    session_connection, direction, media, origin_id = describe(sdp)
     if not media:
         return Refused(488, 304, "no m= line in the offer")
     phone = False
