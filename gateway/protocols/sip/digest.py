@@ -139,14 +139,10 @@ class Credentials:
         return f"Credentials(username={self.params.get('username')!r})"
 
 
-def parse_credentials(value):
-    """The :class:`Credentials` of an Authorization header value; DigestError if bad.
-
-    Checks what every response needs (username, nonce, uri, response; nc and cnonce
-    with qop) and that the algorithm and qop are ones the server accepts.
-    """
+def _digest_parameters(value, what):
+    """The parameters of a ``Digest a=b, c="d"`` header value, names lower-cased."""
     if value is None or len(value) > MAX_CREDENTIALS_LENGTH:
-        raise DigestError("no credentials, or too long")
+        raise DigestError(f"no {what}, or too long")
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "digest":
         raise DigestError(f"scheme {scheme[:16]!r} is not Digest")
@@ -156,12 +152,22 @@ def parse_credentials(value):
         match = _PARAMETER.match(rest, position)
         if match is None or match.end() == position:
             raise DigestError(f"bad parameter at {rest[position:position + 24]!r}")
-        name = match.group(1).lower()
         quoted = match.group(2)
-        params[name] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(3)
+        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) \
+            if quoted is not None else match.group(3)
         if len(params) > MAX_PARAMETERS:
             raise DigestError("too many parameters")
         position = match.end()
+    return params
+
+
+def parse_credentials(value):
+    """The :class:`Credentials` of an Authorization header value; DigestError if bad.
+
+    Checks what every response needs (username, nonce, uri, response; nc and cnonce
+    with qop) and that the algorithm and qop are ones the server accepts.
+    """
+    params = _digest_parameters(value, "credentials")
     credentials = Credentials(params)
     for required in ("username", "nonce", "uri", "response"):
         if not params.get(required):
@@ -338,23 +344,7 @@ class Challenge:
 def parse_challenge(value, header="www-authenticate"):
     """The :class:`Challenge` of one WWW-/Proxy-Authenticate value; DigestError if it is
     not a digest challenge this client can answer."""
-    if value is None or len(value) > MAX_CREDENTIALS_LENGTH:
-        raise DigestError("no challenge, or too long")
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "digest":
-        raise DigestError(f"scheme {scheme[:16]!r} is not Digest")
-    params = {}
-    position, rest = 0, rest.strip()
-    while position < len(rest):
-        match = _PARAMETER.match(rest, position)
-        if match is None or match.end() == position:
-            raise DigestError(f"bad parameter at {rest[position:position + 24]!r}")
-        quoted = match.group(2)
-        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) \
-            if quoted is not None else match.group(3)
-        if len(params) > MAX_PARAMETERS:
-            raise DigestError("too many parameters")
-        position = match.end()
+    params = _digest_parameters(value, "challenge")
     if not params.get("nonce") or params.get("realm") is None:
         raise DigestError("a challenge needs a realm and a nonce")
     algorithm = (params.get("algorithm") or "MD5").upper()
