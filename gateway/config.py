@@ -19,6 +19,7 @@ import yaml
 
 from gateway import doors
 from gateway import tls
+from gateway.tls import TlsConfig
 from gateway.schema import bounded, describe_value, load_section, port, suggestion
 
 
@@ -68,13 +69,6 @@ class LimitsConfig:
         doc="first back-off; each further failure doubles it")
     join_throttle_max_seconds: float = bounded(300.0, minimum=0.01, maximum=86400.0,
                                                doc="longest back-off")
-
-
-@dataclasses.dataclass
-class TlsConfig:
-    certificate: str = bounded(doc="PEM certificate chain file: the leaf, then intermediates")
-    key: typing.Optional[str] = bounded(None, doc="PEM private key file; null: the key is in"
-                                                  " the certificate file")
 
 
 @dataclasses.dataclass

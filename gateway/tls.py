@@ -10,16 +10,29 @@ key is the leaf's. Configuration checks use it, so Twisted and pyOpenSSL are
 imported only by :func:`certificate_options`, which a running gateway calls.
 """
 
+import dataclasses
 import os
 import re
+import typing
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from gateway.schema import bounded
 
 _CERTIFICATE_BLOCK = re.compile(
     rb"-----BEGIN CERTIFICATE-----\s.+?-----END CERTIFICATE-----", re.S)
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----\s.+?-----END \1-----", re.S)
+
+
+@dataclasses.dataclass
+class TlsConfig:
+    """A ``{certificate, key}`` config section (web.tls, sip.uas.tls)."""
+
+    certificate: str = bounded(doc="PEM certificate chain file: the leaf, then intermediates")
+    key: typing.Optional[str] = bounded(None, doc="PEM private key file; null: the key is in"
+                                                  " the certificate file")
 
 
 class TlsFileError(ValueError):

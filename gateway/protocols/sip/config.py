@@ -10,6 +10,7 @@ import os
 import typing
 
 from gateway import tls
+from gateway.tls import TlsConfig
 from gateway.schema import bounded, port
 from gateway.protocols.sip import channels
 
@@ -70,13 +71,6 @@ class MediaConfig:
 
 
 @dataclasses.dataclass
-class UasTlsConfig:
-    certificate: str = bounded(doc="PEM certificate chain file: the leaf, then intermediates")
-    key: typing.Optional[str] = bounded(None, doc="PEM private key file; null: the key is in"
-                                                  " the certificate file")
-
-
-@dataclasses.dataclass
 class UasMediaConfig:
     host: typing.Optional[str] = bounded(None, doc="IPv4 address of the call media ports as"
                                                    " callers reach it; null: sip.host")
@@ -121,7 +115,7 @@ class UasConfig:
     tls_port: typing.Optional[int] = bounded(
         None, minimum=1, maximum=65535,
         doc="SIP over TLS (sips:, usually 5061); needs uas.tls or web.tls; null: none")
-    tls: typing.Optional[UasTlsConfig] = None
+    tls: typing.Optional[TlsConfig] = None
     realm: str = bounded("netgateway", doc="digest realm softphones show")
     media: UasMediaConfig = dataclasses.field(default_factory=UasMediaConfig)
     max_calls: int = bounded(32, minimum=1, maximum=10000,
