@@ -72,6 +72,24 @@ MAX_DATAGRAM = 65535
 _U32 = 0xFFFFFFFF
 
 
+
+def carry_out_media(member, actions, door, hang_up):
+    """A call's media actions: packets sent, MIDI heard published, drops counted, and
+    ``hang_up(call, reason)`` when the media core gives the caller up."""
+    for action in actions:
+        kind = type(action)
+        if kind is Send:
+            member.ports.send(action.via, action.data, action.address)
+        elif kind is Heard:
+            if member.membership is not None:
+                midi_list = action.midi_list
+                member.membership.publish(action.events, None if midi_list is None
+                                          else {RTP_MIDI_LIST: midi_list})
+        elif kind is Drop:
+            door.drop(action.source, action.reason, action.detail or "", action.count)
+        elif kind is PeerLeft:
+            hang_up(member.call, action.reason)
+
 @implementer(IMember)
 class CallMember:
     """One answered RTP-MIDI call: the bus member whose media is the call's."""
@@ -726,20 +744,7 @@ class StandardAgents:
             self._forget(member, reason)
 
     def _media_actions(self, member, actions):
-        for action in actions:
-            kind = type(action)
-            if kind is Send:
-                member.ports.send(action.via, action.data, action.address)
-            elif kind is Heard:
-                if member.membership is not None:
-                    midi_list = action.midi_list
-                    member.membership.publish(action.events, None if midi_list is None
-                                              else {RTP_MIDI_LIST: midi_list})
-            elif kind is Drop:
-                self.door.drop(action.source, action.reason, action.detail or "",
-                               action.count)
-            elif kind is PeerLeft:
-                self.hang_up(member.call, action.reason)
+        carry_out_media(member, actions, self.door, self.hang_up)
 
     def prepare(self, delivery, clock_rate):
         """``(now, RTP timestamp, prepared packets)`` for a delivery to our callers at one

@@ -30,13 +30,12 @@ import collections
 
 from twisted.internet import protocol, ssl
 
-from gateway.actions import Drop, PeerLeft, Send
+from gateway.actions import Drop, Send
 from gateway.bus.values import JoinRefused, JoinRequest, Verified
-from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST
 from gateway.protocols.sip import midi_sdp
-from gateway.protocols.sip.agents import CallMember
+from gateway.protocols.sip.agents import CallMember, carry_out_media
 from gateway.protocols.sip.framing import PING, Broken, StreamFramer
-from gateway.protocols.sip.midi_call import Heard, MidiCall
+from gateway.protocols.sip.midi_call import MidiCall
 from gateway.protocols.sip.uac import Answered, Ended, Failed, Ringing, Target, UserAgentClient
 
 DOOR = "sip"
@@ -458,20 +457,7 @@ class OutboundCalls:
             member.membership.touch()
 
     def _media_actions(self, member, actions):
-        for action in actions:
-            kind = type(action)
-            if kind is Send:
-                member.ports.send(action.via, action.data, action.address)
-            elif kind is Heard:
-                if member.membership is not None:
-                    midi_list = action.midi_list
-                    member.membership.publish(action.events, None if midi_list is None
-                                              else {RTP_MIDI_LIST: midi_list})
-            elif kind is Drop:
-                self.door.drop(action.source, action.reason, action.detail or "",
-                               action.count)
-            elif kind is PeerLeft:
-                self.hang_up(member.call, action.reason)
+        carry_out_media(member, actions, self.door, self.hang_up)
 
     def prepare(self, delivery, clock_rate):
         """The standard agents' preparation (one clock base for every call's RTP)."""
