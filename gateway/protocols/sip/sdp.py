@@ -134,3 +134,23 @@ class Sdp:
         if not number.isdigit() or int(number) > 127 or not name or (rate and not rate.isdigit()):
             raise MalformedSdp(f"bad a=rtpmap {value[:60]!r}")
         return RtpMap(int(number), name, int(rate) if rate else None)
+
+
+# Lines a session refresh may change without changing the media (RFC 3264 §8: the
+# origin's version moves; names, times and bandwidth say nothing about the streams).
+_MEDIA_NEUTRAL_LINES = frozenset("osiuepzrtbk")
+
+
+def same_media(offer, previous):
+    """Whether SDP ``offer`` describes the same media as ``previous`` (a session refresh)."""
+    if previous is None:
+        return False
+    try:
+        return _media_lines(offer) == _media_lines(previous)
+    except MalformedSdp:
+        return False
+
+
+def _media_lines(body):
+    return [(kind, " ".join(value.split())) for kind, value in Sdp.parse(body).lines
+            if kind not in _MEDIA_NEUTRAL_LINES]

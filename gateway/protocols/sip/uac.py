@@ -57,7 +57,7 @@ from gateway.protocols.sip.message import (
     COMPACT_NAMES, RFC3261, MalformedMessage, Request, Response, Via, parse,
 )
 from gateway.protocols.sip.registrar import contact_uri, split_header_list
-from gateway.protocols.sip.sdp import MalformedSdp, Sdp
+from gateway.protocols.sip.sdp import same_media
 from gateway.protocols.sip.transactions import (
     MAGIC_COOKIE, RELIABLE, T1, TransactionTable, header_param, server_key,
 )
@@ -71,7 +71,6 @@ TIMER_D = 32.0
 """RFC 3261 §17.1.1.2: at least 32 s on UDP absorbing retransmitted non-2xx finals."""
 MAX_CHALLENGES = 3
 """Challenges answered per call (a stale nonce may be answered again, not forever)."""
-_MEDIA_NEUTRAL_SDP_LINES = frozenset("osiuepzrtbk")
 
 # INVITE client transaction states (RFC 3261 §17.1.1, RFC 6026 §7.2).
 CALLING = "calling"
@@ -721,7 +720,7 @@ class UserAgentClient:
     def _reoffer(self, transaction, request, call, now):
         """A re-INVITE or UPDATE: the same media (a session refresh) or none gets our
         offer again; other media 488 (§14.2)."""
-        if request.body and not _same_media(request.body, call.answer):
+        if request.body and not same_media(request.body, call.answer):
             self.counts["reoffers_refused"] += 1
             return self._answer(transaction, 488, "Not Acceptable Here", now,
                                 [("Warning", f'304 {self.host} "media changes are not'
@@ -886,20 +885,6 @@ def _retry_after(response):
         return None
     digits = value.strip().split(None, 1)[0].split(";", 1)[0].split("(", 1)[0]
     return float(digits) if digits.isdigit() and len(digits) < 8 else None
-
-
-def _same_media(offer, previous):
-    if previous is None:
-        return False
-    try:
-        return _media_lines(offer) == _media_lines(previous)
-    except MalformedSdp:
-        return False
-
-
-def _media_lines(body):
-    return [(kind, " ".join(value.split())) for kind, value in Sdp.parse(body).lines
-            if kind not in _MEDIA_NEUTRAL_SDP_LINES]
 
 
 def _response_bytes(request, source, status, phrase, to_tag, headers, body, agent):

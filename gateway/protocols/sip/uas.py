@@ -92,7 +92,7 @@ from gateway.protocols.sip.message import (
     COMPACT_NAMES, RFC3261, MalformedMessage, Request, Response, Via, parse,
 )
 from gateway.protocols.sip.registrar import Registrar, contact_uri
-from gateway.protocols.sip.sdp import MalformedSdp, Sdp
+from gateway.protocols.sip.sdp import MalformedSdp, Sdp, same_media
 from gateway.protocols.sip.transactions import (
     MAGIC_COOKIE, RELIABLE, T1, TransactionTable, header_param, server_key,
 )
@@ -107,7 +107,6 @@ ALLOW_OUTSIDE_DIALOG = "INVITE, ACK, CANCEL, OPTIONS, REGISTER"
 """What a request outside a dialog may be (405 for the others we know)."""
 _KNOWN_REFUSED = frozenset(("SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"))
 _NEEDS_DIALOG = frozenset(("BYE", "INFO", "UPDATE", "PRACK"))
-_MEDIA_NEUTRAL_SDP_LINES = frozenset("osiuepzrtbk")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 TRYING_DELAY = 0.2
 """RFC 3261 §17.2.1: an INVITE not answered within 200 ms gets a 100 Trying."""
@@ -608,7 +607,7 @@ class UserAgentServer:
         problem = self._unacceptable_body(request)
         if problem is not None:
             return self._final(transaction, problem[0], problem[1], now, problem[2])
-        if request.body and not _same_media(request.body, call.offer):
+        if request.body and not same_media(request.body, call.offer):
             self.counts["reoffers_refused"] += 1
             return self._final(transaction, 488, "Not Acceptable Here", now,
                                [("Warning", f'304 {self.host} "media changes are not supported"')])
@@ -623,7 +622,7 @@ class UserAgentServer:
             return self._final(transaction, problem[0], problem[1], now, problem[2])
         if not request.body:
             return self._final(transaction, 200, "OK", now, self._dialog_headers(call))
-        if not _same_media(request.body, call.offer) or call.answer is None:
+        if not same_media(request.body, call.offer) or call.answer is None:
             return self._final(transaction, 488, "Not Acceptable Here", now)
         return self._final(transaction, 200, "OK", now, self._dialog_headers(call),
                            call.answer, "application/sdp")
@@ -955,21 +954,6 @@ def _via_returned(value, source):
         params.append(("received", host))
     returned = str(Via(via.transport, via.host, via.port, params))
     return f"{returned}, {rest.strip()}" if comma else returned
-
-
-def _same_media(offer, previous):
-    """Whether SDP ``offer`` describes the same media as ``previous`` (a session refresh)."""
-    if previous is None:
-        return False
-    try:
-        return _media_lines(offer) == _media_lines(previous)
-    except MalformedSdp:
-        return False
-
-
-def _media_lines(body):
-    return [(kind, " ".join(value.split())) for kind, value in Sdp.parse(body).lines
-            if kind not in _MEDIA_NEUTRAL_SDP_LINES]
 
 
 def _salvage(data):
