@@ -24,7 +24,9 @@ Sans-IO: bytes in, values out.
 
 import typing
 
-from gateway.protocols.sip.midi_sdp import _DIRECTIONS, RTP_PROFILES, Refused, describe
+from gateway.protocols.sip.midi_sdp import (
+    _DIRECTIONS, RTP_PROFILES, Refused, answer_body, describe,
+)
 from gateway.protocols.sip.phone_audio import PCMA, PCMU
 from gateway.protocols.sip.sdp import MalformedSdp, Sdp
 
@@ -130,25 +132,12 @@ def _offer(line, index, media, codec, event, host, direction):
 
 def audio_answer(offer, host, port, session_id, agent="netgateway"):
     """The SDP answer to ``offer`` (an :class:`AudioOffer`) with our media at ``host:port``."""
-    lines = [("v", "0"), ("o", f"{agent} {session_id} {session_id} IN IP4 {host}"),
-             ("s", agent), ("c", f"IN IP4 {host}"), ("t", "0 0")]
-    for index, value in enumerate(offer.media_lines):
-        if index != offer.media_index:
-            kind, _, rest = value.partition(" ")
-            _, _, after_port = rest.partition(" ")
-            lines.append(("m", f"{kind} 0 {after_port}"))
-            continue
-        codec, event = offer.payload_type, offer.event_payload_type
-        formats = f"{codec}" if event is None else f"{codec} {event}"
-        lines.append(("m", f"audio {port} RTP/AVP {formats}"))
-        lines.append(("a", f"rtpmap:{codec} {_ENCODING_NAMES[codec]}/8000"))
-        if event is not None:
-            lines.append(("a", f"rtpmap:{event} {TELEPHONE_EVENT}/8000"))
-            lines.append(("a", f"fmtp:{event} 0-15"))
-        lines.append(("a", f"ptime:{PTIME}"))
-        if offer.rtcp_mux:
-            lines.append(("a", "rtcp-mux"))
-        else:
-            lines.append(("a", f"rtcp:{port + 1}"))
-        lines.append(("a", offer.direction))
-    return Sdp(lines).to_bytes()
+    codec, event = offer.payload_type, offer.event_payload_type
+    formats = f"{codec}" if event is None else f"{codec} {event}"
+    stream = [("m", f"audio {port} RTP/AVP {formats}"),
+              ("a", f"rtpmap:{codec} {_ENCODING_NAMES[codec]}/8000")]
+    if event is not None:
+        stream.append(("a", f"rtpmap:{event} {TELEPHONE_EVENT}/8000"))
+        stream.append(("a", f"fmtp:{event} 0-15"))
+    stream.append(("a", f"ptime:{PTIME}"))
+    return answer_body(offer, host, port, session_id, agent, stream)

@@ -332,8 +332,10 @@ def _refused_parameter(params):
     return None
 
 
-def answer(offer, host, port, session_id, agent="netgateway"):
-    """The SDP answer to ``offer`` (a :class:`MidiOffer`) with our media at ``host:port``."""
+def answer_body(offer, host, port, session_id, agent, stream_lines):
+    """An SDP answer (RFC 3264 §6): every offered m= line refused with port 0 but the
+    chosen one, which gets ``stream_lines`` (its m= line and attributes), then RTCP
+    (a=rtcp-mux or a=rtcp) and the answered direction."""
     lines = [("v", "0"), ("o", f"{agent} {session_id} {session_id} IN IP4 {host}"),
              ("s", agent), ("c", f"IN IP4 {host}"), ("t", "0 0")]
     for index, value in enumerate(offer.media_lines):
@@ -342,24 +344,27 @@ def answer(offer, host, port, session_id, agent="netgateway"):
             _, _, after_port = rest.partition(" ")
             lines.append(("m", f"{kind} 0 {after_port}"))
             continue
-        pt = offer.payload_type
-        lines.append(("m", f"audio {port} RTP/AVP {pt}"))
-        lines.append(("a", f"rtpmap:{pt} {offer.encoding}/{offer.clock_rate}"))
-        params = []
-        if offer.mpeg4:
-            params += ["streamtype=5", "mode=rtp-midi", 'config=""', "profile-level-id=12"]
-        if not offer.journal:
-            params.append("j_sec=none")
-        if offer.guardtime is not None:
-            params.append(f"guardtime={offer.guardtime}")
-        if params:
-            lines.append(("a", f"fmtp:{pt} {'; '.join(params)}"))
-        if offer.rtcp_mux:
-            lines.append(("a", "rtcp-mux"))
-        else:
-            lines.append(("a", f"rtcp:{port + 1}"))
+        lines += stream_lines
+        lines.append(("a", "rtcp-mux") if offer.rtcp_mux else ("a", f"rtcp:{port + 1}"))
         lines.append(("a", offer.direction))
     return Sdp(lines).to_bytes()
+
+
+def answer(offer, host, port, session_id, agent="netgateway"):
+    """The SDP answer to ``offer`` (a :class:`MidiOffer`) with our media at ``host:port``."""
+    pt = offer.payload_type
+    stream = [("m", f"audio {port} RTP/AVP {pt}"),
+              ("a", f"rtpmap:{pt} {offer.encoding}/{offer.clock_rate}")]
+    params = []
+    if offer.mpeg4:
+        params += ["streamtype=5", "mode=rtp-midi", 'config=""', "profile-level-id=12"]
+    if not offer.journal:
+        params.append("j_sec=none")
+    if offer.guardtime is not None:
+        params.append(f"guardtime={offer.guardtime}")
+    if params:
+        stream.append(("a", f"fmtp:{pt} {'; '.join(params)}"))
+    return answer_body(offer, host, port, session_id, agent, stream)
 
 
 # Our offer, and the answer to it ----------------------------------------------------------
