@@ -407,8 +407,8 @@ class Synthesizer:
         return sum(voice.stage in (_ATTACK, _HOLD) for voice in self.voices)
 
     # Audio ------------------------------------------------------------------
-    def render(self):
-        """The next frame: FRAME_SAMPLES int16 samples (a numpy array)."""
+    def next_voices(self):
+        """Start a frame: the voices that sound in it (finished ones are let go), counted."""
         self.frames += 1
         voices = self.voices
         finished = [voice for voice in voices if not voice.advance()]
@@ -418,6 +418,12 @@ class Synthesizer:
         self.rendered_voices = count
         if count > self.peak_voices:
             self.peak_voices = count
+        return voices
+
+    def render(self):
+        """The next frame: FRAME_SAMPLES int16 samples (a numpy array)."""
+        voices = self.next_voices()
+        count = len(voices)
         if not count:
             return numpy.zeros(FRAME_SAMPLES, dtype=numpy.int16)
         # Rows 0 ... count-1 are the fundamentals, count ... 2*count-1 the overtones.
@@ -498,15 +504,8 @@ def render_many(synthesizers):
     sounding = []                    # their indices in ``synthesizers``
     row = 0
     for index, synthesizer in enumerate(synthesizers):
-        synthesizer.frames += 1
-        voices = synthesizer.voices
-        finished = [voice for voice in voices if not voice.advance()]
-        for voice in finished:
-            voices.remove(voice)
+        voices = synthesizer.next_voices()
         count = len(voices)
-        synthesizer.rendered_voices = count
-        if count > synthesizer.peak_voices:
-            synthesizer.peak_voices = count
         if not count:
             continue
         segments.append(row)
