@@ -61,7 +61,7 @@ from gateway.protocols.sip.sdp import same_media
 from gateway.protocols.sip.transactions import (
     MAGIC_COOKIE, RELIABLE, T1, TransactionTable, header_param, server_key,
 )
-from gateway.protocols.sip.uas import _via_returned
+from gateway.protocols.sip.uas import response_bytes
 
 __all__ = ["UserAgentClient", "Target", "OutgoingCall", "Ringing", "Answered", "Failed",
            "Ended", "UacLimits", "parse_target", "ALLOW", "TIMER_D"]
@@ -732,7 +732,7 @@ class UserAgentClient:
                              ("Content-Type", "application/sdp")], call.offer)
 
     def _answer(self, transaction, status, phrase, now, headers=(), body=b""):
-        data = _response_bytes(transaction.request, transaction.source, status, phrase,
+        data = response_bytes(transaction.request, transaction.source, status, phrase,
                                transaction.tag, headers, body, self.agent)
         return self.transactions.respond(transaction, status, data, now)
 
@@ -885,25 +885,3 @@ def _retry_after(response):
         return None
     digits = value.strip().split(None, 1)[0].split(";", 1)[0].split("(", 1)[0]
     return float(digits) if digits.isdigit() and len(digits) < 8 else None
-
-
-def _response_bytes(request, source, status, phrase, to_tag, headers, body, agent):
-    """A response to ``request`` (§8.2.6.2): its Vias (the top one with received and
-    rport), From, To (with ``to_tag``), Call-ID and CSeq, then ``headers``."""
-    copied = []
-    top = True
-    for name, value in request.headers:
-        long = _long(name)
-        if long == "via":
-            if top:
-                value = _via_returned(value, source)
-                top = False
-        elif long == "to":
-            if to_tag and status != 100 and header_param(value, "tag") is None:
-                value = f"{value};tag={to_tag}"
-        elif long not in ("from", "call-id", "cseq"):
-            continue
-        copied.append((name, value))
-    copied += list(headers)
-    copied.append(("Server", agent))
-    return Response(status, phrase, copied, body or b"").to_bytes(RFC3261)

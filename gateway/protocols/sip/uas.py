@@ -894,28 +894,34 @@ class UserAgentServer:
 
     def _response_bytes(self, request, source, status, phrase, to_tag=None, headers=(),
                         body=b""):
-        """A response to ``request``: its Vias (the top one with received/rport), From,
-        To (with ``to_tag`` unless it has one, or on a 100), Call-ID and CSeq (§8.2.6.2)."""
-        copied = []
-        top = True
-        for name, value in request.headers:
-            long = COMPACT_NAMES.get(name.lower(), name.lower())
-            if long == "via":
-                if top:
-                    value = _via_returned(value, source)
-                    top = False
-            elif long == "to":
-                if to_tag and status != 100 and header_param(value, "tag") is None:
-                    value = f"{value};tag={to_tag}"
-            elif long not in ("from", "call-id", "cseq"):
-                continue
-            copied.append((name, value))
-        copied += headers
-        copied.append(("Server", self.agent))
-        return Response(status, phrase, copied, body).to_bytes(RFC3261)
+        return response_bytes(request, source, status, phrase, to_tag, headers, body,
+                              self.agent)
 
 
 _COUNTED_METHODS = frozenset(ALLOW.replace(" ", "").split(","))
+
+
+def response_bytes(request, source, status, phrase, to_tag, headers, body, agent):
+    """A response to ``request``: its Vias (the top one with received/rport), From,
+    To (with ``to_tag`` unless it has one, or on a 100), Call-ID and CSeq (§8.2.6.2),
+    then ``headers`` and our Server header."""
+    copied = []
+    top = True
+    for name, value in request.headers:
+        long = COMPACT_NAMES.get(name.lower(), name.lower())
+        if long == "via":
+            if top:
+                value = _via_returned(value, source)
+                top = False
+        elif long == "to":
+            if to_tag and status != 100 and header_param(value, "tag") is None:
+                value = f"{value};tag={to_tag}"
+        elif long not in ("from", "call-id", "cseq"):
+            continue
+        copied.append((name, value))
+    copied += list(headers)
+    copied.append(("Server", agent))
+    return Response(status, phrase, copied, body or b"").to_bytes(RFC3261)
 
 
 def uri_user(uri):
