@@ -25,7 +25,7 @@ Sans-IO: bytes in, values out.
 import typing
 
 from gateway.protocols.sip.midi_sdp import (
-    _DIRECTIONS, RTP_PROFILES, Refused, answer_body, describe,
+    _DIRECTIONS, RTP_PROFILES, Refused, answer_body, describe, stream_connection,
 )
 from gateway.protocols.sip.phone_audio import PCMA, PCMU
 from gateway.protocols.sip.sdp import MalformedSdp, Sdp
@@ -91,12 +91,9 @@ def _read(sdp):
         chosen = next((codec for codec in _PREFERENCE if codec in codecs), None)
         if chosen is None:
             continue
-        connection = line.connection or session_connection
-        if connection is None:
-            return Refused(488, 399, "no c= line for the audio stream")
-        if connection[0] != "IP4":
-            return Refused(488, 301, f"address type {connection[0]} is not supported"
-                                     " (IPv4 only)")
+        connection = stream_connection(line, session_connection, "audio")
+        if type(connection) is Refused:
+            return connection
         if line.port >= 65535:
             return Refused(488, 399, f"media port {line.port} is not usable")
         return _offer(line, index, media, chosen, event, connection[1],

@@ -193,6 +193,18 @@ class _Described(typing.NamedTuple):
     origin_id: str
 
 
+def stream_connection(line, session_connection, what):
+    """The IPv4 ``c=`` a media line is reached at (its own, else the session's), or the
+    :class:`Refused` that says why there is none."""
+    connection = line.connection or session_connection
+    if connection is None:
+        return Refused(488, 399, f"no c= line for the {what} stream")
+    if connection[0] != "IP4":
+        return Refused(488, 301, f"address type {connection[0]} is not supported"
+                                 " (IPv4 only)")
+    return connection
+
+
 def describe(sdp):
     """The :class:`_Described` of an SDP body: phones' and RTP-MIDI offers alike."""
     session_connection = None
@@ -250,12 +262,9 @@ def _read(sdp):
             params = fmtp_parameters(line.fmtp(payload_type))
             if name in _MPEG4 and params.get("mode", "").lower() != "rtp-midi":
                 continue
-            connection = line.connection or session_connection
-            if connection is None:
-                return Refused(488, 399, "no c= line for the rtp-midi stream")
-            if connection[0] != "IP4":
-                return Refused(488, 301, f"address type {connection[0]} is not supported"
-                                         " (IPv4 only)")
+            connection = stream_connection(line, session_connection, "rtp-midi")
+            if type(connection) is Refused:
+                return connection
             rate = rest.split("/", 1)[0].strip()
             if not rate.isdigit() or not 0 < int(rate) <= MAX_CLOCK_RATE:
                 return Refused(488, 305, f"clock rate {rate[:12]!r} of {name} is not usable")
