@@ -93,9 +93,18 @@ class Gateway:
                 return stream
         return None
 
-    def wait_players(self, name, count, session=DEMO, timeout=15.0):
-        wait_until(lambda: (self.stream(name, session) or {}).get("players", 0) >= count,
-                   timeout, f"{count} players of {session}/{name}")
+    def wait_players(self, name, count, session=DEMO, timeout=15.0, peers=None):
+        """Wait for ``count`` players; a timeout says what each of ``peers`` (Backgrounds) did."""
+        try:
+            wait_until(lambda: (self.stream(name, session) or {}).get("players", 0) >= count,
+                       timeout, f"{count} players of {session}/{name}")
+        except AssertionError as error:
+            raise AssertionError(
+                f"{error}; stream {self.stream(name, session)}, members "
+                f"{[member['name'] for member in self.members(session)]}, drops {self.drops()}, "
+                f"refusals {self.refusals()}, peers "
+                f"{ {peer: background.state() for peer, background in (peers or {}).items()} }"
+            ) from None
 
     def wait_publishing(self, name, session=DEMO, timeout=15.0):
         wait_until(lambda: (self.stream(name, session) or {}).get("publishing"), timeout,
@@ -178,6 +187,12 @@ class Background:
             self._value = function(*args, **kwargs)
         except BaseException as error:  # noqa: B036 -- handed to the test thread
             self._error = error
+
+    def state(self):
+        """'running', or what the peer returned or raised (for a failure message)."""
+        if self._thread.is_alive():
+            return "running"
+        return repr(self._error if self._error is not None else self._value)[-600:]
 
     def result(self, timeout):
         self._thread.join(timeout)
@@ -440,7 +455,7 @@ def test_handshake_matrix_every_client_connects_and_gets_media(gw, tmp_path):
             return player.media
 
     players["librtmp_play"] = Background(librtmp_player)
-    gw.wait_players(stream, 4)
+    gw.wait_players(stream, 4, peers=players)
     publisher = ffmpeg_publish_sine(gw.url(stream, name="ffpublisher"), seconds)
     gw.wait_publishing(stream)
     flash_versions = {member["name"]: member.get("flash_version") for member in gw.members()}
@@ -502,7 +517,7 @@ def test_websocket_notes_reach_ffmpeg_and_librtmp_midi_players(gw):
             return player.data
 
     librtmp = Background(librtmp_player)
-    gw.wait_players("midi", 2)
+    gw.wait_players("midi", 2, peers={"ffmpeg": ffmpeg_player, "librtmp": librtmp})
     player = Background(ws_player, gw, "ws-keys", played, 0.05, start, joined)
     assert joined.wait(10)
     start.set()
@@ -578,7 +593,7 @@ def test_sine_recorded_by_players_late_joiner_and_http_flv(gw, tmp_path):
         "rtmpdump": Background(rtmpdump_play, gw.plain_url(stream), tmp_path / "rtmpdump.flv",
                                seconds + 5, extra=["-C", f"S:{DEMO_PASSPHRASE}", "-C", "S:rec"]),
     }
-    gw.wait_players(stream, 2)
+    gw.wait_players(stream, 2, peers=early)
     publisher = ffmpeg_publish_sine(gw.url(stream, name="sine publisher"), seconds)
     started = time.monotonic()
     gw.wait_publishing(stream)
