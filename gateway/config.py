@@ -21,6 +21,7 @@ from gateway import doors
 from gateway import tls
 from gateway.tls import TlsConfig
 from gateway.schema import bounded, describe_value, load_section, port, suggestion
+from gateway.addresses import is_address, is_wildcard
 
 
 class ConfigError(Exception):
@@ -72,9 +73,27 @@ class LimitsConfig:
 
 
 @dataclasses.dataclass
+class NetworkConfig:
+    """Where the doors listen and what address they tell remote players to use."""
+    bind: str = bounded("127.0.0.1", doc="address every door listens on unless its own host"
+                                         " says otherwise; 0.0.0.0 or :: for every address")
+    public_address: typing.Optional[str] = bounded(
+        None, doc="the address remote players reach the gateway at (a NAT's or cloud VM's"
+                  " public address), which doors advertise: OSCgroups relay ports, the"
+                  " bridge's endpoint; null: each door's own address")
+
+    def advertised(self, host):
+        """The address a door listening on ``host`` gives out (None: a wildcard, no public one)."""
+        if self.public_address is not None:
+            return self.public_address
+        return None if is_wildcard(host) else host
+
+
+@dataclasses.dataclass
 class WebConfig:
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: typing.Optional[str] = bounded(None, doc="address of the page, /ws and /status;"
+                                                   " null: network.bind")
     port: int = port(8080)
     tls: typing.Optional[TlsConfig] = None
 
@@ -93,6 +112,7 @@ class LoggingConfig:
 @dataclasses.dataclass
 class GatewayConfig:
     sessions: typing.List[SessionConfig] = dataclasses.field(default_factory=list)
+    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     web: WebConfig = dataclasses.field(default_factory=WebConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
@@ -140,6 +160,31 @@ def _check_sessions(config, problems):
                                 f" or CIDR such as 127.0.0.0/8, got {describe_value(cidr)}")
 
 
+def _check_network(config, problems):
+    network = config.network
+    if not is_address(network.bind):
+        problems.append("network.bind: expected an IP address (0.0.0.0 or :: for every"
+                        f" address), got {describe_value(network.bind)}")
+    public = network.public_address
+    if public is not None and (not is_address(public) or is_wildcard(public)):
+        problems.append("network.public_address: expected the one IP address remote players"
+                        f" reach, got {describe_value(public)}")
+
+
+def _listen_on_bind(config):
+    """Every ``host: null`` (web and doors) listens on network.bind.
+
+    A door that speaks IPv4 only (its ``IPV4_ONLY``) takes ``::`` as
+    ``0.0.0.0``: a dual-stack socket would hand it IPv4 peers as mapped IPv6
+    addresses its wire format cannot carry.
+    """
+    bind = config.network.bind
+    for section in [config.web, *config.doors.values()]:
+        if section is not None and getattr(section, "host", ...) is None:
+            ipv4_only = getattr(section, "IPV4_ONLY", False)
+            section.host = "0.0.0.0" if ipv4_only and bind == "::" else bind
+
+
 def _check_tls(config, problems):
     web_tls = config.web.tls
     if not config.web.enabled or web_tls is None:
@@ -176,6 +221,8 @@ def parse(data):
     config.doors = {name: load_section(cls, data[name], name, problems)
                     for name, cls in door_sections.items() if name in data}
     _check_sessions(config, problems)
+    _check_network(config, problems)
+    _listen_on_bind(config)
     _check_tls(config, problems)
     _check_ports(config, problems)
     if not problems:

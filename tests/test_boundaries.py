@@ -23,7 +23,7 @@ MEDIA_CODEC = {f"gateway.protocols.rtpmidi.{name}" for name in (
     "journal_receiver")}
 SHARED = {"gateway.interfaces", "gateway.bus.values", "gateway.bus.throttle", "gateway.actions",
           "gateway.midi", "gateway.doorservice", "gateway.schema", "gateway.log",
-          "gateway.tls"} | MEDIA_CODEC
+          "gateway.tls", "gateway.udp", "gateway.addresses"} | MEDIA_CODEC
 DOOR_PACKAGES = sorted({module.rsplit(".", 1)[0] for pair in doors.DOORS.values()
                         for module in pair})
 

@@ -193,13 +193,14 @@ def test_purge_runs_without_traffic():
 
 
 @pytest.mark.parametrize("section, fragment", [
-    ({"host": "0.0.0.0"}, "oscgroups.host: expected the one address clients send to"),
+    ({"host": "0.0.0.0"}, "oscgroups.relay.host: the relay listens on every address (0.0.0.0),"
+                          " so clients must be told one: set network.public_address"),
     ({"host": "::1"}, "oscgroups.host: OSCgroups is IPv4 only"),
     ({"bridge": {"groups": ["jam"]}}, "oscgroups.bridge.groups[0]: group 'jam' is not a declared"),
     ({"groups": {"jam": "nope"}}, "oscgroups.groups.jam: session 'nope' is not declared"),
     ({"bridge": {"prefix": "midi/"}}, "oscgroups.bridge.prefix: OSC prefix must start"),
     ({"bridge": {"port": SERVER_PORT}}, "oscgroups.bridge.port: udp port 22242 is already used"),
-    ({"relay": {"host": "0.0.0.0"}}, "oscgroups.relay.host: expected the one IPv4 address"),
+    ({"relay": {"host": "::1"}}, "oscgroups.relay.host: expected an IPv4 address"),
     ({"relay": {"port_min": 30010, "port_max": 30000}},
      "oscgroups.relay.port_max: expected at least port_min (30010)"),
     ({"relay": {"port_min": 22240, "port_max": 22250}},

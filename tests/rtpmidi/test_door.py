@@ -446,6 +446,19 @@ def test_mdns_registers_each_session_and_unregisters_on_stop(reactor):
     assert zeroconf.registered == [] and zeroconf.closed
 
 
+def test_mdns_on_every_address_advertises_the_public_address_when_one_is_set(reactor):
+    zeroconf = FakeZeroconfModule()
+    entries = make_config().doors["rtpmidi"].sessions
+    advertiser = mdns.MdnsAdvertiser(defer.maybeDeferred, reactor, "0.0.0.0", entries,
+                                     Logger(), zeroconf_module=zeroconf,
+                                     advertised="198.51.100.7")
+    advertiser.start()
+    [(_, _, fields)] = zeroconf.registered
+    assert fields["parsed_addresses"] == ["198.51.100.7"]
+    assert zeroconf.interfaces == "all"
+    advertiser.stop()
+
+
 def test_journal_can_be_switched_off(reactor, build):
     _, _, _, membership = build({"journal": False})
     peer = RemotePeer(reactor)

@@ -37,8 +37,8 @@ class RelayConfig:
                           doc="auto: NATed pairs fall back on the relay (at once when a NAT"
                               " changes ports); always: relay every pair; never: no relay")
     host: typing.Optional[str] = bounded(
-        None, doc="IPv4 address relay ports bind to and are advertised at;"
-                  " null: oscgroups.host")
+        None, doc="IPv4 address relay ports listen on, and are advertised at unless"
+                  " network.public_address is set; null: oscgroups.host")
     port_min: int = port(22300, doc="first relay UDP port")
     port_max: int = port(22363, doc="last relay UDP port")
     max_allocations: int = bounded(64, minimum=1, maximum=65535,
@@ -50,7 +50,11 @@ class RelayConfig:
 @dataclasses.dataclass
 class Config:
     enabled: bool = True
-    host: str = bounded("127.0.0.1", doc="IPv4 address the server and bridge bind to")
+    host: typing.Optional[str] = bounded(
+        None, doc="IPv4 address the server and bridge listen on (0.0.0.0: every address,"
+                  " each client answered from the one it wrote to); null: network.bind")
+
+    IPV4_ONLY = True     # the protocol carries endpoints as 4-byte addresses
     port: int = port(22242, doc="UDP port of the rendezvous server")
     timeout: int = bounded(server.DEFAULT_TIMEOUT, minimum=7, maximum=3600,
                            doc="seconds without user_alive before a user is purged;"
@@ -84,11 +88,6 @@ class Config:
         if not wire.is_ipv4(self.host):
             problems.append(f"{name}.host: OSCgroups is IPv4 only; expected an IPv4 address"
                             f" such as 127.0.0.1, got {self.host!r}")
-        elif self.host == "0.0.0.0":
-            problems.append(f"{name}.host: expected the one address clients send to (such"
-                            " as 127.0.0.1 or the host's public address), got 0.0.0.0:"
-                            " replies from a wildcard socket can leave from another"
-                            " address and OscGroupClient ignores them")
         declared = {session.name for session in config.sessions}
         for group, session in self.groups.items():
             if not isinstance(group, str) or not isinstance(session, str):
@@ -101,15 +100,21 @@ class Config:
         if self.bridge.enabled:
             problems.extend(self._check_bridge(f"{name}.bridge", declared))
         if self.relay.policy != relay_core.NEVER:
-            problems.extend(self._check_relay(f"{name}.relay"))
+            problems.extend(self._check_relay(f"{name}.relay", config.network))
         return problems
 
-    def _check_relay(self, path):
+    def _check_relay(self, path, network):
         problems = []
-        if self.relay.host is not None and (not wire.is_ipv4(self.relay.host)
-                                            or self.relay.host == "0.0.0.0"):
-            problems.append(f"{path}.host: expected the one IPv4 address clients reach the"
-                            f" relay at (or null for oscgroups.host), got {self.relay.host!r}")
+        if self.relay.host is not None and not wire.is_ipv4(self.relay.host):
+            problems.append(f"{path}.host: expected an IPv4 address (or null for"
+                            f" oscgroups.host), got {self.relay.host!r}")
+        elif network.advertised(self.relay_host) is None:
+            problems.append(f"{path}.host: the relay listens on every address"
+                            f" ({self.relay_host}), so clients must be told one: set"
+                            " network.public_address (or this key to the address they reach)")
+        elif not wire.is_ipv4(network.advertised(self.relay_host)):
+            problems.append(f"network.public_address: the OSCgroups relay advertises IPv4"
+                            f" addresses only, got {network.public_address!r}")
         if self.relay.port_min > self.relay.port_max:
             problems.append(f"{path}.port_max: expected at least port_min"
                             f" ({self.relay.port_min}), got {self.relay.port_max}")

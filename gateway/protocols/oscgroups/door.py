@@ -52,6 +52,7 @@ from gateway.bus.values import JoinRefused, JoinRequest, Verified
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
+from gateway.udp import is_wildcard, listen_udp
 
 from . import bridge as bridge_core
 from . import client, mapping, server, wire
@@ -128,11 +129,20 @@ class OscGroupsDoor(DoorService):
 
     def __init__(self, config, context):
         super().__init__(config, context)
+        network = context.config.network
+        # The bridge meets its own server over loopback when the server listens on
+        # every address; peers are told where they reach it (public_aliases).
+        local_host = "127.0.0.1" if is_wildcard(config.host) else config.host
+        self.server_address = (local_host, config.port)
+        bridge_endpoint = (network.advertised(config.host) or local_host, config.bridge.port)
+        aliases = {}
+        if config.bridge.enabled and bridge_endpoint != (local_host, config.bridge.port):
+            aliases[(local_host, config.bridge.port)] = bridge_endpoint
         self.server = server.RendezvousServer(
             max_users=config.max_users, max_groups=config.max_groups,
             timeout=config.timeout, authorize_group=self._authorize_group,
-            group_full=self._group_full, now=self.reactor.seconds())
-        self.server_address = (config.host, config.port)
+            group_full=self._group_full, public_aliases=aliases, now=self.reactor.seconds())
+        relay_advertised = network.advertised(config.relay_host)
         self.bridge = None
         self.relay = None
         self._relay_ports = {}    # port number -> (listening port, its socket)
@@ -159,10 +169,11 @@ class OscGroupsDoor(DoorService):
         self._tick = task.LoopingCall(self._bridge_tick)
         self._tick.clock = self.reactor
         if config.bridge.enabled:
-            self.bridge = self._make_bridge(config, context.config)
+            self.bridge = self._make_bridge(config, context.config, bridge_endpoint,
+                                            relay_advertised)
         if config.relay.policy != relay_core.NEVER:
             self.relay = relay_core.Relay(
-                self.server.users, host=config.relay_host, port_min=config.relay.port_min,
+                self.server.users, host=relay_advertised, port_min=config.relay.port_min,
                 port_max=config.relay.port_max, policy=config.relay.policy,
                 max_allocations=config.relay.max_allocations,
                 packets_per_second=config.relay.packets_per_second,
@@ -172,15 +183,15 @@ class OscGroupsDoor(DoorService):
         if context.metrics is not None:
             context.metrics.register(OscGroupsCollector(self))
 
-    def _make_bridge(self, config, gateway_config):
+    def _make_bridge(self, config, gateway_config, endpoint, relay_host):
         passphrases = {session.name: session.passphrase for session in gateway_config.sessions}
         groups = [(group, wire.password_hash(passphrases[config.session_name(group)]))
                   for group in config.bridge.groups]
         password = config.bridge.password or secrets.token_hex(16)
-        relay_ports = (config.relay_host, config.relay.port_min, config.relay.port_max)
+        relay_ports = (relay_host, config.relay.port_min, config.relay.port_max)
         return bridge_core.Bridge(
             config.bridge.user, wire.password_hash(password), groups, self.server_address,
-            (config.host, config.bridge.port),
+            endpoint,
             mapping.OscMidiMapping(config.bridge.prefix, config.bridge.outgoing),
             relay=relay_ports if config.relay.policy != relay_core.NEVER else None)
 
@@ -190,13 +201,13 @@ class OscGroupsDoor(DoorService):
     def startService(self):
         super().startService()
         host = self.config.host
-        self._server_port = self.reactor.listenUDP(
-            self.config.port, _Datagrams(self._server_datagram), interface=host)
+        self._server_port = listen_udp(self.reactor, self.config.port,
+                                       _Datagrams(self._server_datagram), host)
         self._ports.append(self._server_port)
         self._purge.start(self.server.purge_interval, now=False)
         if self.bridge is not None:
-            self._bridge_port = self.reactor.listenUDP(
-                self.config.bridge.port, _Datagrams(self._bridge_datagram), interface=host)
+            self._bridge_port = listen_udp(self.reactor, self.config.bridge.port,
+                                           _Datagrams(self._bridge_datagram), host)
             self._bridge_port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
                                                 RECEIVE_BUFFER_BYTES)
             self._ports.append(self._bridge_port)
@@ -209,6 +220,7 @@ class OscGroupsDoor(DoorService):
                               if self.bridge is not None else "off"),
                       relay=(f"{relay_config.policy} on {self.config.relay_host}:"
                              f"{relay_config.port_min}-{relay_config.port_max}"
+                             f" (advertised as {self.relay.host})"
                              if self.relay is not None else "off"))
 
     def stopService(self):
@@ -293,9 +305,9 @@ class OscGroupsDoor(DoorService):
 
     def _open_relay_port(self, number):
         try:
-            listening = self.reactor.listenUDP(
-                number, _RelayPort(self._relay_datagram, number),
-                interface=self.config.relay_host)
+            listening = listen_udp(self.reactor, number,
+                                   _RelayPort(self._relay_datagram, number),
+                                   self.config.relay_host)
         except error.CannotListenError as exc:
             self.log.warn("oscgroups: relay port {port} is unavailable: {error}",
                           port=number, error=exc)

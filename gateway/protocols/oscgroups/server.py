@@ -106,13 +106,17 @@ class RendezvousServer:
 
     def __init__(self, *, max_users=DEFAULT_MAX_USERS, max_groups=DEFAULT_MAX_GROUPS,
                  timeout=DEFAULT_TIMEOUT, authorize_group=None, group_full=None,
-                 listed_endpoints=None, now=0.0):
+                 listed_endpoints=None, public_aliases=None, now=0.0):
         self.max_users = max_users
         self.max_groups = max_groups
         self.timeout = timeout
         self.authorize_group = authorize_group
         self.group_full = group_full
         self.listed_endpoints = listed_endpoints
+        # observed source -> the endpoint listed instead: the gateway's own bridge
+        # reaches its server over loopback or a private address, but peers reach it
+        # at the public one.
+        self.public_aliases = dict(public_aliases or {})
         self.users = {}
         self.groups = {}
         # (host, port) -> (user name, until): sources whose registration was refused.
@@ -277,7 +281,8 @@ class RendezvousServer:
         return [self._user_info(member, viewer, now) for member in group.members.values()]
 
     def _user_info(self, user, viewer, now):
-        private_endpoint, public_endpoint = user.private_endpoint, user.public_endpoint
+        private_endpoint = user.private_endpoint
+        public_endpoint = self.public_aliases.get(user.public_endpoint, user.public_endpoint)
         if self.listed_endpoints is not None:
             listed = self.listed_endpoints(user, viewer, self._actions)
             if listed is not None:

@@ -13,7 +13,8 @@ from gateway.schema import bounded, port
 @dataclasses.dataclass
 class Config:
     enabled: bool = True
-    host: str = bounded("127.0.0.1", doc="address the RTMP port listens on")
+    host: typing.Optional[str] = bounded(None, doc="address the RTMP port listens on;"
+                                                   " null: network.bind")
     port: int = port(1935, doc="rtmp:// port")
     tls_port: typing.Optional[int] = bounded(
         None, minimum=1, maximum=65535,

@@ -35,7 +35,8 @@ class InviteConfig:
 @dataclasses.dataclass
 class Config:
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: typing.Optional[str] = bounded(None, doc="address the session ports listen on;"
+                                                   " null: network.bind")
     sessions: typing.List[SessionPortConfig] = bounded(default_factory=list)
     invite: typing.List[InviteConfig] = bounded(
         default_factory=list, doc="peers the gateway invites (it is the initiator)")

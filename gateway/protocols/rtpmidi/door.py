@@ -40,6 +40,7 @@ from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, InvitationFailed, Peer,
 )
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
+from gateway.udp import listen_udp
 
 DOOR = "rtpmidi"
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -176,12 +177,10 @@ class SessionEndpoint:
 
     def start(self):
         host = self.config.host
-        self.control_port = self.reactor.listenUDP(
-            self.entry.port, _PortProtocol(self, CONTROL), interface=host,
-            maxPacketSize=MAX_DATAGRAM)
-        self.data_port = self.reactor.listenUDP(
-            self.entry.port + 1, _DataPortProtocol(self), interface=host,
-            maxPacketSize=MAX_DATAGRAM)
+        self.control_port = listen_udp(self.reactor, self.entry.port, _PortProtocol(self, CONTROL),
+                                       host, maxPacketSize=MAX_DATAGRAM)
+        self.data_port = listen_udp(self.reactor, self.entry.port + 1, _DataPortProtocol(self),
+                                    host, maxPacketSize=MAX_DATAGRAM)
         self.data_socket = self.data_port.socket
         self.data_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         for target in self._invite_targets:
@@ -337,7 +336,8 @@ class RtpMidiDoor(DoorService):
             in_thread = functools.partial(threads.deferToThreadPool, self.reactor,
                                           self.reactor.getThreadPool())
             self.mdns = mdns.MdnsAdvertiser(in_thread, self.reactor, config.host,
-                                            config.sessions, self.log)
+                                            config.sessions, self.log,
+                                            advertised=context.config.network.public_address)
         if context.metrics is not None:
             context.metrics.register(metrics.RtpMidiCollector(self))
 

@@ -7,6 +7,8 @@ import socket
 
 import zeroconf
 
+from gateway.addresses import is_wildcard
+
 MDNS_SERVICE_TYPE = "_apple-midi._udp.local."
 MDNS_STOP_TIMEOUT = 5.0
 
@@ -18,10 +20,12 @@ class MdnsAdvertiser:
     Deferred (zeroconf's register waits for its probes, about a second).
     """
 
-    def __init__(self, in_thread, clock, host, entries, log, zeroconf_module=zeroconf):
+    def __init__(self, in_thread, clock, host, entries, log, zeroconf_module=zeroconf,
+                 advertised=None):
         self.in_thread = in_thread
         self.clock = clock
         self.host = host
+        self.advertised = advertised    # network.public_address, when set
         self.entries = entries
         self.log = log
         self._zeroconf_module = zeroconf_module
@@ -36,8 +40,11 @@ class MdnsAdvertiser:
 
     def _register(self):
         mdns = self._zeroconf_module
-        wildcard = self.host in ("0.0.0.0", "::")
-        addresses = mdns.get_all_addresses() if wildcard else [self.host]
+        wildcard = is_wildcard(self.host)
+        if self.advertised is not None:
+            addresses = [self.advertised]
+        else:
+            addresses = mdns.get_all_addresses() if wildcard else [self.host]
         interfaces = mdns.InterfaceChoice.All if wildcard else [self.host]
         self._zeroconf = mdns.Zeroconf(interfaces=interfaces)
         for entry in self.entries:

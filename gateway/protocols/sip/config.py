@@ -136,8 +136,11 @@ class UasConfig:
 @dataclasses.dataclass
 class Config:
     enabled: bool = True
-    host: str = bounded("127.0.0.1", doc="IPv4 address sfront clients were built with"
-                                         " (-sip_ip); replies leave from exactly it")
+    host: typing.Optional[str] = bounded(
+        None, doc="IPv4 address sfront clients were built with (-sip_ip) and user agents"
+                  " dial; replies leave from exactly it; null: network.bind")
+
+    IPV4_ONLY = True     # sfront and the SDP the door writes are IPv4
     port: int = bounded(5060, minimum=1, maximum=65534,
                         doc="SIP port of clients' RTP sockets (-sip_port); their RTCP"
                             " sockets use port + 1")
@@ -189,7 +192,8 @@ class Config:
         problems = []
         if not _is_ipv4(self.host) or self.host == "0.0.0.0":
             problems.append(f"{name}.host: expected the one IPv4 address clients were built"
-                            f" with (replies must leave from exactly it), got {self.host!r}")
+                            f" with (replies must leave from exactly it), got {self.host!r}"
+                            " (with network.bind on every address, set sip.host)")
         media = self.media
         if not _is_ipv4(media.host) or media.host in _REFUSED_MEDIA_HOSTS:
             problems.append(f"{name}.media.host: expected an IPv4 address other than "

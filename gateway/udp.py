@@ -1,0 +1,131 @@
+"""UDP ports that answer every peer from the address the peer wrote to.
+
+# implements RFC 3542 §6 (IPV6_PKTINFO) and Linux ip(7) IP_PKTINFO
+
+A UDP socket bound to a wildcard (``0.0.0.0`` or ``::``) receives on every
+address of the host, but the kernel picks the source of what it sends by
+routing: on a host with several addresses a reply can leave from another
+address than the client wrote to, and clients that check the source
+(OscGroupClient, sfront, AppleMIDI peers matching sessions by address)
+ignore it. With IP_PKTINFO / IPV6_RECVPKTINFO each datagram says which local
+address it came to; the port remembers it per peer and sends to that peer
+from the same address (ip(7), RFC 3542 §6).
+
+Doors write on hot paths with the socket's own ``sendto``, so the answer
+address is applied there: the port's ``socket`` is a thin wrapper whose
+``sendto`` adds the packet-info control message. Twisted's UDP port has no
+ancillary-data support, hence this subclass. Ports bound to one address are
+plain ``reactor.listenUDP`` ports: nothing changes for them.
+"""
+
+import socket
+import struct
+
+from twisted.internet import udp
+
+from gateway.addresses import is_wildcard
+
+# Python 3.11 lacks the constant; 8 is Linux's (<linux/in.h>), the platform we serve.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+MAX_REMEMBERED_PEERS = 65536
+_IN_PKTINFO = struct.Struct("=I4s4s")     # ifindex, spec_dst, addr
+_IN6_PKTINFO = struct.Struct("=16sI")     # addr, ifindex
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_PKTINFO.size)
+
+
+def listen_udp(reactor, port, protocol, interface, **options):
+    """``reactor.listenUDP(port, protocol, interface=interface, **options)``, answering
+    from the address each peer used when ``interface`` is a wildcard."""
+    if not is_wildcard(interface):
+        return reactor.listenUDP(port, protocol, interface=interface, **options)
+    listening = AnsweringPort(port, protocol, interface, reactor=reactor, **options)
+    listening.startListening()
+    return listening
+
+
+class AnsweringSocket:
+    """A bound UDP socket whose ``sendto`` leaves from the address the peer last wrote to."""
+
+    def __init__(self, raw, family):
+        self._raw = raw
+        self._family = family
+        self.local_address_of = {}    # peer (host, port) -> ancillary data to answer it with
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+    def remember(self, peer, ancillary):
+        remembered = self.local_address_of
+        if remembered.get(peer) != ancillary:
+            if len(remembered) >= MAX_REMEMBERED_PEERS:
+                remembered.clear()
+            remembered[peer] = ancillary
+
+    def sendto(self, data, address):
+        ancillary = self.local_address_of.get(address[:2])
+        if ancillary is None:
+            return self._raw.sendto(data, address)
+        return self._raw.sendmsg([data], ancillary, 0, address)
+
+    def local_address(self, peer):
+        """The local address ``peer`` last wrote to (None before it wrote)."""
+        ancillary = self.local_address_of.get(peer[:2])
+        if ancillary is None:
+            return None
+        level, kind, data = ancillary[0]
+        if level == socket.IPPROTO_IPV6:
+            return socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack(data)[0])
+        return socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack(data)[1])
+
+
+def _answer_with(level, kind, data):
+    """The control message that sends from the local address a received one names."""
+    if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+        local, ifindex = _IN6_PKTINFO.unpack_from(data)
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(local, ifindex))]
+    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+        _, _, destination = _IN_PKTINFO.unpack_from(data)
+        # ifindex 0: the route decides the interface; spec_dst: the source address.
+        return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, destination, bytes(4)))]
+    return None
+
+
+class AnsweringPort(udp.Port):
+    """A wildcard-bound UDP port that answers each peer from the address it wrote to."""
+
+    def createInternetSocket(self):
+        raw = super().createInternetSocket()
+        if self.addressFamily == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            raw.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        return raw
+
+    def _bindSocket(self):
+        super()._bindSocket()
+        self.socket = AnsweringSocket(self.socket, self.addressFamily)
+
+    def doRead(self):
+        # Twisted's loop (udp.Port.doRead), reading with recvmsg for the packet info.
+        read = 0
+        raw = self.socket._raw
+        while read < self.maxThroughput:
+            try:
+                data, ancillary, _, peer = raw.recvmsg(self.maxPacketSize, _ANCILLARY_BYTES)
+            except OSError as failure:
+                if failure.args[0] in udp._sockErrReadIgnore:
+                    return
+                if failure.args[0] in udp._sockErrReadRefuse:
+                    return
+                raise
+            read += len(data)
+            peer = peer[:2]
+            for level, kind, value in ancillary:
+                answer = _answer_with(level, kind, value)
+                if answer is not None:
+                    self.socket.remember(peer, answer)
+                    break
+            try:
+                self.protocol.datagramReceived(data, peer)
+            except BaseException:
+                udp.log.err()
