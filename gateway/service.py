@@ -7,6 +7,7 @@ from twisted.internet import error, task
 from twisted.web import server
 
 from gateway import doors, log as gatewaylog
+from gateway.addresses import is_wildcard
 from gateway.bus.local import DropCounters, LocalBus
 from gateway.tls import certificate_options
 from gateway.web.site import access_log_line, build_root
@@ -67,18 +68,7 @@ class GatewayService(service.MultiService):
         self._say_where()
 
     def _say_where(self):
-        """One line a newcomer can follow: the page's address and the sessions to join."""
-        config = self.context.config
-        sessions = ", ".join(session.name for session in config.sessions) or "none declared"
-        if config.web.enabled:
-            scheme = "https" if config.web.tls is not None else "http"
-            host = config.web.host if ":" not in config.web.host else f"[{config.web.host}]"
-            self.context.log.info("netgateway: jam page at {url}/ (sessions: {sessions})",
-                                  url=f"{scheme}://{host}:{config.web.port}",
-                                  sessions=sessions)
-        else:
-            self.context.log.info("netgateway: no web site; sessions: {sessions}",
-                                  sessions=sessions)
+        self.context.log.info("{block}", block="\n".join(where_to_go(self.context.config)))
 
     def stopService(self):
         if self._expiry.running:
@@ -86,6 +76,53 @@ class GatewayService(service.MultiService):
         stopped = super().stopService()
         stopped.addCallback(lambda _: self.context.bus.close_all("shutdown"))
         return stopped
+
+
+def where_to_go(config):
+    """The start-up block a newcomer follows: the page, its WebSocket, every door's
+    address and ports (with the config key of each), the sessions (names only)."""
+    sessions = ", ".join(session.name for session in config.sessions) or "none declared"
+    web = config.web
+    lines = []
+    if web.enabled:
+        secure = web.tls is not None
+        origin = f"{_url_host(config, web.host)}:{web.port}"
+        lines.append(f"netgateway: jam page at {'https' if secure else 'http'}://{origin}/"
+                     f" (sessions: {sessions})")
+        websocket = config.doors.get("websocket")
+        if websocket is not None and websocket.enabled:
+            lines.append(f"  websocket  {'wss' if secure else 'ws'}://{origin}/{websocket.path}")
+        lines.append(f"  web        tcp {web.port} (web.port) on {_host_text(config, web.host)},"
+                     f" TLS {'on' if secure else 'off'}")
+    else:
+        lines.append(f"netgateway: no web site; sessions: {sessions}")
+    for name, section in config.enabled_doors().items():
+        ports = {}
+        for key, transport, number in section.listening_ports(name):
+            ports.setdefault((key, transport), []).append(number)
+        if name == "websocket" or not ports:
+            continue
+        listed = ", ".join(f"{transport} {_span(numbers)} ({key})"
+                           for (key, transport), numbers in ports.items())
+        lines.append(f"  {name:<10} {listed} on {_host_text(config, section.host)}")
+    return lines
+
+
+def _span(numbers):
+    return str(numbers[0]) if len(numbers) == 1 else f"{min(numbers)}-{max(numbers)}"
+
+
+def _url_host(config, host):
+    if is_wildcard(host):
+        host = config.network.public_address or "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _host_text(config, host):
+    if not is_wildcard(host):
+        return host
+    public = config.network.public_address
+    return f"every address ({host})" + (f", advertised as {public}" if public else "")
 
 
 def _web_service(context, site):

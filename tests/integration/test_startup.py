@@ -60,6 +60,10 @@ def move_to_free_ports(config):
         65535, relay_base + span)
     sip = config["sip"]
     sip["port"] = free_port(socket.SOCK_DGRAM, even=True)
+    sip["uas"]["tcp_port"] = free_port()
+    uas_media = free_port(socket.SOCK_DGRAM, even=True)
+    sip["uas"]["media"]["port_min"], sip["uas"]["media"]["port_max"] = uas_media, uas_media + 1
+    config["rtmp"]["port"] = free_port()
     media = free_port(socket.SOCK_DGRAM, even=True)
     sip["media"]["port_min"], sip["media"]["port_max"] = media, media + 2 * len(
         config["sessions"]) - 1
@@ -102,8 +106,19 @@ def test_default_config_starts_every_door(tmp_path):
                                         and "enabled" in section and name != "web"}
     finally:
         process.stop()
-    # Where to go, in one line: the page and the sessions (never a passphrase).
+    # Where to go, in one block: the page and the sessions (never a passphrase), the
+    # WebSocket, then each door's ports with their keys.
     port = config["web"]["port"]
-    (line,) = [line for line in process.log.splitlines() if "jam page at" in line]
-    assert line.endswith(f"netgateway: jam page at http://127.0.0.1:{port}/"
-                         " (sessions: demo, mirror, echo)")
+    lines = process.log.splitlines()
+    (first,) = [index for index, line in enumerate(lines) if "jam page at" in line]
+    assert lines[first].endswith(f"netgateway: jam page at http://127.0.0.1:{port}/"
+                                 " (sessions: demo, mirror, echo)")
+    block = [line.lstrip("\t") for line in lines[first + 1:first + 7]]   # twistd indents
+    assert block[0] == f"  websocket  ws://127.0.0.1:{port}/ws", block
+    assert block[1] == f"  web        tcp {port} (web.port) on 127.0.0.1, TLS off", block
+    doors = {line.split()[0]: line for line in block[2:]}
+    assert set(doors) == {"oscgroups", "rtpmidi", "sip", "rtmp"}, block
+    assert doors["rtmp"] == (f"  rtmp       tcp {config['rtmp']['port']} (rtmp.port)"
+                             " on 127.0.0.1"), block
+    assert f"udp {config['oscgroups']['port']} (oscgroups.port)" in doors["oscgroups"], block
+    assert not any(session["passphrase"] in "\n".join(lines) for session in config["sessions"])
