@@ -51,7 +51,6 @@ from zope.interface import implementer
 from gateway.actions import Drop, PeerLeft, Send
 from gateway.bus.values import JoinRefused, JoinRequest
 from gateway.interfaces import IMember
-from gateway.tls import certificate_options
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import audio_sdp, midi_sdp
 from gateway.protocols.sip.audio_call import AudioCall
@@ -444,10 +443,9 @@ class StandardAgents:
             media=self.media_host, first=uas.media.port_min, last=uas.media.port_max)
 
     def _tls_options(self):
-        tls = self.uas.tls
-        if tls is None:
+        if self.uas.tls is None:
             return self.context.tls_options()       # the web site's certificate
-        return certificate_options(tls.certificate, tls.key)
+        return self.context.served_certificate(f"{DOOR}.uas.tls", self.uas.tls)
 
     def stop(self):
         """Every call hears our BYE; connections, listeners and media ports close."""

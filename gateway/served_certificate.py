@@ -1,0 +1,48 @@
+"""A TLS server certificate that can be replaced while its ports listen.
+
+Twisted's ``CertificateOptions`` builds one OpenSSL context from one
+certificate, and every listener keeps the options object it was given. So
+that a renewed certificate (certbot's deploy hook sends SIGHUP) serves without
+a restart, every TLS door of a config section gets the same
+:class:`ServedCertificate`, which hands each new handshake to the options of
+the files as last read. A connection keeps the context it started with, so
+connections (and the sessions on them) outlive a reload.
+"""
+
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+from gateway.tls import certificate_options, checked_chain
+
+
+class CertificateNotReplaced(Exception):
+    """The files cannot serve; the old certificate stays. Text: the config lines, joined."""
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServedCertificate:
+    """The certificate of config section ``path`` (``web.tls``, ``sip.uas.tls``) for
+    ``listenSSL`` / ``internet.SSLServer``: what :meth:`reload` read last."""
+
+    def __init__(self, path, section):
+        self.path = path
+        self.section = section
+        self.leaf = None
+        self._options = None
+        self.reload()
+
+    def reload(self):
+        """Read the section's files again; later handshakes serve them.
+
+        Raises :class:`CertificateNotReplaced` (and keeps what was served)
+        when they cannot serve.
+        """
+        chain, key, problems = checked_chain(self.path, self.section)
+        if problems:
+            raise CertificateNotReplaced("; ".join(problems))
+        self._options = certificate_options(chain, key)
+        self.leaf = chain[0]
+        return self.leaf
+
+    def serverConnectionForTLS(self, protocol):
+        return self._options.serverConnectionForTLS(protocol)
