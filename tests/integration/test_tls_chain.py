@@ -1,12 +1,15 @@
 """TLS with a real chain: a leaf signed by an intermediate, the client trusting only the root."""
 
+import shutil
 import socket
 import ssl
+import subprocess
 
 import pytest
 
 from gateway.config import ConfigError, parse
 from tests.certificates import Authority, self_signed
+from tests.conftest import need_external
 
 
 @pytest.fixture
@@ -26,6 +29,17 @@ def verified_handshake(port, root):
         return secure.getpeercert()["subject"]
 
 
+def openssl_verification(port, root):
+    """``(exit status, output)`` of ``openssl s_client`` trusting only ``root``, checking
+    the chain and that the leaf names 127.0.0.1."""
+    need_external(shutil.which("openssl"), "openssl (Debian package openssl) is not installed")
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", root,
+         "-verify_return_error", "-verify_ip", "127.0.0.1"],
+        input="", capture_output=True, text=True, timeout=20)
+    return result.returncode, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("combined", [False, True], ids=["separate key", "key in the chain"])
 def test_the_whole_chain_is_served_so_a_client_that_trusts_the_root_verifies(
         gateway_factory, chain, combined):
@@ -35,6 +49,8 @@ def test_the_whole_chain_is_served_so_a_client_that_trusts_the_root_verifies(
     gateway = gateway_factory({"web": {"tls": {"certificate": fullchain, "key": key}}}, ca=root)
     port = gateway.config["web"]["port"]
     assert verified_handshake(port, root) == ((("commonName", "127.0.0.1"),),)
+    status, output = openssl_verification(port, root)
+    assert status == 0 and "Verify return code: 0 (ok)" in output, output
 
 
 def test_a_key_that_is_not_the_leafs_is_one_config_line(chain, tmp_path):
