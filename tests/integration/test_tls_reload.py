@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.certificates import Authority
 from tests.conftest import free_port
+from tests.integration.test_sip_ua_e2e import free_udp_block
 from tests.wsclient import JamClient
 
 DEMO = ("demo", "play along with netgateway demo")
@@ -26,8 +27,9 @@ NOT_RELOADED = "netgateway: web.tls: certificate not reloaded"
 class Files:
     """A test CA and the web.tls files it issued, at the paths the config names."""
 
-    def __init__(self, directory):
-        self.authority = Authority()
+    def __init__(self, directory, authority="test root"):
+        directory.mkdir(exist_ok=True)
+        self.authority = Authority(authority)
         self.root = self.authority.write_root(directory / "root.pem")
         self.fullchain, self.key = directory / "fullchain.pem", directory / "privkey.pem"
         self.leaf = self.renew()
@@ -98,6 +100,24 @@ def test_after_sighup_new_handshakes_get_the_new_certificate_and_members_play_on
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
     assert gateway.process.poll() is None
+
+
+def test_sip_over_tls_with_a_certificate_of_its_own_reloads_on_the_same_sighup(
+        gateway_factory, tmp_path):
+    web, sip = Files(tmp_path / "web"), Files(tmp_path / "sip", authority="sip test root")
+    tls_port, media = free_port(), free_udp_block(8)
+    gateway = gateway_factory({"web": {"tls": web.section()}, "sip": {
+        "host": "127.0.0.1", "port": free_udp_block(2),
+        "media": {"port_min": media, "port_max": media + 3},
+        "uas": {"tls_port": tls_port, "tls": sip.section(),
+                "media": {"port_min": media + 4, "port_max": media + 7}}}}, ca=web.root)
+    assert served_leaf(tls_port, sip) == sip.leaf
+    renewed = sip.renew()
+    os.kill(gateway.process.pid, signal.SIGHUP)
+    wait_for_line(gateway, "netgateway: sip.uas.tls: certificate reloaded")
+    assert served_leaf(tls_port, sip) == renewed
+    assert served_leaf(gateway.config["web"]["port"], web) == web.leaf
+    assert len(wait_for_line(gateway, RELOADED)) == 1     # the web site's files, unchanged
 
 
 def test_files_that_cannot_serve_keep_the_old_certificate_with_one_error_line(
