@@ -9,14 +9,17 @@ the files as last read. A connection keeps the context it started with, so
 connections (and the sessions on them) outlive a reload.
 """
 
+from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from gateway.config import ConfigError
 from gateway.tls import certificate_options, checked_chain
 
 
-class CertificateNotReplaced(Exception):
-    """The files cannot serve; the old certificate stays. Text: the config lines, joined."""
+class CertificateUnusable(ConfigError):
+    """A section's files cannot serve: at start-up a config error, on reload a reason to
+    keep the old certificate. ``problems``: one line each, naming the key."""
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -34,13 +37,22 @@ class ServedCertificate:
     def reload(self):
         """Read the section's files again; later handshakes serve them.
 
-        Raises :class:`CertificateNotReplaced` (and keeps what was served)
+        Raises :class:`CertificateUnusable` (and keeps what was served)
         when they cannot serve.
         """
         chain, key, problems = checked_chain(self.path, self.section)
         if problems:
-            raise CertificateNotReplaced("; ".join(problems))
-        self._options = certificate_options(chain, key)
+            raise CertificateUnusable(problems)
+        options = certificate_options(chain, key)
+        try:
+            # Twisted builds the OpenSSL context at the first handshake; build it now, so
+            # that what OpenSSL refuses (a key too small, say) fails here, not each client.
+            options.getContext()
+        except SSL.Error as error:
+            raise CertificateUnusable([f"{self.path}.certificate: expected a certificate"
+                                       f" and key OpenSSL accepts, but it says {error}"]) \
+                from None
+        self._options = options
         self.leaf = chain[0]
         return self.leaf
 

@@ -9,7 +9,7 @@ from twisted.web import server
 
 from gateway import doors, log as gatewaylog
 from gateway.bus.local import DropCounters, LocalBus
-from gateway.served_certificate import CertificateNotReplaced, ServedCertificate
+from gateway.served_certificate import CertificateUnusable, ServedCertificate
 from gateway.web.redirect import HttpsRedirect
 from gateway.web.site import access_log_line, build_root
 
@@ -47,10 +47,10 @@ class GatewayContext:
         for path, certificate in self.certificates.items():
             try:
                 leaf = certificate.reload()
-            except CertificateNotReplaced as problems:
+            except CertificateUnusable as unusable:
                 self.log.error("netgateway: {path}: certificate not reloaded, still serving"
                                " the previous one: {problems}", path=path,
-                               problems=str(problems))
+                               problems="; ".join(unusable.problems))
             else:
                 self.log.info("netgateway: {path}: certificate reloaded, now serving {subject}"
                               " (valid until {not_after})", path=path,

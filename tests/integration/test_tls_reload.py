@@ -12,7 +12,9 @@ import socket
 import ssl
 import time
 
+import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.certificates import Authority
 from tests.conftest import free_port
@@ -34,9 +36,9 @@ class Files:
         self.fullchain, self.key = directory / "fullchain.pem", directory / "privkey.pem"
         self.leaf = self.renew()
 
-    def renew(self):
+    def renew(self, key=None):
         """Write a new leaf and key over the old files; return the new leaf's DER."""
-        leaf = self.authority.issue(self.fullchain, self.key)
+        leaf = self.authority.issue(self.fullchain, self.key, key=key)
         return leaf.public_bytes(serialization.Encoding.DER)
 
     def section(self):
@@ -143,6 +145,42 @@ def test_files_that_cannot_serve_keep_the_old_certificate_with_one_error_line(
     assert served_leaf(port, files) == new_leaf
     assert len(wait_for_line(gateway, NOT_RELOADED)) == 1
     assert gateway.process.poll() is None
+
+
+def weak_key_openssl_refuses(files):
+    """A 1024-bit RSA key, which Debian's OpenSSL (security level 2) refuses to serve."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    directory = files.fullchain.parent / "probe"
+    directory.mkdir()
+    Authority().issue(directory / "chain.pem", directory / "key.pem", key=key)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(directory / "chain.pem",
+                                                                directory / "key.pem")
+    except ssl.SSLError:
+        return key
+    pytest.skip("this OpenSSL serves 1024-bit RSA keys (security level below 2)")
+
+
+def test_a_key_openssl_refuses_is_refused_at_reload_not_at_each_handshake(
+        gateway_factory, tmp_path):
+    files = Files(tmp_path)
+    gateway = gateway_factory({"web": {"tls": files.section()}}, ca=files.root)
+    files.renew(key=weak_key_openssl_refuses(files))
+    os.kill(gateway.process.pid, signal.SIGHUP)
+    [line] = wait_for_line(gateway, NOT_RELOADED)
+    assert "web.tls.certificate: expected a certificate and key OpenSSL accepts" in line
+    assert served_leaf(gateway.config["web"]["port"], files) == files.leaf
+
+
+def test_a_key_openssl_refuses_stops_start_up_with_a_config_error(gateway_factory, tmp_path):
+    files = Files(tmp_path)
+    files.renew(key=weak_key_openssl_refuses(files))
+    with pytest.raises(RuntimeError) as failed:
+        gateway_factory({"web": {"tls": files.section()}}, ca=files.root)
+    assert "twistd exited with 2" in str(failed.value)
+    assert "netgateway: config error: web.tls.certificate: expected a certificate and key" \
+        " OpenSSL accepts" in str(failed.value)
+    assert "Traceback" not in str(failed.value)
 
 
 def redirect(port, target, host=None):
