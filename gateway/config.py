@@ -97,8 +97,8 @@ class WebConfig:
     port: int = port(8080)
     tls: typing.Optional[TlsConfig] = None
     redirect_http_port: typing.Optional[int] = bounded(
-        None, minimum=1, maximum=65535, doc="plain HTTP port that redirects every request to https (needs web.tls);"
-                  " null: none")
+        None, minimum=1, maximum=65535,
+        doc="plain HTTP port that redirects every request to https (needs web.tls); null: none")
 
     def listening_ports(self, path):
         return [(f"{path}.port", "tcp", self.port),
