@@ -207,3 +207,10 @@ def test_plain_http_is_sent_to_the_same_path_over_https_on_the_host_the_client_n
     assert redirect(plain, "/", host="[::1]") == (301, f"https://[::1]:{port}/")
     assert redirect(plain, "/", host="elsewhere.example/steal?") == (400, None)
     assert redirect(plain, "/", host="user@elsewhere.example") == (400, None)
+
+
+def test_sighup_without_tls_is_logged_and_the_gateway_keeps_running(gateway):
+    # systemctl reload sends SIGHUP whatever the config; its default action would end us.
+    os.kill(gateway.process.pid, signal.SIGHUP)
+    wait_for_line(gateway, "netgateway: reload asked for, but no TLS certificate is served")
+    assert gateway.status()["sessions"] is not None
