@@ -30,12 +30,11 @@ class ServedCertificate:
     def __init__(self, path, section):
         self.path = path
         self.section = section
-        self.leaf = None
         self._options = None
         self.reload()
 
     def reload(self):
-        """Read the section's files again; later handshakes serve them.
+        """Read the section's files again; later handshakes serve them. Returns the leaf.
 
         Raises :class:`CertificateUnusable` (and keeps what was served)
         when they cannot serve.
@@ -53,8 +52,7 @@ class ServedCertificate:
                                        f" and key OpenSSL accepts, but it says {error}"]) \
                 from None
         self._options = options
-        self.leaf = chain[0]
-        return self.leaf
+        return chain[0]
 
     def serverConnectionForTLS(self, protocol):
         return self._options.serverConnectionForTLS(protocol)
