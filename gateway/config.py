@@ -96,9 +96,13 @@ class WebConfig:
                                                    " null: network.bind")
     port: int = port(8080)
     tls: typing.Optional[TlsConfig] = None
+    redirect_http_port: typing.Optional[int] = bounded(
+        None, minimum=1, maximum=65535,
+        doc="plain HTTP port that redirects every request to https (needs web.tls); null: none")
 
     def listening_ports(self, path):
-        return [(f"{path}.port", "tcp", self.port)]
+        return [(f"{path}.port", "tcp", self.port),
+                (f"{path}.redirect_http_port", "tcp", self.redirect_http_port)]
 
 
 @dataclasses.dataclass
@@ -186,10 +190,15 @@ def _listen_on_bind(config):
 
 
 def _check_tls(config, problems):
-    web_tls = config.web.tls
-    if not config.web.enabled or web_tls is None:
+    web = config.web
+    if not web.enabled:
         return
-    problems += tls.problems("web.tls", web_tls)
+    if web.tls is None:
+        if web.redirect_http_port is not None:
+            problems.append("web.redirect_http_port: the redirect leads to https; expected"
+                            " web.tls to be set (or redirect_http_port: null)")
+        return
+    problems += tls.problems("web.tls", web.tls)
 
 
 def _check_ports(config, problems):

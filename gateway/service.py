@@ -1,5 +1,6 @@
 """Builds the gateway: the session bus plus one child service per enabled door."""
 
+import signal
 import sys
 
 from twisted.application import internet, service
@@ -9,7 +10,8 @@ from twisted.web import server
 from gateway import doors, log as gatewaylog
 from gateway.addresses import is_wildcard
 from gateway.bus.local import DropCounters, LocalBus
-from gateway.tls import certificate_options
+from gateway.served_certificate import CertificateUnusable, ServedCertificate
+from gateway.web.redirect import HttpsRedirect
 from gateway.web.site import access_log_line, build_root
 
 
@@ -25,15 +27,36 @@ class GatewayContext:
         self.doors = {}
         self.web_root = None
         self.metrics = None
-        self._tls_options = None
+        self.certificates = {}      # config path -> ServedCertificate, one per section
+
+    def served_certificate(self, path, section):
+        """The TLS options of the ``{certificate, key}`` section at ``path``, shared by
+        every door that serves it, so that one reload reaches them all."""
+        if path not in self.certificates:
+            self.certificates[path] = ServedCertificate(path, section)
+        return self.certificates[path]
 
     def tls_options(self):
-        """The web site's certificate chain as Twisted TLS options (web.tls); rtmps and
-        SIP over TLS use it too."""
-        if self._tls_options is None:
-            tls = self.config.web.tls
-            self._tls_options = certificate_options(tls.certificate, tls.key)
-        return self._tls_options
+        """The web site's certificate (web.tls); rtmps and SIP over TLS use it too."""
+        return self.served_certificate("web.tls", self.config.web.tls)
+
+    def reload_certificates(self):
+        """Re-read every served certificate's files (on SIGHUP); a section whose new
+        files cannot serve keeps its old certificate and logs one error line."""
+        if not self.certificates:
+            self.log.info("netgateway: reload asked for, but no TLS certificate is served")
+        for path, certificate in self.certificates.items():
+            try:
+                leaf = certificate.reload()
+            except CertificateUnusable as unusable:
+                self.log.error("netgateway: {path}: certificate not reloaded, still serving"
+                               " the previous one: {problems}", path=path,
+                               problems="; ".join(unusable.problems))
+            else:
+                self.log.info("netgateway: {path}: certificate reloaded, now serving {subject}"
+                              " (valid until {not_after})", path=path,
+                              subject=leaf.subject.rfc4514_string(),
+                              not_after=leaf.not_valid_after_utc.isoformat())
 
     def status(self):
         body = self.bus.snapshot()
@@ -52,6 +75,7 @@ class GatewayService(service.MultiService):
         self._expiry = task.LoopingCall(bus.expire_idle)
         self._expiry.clock = context.reactor
         self._expiry_interval = interval
+        self._sighup_before = None
 
     def startService(self):
         try:
@@ -65,12 +89,21 @@ class GatewayService(service.MultiService):
             sys.stderr.flush()
             raise SystemExit(2)
         self._expiry.start(self._expiry_interval, now=False)
+        self._sighup_before = signal.signal(signal.SIGHUP, self._sighup)
         self._say_where()
+
+    def _sighup(self, number, frame):
+        # A handler runs between any two bytecodes of the reactor's work; reloading
+        # there could swap options mid-handshake, so the reactor loop does it.
+        self.context.reactor.callFromThread(self.context.reload_certificates)
 
     def _say_where(self):
         self.context.log.info("{block}", block="\n".join(where_to_go(self.context.config)))
 
     def stopService(self):
+        if self._sighup_before is not None:
+            signal.signal(signal.SIGHUP, self._sighup_before)
+            self._sighup_before = None
         if self._expiry.running:
             self._expiry.stop()
         stopped = super().stopService()
@@ -133,6 +166,15 @@ def _web_service(context, site):
                               reactor=context.reactor)
 
 
+def _redirect_service(context):
+    """Plain HTTP on web.redirect_http_port, answering every request with the https URL."""
+    web = context.config.web
+    site = server.Site(HttpsRedirect(web.port), logFormatter=access_log_line)
+    site.displayTracebacks = False
+    return internet.TCPServer(web.redirect_http_port, site, interface=web.host,
+                              reactor=context.reactor)
+
+
 def make_gateway(config, reactor):
     """Return (GatewayService, GatewayContext) for a validated config."""
     gatewaylog.set_level(config.logging.level)
@@ -151,4 +193,8 @@ def make_gateway(config, reactor):
         web = _web_service(context, site)
         web.setName("web")
         web.setServiceParent(gateway)
+        if config.web.redirect_http_port is not None:
+            redirect = _redirect_service(context)
+            redirect.setName("web-redirect")
+            redirect.setServiceParent(gateway)
     return gateway, context

@@ -39,6 +39,8 @@ def makeService(options, reactor=None):
 
     try:
         config = load(options["config"])
+        # Building it reads the certificates, which OpenSSL may still refuse.
+        gateway, _ = make_gateway(config, reactor)
     except ConfigError as error:
         for problem in error.problems:
             sys.stderr.write(f"netgateway: config error: {problem}\n")
@@ -46,5 +48,4 @@ def makeService(options, reactor=None):
                          f" {options['config']}; not starting\n")
         sys.stderr.flush()
         raise SystemExit(2)
-    gateway, _ = make_gateway(config, reactor)
     return gateway

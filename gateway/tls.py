@@ -7,7 +7,8 @@ clients that trust the root but not the intermediate refused the gateway
 (``openssl s_client``: "unable to verify the first certificate"). This reads
 every certificate in order and the key wherever it is, and checks that the
 key is the leaf's. Configuration checks use it, so Twisted and pyOpenSSL are
-imported only by :func:`certificate_options`, which a running gateway calls.
+imported only by :func:`certificate_options`, which a running gateway calls
+(through :mod:`gateway.served_certificate`, which swaps it on SIGHUP).
 """
 
 import dataclasses
@@ -79,28 +80,39 @@ def read_chain(certificate_path, key_path):
     return chain, key
 
 
-def certificate_options(certificate_path, key_path):
-    """Twisted TLS options that serve the whole chain in ``certificate_path``."""
-    import OpenSSL.crypto
-    from twisted.internet import ssl
-    chain, key = read_chain(certificate_path, key_path)
-    leaf, *intermediates = [OpenSSL.crypto.X509.from_cryptography(certificate)
-                            for certificate in chain]
-    return ssl.CertificateOptions(privateKey=OpenSSL.crypto.PKey.from_cryptography_key(key),
-                                  certificate=leaf, extraCertChain=intermediates)
+def checked_chain(path, tls):
+    """``(chain, key, problems)`` for a ``{certificate, key}`` section at ``path``.
 
-
-def problems(path, tls):
-    """Config lines for a ``{certificate, key}`` section at ``path`` that cannot serve."""
+    When the files cannot serve, ``chain`` and ``key`` are None and
+    ``problems`` holds one config line per fault, naming the key.
+    """
     found = []
     for key in ("certificate", "key"):
         value = getattr(tls, key)
         if value is not None and not os.access(value, os.R_OK):
             found.append(f"{path}.{key}: expected a readable PEM file, cannot read {value!r}")
-    if not found and tls.certificate is not None:
-        try:
-            read_chain(tls.certificate, tls.key)
-        except TlsFileError as error:
-            found.append(f"{path}.certificate: expected a PEM certificate chain and its key,"
-                         f" but {error}")
-    return found
+    if found:
+        return None, None, found
+    try:
+        chain, key = read_chain(tls.certificate, tls.key)
+    except TlsFileError as error:
+        return None, None, [f"{path}.certificate: expected a PEM certificate chain and its key,"
+                            f" but {error}"]
+    return chain, key, []
+
+
+def problems(path, tls):
+    """Config lines for a ``{certificate, key}`` section at ``path`` that cannot serve."""
+    if tls.certificate is None:
+        return []
+    return checked_chain(path, tls)[2]
+
+
+def certificate_options(chain, key):
+    """Twisted TLS options that serve the whole ``chain`` (from :func:`read_chain`)."""
+    import OpenSSL.crypto
+    from twisted.internet import ssl
+    leaf, *intermediates = [OpenSSL.crypto.X509.from_cryptography(certificate)
+                            for certificate in chain]
+    return ssl.CertificateOptions(privateKey=OpenSSL.crypto.PKey.from_cryptography_key(key),
+                                  certificate=leaf, extraCertChain=intermediates)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from gateway.config import ConfigError, load, parse
+from tests.certificates import self_signed
 from tests.conftest import REPO
 
 DEMO = {"name": "demo", "passphrase": "twenty characters or more"}
@@ -144,6 +145,20 @@ def test_tls_files_must_be_readable(tmp_path):
                                               "key": str(tmp_path / "k.pem")}}})
     assert line.startswith("web.tls.certificate: expected a readable PEM file")
     assert other.startswith("web.tls.key:")
+
+
+def test_the_http_redirect_needs_tls():
+    assert problems({"web": {"redirect_http_port": 8081}}) == [
+        "web.redirect_http_port: the redirect leads to https; expected web.tls to be set"
+        " (or redirect_http_port: null)"]
+
+
+def test_the_http_redirect_port_is_named_when_it_collides(tmp_path):
+    certificate, key = self_signed(tmp_path)
+    assert problems({"web": {"port": 8443, "redirect_http_port": 8443,
+                             "tls": {"certificate": certificate, "key": key}}}) == [
+        "web.redirect_http_port: tcp port 8443 is already used by web.port; expected a free"
+        " port"]
 
 
 def test_duplicate_ports_across_doors_name_both_keys():

@@ -552,6 +552,8 @@ class RtmpDoor(DoorService):
         self.refused_publishers = 0
         self.frames_relayed = 0
         self.listeners = []
+        # The web site's certificate, read now so that files OpenSSL refuses stop start-up.
+        self.tls_options = context.tls_options() if config.tls_port is not None else None
         self._unflushed = []
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = self.reactor
@@ -568,7 +570,7 @@ class RtmpDoor(DoorService):
         self.listeners.append(self.reactor.listenTCP(config.port, factory, interface=config.host))
         if config.tls_port is not None:
             self.listeners.append(self.reactor.listenSSL(
-                config.tls_port, factory, self.context.tls_options(), interface=config.host))
+                config.tls_port, factory, self.tls_options, interface=config.host))
         self._timer.start(TIMER_INTERVAL, now=False)
         scheme = f" and rtmps://{config.host}:{config.tls_port}" if config.tls_port else ""
         self.log.info("rtmp: listening on rtmp://{host}:{port}/{app}/SESSION{tls}",

@@ -51,7 +51,6 @@ from zope.interface import implementer
 from gateway.actions import Drop, PeerLeft, Send
 from gateway.bus.values import JoinRefused, JoinRequest
 from gateway.interfaces import IMember
-from gateway.tls import certificate_options
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import audio_sdp, midi_sdp
 from gateway.protocols.sip.audio_call import AudioCall
@@ -379,8 +378,12 @@ class StandardAgents:
         ports = {UDP: config.uas_udp_port}
         if uas.tcp_port is not None:
             ports[TCP] = uas.tcp_port
+        self.tls_options = None
         if uas.tls_port is not None:
             ports[TLS] = uas.tls_port
+            # Its own certificate, else the web site's; shared, so SIGHUP reloads it.
+            self.tls_options = context.tls_options() if uas.tls is None else \
+                context.served_certificate(f"{DOOR}.uas.tls", uas.tls)
         self.ports = ports
         now = self.reactor.seconds()
         self.core = UserAgentServer(
@@ -433,7 +436,7 @@ class StandardAgents:
                                                     interface=config.host))
         if uas.tls_port is not None:
             self.listeners.append(reactor.listenSSL(uas.tls_port, _StreamFactory(self, TLS),
-                                                    self._tls_options(),
+                                                    self.tls_options,
                                                     interface=config.host))
         self.door.log.info(
             "sip: standard user agents on {host} udp {udp}{shared}{tcp}{tls}, realm {realm!r};"
@@ -442,12 +445,6 @@ class StandardAgents:
             tcp=f", tcp {uas.tcp_port}" if uas.tcp_port else "",
             tls=f", tls {uas.tls_port}" if uas.tls_port else "", realm=uas.realm,
             media=self.media_host, first=uas.media.port_min, last=uas.media.port_max)
-
-    def _tls_options(self):
-        tls = self.uas.tls
-        if tls is None:
-            return self.context.tls_options()       # the web site's certificate
-        return certificate_options(tls.certificate, tls.key)
 
     def stop(self):
         """Every call hears our BYE; connections, listeners and media ports close."""
