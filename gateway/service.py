@@ -125,8 +125,10 @@ def where_to_go(config):
         websocket = config.doors.get("websocket")
         if websocket is not None and websocket.enabled:
             lines.append(f"  websocket  {'wss' if secure else 'ws'}://{origin}/{websocket.path}")
+        redirect = (f", http to https from tcp {web.redirect_http_port}"
+                    " (web.redirect_http_port)" if web.redirect_http_port else "")
         lines.append(f"  web        tcp {web.port} (web.port) on {_host_text(config, web.host)},"
-                     f" TLS {'on' if secure else 'off'}")
+                     f" TLS {'on' if secure else 'off'}{redirect}")
     else:
         lines.append(f"netgateway: no web site; sessions: {sessions}")
     for name, section in config.enabled_doors().items():

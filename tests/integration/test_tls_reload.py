@@ -207,6 +207,8 @@ def test_plain_http_is_sent_to_the_same_path_over_https_on_the_host_the_client_n
     assert redirect(plain, "/", host="[::1]") == (301, f"https://[::1]:{port}/")
     assert redirect(plain, "/", host="elsewhere.example/steal?") == (400, None)
     assert redirect(plain, "/", host="user@elsewhere.example") == (400, None)
+    assert (f"  web        tcp {port} (web.port) on 127.0.0.1, TLS on, http to https from tcp"
+            f" {plain} (web.redirect_http_port)") in gateway.log
 
 
 def test_sighup_without_tls_is_logged_and_the_gateway_keeps_running(gateway):
