@@ -276,6 +276,8 @@ class Session:
             address = ipaddress.ip_address(host)
         except (TypeError, ValueError):
             return False
+        # A dual-stack ("::") socket shows IPv4 peers as mapped IPv6 addresses.
+        address = getattr(address, "ipv4_mapped", None) or address
         return any(address in network for network in self.allowed_networks)
 
     def member_by_id(self, member_id):

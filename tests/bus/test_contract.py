@@ -273,6 +273,15 @@ def test_allow_listed_addresses_join_declared_sessions_without_a_secret(harness)
     assert harness.names() == ["mac"]
 
 
+def test_an_ipv4_peer_of_a_dual_stack_door_is_allowed_by_its_ipv4_address(harness):
+    # A door listening on "::" sees IPv4 peers as IPv4-mapped IPv6 addresses.
+    harness.join(RecordingMember("mac"), credential=AllowedAddress(),
+                 source="::ffff:127.0.0.5")
+    assert harness.refusal("pc", credential=AllowedAddress(),
+                           source="::ffff:192.0.2.1").reason == values.ADDRESS_NOT_ALLOWED
+    assert harness.names() == ["mac"]
+
+
 def test_first_joiner_creates_a_session_that_goes_when_empty(harness):
     _, first = harness.join("a", session="jam", passphrase=NEW_PASS)
     assert harness.refusal("b", session="jam", passphrase="not the same passphrase"

@@ -37,7 +37,7 @@ CLIENT = textwrap.dedent("""
     import json, socket, struct, sys, urllib.request
     from gateway.protocols.oscgroups import wire
 
-    written_to, web, rtmp, server, rtpmidi, passphrase = sys.argv[1:]
+    written_to, web, rtmp, server, rtpmidi, passphrase, bind = sys.argv[1:]
     web, rtmp, server, rtpmidi = int(web), int(rtmp), int(server), int(rtpmidi)
     found = {}
 
@@ -65,6 +65,11 @@ CLIENT = textwrap.dedent("""
         found["web"] = page.status
     with socket.create_connection((written_to, rtmp), timeout=5):
         found["rtmp_connects"] = True
+    if bind == "::":
+        with urllib.request.urlopen(f"http://[::1]:{web}/", timeout=5) as page:
+            found["web_ipv6"] = page.status
+        with socket.create_connection(("::1", rtmp), timeout=5):
+            found["rtmp_ipv6_connects"] = True
 
     def register(name):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -107,10 +112,13 @@ def rig():
         made.close()
 
 
-def test_every_door_on_every_address_answers_from_the_address_written_to(rig, tmp_path):
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_every_door_on_every_address_answers_from_the_address_written_to(rig, tmp_path, bind):
+    """With ``::`` the TCP doors and AppleMIDI take IPv6 and IPv4 (dual stack); OSCgroups,
+    IPv4 only, listens on 0.0.0.0."""
     namespace = rig.namespace("bind")
     config = merge(BASE_CONFIG, {
-        "network": {"bind": "0.0.0.0", "public_address": PUBLIC},
+        "network": {"bind": bind, "public_address": PUBLIC},
         "web": {"host": None, "port": WEB},
         "logging": {"level": "info"},
         "rtmp": {"port": RTMP},
@@ -132,11 +140,13 @@ def test_every_door_on_every_address_answers_from_the_address_written_to(rig, tm
         time.sleep(0.2)
 
     found = json.loads(rig.ns(namespace, sys.executable, "-c", CLIENT, WRITTEN_TO, str(WEB),
-                              str(RTMP), str(SERVER), str(RTPMIDI), DEMO_PASSPHRASE))
+                              str(RTMP), str(SERVER), str(RTPMIDI), DEMO_PASSPHRASE, bind))
 
     log = log_path.read_text()
     assert found["plain_wildcard_answer_from"] == "127.0.0.1", found
     assert found["web"] == 200 and found["rtmp_connects"], found
+    if bind == "::":
+        assert found["web_ipv6"] == 200 and found["rtmp_ipv6_connects"], found
     assert found["oscgroups_sources"] == [f"{WRITTEN_TO}:{SERVER}"], (found, log)
     assert found["rtpmidi_sources"] == [f"{WRITTEN_TO}:{RTPMIDI}"], (found, log)
     # Peers are told where they reach the gateway: its bridge and a relay port on the
