@@ -71,13 +71,14 @@ class Authority:
         path.write_bytes(pem(self.root))
         return str(path)
 
-    def issue(self, fullchain_path, key_path=None, common_name="127.0.0.1", key=None):
-        """Write a new leaf for 127.0.0.1 and the intermediate to ``fullchain_path``, its key
+    def issue(self, fullchain_path, key_path=None, common_name="127.0.0.1", key=None,
+              address="127.0.0.1"):
+        """Write a new leaf for ``address`` and the intermediate to ``fullchain_path``, its key
         (``key``, None: a new P-256 key) to ``key_path`` (None: after the chain, in the same
         file); return the leaf."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         leaf = _certificate(common_name, self._middle_name, key, self._middle_key, ca=False,
-                            san="127.0.0.1")
+                            san=address)
         if key_path is None:
             fullchain_path.write_bytes(pem(leaf, self.middle, key))
         else:

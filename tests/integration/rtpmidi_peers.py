@@ -51,12 +51,13 @@ def _wait(inbox, predicate, timeout, what):
 class NodePeer:
     """tests/peers/rtpmidi_peer.js in a subprocess: one node-rtpmidi session."""
 
-    def __init__(self, port, name="node peer"):
+    def __init__(self, port, name="node peer", prefix=()):
+        """``prefix``: a command the peer runs under, e.g. ``ip netns exec NAMESPACE``."""
         self.port = port
         self.events = queue.Queue()
         self.output = []
         self.process = subprocess.Popen(
-            [shutil.which("node"), NODE_SCRIPT, str(port), name], cwd=PEERS_DIR,
+            [*prefix, shutil.which("node"), NODE_SCRIPT, str(port), name], cwd=PEERS_DIR,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1)
         self._reader = threading.Thread(target=self._read, daemon=True)
