@@ -17,3 +17,11 @@ def is_address(text):
     except (TypeError, ValueError):
         return False
     return True
+
+
+def is_loopback(host):
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except (TypeError, ValueError):
+        return False

@@ -21,7 +21,7 @@ from gateway import doors
 from gateway import tls
 from gateway.tls import TlsConfig
 from gateway.schema import bounded, describe_value, load_section, port, suggestion
-from gateway.addresses import is_address, is_wildcard
+from gateway.addresses import is_address, is_loopback, is_wildcard
 
 
 class ConfigError(Exception):
@@ -83,8 +83,11 @@ class NetworkConfig:
                   " bridge's endpoint; null: each door's own address")
 
     def advertised(self, host):
-        """The address a door listening on ``host`` gives out (None: a wildcard, no public one)."""
-        if self.public_address is not None:
+        """The address a door listening on ``host`` gives out (None: a wildcard, no public one).
+
+        A door kept on a loopback address stays local: nobody reaches it at the public one.
+        """
+        if self.public_address is not None and not is_loopback(host):
             return self.public_address
         return None if is_wildcard(host) else host
 

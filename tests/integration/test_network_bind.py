@@ -6,7 +6,8 @@ client there writes from 127.0.0.1 to the gateway's 127.0.0.2. A plain
 wildcard socket would answer from 127.0.0.1 (the kernel routes the reply;
 the test shows that first), and OscGroupClient, sfront and AppleMIDI peers
 drop answers from an address they did not write to: every UDP door must
-answer from 127.0.0.2. Every door listens on every address, and what
+answer from 127.0.0.2 (SIP too: with a public address to write in its headers and
+SDP it may listen on every address). Every door listens on every address, and what
 OSCgroups advertises (the bridge's endpoint, relay ports) is
 ``public_address``, 127.0.0.3.
 """
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.external
 
 PUBLIC = "127.0.0.3"
 WRITTEN_TO = "127.0.0.2"
-WEB, RTMP, SERVER, BRIDGE, RTPMIDI = 8080, 1935, 22242, 22241, 5004
+WEB, RTMP, SERVER, BRIDGE, RTPMIDI, SIP = 8080, 1935, 22242, 22241, 5004, 5060
 RELAY = (22300, 22303)
 DEMO_PASSPHRASE = BASE_CONFIG["sessions"][0]["passphrase"]
 
@@ -37,8 +38,9 @@ CLIENT = textwrap.dedent("""
     import json, socket, struct, sys, urllib.request
     from gateway.protocols.oscgroups import wire
 
-    written_to, web, rtmp, server, rtpmidi, passphrase, bind = sys.argv[1:]
-    web, rtmp, server, rtpmidi = int(web), int(rtmp), int(server), int(rtpmidi)
+    written_to, web, rtmp, server, rtpmidi, sip_port, passphrase, bind = sys.argv[1:]
+    web, rtmp, server, rtpmidi, sip_port = (int(web), int(rtmp), int(server), int(rtpmidi),
+                                            int(sip_port))
     found = {}
 
     def answers(sock, seconds=2.0):
@@ -97,6 +99,19 @@ CLIENT = textwrap.dedent("""
     applemidi.sendto(struct.pack(">HHIII", 0xFFFF, 0x494E, 2, 7, 0x1234) + b"probe\\0",
                      (written_to, rtpmidi))
     found["rtpmidi_sources"] = sorted({f"{a[0]}:{a[1]}" for _, a in answers(applemidi)})
+
+    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sip.bind(("127.0.0.1", 0))
+    port = sip.getsockname()[1]
+    sip.sendto((f"OPTIONS sip:demo@{written_to} SIP/2.0\\r\\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-bind;rport\\r\\n"
+                "Max-Forwards: 70\\r\\nFrom: <sip:probe@127.0.0.1>;tag=1\\r\\n"
+                f"To: <sip:demo@{written_to}>\\r\\nCall-ID: bind-test\\r\\n"
+                "CSeq: 1 OPTIONS\\r\\nContent-Length: 0\\r\\n\\r\\n").encode(),
+               (written_to, sip_port))
+    replies = answers(sip)
+    found["sip_sources"] = sorted({f"{a[0]}:{a[1]}" for _, a in replies})
+    found["sip_reply"] = replies[0][0].decode() if replies else ""
     print(json.dumps(found))
 """)
 
@@ -122,6 +137,7 @@ def test_every_door_on_every_address_answers_from_the_address_written_to(rig, tm
         "web": {"host": None, "port": WEB},
         "logging": {"level": "info"},
         "rtmp": {"port": RTMP},
+        "sip": {"port": SIP, "media": {"host": "0.0.0.0"}},
         "rtpmidi": {"sessions": [{"session": "demo", "port": RTPMIDI}]},
         "oscgroups": {"port": SERVER, "bridge": {"port": BRIDGE, "groups": ["demo"]},
                       "relay": {"policy": "always", "port_min": RELAY[0],
@@ -140,7 +156,8 @@ def test_every_door_on_every_address_answers_from_the_address_written_to(rig, tm
         time.sleep(0.2)
 
     found = json.loads(rig.ns(namespace, sys.executable, "-c", CLIENT, WRITTEN_TO, str(WEB),
-                              str(RTMP), str(SERVER), str(RTPMIDI), DEMO_PASSPHRASE, bind))
+                              str(RTMP), str(SERVER), str(RTPMIDI), str(SIP), DEMO_PASSPHRASE,
+                              bind))
 
     log = log_path.read_text()
     assert found["plain_wildcard_answer_from"] == "127.0.0.1", found
@@ -149,6 +166,8 @@ def test_every_door_on_every_address_answers_from_the_address_written_to(rig, tm
         assert found["web_ipv6"] == 200 and found["rtmp_ipv6_connects"], found
     assert found["oscgroups_sources"] == [f"{WRITTEN_TO}:{SERVER}"], (found, log)
     assert found["rtpmidi_sources"] == [f"{WRITTEN_TO}:{RTPMIDI}"], (found, log)
+    assert found["sip_sources"] == [f"{WRITTEN_TO}:{SIP}"], (found, log)
+    assert found["sip_reply"].startswith("SIP/2.0 200 OK"), found["sip_reply"]
     # Peers are told where they reach the gateway: its bridge and a relay port on the
     # public address; bob, relayed (policy always), is listed at a relay port too.
     assert found["listed"]["netgateway"][1] == [PUBLIC, BRIDGE], found["listed"]

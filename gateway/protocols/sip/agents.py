@@ -62,6 +62,7 @@ from gateway.protocols.sip.uas import (
     Limits, UserAgentServer,
 )
 from gateway.protocols.sip.midi_call import AwaitingAnswer
+from gateway.udp import listen_udp
 
 DOOR = "sip"
 UDP, TCP, TLS = "UDP", "TCP", "TLS"
@@ -261,9 +262,8 @@ class MediaPorts:
     def open(self, reactor, host):
         try:
             for via, number in ((RTP, self.rtp_port), (RTCP, self.rtp_port + 1)):
-                self.listening[via] = reactor.listenUDP(number, _MediaProtocol(self, via),
-                                                        interface=host,
-                                                        maxPacketSize=MAX_DATAGRAM)
+                self.listening[via] = listen_udp(reactor, number, _MediaProtocol(self, via),
+                                                 host, maxPacketSize=MAX_DATAGRAM)
         except error.CannotListenError:
             self.close()
             return False
@@ -373,8 +373,11 @@ class StandardAgents:
         self.context = context
         self.reactor = door.reactor
         self.bus = door.bus
-        self.host = config.host
+        network = context.config.network
+        # Listened on, and written in SIP headers and SDP (public_address, if set).
+        self.host, self.address = config.host, network.advertised(config.host)
         self.media_host = config.uas_media_host
+        self.media_address = network.advertised(self.media_host)
         ports = {UDP: config.uas_udp_port}
         if uas.tcp_port is not None:
             ports[TCP] = uas.tcp_port
@@ -387,7 +390,7 @@ class StandardAgents:
         self.ports = ports
         now = self.reactor.seconds()
         self.core = UserAgentServer(
-            uas.realm, config.host, ports, now=now,
+            uas.realm, self.address, ports, now=now,
             limits=Limits(max_dialogs=uas.max_calls),
             registrar=Registrar(max_bindings=uas.max_registrations),
             nonce_lifetime=uas.nonce_lifetime)
@@ -428,8 +431,8 @@ class StandardAgents:
         if shared_udp is not None:
             self.udp = shared_udp
         else:
-            self.udp = reactor.listenUDP(config.uas_udp_port, _Datagrams(self),
-                                         interface=config.host, maxPacketSize=MAX_DATAGRAM)
+            self.udp = listen_udp(reactor, config.uas_udp_port, _Datagrams(self),
+                                  config.host, maxPacketSize=MAX_DATAGRAM)
             self.listeners.append(self.udp)
         if uas.tcp_port is not None:
             self.listeners.append(reactor.listenTCP(uas.tcp_port, _StreamFactory(self, TCP),
@@ -564,7 +567,7 @@ class StandardAgents:
         media = MidiCall(offer, self.rng.getrandbits(32), self.rng.getrandbits(16),
                          self.clock_base, now, latetime=self.config.latetime,
                          journal=self.config.journal, timeout=self.uas.media_timeout,
-                         hosts=(call.source[0],), cname=f"netgateway@{self.media_host}")
+                         hosts=(call.source[0],), cname=f"netgateway@{self.media_address}")
         member = CallMember(self, call, media, ports)
         ports.member = member
         self.members[call] = member
@@ -602,7 +605,7 @@ class StandardAgents:
                           now, keypad=self.keypad, channel=phone.channel - 1,
                           velocity=phone.velocity, hear_keys=phone.hear_keys,
                           max_voices=phone.max_voices, timeout=self.uas.media_timeout,
-                          hosts=(call.source[0],), cname=f"netgateway@{self.media_host}")
+                          hosts=(call.source[0],), cname=f"netgateway@{self.media_address}")
         member = PhoneMember(self, call, media, ports)
         member.sendto = ports.listening[RTP].socket.sendto
         ports.member = member
@@ -614,7 +617,7 @@ class StandardAgents:
     def _reject(self, call, refused):
         self.counts["offers_refused"] += 1
         self.carry_out(self.core.reject(call, refused.status, self.now(),
-                                        headers=[("Warning", refused.warning(self.host))]))
+                                        headers=[("Warning", refused.warning(self.address))]))
 
     def _joined(self, membership, member, offer):
         call = member.call
@@ -622,7 +625,7 @@ class StandardAgents:
             membership.leave("left while joining")       # CANCEL, or the INVITE timed out
             return
         member.membership = membership
-        answer = member.answer_sdp(self.media_host, self.rng.getrandbits(31))
+        answer = member.answer_sdp(self.media_address, self.rng.getrandbits(31))
         self.counts[f"calls_answered_{call.transport.lower()}"] += 1
         now = self.now()
         if isinstance(member, PhoneMember):
@@ -676,7 +679,7 @@ class StandardAgents:
             membership.leave("left while joining")       # CANCEL, or the INVITE timed out
             return
         member.membership = membership
-        offer = midi_sdp.offer(self.media_host, member.ports.rtp_port, self.rng.getrandbits(31))
+        offer = midi_sdp.offer(self.media_address, member.ports.rtp_port, self.rng.getrandbits(31))
         self.counts[f"calls_answered_{call.transport.lower()}"] += 1
         self.counts["offers_made"] += 1
         self.carry_out(self.core.answer(call, offer, self.now()))
@@ -695,7 +698,7 @@ class StandardAgents:
         member.media = MidiCall(stream, self.rng.getrandbits(32), self.rng.getrandbits(16),
                                 self.clock_base, now, latetime=self.config.latetime,
                                 journal=self.config.journal, timeout=self.uas.media_timeout,
-                                hosts=(call.source[0],), cname=f"netgateway@{self.media_host}")
+                                hosts=(call.source[0],), cname=f"netgateway@{self.media_address}")
         if member.membership is not None:
             member.membership.touch()
 

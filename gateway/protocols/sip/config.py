@@ -190,12 +190,16 @@ class Config:
 
     def check(self, name, config):
         problems = []
-        if not _is_ipv4(self.host) or self.host == "0.0.0.0":
+        # Listening on 0.0.0.0 is fine (answers leave from the address written to), but
+        # SIP headers and SDP need one address: network.public_address.
+        public_ipv4 = _is_ipv4(config.network.public_address or "")
+        if not _is_ipv4(self.host) or self.host == "0.0.0.0" and not public_ipv4:
             problems.append(f"{name}.host: expected the one IPv4 address clients were built"
-                            f" with (replies must leave from exactly it), got {self.host!r}"
-                            " (with network.bind on every address, set sip.host)")
+                            f" with and dial, got {self.host!r} (0.0.0.0 needs an IPv4"
+                            " network.public_address: SIP and SDP carry the address)")
         media = self.media
-        if not _is_ipv4(media.host) or media.host in _REFUSED_MEDIA_HOSTS:
+        advertised_media = config.network.advertised(media.host) or media.host
+        if not _is_ipv4(media.host) or advertised_media in _REFUSED_MEDIA_HOSTS:
             problems.append(f"{name}.media.host: expected an IPv4 address other than "
                             + ", ".join(_REFUSED_MEDIA_HOSTS)
                             + f" (sfront refuses those), got {media.host!r}")
@@ -208,7 +212,7 @@ class Config:
                             f" {media.port_min + needed - 1} (two ports for each of the"
                             f" {len(config.sessions)} declared sessions), got {media.port_max}")
         if self.uas.enabled:
-            problems += self._check_uas(name, config)
+            problems += self._check_uas(name, config, public_ipv4)
         problems += self._check_invite(name, config)
         return problems
 
@@ -242,7 +246,7 @@ class Config:
                                 f" {entry.tls_ca!r}")
         return problems
 
-    def _check_uas(self, name, config):
+    def _check_uas(self, name, config, public_ipv4):
         problems = []
         uas = self.uas
         path = f"{name}.uas"
@@ -251,7 +255,7 @@ class Config:
                             f" clients ({name}.port + 1); expected null ({name}.port,"
                             " shared) or another port")
         host = uas.media.host
-        if host is not None and (not _is_ipv4(host) or host == "0.0.0.0"):
+        if host is not None and (not _is_ipv4(host) or host == "0.0.0.0" and not public_ipv4):
             problems.append(f"{path}.media.host: expected an IPv4 address callers can reach"
                             f" (written in SDP answers), got {host!r}")
         if uas.media.port_min % 2:

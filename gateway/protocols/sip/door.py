@@ -40,6 +40,7 @@ from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import channels, metrics
 from gateway.protocols.sip.sfront import speaks_sfront
 from gateway.protocols.sip.server import Admit, DeclaredSession, Played, SessionServer
+from gateway.udp import listen_udp
 
 DOOR = "sip"
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -111,8 +112,10 @@ class SipDoor(DoorService):
         self.sessions = [DeclaredSession(session.name, session.passphrase,
                                          media_ports[session.name]) for session in declared]
         limits = context.config.limits
+        network = context.config.network
         self.server = SessionServer(
-            self.sessions, config.host, config.port, config.media.host,
+            self.sessions, network.advertised(config.host), config.port,
+            network.advertised(config.media.host),
             now=self.reactor.seconds(), latetime=config.latetime, journal=config.journal,
             max_clients=config.max_clients,
             throttle=JoinThrottle(limits.join_failures_before_throttle,
@@ -167,8 +170,8 @@ class SipDoor(DoorService):
                       count=len(self.sessions))
 
     def _listen(self, number, host):
-        listening = self.reactor.listenUDP(number, _Datagrams(self, number), interface=host,
-                                           maxPacketSize=MAX_DATAGRAM)
+        listening = listen_udp(self.reactor, number, _Datagrams(self, number), host,
+                               maxPacketSize=MAX_DATAGRAM)
         listening.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         self.listeners[number] = listening
         return listening

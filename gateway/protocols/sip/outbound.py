@@ -138,7 +138,7 @@ class OutboundCalls:
         self.config = config
         self.reactor = door.reactor
         self.bus = door.bus
-        self.core = UserAgentClient(config.host, agents.ports, now=self.reactor.seconds())
+        self.core = UserAgentClient(agents.address, agents.ports, now=self.reactor.seconds())
         self.invitations = []
         for entry in config.invite:
             _, _, host, number, transport = entry.target()
@@ -241,7 +241,7 @@ class OutboundCalls:
 
     def _invite(self, invitation):
         ports = invitation.ports
-        offer = midi_sdp.offer(self.agents.media_host, ports.rtp_port,
+        offer = midi_sdp.offer(self.agents.media_address, ports.rtp_port,
                                self.agents.rng.getrandbits(31))
         call, actions = self.core.invite(invitation.target, offer, self.now(),
                                          invitation.entry.ring_timeout)
@@ -343,7 +343,7 @@ class OutboundCalls:
         media = MidiCall(stream, agents.rng.getrandbits(32), agents.rng.getrandbits(16),
                          agents.clock_base, now, latetime=self.config.latetime,
                          journal=self.config.journal, timeout=self.config.uas.media_timeout,
-                         hosts=hosts, cname=f"netgateway@{agents.media_host}")
+                         hosts=hosts, cname=f"netgateway@{agents.media_address}")
         member = InvitedMember(self, invitation, call, media, invitation.ports)
         invitation.ports.member = member
         invitation.member = member
