@@ -21,7 +21,7 @@ def set_level(name):
 
 
 class DropLog:
-    """Logs dropped input at most once per key (peer) per interval.
+    """Logs dropped or refused input at most once per key (peer) per interval.
 
     The first drop from a peer is logged at once; later ones within the
     interval are only counted, and the count is reported with the next line.
@@ -41,5 +41,5 @@ class DropLog:
         if len(self._last) >= self.max_keys:
             self._last.clear()
         self._last[key] = (now, 0)
-        self.log.warn(text + " ({suppressed} similar drops not logged)",
+        self.log.warn(text + " ({suppressed} similar not logged)",
                       suppressed=suppressed, **fields)

@@ -150,14 +150,14 @@ class Membership:
         tokens = limit.refill(now)
         accepted = []
         changed = False
+        rate_limited = 0
         for event in events:
             data = event.data
             release = _RELEASE_KIND[data[0]]
             if (release == _NEVER_RELEASES or (release == _RELEASES_IF_SILENT and data[2])
                     or (release == _RELEASES_IF_CONTROL_SAYS and not _control_releases(data))):
                 if tokens < 1.0:
-                    bus.drops.count(self.entry.door, "rate_limited")
-                    changed = True
+                    rate_limited += 1
                     continue
                 tokens -= 1.0
             if cap is not None:
@@ -170,6 +170,10 @@ class Membership:
                 self.notes.observe(data)
             accepted.append(event)
         limit.tokens = tokens
+        if rate_limited:
+            changed = True
+            bus.events_dropped(self, "rate_limited", rate_limited,
+                               f"limits.events_per_second is {bus.limits.events_per_second}")
         if accepted:
             bus.events_published += len(accepted)
             # What the publisher encoded stays true only of the events as they came.
@@ -415,11 +419,8 @@ class LocalBus:
                               f" {session.name!r}")
         else:
             refusal = None
-        if request.source is not None:
-            if refusal is None:
-                self.throttle.succeeded(key)
-            elif refusal.reason in _GUESSES:
-                self.throttle.failed(key, now)
+        if refusal is None and request.source is not None:
+            self.throttle.succeeded(key)
         return refusal
 
     def _creation_refusal(self, request):
@@ -438,15 +439,37 @@ class LocalBus:
         return None
 
     def _refused(self, request, refusal):
+        """Count a refusal, feed the throttle with guesses, and log both.
+
+        Every door's refusals come here, so the lines fail2ban reads
+        (deploy/fail2ban/filter.d/netgateway.conf) have one format: the
+        peer's address first, then what only the gateway chose, then the
+        peer's own text quoted (repr) so that it can forge neither a line nor
+        an address. Never the credential.
+        """
         self.refusals[refusal.reason] += 1
         self.drops.count(request.door, f"join_{refusal.reason}")
-        if self._warnings is not None:
-            # Once per source, session and reason per interval; never the credential.
+        now = self.clock.seconds()
+        backoff = 0.0
+        if request.source is not None and refusal.reason in _GUESSES:
+            backoff = self.throttle.failed((request.source, request.session), now)
+        if self._warnings is None:
+            return
+        source = request.source or "-"
+        # Keyed by peer and reason, not session: a peer that varies the session
+        # name it guesses still gets one line per interval.
+        self._warnings.dropped(
+            (source, "refused", refusal.reason), now,
+            "netgateway: refused join from {source} door={door} session={session!r}"
+            " reason={reason} name={name!r}",
+            source=source, door=request.door, session=request.session,
+            reason=refusal.reason, name=request.name)
+        if backoff:
             self._warnings.dropped(
-                (request.source, request.session, refusal.reason), self.clock.seconds(),
-                "refused {door} member {name!r} from {source}: {message}",
-                door=request.door, name=request.name, source=request.source,
-                message=refusal.message)
+                (source, "throttled"), now,
+                "netgateway: throttled join from {source} door={door} session={session!r}"
+                " for {backoff:g}s",
+                source=source, door=request.door, session=request.session, backoff=backoff)
 
     def _admit(self, request, member):
         session = self.sessions.get(request.session)
@@ -506,6 +529,17 @@ class LocalBus:
                 session.fan_out(source, delivery)
         finally:
             self._dispatching = False
+
+    def events_dropped(self, membership, reason, count, why):
+        """Count events of ``membership`` the bus dropped; log it at most once per
+        member and reason per ``logging.drop_log_interval``."""
+        self.drops.count(membership.door, reason, count)
+        if self._warnings is not None:
+            self._warnings.dropped(
+                (membership.id, reason), self.clock.seconds(),
+                "netgateway: dropped {count} events from {door} member {name!r} in session"
+                " {session!r}: {reason} ({why})", count=count, door=membership.door,
+                name=membership.name, session=membership.session.name, reason=reason, why=why)
 
     def _deliver_failed(self, membership):
         """A member's own code raised: count it, take it out, tell its door to close it."""
