@@ -6,7 +6,8 @@ gateway without touching twistd's own observers.
 """
 
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            Logger, globalLogPublisher)
+                            Logger, globalLogPublisher, textFileLogObserver)
+from twisted.python.logfile import LogFile
 
 _level_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 _observer = FilteringLogObserver(globalLogPublisher, [_level_filter])
@@ -18,6 +19,19 @@ def logger(namespace):
 
 def set_level(name):
     _level_filter.defaultLogLevel = LogLevel.levelWithName(name)
+
+
+def write_to_file(path, rotate_bytes, max_files):
+    """Write every log event, Twisted's and the gateway's, to ``path`` (``logging.file``).
+
+    The lines are twistd's, so the fail2ban filter reads either. The file is
+    rotated at ``rotate_bytes`` to ``path.1``, ``path.2``, ... and only
+    ``max_files`` rotated files are kept: twistd's own ``--logfile`` keeps
+    every one. Raises OSError when the file cannot be opened.
+    """
+    logfile = LogFile.fromFullPath(path, rotateLength=rotate_bytes, maxRotatedFiles=max_files)
+    globalLogPublisher.addObserver(textFileLogObserver(logfile))
+    return logfile
 
 
 class DropLog:
