@@ -372,7 +372,7 @@ class LocalBus:
         """
         refusal = self._credential_refusal(request)
         if refusal is not None:
-            self._refused(request, refusal)
+            self.refused(request, refusal)
         return refusal
 
     def join(self, request, member):
@@ -383,7 +383,7 @@ class LocalBus:
                 refusal = Refusal(values.SESSION_FULL, f"session {request.session!r} is full"
                                                        f" ({session.max_members} members)")
         if refusal is not None:
-            self._refused(request, refusal)
+            self.refused(request, refusal)
             return defer.fail(JoinRefused(refusal))
         return defer.succeed(self._admit(request, member))
 
@@ -438,10 +438,11 @@ class LocalBus:
                            f"the gateway is full ({self.limits.max_sessions} sessions)")
         return None
 
-    def _refused(self, request, refusal):
+    def refused(self, request, refusal):
         """Count a refusal, feed the throttle with guesses, and log both.
 
-        Every door's refusals come here, so the lines fail2ban reads
+        Every door's refusals come here (the bus's own, and those a door
+        decided itself, see ISessionBus.refused), so the lines fail2ban reads
         (deploy/fail2ban/filter.d/netgateway.conf) have one format: the
         peer's address first, then what only the gateway chose, then the
         peer's own text quoted (repr) so that it can forge neither a line nor

@@ -9,7 +9,8 @@ from twisted.internet import task
 from twisted.logger import Logger, formatEvent
 
 from gateway.bus.local import DropCounters, LocalBus
-from gateway.bus.values import JoinRefused, JoinRequest, Passphrase
+from gateway.bus import values
+from gateway.bus.values import JoinRefused, JoinRequest, Passphrase, Refusal, Verified
 from gateway.config import parse
 from gateway.midi import MidiEvent
 from tests.members import RecordingMember, result_of
@@ -116,3 +117,17 @@ def test_rate_limited_events_are_logged_once_per_member_per_interval():
     assert gateway.lines("dropped")[-1] == (
         "netgateway: dropped 3 events from websocket member 'alice' in session 'demo':"
         " rate_limited (limits.events_per_second is 5) (1 similar not logged)")
+
+
+def test_a_refusal_a_door_decided_itself_is_counted_throttled_and_logged_the_same_way():
+    gateway = Gateway(join_failures_before_throttle=1)
+    request = JoinRequest("demo", "sfront client", "sip", Verified(), "203.0.113.5")
+    for _ in range(2):
+        gateway.bus.refused(request, Refusal(values.WRONG_PASSPHRASE, "bad digest"))
+    assert gateway.lines("refused")[0] == (
+        "netgateway: refused join from 203.0.113.5 door=sip session='demo'"
+        " reason=wrong_passphrase name='sfront client' (0 similar not logged)")
+    assert gateway.lines("throttled join from 203.0.113.5 door=sip")
+    assert gateway.bus.refusals[values.WRONG_PASSPHRASE] == 2
+    _, websocket = gateway.join("alice")              # the back-off holds in every door
+    assert websocket is None and gateway.bus.refusals[values.THROTTLED] == 1
