@@ -55,5 +55,6 @@ class DropLog:
         if len(self._last) >= self.max_keys:
             self._last.clear()
         self._last[key] = (now, 0)
-        self.log.warn(text + " ({suppressed} similar not logged)",
-                      suppressed=suppressed, **fields)
+        if suppressed:
+            text += " ({suppressed} similar not logged)"
+        self.log.warn(text, suppressed=suppressed, **fields)
