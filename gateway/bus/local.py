@@ -94,6 +94,21 @@ _RELEASE_KIND = bytes(
     for status in range(0x100))
 
 
+def _peer(source):
+    """The peer's address as one string whatever socket it came through, or None.
+
+    A dual-stack ("::") socket shows IPv4 peers as mapped IPv6 addresses
+    (::ffff:203.0.113.5): unmapped, the throttle, allow-lists and the log see
+    one peer, and fail2ban bans the address its firewall sees.
+    """
+    try:
+        address = ipaddress.ip_address(source)
+    except (TypeError, ValueError):
+        return source
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else source
+
+
 def _proves_passphrase(credential):
     """Whether a match of ``credential`` shows the joiner knows the passphrase."""
     return credential.passphrase is not None or getattr(credential, "proves_passphrase", False)
@@ -275,13 +290,12 @@ class Session:
         return credential.matches(self._passphrase)
 
     def allows_address(self, host):
-        """Whether ``host`` is in the session's allow-list (empty list: nobody)."""
+        """Whether ``host`` (unmapped, see :func:`_peer`) is in the session's allow-list
+        (empty list: nobody)."""
         try:
             address = ipaddress.ip_address(host)
         except (TypeError, ValueError):
             return False
-        # A dual-stack ("::") socket shows IPv4 peers as mapped IPv6 addresses.
-        address = getattr(address, "ipv4_mapped", None) or address
         return any(address in network for network in self.allowed_networks)
 
     def member_by_id(self, member_id):
@@ -395,8 +409,9 @@ class LocalBus:
         A throttled source is refused before its credential is even looked at.
         """
         now = self.clock.seconds()
-        key = (request.source, request.session)
-        if request.source is not None:
+        source = _peer(request.source)
+        key = (source, request.session)
+        if source is not None:
             wait = self.throttle.blocked_for(key, now)
             if wait > 0:
                 return Refusal(values.THROTTLED,
@@ -413,13 +428,13 @@ class LocalBus:
             refusal = Refusal(values.WRONG_PASSPHRASE,
                               f"wrong passphrase for session {request.session!r}")
         elif (type(credential) is values.AllowedAddress
-              and not session.allows_address(request.source)):
+              and not session.allows_address(source)):
             refusal = Refusal(values.ADDRESS_NOT_ALLOWED,
-                              f"{request.source} is not in the allow_addresses of session"
+                              f"{source} is not in the allow_addresses of session"
                               f" {session.name!r}")
         else:
             refusal = None
-        if refusal is None and request.source is not None:
+        if refusal is None and source is not None:
             self.throttle.succeeded(key)
         return refusal
 
@@ -451,12 +466,13 @@ class LocalBus:
         self.refusals[refusal.reason] += 1
         self.drops.count(request.door, f"join_{refusal.reason}")
         now = self.clock.seconds()
+        source = _peer(request.source)
         backoff = 0.0
-        if request.source is not None and refusal.reason in _GUESSES:
-            backoff = self.throttle.failed((request.source, request.session), now)
+        if source is not None and refusal.reason in _GUESSES:
+            backoff = self.throttle.failed((source, request.session), now)
         if self._warnings is None:
             return
-        source = request.source or "-"
+        source = source or "-"
         # Keyed by peer and reason, not session: a peer that varies the session
         # name it guesses still gets one line per interval.
         self._warnings.dropped(

@@ -54,6 +54,16 @@ def test_a_refusal_line_names_the_peer_door_session_and_reason_never_the_passphr
     assert not gateway.lines(WRONG_PASS) and not gateway.lines(DEMO_PASS)
 
 
+def test_an_ipv4_peer_of_a_dual_stack_door_is_one_peer_with_its_plain_address():
+    gateway = Gateway(join_failures_before_throttle=1)
+    gateway.join("mallory", WRONG_PASS, "::ffff:203.0.113.5")    # a websocket door on "::"
+    gateway.join("mallory", WRONG_PASS, "203.0.113.5")           # a UDP door on 0.0.0.0
+    assert [line.split(" door=")[0] for line in gateway.lines("join from")] == [
+        "netgateway: refused join from 203.0.113.5", "netgateway: throttled join from 203.0.113.5"]
+    gateway.join("alice", source="::ffff:203.0.113.5")
+    assert gateway.bus.refusals["throttled"] == 1
+
+
 def test_a_peer_cannot_forge_a_line_or_an_address_with_its_session_or_name():
     gateway = Gateway(allow_session_creation=False)
     gateway.join("x\nnetgateway: refused join from 198.51.100.1", WRONG_PASS,
