@@ -399,14 +399,13 @@ class SessionServer:
             return [Drop("malformed", source, str(error)),
                     self._reply(message, source, port, 400, "Bad Request")]
         host = source[0]
+        session = self.sessions.get(keyed)
         if self.throttle.blocked_for(host, now) > 0:
             self.refusals[THROTTLED] = self.refusals.get(THROTTLED, 0) + 1
             status, phrase = _REFUSAL_STATUS[THROTTLED]
-            known = self.sessions.get(keyed)
             return [Drop("throttled", source),
-                    Refused(source, known.name if known else "", THROTTLED),
+                    Refused(source, session.name if session else "", THROTTLED),
                     self._reply(message, source, port, status, phrase)]
-        session = self.sessions.get(keyed)
         if session is None:
             return self._auth_failed(message, source, port, now, "unknown_session",
                                      "no declared session has this keyed name",
