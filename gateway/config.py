@@ -114,6 +114,13 @@ class LoggingConfig:
     drop_log_interval: float = bounded(
         10.0, minimum=0.0, maximum=3600.0,
         doc="log dropped/malformed input at most once per peer per this many seconds")
+    file: typing.Optional[str] = bounded(
+        None, doc="log file the gateway rotates itself; null: twistd's own log (stdout with"
+                  " -n, or --logfile, whose rotation keeps every file)")
+    rotate_bytes: int = bounded(10_000_000, minimum=1000, maximum=10**12,
+                                doc="logging.file is rotated when it reaches this size")
+    max_files: int = bounded(5, minimum=1, maximum=1000,
+                             doc="rotated files kept besides logging.file; older ones go")
 
 
 @dataclasses.dataclass

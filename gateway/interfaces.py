@@ -73,6 +73,11 @@ class ISessionBus(Interface):
         at once (AppleMIDI invitations, OSCgroups registration). Failures count
         towards throttling exactly as failed joins do."""
 
+    def refused(request, refusal):
+        """Record a refusal the door decided with its protocol's own check (sfront's
+        keyed session names and signatures, which stand for a passphrase the bus never
+        sees): counted, fed to the throttle and logged exactly like the bus's own."""
+
     def session_view(name):
         """A SessionView of session ``name`` as this node knows it, or None."""
 

@@ -6,7 +6,8 @@ gateway without touching twistd's own observers.
 """
 
 from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            Logger, globalLogPublisher)
+                            Logger, globalLogPublisher, textFileLogObserver)
+from twisted.python.logfile import LogFile
 
 _level_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 _observer = FilteringLogObserver(globalLogPublisher, [_level_filter])
@@ -20,8 +21,21 @@ def set_level(name):
     _level_filter.defaultLogLevel = LogLevel.levelWithName(name)
 
 
+def write_to_file(path, rotate_bytes, max_files):
+    """Write every log event, Twisted's and the gateway's, to ``path`` (``logging.file``).
+
+    The lines are twistd's, so the fail2ban filter reads either. The file is
+    rotated at ``rotate_bytes`` to ``path.1``, ``path.2``, ... and only
+    ``max_files`` rotated files are kept: twistd's own ``--logfile`` keeps
+    every one. Raises OSError when the file cannot be opened.
+    """
+    logfile = LogFile.fromFullPath(path, rotateLength=rotate_bytes, maxRotatedFiles=max_files)
+    globalLogPublisher.addObserver(textFileLogObserver(logfile))
+    return logfile
+
+
 class DropLog:
-    """Logs dropped input at most once per key (peer) per interval.
+    """Logs dropped or refused input at most once per key (peer) per interval.
 
     The first drop from a peer is logged at once; later ones within the
     interval are only counted, and the count is reported with the next line.
@@ -41,5 +55,6 @@ class DropLog:
         if len(self._last) >= self.max_keys:
             self._last.clear()
         self._last[key] = (now, 0)
-        self.log.warn(text + " ({suppressed} similar drops not logged)",
-                      suppressed=suppressed, **fields)
+        if suppressed:
+            text += " ({suppressed} similar not logged)"
+        self.log.warn(text, suppressed=suppressed, **fields)

@@ -35,17 +35,30 @@ def makeService(options, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    from gateway import log as gatewaylog
     from gateway.service import make_gateway
 
     try:
         config = load(options["config"])
+        logging = config.logging
+        if logging.file is not None:
+            try:
+                gatewaylog.write_to_file(logging.file, logging.rotate_bytes, logging.max_files)
+            except OSError as error:
+                _not_starting([f"logging.file: cannot write {logging.file}"
+                               f" ({error.strerror or error})"])
         # Building it reads the certificates, which OpenSSL may still refuse.
         gateway, _ = make_gateway(config, reactor)
     except ConfigError as error:
-        for problem in error.problems:
-            sys.stderr.write(f"netgateway: config error: {problem}\n")
-        sys.stderr.write(f"netgateway: {len(error.problems)} problem(s) in"
-                         f" {options['config']}; not starting\n")
-        sys.stderr.flush()
-        raise SystemExit(2)
+        _not_starting([f"config error: {problem}" for problem in error.problems]
+                      + [f"{len(error.problems)} problem(s) in {options['config']}"])
     return gateway
+
+
+def _not_starting(lines):
+    """End start-up with exit status 2: one line per problem on stderr, no traceback."""
+    for line in lines[:-1]:
+        sys.stderr.write(f"netgateway: {line}\n")
+    sys.stderr.write(f"netgateway: {lines[-1]}; not starting\n")
+    sys.stderr.flush()
+    raise SystemExit(2)

@@ -65,6 +65,14 @@ def test_choices():
         "logging.level: expected one of debug, info, warn, error, critical, got 'loud'"]
 
 
+def test_log_rotation_is_bounded_and_off_by_default():
+    logging = parse({}).logging
+    assert (logging.file, logging.rotate_bytes, logging.max_files) == (None, 10_000_000, 5)
+    assert problems({"logging": {"rotate_bytes": 10, "max_files": 0}}) == [
+        "logging.rotate_bytes: expected a value from 1000 to 1000000000000, got 10",
+        "logging.max_files: expected a value from 1 to 1000, got 0"]
+
+
 def test_short_passphrase_is_refused_without_echoing_it():
     (line,) = problems({"sessions": [{"name": "demo", "passphrase": "secret"}]})
     assert line == ("sessions[0].passphrase: expected at least 20 characters"

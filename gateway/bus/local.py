@@ -94,6 +94,21 @@ _RELEASE_KIND = bytes(
     for status in range(0x100))
 
 
+def _peer(source):
+    """The peer's address as one string whatever socket it came through, or None.
+
+    A dual-stack ("::") socket shows IPv4 peers as mapped IPv6 addresses
+    (::ffff:203.0.113.5): unmapped, the throttle, allow-lists and the log see
+    one peer, and fail2ban bans the address its firewall sees.
+    """
+    try:
+        address = ipaddress.ip_address(source)
+    except (TypeError, ValueError):
+        return source
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else source
+
+
 def _proves_passphrase(credential):
     """Whether a match of ``credential`` shows the joiner knows the passphrase."""
     return credential.passphrase is not None or getattr(credential, "proves_passphrase", False)
@@ -150,14 +165,14 @@ class Membership:
         tokens = limit.refill(now)
         accepted = []
         changed = False
+        rate_limited = 0
         for event in events:
             data = event.data
             release = _RELEASE_KIND[data[0]]
             if (release == _NEVER_RELEASES or (release == _RELEASES_IF_SILENT and data[2])
                     or (release == _RELEASES_IF_CONTROL_SAYS and not _control_releases(data))):
                 if tokens < 1.0:
-                    bus.drops.count(self.entry.door, "rate_limited")
-                    changed = True
+                    rate_limited += 1
                     continue
                 tokens -= 1.0
             if cap is not None:
@@ -170,6 +185,10 @@ class Membership:
                 self.notes.observe(data)
             accepted.append(event)
         limit.tokens = tokens
+        if rate_limited:
+            changed = True
+            bus.events_dropped(self, "rate_limited", rate_limited,
+                               f"limits.events_per_second is {bus.limits.events_per_second}")
         if accepted:
             bus.events_published += len(accepted)
             # What the publisher encoded stays true only of the events as they came.
@@ -271,13 +290,12 @@ class Session:
         return credential.matches(self._passphrase)
 
     def allows_address(self, host):
-        """Whether ``host`` is in the session's allow-list (empty list: nobody)."""
+        """Whether ``host`` (unmapped, see :func:`_peer`) is in the session's allow-list
+        (empty list: nobody)."""
         try:
             address = ipaddress.ip_address(host)
         except (TypeError, ValueError):
             return False
-        # A dual-stack ("::") socket shows IPv4 peers as mapped IPv6 addresses.
-        address = getattr(address, "ipv4_mapped", None) or address
         return any(address in network for network in self.allowed_networks)
 
     def member_by_id(self, member_id):
@@ -368,7 +386,7 @@ class LocalBus:
         """
         refusal = self._credential_refusal(request)
         if refusal is not None:
-            self._refused(request, refusal)
+            self.refused(request, refusal)
         return refusal
 
     def join(self, request, member):
@@ -379,7 +397,7 @@ class LocalBus:
                 refusal = Refusal(values.SESSION_FULL, f"session {request.session!r} is full"
                                                        f" ({session.max_members} members)")
         if refusal is not None:
-            self._refused(request, refusal)
+            self.refused(request, refusal)
             return defer.fail(JoinRefused(refusal))
         return defer.succeed(self._admit(request, member))
 
@@ -391,8 +409,9 @@ class LocalBus:
         A throttled source is refused before its credential is even looked at.
         """
         now = self.clock.seconds()
-        key = (request.source, request.session)
-        if request.source is not None:
+        source = _peer(request.source)
+        key = (source, request.session)
+        if source is not None:
             wait = self.throttle.blocked_for(key, now)
             if wait > 0:
                 return Refusal(values.THROTTLED,
@@ -409,17 +428,14 @@ class LocalBus:
             refusal = Refusal(values.WRONG_PASSPHRASE,
                               f"wrong passphrase for session {request.session!r}")
         elif (type(credential) is values.AllowedAddress
-              and not session.allows_address(request.source)):
+              and not session.allows_address(source)):
             refusal = Refusal(values.ADDRESS_NOT_ALLOWED,
-                              f"{request.source} is not in the allow_addresses of session"
+                              f"{source} is not in the allow_addresses of session"
                               f" {session.name!r}")
         else:
             refusal = None
-        if request.source is not None:
-            if refusal is None:
-                self.throttle.succeeded(key)
-            elif refusal.reason in _GUESSES:
-                self.throttle.failed(key, now)
+        if refusal is None and source is not None:
+            self.throttle.succeeded(key)
         return refusal
 
     def _creation_refusal(self, request):
@@ -437,16 +453,40 @@ class LocalBus:
                            f"the gateway is full ({self.limits.max_sessions} sessions)")
         return None
 
-    def _refused(self, request, refusal):
+    def refused(self, request, refusal):
+        """Count a refusal, feed the throttle with guesses, and log both.
+
+        Every door's refusals come here (the bus's own, and those a door
+        decided itself, see ISessionBus.refused), so the lines fail2ban reads
+        (deploy/fail2ban/filter.d/netgateway.conf) have one format: the
+        peer's address first, then what only the gateway chose, then the
+        peer's own text quoted (repr) so that it can forge neither a line nor
+        an address. Never the credential.
+        """
         self.refusals[refusal.reason] += 1
         self.drops.count(request.door, f"join_{refusal.reason}")
-        if self._warnings is not None:
-            # Once per source, session and reason per interval; never the credential.
+        now = self.clock.seconds()
+        source = _peer(request.source)
+        backoff = 0.0
+        if source is not None and refusal.reason in _GUESSES:
+            backoff = self.throttle.failed((source, request.session), now)
+        if self._warnings is None:
+            return
+        source = source or "-"
+        # Keyed by peer and reason, not session: a peer that varies the session
+        # name it guesses still gets one line per interval.
+        self._warnings.dropped(
+            (source, "refused", refusal.reason), now,
+            "netgateway: refused join from {source} door={door} session={session!r}"
+            " reason={reason} name={name!r}",
+            source=source, door=request.door, session=request.session,
+            reason=refusal.reason, name=request.name)
+        if backoff:
             self._warnings.dropped(
-                (request.source, request.session, refusal.reason), self.clock.seconds(),
-                "refused {door} member {name!r} from {source}: {message}",
-                door=request.door, name=request.name, source=request.source,
-                message=refusal.message)
+                (source, "throttled"), now,
+                "netgateway: throttled join from {source} door={door} session={session!r}"
+                " for {backoff:g}s",
+                source=source, door=request.door, session=request.session, backoff=backoff)
 
     def _admit(self, request, member):
         session = self.sessions.get(request.session)
@@ -506,6 +546,17 @@ class LocalBus:
                 session.fan_out(source, delivery)
         finally:
             self._dispatching = False
+
+    def events_dropped(self, membership, reason, count, why):
+        """Count events of ``membership`` the bus dropped; log it at most once per
+        member and reason per ``logging.drop_log_interval``."""
+        self.drops.count(membership.door, reason, count)
+        if self._warnings is not None:
+            self._warnings.dropped(
+                (membership.id, reason), self.clock.seconds(),
+                "netgateway: dropped {count} events from {door} member {name!r} in session"
+                " {session!r}: {reason} ({why})", count=count, door=membership.door,
+                name=membership.name, session=membership.session.name, reason=reason, why=why)
 
     def _deliver_failed(self, membership):
         """A member's own code raised: count it, take it out, tell its door to close it."""

@@ -13,7 +13,8 @@ every value of the contract one at a time:
   :meth:`RecordingBus.answer_checks` set (a Refusal, None, or a function of
   the request);
 * ``session_view(name)`` returns the :class:`~gateway.bus.values.SessionView`
-  set with :meth:`RecordingBus.set_view`, or None.
+  set with :meth:`RecordingBus.set_view`, or None;
+* ``refused(request, refusal)`` records the pair in ``refusals``.
 
 The test plays the bus's other half itself: :meth:`RecordingBus.fan_out`
 hands one :class:`~gateway.bus.values.Delivery` to several members (so that
@@ -153,6 +154,7 @@ class RecordingBus:
     def __init__(self):
         self.joins = []            # PendingJoin, in call order
         self.checks = []           # JoinRequest given to check(), in call order
+        self.refusals = []         # (JoinRequest, Refusal) a door reported, in call order
         self.view_requests = []    # names given to session_view()
         self.views = {}            # name -> SessionView
         self.memberships = []      # every RecordingMembership accept() made
@@ -173,6 +175,9 @@ class RecordingBus:
     def session_view(self, name):
         self.view_requests.append(name)
         return self.views.get(name)
+
+    def refused(self, request, refusal):
+        self.refusals.append((request, refusal))
 
     # What the test sets -------------------------------------------------
 

@@ -107,6 +107,26 @@ def test_a_refused_join_is_answered_the_way_sfront_understands(gateway, reason, 
     assert gateway.door.members == {} and gateway.door.server.clients == {}
 
 
+def test_refusals_of_sfront_s_own_check_are_reported_to_the_bus_without_the_keyed_name(
+        gateway):
+    stranger = gateway.client(port=5010, call_id=1, passphrase="wrong wrong wrong wrong")
+    gateway.inject(5060, stranger.invite(0, NOW), stranger.rtp_source)
+    forger = gateway.client(host="127.0.0.3", call_id=2)
+    gateway.inject(5060, forger.invite(0, NOW), forger.rtp_source)
+    [challenge] = gateway.reactor.take(forger.rtp_source)
+    forged = forger.invite(0, NOW, forger.challenged(challenge, 0),
+                           key=sfront.session_key("not the passphrase at all"))
+    for _ in range(5):           # the server's own throttle answers the fifth unlooked
+        gateway.inject(5060, forged, forger.rtp_source)
+    assert [(request, refusal.reason) for request, refusal in gateway.bus.refusals] == [
+        (JoinRequest("", "sfront client", "sip", Verified(), "127.0.0.2"),
+         values.UNKNOWN_SESSION)] + [
+        (JoinRequest("demo", "sfront client", "sip", Verified(), "127.0.0.3"),
+         values.WRONG_PASSPHRASE)] * 4 + [
+        (JoinRequest("demo", "sfront client", "sip", Verified(), "127.0.0.3"),
+         values.THROTTLED)]
+
+
 def test_a_membership_that_arrives_after_the_client_left_is_left(gateway):
     client = gateway.client()
     gateway.handshake(client)

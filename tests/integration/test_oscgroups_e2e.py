@@ -228,6 +228,9 @@ def test_wrong_group_password_is_refused_and_counted(osc_gateway):
     status = gateway.status()
     assert "mallory" not in status["doors"]["oscgroups"]["server"]["groups"].get("demo", [])
     assert ("oscgroups", "mallory") not in demo_members(gateway)
+    assert ("netgateway: refused join from 127.0.0.1 door=oscgroups session='demo'"
+            " reason=wrong_passphrase") in gateway.log
+    assert "not the demo passphrase" not in gateway.log
     assert DEMO[1] not in gateway.log
 
 

@@ -178,6 +178,8 @@ def test_sipsak_registers_with_digest_and_a_wrong_passphrase_is_refused(sip_gate
     agents = user_agents(sip_gateway)
     assert agents["core"]["digest_failures"] >= 1 and agents["core"]["registrations"] >= 1
     assert PASSPHRASE not in sip_gateway.log and "not the passphrase" not in sip_gateway.log
+    assert ("netgateway: refused join from 127.0.0.1 door=sip session='demo'"
+            " reason=wrong_passphrase name='alice'") in sip_gateway.log
 
 
 @pytest.mark.parametrize("transport", ["UDP", "TCP"])

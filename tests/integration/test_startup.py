@@ -35,6 +35,18 @@ def test_bad_config_stops_startup_with_one_line_per_problem(tmp_path):
     assert "too short" not in result.stderr + result.stdout
 
 
+def test_an_unwritable_log_file_stops_startup_with_one_line(tmp_path):
+    log_file = tmp_path / "no such directory" / "netgateway.log"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"logging": {"file": str(log_file)}}))
+    result = run_twistd(["netgateway", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"netgateway: logging.file: cannot write {log_file} (No such file or directory);"
+        " not starting"]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_help_documents_the_options(tmp_path):
     result = run_twistd(["netgateway", "--help"], cwd=tmp_path)
     assert result.returncode == 0

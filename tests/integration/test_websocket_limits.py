@@ -76,7 +76,8 @@ def test_passphrase_guessing_is_throttled_and_logged_once(gateway):
     assert codes.count("throttled") >= guesses - 10
     refusals = gateway.status()["refusals"]
     assert refusals["throttled"] + refusals["wrong_passphrase"] == guesses + 1   # + the player
-    refused_lines = [line for line in gateway.log.splitlines() if "refused websocket member" in line]
+    refused_lines = [line for line in gateway.log.splitlines()
+                     if "refused join from 127.0.0.1 door=websocket" in line]
     assert 1 <= len(refused_lines) <= 3, refused_lines
     assert not any("guess number" in line for line in gateway.log.splitlines())
     assert joined["type"] == "error" and joined["code"] == "throttled"

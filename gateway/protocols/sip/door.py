@@ -33,13 +33,13 @@ from zope.interface import implementer
 
 from gateway.actions import Drop, PeerAlive, PeerLeft, Send, dispatcher
 from gateway.bus.throttle import JoinThrottle
-from gateway.bus.values import LEFT, JoinRefused, JoinRequest, Verified
+from gateway.bus.values import LEFT, JoinRefused, JoinRequest, Refusal, Verified
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import channels, metrics
 from gateway.protocols.sip.sfront import speaks_sfront
-from gateway.protocols.sip.server import Admit, DeclaredSession, Played, SessionServer
+from gateway.protocols.sip.server import Admit, DeclaredSession, Played, Refused, SessionServer
 from gateway.udp import listen_udp
 
 DOOR = "sip"
@@ -131,6 +131,7 @@ class SipDoor(DoorService):
         self._timer.clock = self.reactor
         self.carry_out = dispatcher({
             Send: self._send, Drop: self._dropped, Admit: self._admit, Played: self._played,
+            Refused: self._refused_by_server,
             PeerAlive: self._alive, PeerLeft: lambda action: self._left(action.peer,
                                                                         action.reason)})
         self.agents = None
@@ -217,6 +218,13 @@ class SipDoor(DoorService):
 
     def _dropped(self, action):
         self.drop(action.source, action.reason, action.detail or "", action.count)
+
+    def _refused_by_server(self, action):
+        """sfront's own check refused a client: the bus counts, throttles and logs it."""
+        self.bus.refused(JoinRequest(action.session, "sfront client", DOOR, Verified(),
+                                     action.source[0]),
+                         Refusal(action.reason, f"refused by the sfront session server"
+                                                f" ({action.reason})"))
 
     # Members -------------------------------------------------------------------
 

@@ -50,14 +50,15 @@ import typing
 
 from gateway.actions import Drop, PeerAlive, PeerLeft, Send
 from gateway.bus.throttle import JoinThrottle
-from gateway.bus.values import SESSION_FULL, GATEWAY_FULL, THROTTLED
+from gateway.bus.values import (GATEWAY_FULL, SESSION_FULL, THROTTLED, UNKNOWN_SESSION,
+                                WRONG_PASSPHRASE)
 from gateway.protocols.rtpmidi.media import RtpMidiStream
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
 from gateway.protocols.sip import sfront
 from gateway.protocols.sip.message import MalformedMessage, Request, Response, Via, parse
 from gateway.protocols.sip.sdp import NTP_UNIX_OFFSET, MalformedSdp, Sdp
 
-__all__ = ["SessionServer", "DeclaredSession", "Client", "Admit", "Played",
+__all__ = ["SessionServer", "DeclaredSession", "Client", "Admit", "Played", "Refused",
            "REPORT_INTERVAL", "RTCP_TIMEOUT"]
 
 REPORT_INTERVAL = 4.0
@@ -104,6 +105,20 @@ class Played(typing.NamedTuple):
     client: typing.Any
     events: list
     midi_list: typing.Optional[bytes]
+
+
+class Refused(typing.NamedTuple):
+    """A join this server's own check refused, for the bus to count, throttle and log.
+
+    The keyed name and the signature stand for the passphrase, so the bus
+    never sees the credential; ``session`` is the declared name, or "" when
+    the keyed ``s=`` names no declared session (it is made from the passphrase
+    tried, so it is never logged); ``reason`` is a bus refusal code.
+    """
+
+    source: typing.Any
+    session: str
+    reason: str
 
 
 class DeclaredSession:
@@ -384,14 +399,17 @@ class SessionServer:
             return [Drop("malformed", source, str(error)),
                     self._reply(message, source, port, 400, "Bad Request")]
         host = source[0]
+        session = self.sessions.get(keyed)
         if self.throttle.blocked_for(host, now) > 0:
             self.refusals[THROTTLED] = self.refusals.get(THROTTLED, 0) + 1
             status, phrase = _REFUSAL_STATUS[THROTTLED]
-            return [Drop("throttled", source), self._reply(message, source, port, status, phrase)]
-        session = self.sessions.get(keyed)
+            return [Drop("throttled", source),
+                    Refused(source, session.name if session else "", THROTTLED),
+                    self._reply(message, source, port, status, phrase)]
         if session is None:
             return self._auth_failed(message, source, port, now, "unknown_session",
-                                     "no declared session has this keyed name")
+                                     "no declared session has this keyed name",
+                                     Refused(source, "", UNKNOWN_SESSION))
         authorization = sfront.SignSdp.parse(message.get("authorization"))
         if authorization is None:
             return self._challenge(message, data, source, port, key, leg, now)
@@ -402,7 +420,8 @@ class SessionServer:
         expected = sfront.digest(session.key, message.body)
         if not hmac.compare_digest(expected, authorization.digest):
             return self._auth_failed(message, source, port, now, "bad_digest",
-                                     "SDP digest does not verify with the session's key")
+                                     "SDP digest does not verify with the session's key",
+                                     Refused(source, session.name, WRONG_PASSPHRASE))
         if sdp.attribute("nonce") != f'"{leg.nonce}"':
             return self._auth_failed(message, source, port, now, "stale_nonce",
                                      "the signed SDP does not carry the nonce")
@@ -469,10 +488,14 @@ class SessionServer:
         return [self._store_reply(leg, message, source, port, 401, "Unauthorized",
                                   [("WWW-Authenticate", sfront.challenge(leg.nonce))])]
 
-    def _auth_failed(self, message, source, port, now, reason, detail):
+    def _auth_failed(self, message, source, port, now, reason, detail, refused=None):
+        """Answer 403 and count towards the throttle; ``refused``: what the bus is told
+        (None for a stale nonce or time, a client's clock rather than a guess)."""
         self.throttle.failed(source[0], now)
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
-        return [Drop(reason, source, detail), self._reply(message, source, port, *_FORBIDDEN)]
+        told = [refused] if refused is not None else []
+        return [Drop(reason, source, detail)] + told + [
+            self._reply(message, source, port, *_FORBIDDEN)]
 
     def _refuse_leg(self, message, leg, source, port, reason, status, phrase):
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
