@@ -4,6 +4,7 @@ from twisted.application import service
 from zope.interface import implementer
 
 from gateway import log as gatewaylog
+from gateway import udp
 from gateway.interfaces import IDoor
 
 
@@ -24,6 +25,15 @@ class DoorService(service.Service):
         self.drops = context.drops
         self.log = gatewaylog.logger(f"netgateway.{self.name}")
         self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+        # Test contexts without one (in-memory networks) have no kernel to ask.
+        self.kernel_drops = getattr(context, "kernel_drops", None)
+
+    def listen_udp(self, port, protocol, interface, **options):
+        """:func:`gateway.udp.listen_udp`, its socket's kernel drops counted for this door."""
+        listening = udp.listen_udp(self.reactor, port, protocol, interface, **options)
+        if self.kernel_drops is not None:
+            self.kernel_drops.watch(self.name, listening)
+        return listening
 
     def drop(self, peer, reason, detail="", amount=1):
         """Count dropped input by reason; log it at most once per peer per interval."""

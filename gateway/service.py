@@ -11,6 +11,7 @@ from gateway import doors, log as gatewaylog
 from gateway.addresses import is_wildcard
 from gateway.bus.local import DropCounters, LocalBus
 from gateway.served_certificate import CertificateUnusable, ServedCertificate
+from gateway.udp import KernelDrops
 from gateway.web.redirect import HttpsRedirect
 from gateway.web.site import access_log_line, build_root
 
@@ -23,6 +24,7 @@ class GatewayContext:
         self.reactor = reactor
         self.log = gatewaylog.logger("netgateway")
         self.drops = DropCounters()
+        self.kernel_drops = KernelDrops()
         self.bus = LocalBus(config, reactor, self.drops, log=self.log)
         self.doors = {}
         self.web_root = None
@@ -61,6 +63,7 @@ class GatewayContext:
     def status(self):
         body = self.bus.snapshot()
         body["doors"] = {name: door.status() for name, door in self.doors.items()}
+        body["kernel_drops"] = self.kernel_drops.snapshot()
         return body
 
 

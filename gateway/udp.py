@@ -18,9 +18,11 @@ ancillary-data support, hence this subclass. Ports bound to one address are
 plain ``reactor.listenUDP`` ports: nothing changes for them.
 """
 
+import os
 import socket
 import struct
 
+from prometheus_client.core import CounterMetricFamily
 from twisted.internet import udp
 
 from gateway.addresses import is_wildcard
@@ -129,3 +131,62 @@ class AnsweringPort(udp.Port):
                 self.protocol.datagramReceived(data, peer)
             except BaseException:
                 udp.log.err()
+
+
+class KernelDrops:
+    """The kernel's receive drops of every UDP socket the doors listen on.
+
+    A datagram the kernel drops because the socket's receive queue is full
+    never reaches the door, so no drop counter of ours sees it; Linux counts
+    it per socket in the ``drops`` column of /proc/net/udp and udp6, found by
+    the socket's inode. Reading it when asked (``/status``, ``/metrics``) costs
+    the hot path nothing, unlike SO_RXQ_OVFL's control message on every read.
+    A socket's count goes when the socket closes (a relay port, a call's media).
+    """
+
+    TABLES = ("/proc/net/udp", "/proc/net/udp6")
+
+    def __init__(self, tables=TABLES):
+        self.tables = tables
+        self._watched = {}     # inode -> (door, port number)
+
+    def watch(self, door, listening):
+        """Count ``listening``'s drops under ``door`` (ports without a real socket: never)."""
+        raw = getattr(listening, "socket", None)
+        if not hasattr(raw, "fileno"):
+            return
+        self._watched[os.fstat(raw.fileno()).st_ino] = (door, listening.getHost().port)
+
+    def _kernel_counts(self):
+        counts = {}
+        for table in self.tables:
+            try:
+                with open(table, encoding="ascii") as rows:
+                    next(rows)
+                    for row in rows:
+                        fields = row.split()
+                        counts[int(fields[9])] = int(fields[-1])
+            except OSError:
+                continue
+        return counts
+
+    def snapshot(self):
+        """``{door: {port: drops}}`` of the sockets still open."""
+        counts = self._kernel_counts()
+        for inode in [inode for inode in self._watched if inode not in counts]:
+            del self._watched[inode]
+        by_door = {}
+        for inode, (door, number) in self._watched.items():
+            by_door.setdefault(door, {})[number] = counts[inode]
+        return by_door
+
+    def collect(self):
+        """prometheus_client collector: ``netgateway_udp_kernel_drops{door, port}``."""
+        family = CounterMetricFamily(
+            "netgateway_udp_kernel_drops",
+            "Datagrams the kernel dropped before the gateway read them (receive queue full)",
+            labels=["door", "port"])
+        for door, ports in sorted(self.snapshot().items()):
+            for number, drops in sorted(ports.items()):
+                family.add_metric([door, str(number)], drops)
+        yield family

@@ -80,6 +80,7 @@ def build_root(context):
     root.putChild(b"status", StatusResource(context))
     metrics = CollectorRegistry(auto_describe=True)
     metrics.register(BusCollector(context.bus, context.drops))
+    metrics.register(context.kernel_drops)
     context.metrics = metrics
     root.putChild(b"metrics", MetricsResource(registry=metrics))
     return root

@@ -52,7 +52,7 @@ from gateway.bus.values import JoinRefused, JoinRequest, Verified
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
-from gateway.udp import is_wildcard, listen_udp
+from gateway.addresses import is_wildcard
 
 from . import bridge as bridge_core
 from . import client, mapping, server, wire
@@ -201,13 +201,13 @@ class OscGroupsDoor(DoorService):
     def startService(self):
         super().startService()
         host = self.config.host
-        self._server_port = listen_udp(self.reactor, self.config.port,
-                                       _Datagrams(self._server_datagram), host)
+        self._server_port = self.listen_udp(self.config.port,
+                                            _Datagrams(self._server_datagram), host)
         self._ports.append(self._server_port)
         self._purge.start(self.server.purge_interval, now=False)
         if self.bridge is not None:
-            self._bridge_port = listen_udp(self.reactor, self.config.bridge.port,
-                                           _Datagrams(self._bridge_datagram), host)
+            self._bridge_port = self.listen_udp(self.config.bridge.port,
+                                                _Datagrams(self._bridge_datagram), host)
             self._bridge_port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
                                                 RECEIVE_BUFFER_BYTES)
             self._ports.append(self._bridge_port)
@@ -305,9 +305,8 @@ class OscGroupsDoor(DoorService):
 
     def _open_relay_port(self, number):
         try:
-            listening = listen_udp(self.reactor, number,
-                                   _RelayPort(self._relay_datagram, number),
-                                   self.config.relay_host)
+            listening = self.listen_udp(number, _RelayPort(self._relay_datagram, number),
+                                        self.config.relay_host)
         except error.CannotListenError as exc:
             self.log.warn("oscgroups: relay port {port} is unavailable: {error}",
                           port=number, error=exc)

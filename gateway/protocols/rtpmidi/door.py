@@ -40,7 +40,6 @@ from gateway.protocols.rtpmidi.session import (
     CLOCK_RATE, CONTROL, DATA, AppleMidiSession, InvitationFailed, Peer,
 )
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
-from gateway.udp import listen_udp
 
 DOOR = "rtpmidi"
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -177,10 +176,10 @@ class SessionEndpoint:
 
     def start(self):
         host = self.config.host
-        self.control_port = listen_udp(self.reactor, self.entry.port, _PortProtocol(self, CONTROL),
-                                       host, maxPacketSize=MAX_DATAGRAM)
-        self.data_port = listen_udp(self.reactor, self.entry.port + 1, _DataPortProtocol(self),
-                                    host, maxPacketSize=MAX_DATAGRAM)
+        self.control_port = self.door.listen_udp(
+            self.entry.port, _PortProtocol(self, CONTROL), host, maxPacketSize=MAX_DATAGRAM)
+        self.data_port = self.door.listen_udp(
+            self.entry.port + 1, _DataPortProtocol(self), host, maxPacketSize=MAX_DATAGRAM)
         self.data_socket = self.data_port.socket
         self.data_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         for target in self._invite_targets:

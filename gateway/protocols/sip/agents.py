@@ -62,7 +62,6 @@ from gateway.protocols.sip.uas import (
     Limits, UserAgentServer,
 )
 from gateway.protocols.sip.midi_call import AwaitingAnswer
-from gateway.udp import listen_udp
 
 DOOR = "sip"
 UDP, TCP, TLS = "UDP", "TCP", "TLS"
@@ -259,11 +258,11 @@ class MediaPorts:
         self.listening = {}
         self.member = None
 
-    def open(self, reactor, host):
+    def open(self, host):
         try:
             for via, number in ((RTP, self.rtp_port), (RTCP, self.rtp_port + 1)):
-                self.listening[via] = listen_udp(reactor, number, _MediaProtocol(self, via),
-                                                 host, maxPacketSize=MAX_DATAGRAM)
+                self.listening[via] = self.agents.door.listen_udp(
+                    number, _MediaProtocol(self, via), host, maxPacketSize=MAX_DATAGRAM)
         except error.CannotListenError:
             self.close()
             return False
@@ -295,12 +294,12 @@ class MediaPortPool:
         self.free = collections.deque(range(port_min + port_min % 2, port_max, 2))
         self.used = set()
 
-    def take(self, agents, reactor, host):
+    def take(self, agents, host):
         """Open the next free pair that the system lets us bind, or None."""
         for _ in range(len(self.free)):
             number = self.free.popleft()
             ports = MediaPorts(agents, number)
-            if ports.open(reactor, host):
+            if ports.open(host):
                 self.used.add(number)
                 return ports
             self.free.append(number)        # taken by another process: try it later
@@ -431,7 +430,7 @@ class StandardAgents:
         if shared_udp is not None:
             self.udp = shared_udp
         else:
-            self.udp = listen_udp(reactor, config.uas_udp_port, _Datagrams(self),
+            self.udp = self.door.listen_udp(config.uas_udp_port, _Datagrams(self),
                                   config.host, maxPacketSize=MAX_DATAGRAM)
             self.listeners.append(self.udp)
         if uas.tcp_port is not None:
@@ -559,7 +558,7 @@ class StandardAgents:
         if isinstance(offer, midi_sdp.Refused):
             self._reject(call, offer)
             return
-        ports = self.pool.take(self, self.reactor, self.media_host)
+        ports = self.pool.take(self, self.media_host)
         if ports is None:
             self.door.drop(call.source, "no_media_ports", "every sip.uas.media port is in use")
             self.carry_out(self.core.reject(call, 503, now))
@@ -594,7 +593,7 @@ class StandardAgents:
             self._reject(call, audio)
             return
         now = self.now()
-        ports = self.pool.take(self, self.reactor, self.media_host)
+        ports = self.pool.take(self, self.media_host)
         if ports is None:
             self.door.drop(call.source, "no_media_ports", "every sip.uas.media port is in use")
             self.carry_out(self.core.reject(call, 503, now))
@@ -661,7 +660,7 @@ class StandardAgents:
 
     def _offerless(self, call, request):
         """Join the caller with media ports but no stream yet; our offer goes in the 200."""
-        ports = self.pool.take(self, self.reactor, self.media_host)
+        ports = self.pool.take(self, self.media_host)
         if ports is None:
             self.door.drop(call.source, "no_media_ports", "every sip.uas.media port is in use")
             self.carry_out(self.core.reject(call, 503, self.now()))

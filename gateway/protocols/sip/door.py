@@ -40,7 +40,6 @@ from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 from gateway.protocols.sip import channels, metrics
 from gateway.protocols.sip.sfront import speaks_sfront
 from gateway.protocols.sip.server import Admit, DeclaredSession, Played, Refused, SessionServer
-from gateway.udp import listen_udp
 
 DOOR = "sip"
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -171,7 +170,7 @@ class SipDoor(DoorService):
                       count=len(self.sessions))
 
     def _listen(self, number, host):
-        listening = listen_udp(self.reactor, number, _Datagrams(self, number), host,
+        listening = self.listen_udp(number, _Datagrams(self, number), host,
                                maxPacketSize=MAX_DATAGRAM)
         listening.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         self.listeners[number] = listening

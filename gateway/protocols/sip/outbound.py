@@ -204,7 +204,7 @@ class OutboundCalls:
             return
         invitation.attempts += 1
         self.counts["attempts"] += 1
-        ports = self.agents.pool.take(self, self.reactor, self.agents.media_host)
+        ports = self.agents.pool.take(self, self.agents.media_host)
         if ports is None:
             self.door.drop(invitation.target.address, "no_media_ports",
                            "every sip.uas.media port is in use")
