@@ -25,3 +25,13 @@ def is_loopback(host):
         return ipaddress.ip_address(host).is_loopback
     except (TypeError, ValueError):
         return False
+
+
+def peer_address(host):
+    """``host`` as an address object, an IPv4-mapped IPv6 one (what a dual-stack "::"
+    socket shows for IPv4 peers) as the IPv4 address; None if not an address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except (TypeError, ValueError):
+        return None
+    return getattr(address, "ipv4_mapped", None) or address

@@ -70,6 +70,19 @@ class LimitsConfig:
         doc="first back-off; each further failure doubles it")
     join_throttle_max_seconds: float = bounded(300.0, minimum=0.01, maximum=86400.0,
                                                doc="longest back-off")
+    connections_per_second: float = bounded(
+        20.0, minimum=0.01, maximum=100000.0,
+        doc="new TCP connections (page, WebSocket, RTMP, SIP) per second per source address")
+    connection_burst: int = bounded(40, minimum=1, maximum=100000,
+                                    doc="new connections a source may open at once")
+    network_connections_per_second: float = bounded(
+        100.0, minimum=0.01, maximum=100000.0,
+        doc="new connections per second per /24 (IPv4) or /64 (IPv6)")
+    network_connection_burst: int = bounded(200, minimum=1, maximum=100000)
+    concurrent_connections_per_source: int = bounded(64, minimum=1, maximum=100000)
+    source_limits_exempt: typing.List[str] = bounded(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        doc="CIDRs never limited per source (a reverse proxy on this host, tests)")
 
 
 @dataclasses.dataclass
@@ -166,15 +179,20 @@ def _check_sessions(config, problems):
         if session.passphrase is not None and len(session.passphrase) < minimum:
             problems.append(f"{path}.passphrase: expected at least {minimum} characters"
                             f" (limits.min_passphrase_length), got {len(session.passphrase)}")
-        for entry_index, cidr in enumerate(session.allow_addresses or ()):
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except (TypeError, ValueError):
-                problems.append(f"{path}.allow_addresses[{entry_index}]: expected an address"
-                                f" or CIDR such as 127.0.0.0/8, got {describe_value(cidr)}")
+        _check_cidrs(f"{path}.allow_addresses", session.allow_addresses, problems)
+
+
+def _check_cidrs(path, cidrs, problems):
+    for index, cidr in enumerate(cidrs or ()):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except (TypeError, ValueError):
+            problems.append(f"{path}[{index}]: expected an address or CIDR such as"
+                            f" 127.0.0.0/8, got {describe_value(cidr)}")
 
 
 def _check_network(config, problems):
+    _check_cidrs("limits.source_limits_exempt", config.limits.source_limits_exempt, problems)
     network = config.network
     if not is_address(network.bind):
         problems.append("network.bind: expected an IP address (0.0.0.0 or :: for every"

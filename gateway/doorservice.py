@@ -27,6 +27,13 @@ class DoorService(service.Service):
         self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
         # Test contexts without one (in-memory networks) have no kernel to ask.
         self.kernel_drops = getattr(context, "kernel_drops", None)
+        self.connection_gate = getattr(context, "connection_gate", None)
+
+    def guard(self, factory):
+        """``factory`` refusing connections over the per-source limits (limits.connections_*)."""
+        if self.connection_gate is not None:
+            self.connection_gate.guard(factory, self.name)
+        return factory
 
     def listen_udp(self, port, protocol, interface, **options):
         """:func:`gateway.udp.listen_udp`, its socket's kernel drops counted for this door."""

@@ -10,6 +10,7 @@ from twisted.web import server
 from gateway import doors, log as gatewaylog
 from gateway.addresses import is_wildcard
 from gateway.bus.local import DropCounters, LocalBus
+from gateway.connectiongate import ConnectionGate
 from gateway.served_certificate import CertificateUnusable, ServedCertificate
 from gateway.udp import KernelDrops
 from gateway.web.redirect import HttpsRedirect
@@ -25,6 +26,9 @@ class GatewayContext:
         self.log = gatewaylog.logger("netgateway")
         self.drops = DropCounters()
         self.kernel_drops = KernelDrops()
+        self.connection_gate = ConnectionGate(
+            config.limits, reactor, self.drops,
+            gatewaylog.DropLog(self.log, config.logging.drop_log_interval))
         self.bus = LocalBus(config, reactor, self.drops, log=self.log)
         self.doors = {}
         self.web_root = None
@@ -64,6 +68,7 @@ class GatewayContext:
         body = self.bus.snapshot()
         body["doors"] = {name: door.status() for name, door in self.doors.items()}
         body["kernel_drops"] = self.kernel_drops.snapshot()
+        body["connections"] = self.connection_gate.status()
         return body
 
 
@@ -165,6 +170,7 @@ def _host_text(config, host):
 
 def _web_service(context, site):
     web = context.config.web
+    context.connection_gate.guard(site, "web")
     if web.tls is None:
         return internet.TCPServer(web.port, site, interface=web.host, reactor=context.reactor)
     return internet.SSLServer(web.port, site, context.tls_options(), interface=web.host,
@@ -176,6 +182,7 @@ def _redirect_service(context):
     web = context.config.web
     site = server.Site(HttpsRedirect(web.port), logFormatter=access_log_line)
     site.displayTracebacks = False
+    context.connection_gate.guard(site, "web")
     return internet.TCPServer(web.redirect_http_port, site, interface=web.host,
                               reactor=context.reactor)
 

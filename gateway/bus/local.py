@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from gateway import log as gatewaylog
 from gateway import midi
+from gateway.addresses import peer_address
 from gateway.bus import values
 from gateway.bus.throttle import JoinThrottle
 from gateway.bus.values import Delivery, JoinRefused, Refusal, RosterEntry, RosterNotice
@@ -101,12 +102,8 @@ def _peer(source):
     (::ffff:203.0.113.5): unmapped, the throttle, allow-lists and the log see
     one peer, and fail2ban bans the address its firewall sees.
     """
-    try:
-        address = ipaddress.ip_address(source)
-    except (TypeError, ValueError):
-        return source
-    mapped = getattr(address, "ipv4_mapped", None)
-    return str(mapped) if mapped is not None else source
+    address = peer_address(source)
+    return source if address is None else str(address)
 
 
 def _proves_passphrase(credential):

@@ -566,7 +566,7 @@ class RtmpDoor(DoorService):
     def startService(self):
         super().startService()
         config = self.config
-        factory = RtmpFactory(self)
+        factory = self.guard(RtmpFactory(self))
         self.listeners.append(self.reactor.listenTCP(config.port, factory, interface=config.host))
         if config.tls_port is not None:
             self.listeners.append(self.reactor.listenSSL(

@@ -431,15 +431,15 @@ class StandardAgents:
             self.udp = shared_udp
         else:
             self.udp = self.door.listen_udp(config.uas_udp_port, _Datagrams(self),
-                                  config.host, maxPacketSize=MAX_DATAGRAM)
+                                            config.host, maxPacketSize=MAX_DATAGRAM)
             self.listeners.append(self.udp)
         if uas.tcp_port is not None:
-            self.listeners.append(reactor.listenTCP(uas.tcp_port, _StreamFactory(self, TCP),
-                                                    interface=config.host))
+            self.listeners.append(reactor.listenTCP(
+                uas.tcp_port, self.door.guard(_StreamFactory(self, TCP)), interface=config.host))
         if uas.tls_port is not None:
-            self.listeners.append(reactor.listenSSL(uas.tls_port, _StreamFactory(self, TLS),
-                                                    self.tls_options,
-                                                    interface=config.host))
+            self.listeners.append(reactor.listenSSL(
+                uas.tls_port, self.door.guard(_StreamFactory(self, TLS)), self.tls_options,
+                interface=config.host))
         self.door.log.info(
             "sip: standard user agents on {host} udp {udp}{shared}{tcp}{tls}, realm {realm!r};"
             " call media on {media} ports {first}-{last}", host=config.host,
