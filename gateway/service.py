@@ -13,7 +13,8 @@ from gateway.bus.local import DropCounters, LocalBus
 from gateway.served_certificate import CertificateUnusable, ServedCertificate
 from gateway.udp import KernelDrops
 from gateway.web.redirect import HttpsRedirect
-from gateway.web.site import access_log_line, build_root
+from gateway.web.site import (access_log_line, build_metrics_root, build_root,
+                              metrics_registry)
 
 
 class GatewayContext:
@@ -143,6 +144,10 @@ def where_to_go(config):
         listed = ", ".join(f"{transport} {_span(numbers)} ({key})"
                            for (key, transport), numbers in ports.items())
         lines.append(f"  {name:<10} {listed} on {_host_text(config, section.host)}")
+    metrics = config.metrics
+    if metrics.port is not None:
+        lines.append(f"  {'metrics':<10} http://{_url_host(config, metrics.host)}:{metrics.port}"
+                     "/metrics (metrics.port)")
     return lines
 
 
@@ -163,6 +168,12 @@ def _host_text(config, host):
     return f"every address ({host})" + (f", advertised as {public}" if public else "")
 
 
+def _site(root):
+    site = server.Site(root, logFormatter=access_log_line)
+    site.displayTracebacks = False
+    return site
+
+
 def _web_service(context, site):
     web = context.config.web
     if web.tls is None:
@@ -174,10 +185,8 @@ def _web_service(context, site):
 def _redirect_service(context):
     """Plain HTTP on web.redirect_http_port, answering every request with the https URL."""
     web = context.config.web
-    site = server.Site(HttpsRedirect(web.port), logFormatter=access_log_line)
-    site.displayTracebacks = False
-    return internet.TCPServer(web.redirect_http_port, site, interface=web.host,
-                              reactor=context.reactor)
+    return internet.TCPServer(web.redirect_http_port, _site(HttpsRedirect(web.port)),
+                              interface=web.host, reactor=context.reactor)
 
 
 def make_gateway(config, reactor):
@@ -185,6 +194,8 @@ def make_gateway(config, reactor):
     gatewaylog.set_level(config.logging.level)
     context = GatewayContext(config, reactor)
     gateway = GatewayService(context)
+    if config.web.enabled or config.metrics.port is not None:
+        context.metrics = metrics_registry(context)
     if config.web.enabled:
         context.web_root = build_root(context)
     for name, section in config.enabled_doors().items():
@@ -193,13 +204,17 @@ def make_gateway(config, reactor):
         context.doors[name] = door
         door.setServiceParent(gateway)
     if config.web.enabled:
-        site = server.Site(context.web_root, logFormatter=access_log_line)
-        site.displayTracebacks = False
-        web = _web_service(context, site)
+        web = _web_service(context, _site(context.web_root))
         web.setName("web")
         web.setServiceParent(gateway)
         if config.web.redirect_http_port is not None:
             redirect = _redirect_service(context)
             redirect.setName("web-redirect")
             redirect.setServiceParent(gateway)
+    if config.metrics.port is not None:
+        metrics_site = _site(build_metrics_root(context.metrics))
+        metrics = internet.TCPServer(config.metrics.port, metrics_site,
+                                     interface=config.metrics.host, reactor=reactor)
+        metrics.setName("metrics")
+        metrics.setServiceParent(gateway)
     return gateway, context
