@@ -81,17 +81,18 @@ class GatewayService(service.MultiService):
         self._expiry_interval = interval
         self._sighup_before = None
 
+    def privilegedStartService(self):
+        # twistd binds TCP servers here, before dropping privileges.
+        try:
+            super().privilegedStartService()
+        except error.CannotListenError as failure:
+            self._cannot_listen(failure)
+
     def startService(self):
         try:
             super().startService()
         except error.CannotListenError as failure:
-            # One line naming the key, like a config error; no traceback.
-            reason = getattr(failure.socketError, "strerror", None) or str(failure.socketError)
-            sys.stderr.write(f"netgateway: {self.context.config.port_key(failure.port)}:"
-                             f" cannot listen on {failure.interface or '*'}:{failure.port}"
-                             f" ({reason}); not starting\n")
-            sys.stderr.flush()
-            raise SystemExit(2)
+            self._cannot_listen(failure)
         self._expiry.start(self._expiry_interval, now=False)
         self._sighup_before = signal.signal(signal.SIGHUP, self._sighup)
         self._say_where()
@@ -100,6 +101,15 @@ class GatewayService(service.MultiService):
         # A handler runs between any two bytecodes of the reactor's work; reloading
         # there could swap options mid-handshake, so the reactor loop does it.
         self.context.reactor.callFromThread(self.context.reload_certificates)
+
+    def _cannot_listen(self, failure):
+        """One line naming the key, like a config error; no traceback; exit status 2."""
+        reason = getattr(failure.socketError, "strerror", None) or str(failure.socketError)
+        sys.stderr.write(f"netgateway: {self.context.config.port_key(failure.port)}:"
+                         f" cannot listen on {failure.interface or '*'}:{failure.port}"
+                         f" ({reason}); not starting\n")
+        sys.stderr.flush()
+        raise SystemExit(2)
 
     def _say_where(self):
         self.context.log.info("{block}", block="\n".join(where_to_go(self.context.config)))
