@@ -188,3 +188,16 @@ def test_check_reports_a_bad_config_as_start_up_does(tmp_path):
         f"netgateway: 2 problem(s) in {path}; not valid"]
     assert started.stderr.splitlines()[:-1] == problems
     assert checked.stdout == ""
+
+
+def test_check_finds_a_key_openssl_refuses_as_start_up_does(tmp_path):
+    from tests.integration.test_tls_reload import Files, weak_key_openssl_refuses
+    files = Files(tmp_path / "tls")
+    files.renew(key=weak_key_openssl_refuses(files))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"web": {"port": free_port(), "tls": files.section()}}))
+    result = run_twistd(["netgateway", "--check", "-c", str(path)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("netgateway: config error: web.tls.certificate: expected"
+                                    " a certificate and key OpenSSL accepts")
+    assert result.stdout == "" and "Traceback" not in result.stderr
