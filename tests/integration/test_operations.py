@@ -3,11 +3,12 @@ on a port of its own."""
 
 import asyncio
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
 
-from tests.conftest import ADMIN_TOKEN, free_port
+from tests.conftest import ADMIN_TOKEN, BASE_CONFIG, GatewayProcess, free_port, merge
 from tests.wsclient import JamClient
 
 DEMO = ("demo", "play along with netgateway demo")
@@ -106,3 +107,27 @@ def test_metrics_on_their_own_port_leave_the_web_site(gateway_factory):
 def test_metrics_stay_on_the_web_site_by_default(gateway):
     code, _, body = fetch(gateway.web_url + "/metrics")
     assert code == 200 and b"netgateway_sessions 2.0" in body
+
+
+class MetricsOnlyGateway(GatewayProcess):
+    """A gateway without a web site: it is up when metrics.port answers."""
+
+    def status(self):
+        return fetch(f"http://127.0.0.1:{self.config['metrics']['port']}/metrics")
+
+
+def test_metrics_port_serves_the_doors_metrics_without_a_web_site(tmp_path):
+    config = merge(BASE_CONFIG, {
+        # GatewayProcess reads a web port; the disabled site never opens it.
+        "web": {"enabled": False, "port": free_port()}, "websocket": {"enabled": False},
+        "metrics": {"port": free_port()},
+        "oscgroups": {"host": "127.0.0.1", "port": free_port(socket.SOCK_DGRAM),
+                      "bridge": {"port": free_port(socket.SOCK_DGRAM), "groups": ["demo"]}},
+    })
+    gateway = MetricsOnlyGateway(config, str(tmp_path)).start()
+    try:
+        code, _, body = gateway.status()
+    finally:
+        gateway.stop()
+    assert code == 200 and b"netgateway_sessions 2.0" in body
+    assert b"netgateway_oscgroups_users 1.0" in body            # the bridge's own user
