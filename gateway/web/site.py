@@ -40,7 +40,7 @@ class StatusResource(resource.Resource):
         self.started = time.time()
         token = context.config.status.admin_token
         self.admin_token = None if token is None else token.encode("ascii")
-        self.refusal_log = gatewaylog.DropLog(gatewaylog.logger("netgateway.web"),
+        self.refusal_log = gatewaylog.DropLog(context.log,
                                               context.config.logging.drop_log_interval)
 
     def render_GET(self, request):
@@ -82,13 +82,14 @@ class StatusResource(resource.Resource):
                 "uptime": self.uptime()}
 
     def refuse(self, request):
-        self.context.drops.count("web", "status_unauthorized")
+        self.context.drops.count("web", "wrong_admin_token")
         address = request.getClientAddress()
-        peer = getattr(address, "host", str(address))
-        self.refusal_log.dropped(peer, self.context.reactor.seconds(),
-                                 "{door}: dropped input from {peer}: {reason} {detail}",
-                                 door="web", peer=peer, reason="status_unauthorized",
-                                 detail="(/status with a wrong admin token)")
+        source = getattr(address, "host", str(address))
+        # The join refusals' format, address first, so the fail2ban filter reads both.
+        self.refusal_log.dropped((source, "refused", "wrong_admin_token"),
+                                 self.context.reactor.seconds(),
+                                 "netgateway: refused /status from {source}"
+                                 " reason=wrong_admin_token", source=source)
         request.setResponseCode(http.UNAUTHORIZED)
         request.setHeader(b"www-authenticate", b'Bearer realm="netgateway", error="invalid_token"')
         return {"error": "invalid_token",

@@ -4,11 +4,11 @@ on a port of its own."""
 import asyncio
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 
 from tests.conftest import ADMIN_TOKEN, BASE_CONFIG, GatewayProcess, free_port, merge
+from tests.integration.test_operating import fail2ban_hosts
 from tests.wsclient import JamClient
 
 DEMO = ("demo", "play along with netgateway demo")
@@ -38,13 +38,6 @@ def with_alice_in_demo(gateway, look):
     return asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
-def wait_for_log(gateway, text, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while text not in gateway.log:
-        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{gateway.log}"
-        time.sleep(0.1)
-
-
 def test_status_without_a_token_is_a_summary_without_members(gateway):
     code, headers, body = with_alice_in_demo(gateway, lambda: fetch(gateway.web_url + "/status"))
     assert code == 200 and headers["content-type"].startswith("application/json")
@@ -66,16 +59,21 @@ def test_status_with_the_admin_token_is_in_full(gateway):
     assert full["doors"]["websocket"] is not None
 
 
-def test_a_wrong_token_is_answered_401_counted_and_logged_without_the_token(gateway):
+def test_a_wrong_token_is_answered_401_counted_and_logged_for_fail2ban(gateway_factory):
+    gateway = gateway_factory({"logging": {"drop_log_interval": 0}})
     for authorization in ["Bearer not-the-admin-token-at-all", f"Basic {ADMIN_TOKEN}",
                           "Bearer"]:
         code, headers, body = fetch(gateway.web_url + "/status", authorization)
         assert code == 401, authorization
         assert headers["www-authenticate"].startswith("Bearer ")
         assert json.loads(body)["error"] == "invalid_token"
-    assert gateway.status()["drops"]["web"] == {"status_unauthorized": 3}
-    wait_for_log(gateway, "web: dropped input from 127.0.0.1: status_unauthorized")
+    assert gateway.status()["drops"]["web"] == {"wrong_admin_token": 3}
+    gateway.stop()
+    refused = [line for line in gateway.log.splitlines() if "refused /status" in line]
+    assert len(refused) == 3 and refused[0].endswith(
+        "netgateway: refused /status from 127.0.0.1 reason=wrong_admin_token")
     assert "not-the-admin-token-at-all" not in gateway.log
+    assert fail2ban_hosts(gateway.log_path) == ["127.0.0.1"] * 3
 
 
 def test_without_an_admin_token_nobody_sees_full_status(gateway_factory):
