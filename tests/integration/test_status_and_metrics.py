@@ -100,6 +100,8 @@ def test_metrics_on_their_own_port_leave_the_web_site(gateway_factory):
     assert b"netgateway_sessions 2.0" in body
     assert fetch(gateway.web_url + "/metrics")[0] == 404
     assert fetch(f"http://127.0.0.1:{metrics_port}/status")[0] == 404
+    # The start-up block says where to scrape.
+    assert f"  metrics    http://127.0.0.1:{metrics_port}/metrics (metrics.port)" in gateway.log
 
 
 def test_metrics_stay_on_the_web_site_by_default(gateway):
