@@ -18,7 +18,7 @@ import time
 # Every benchmark puts the checkout on sys.path before it imports this module.
 from gateway.protocols.rtpmidi.journal_sender import JournalSender
 from gateway.protocols.rtpmidi.payload import PAYLOAD_TYPE, RtpMidiPacket
-from tests.conftest import REPO, GatewayProcess, build_report
+from tests.conftest import ADMIN_TOKEN, REPO, GatewayProcess, build_report, merge
 
 MAX_LOSS = 0.001
 """A step passes when it loses less than this fraction of what it should forward."""
@@ -123,6 +123,8 @@ def start_gateway(config, prefix, args, python=None):
         if len(pythons) > 1:
             raise SystemExit("this benchmark measures one build: give --python once")
         python = pythons[0]
+    # Benchmarks read counters from the full /status.
+    config = merge(config, {"status": {"admin_token": ADMIN_TOKEN}})
     workdir = tempfile.mkdtemp(prefix=prefix)
     if python is None:
         gateway = GatewayProcess(config, workdir).start()

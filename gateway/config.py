@@ -121,6 +121,34 @@ class WebConfig:
                 (f"{path}.redirect_http_port", "tcp", self.redirect_http_port)]
 
 
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
+@dataclasses.dataclass
+class StatusConfig:
+    """Who sees ``/status`` in full: a client sending ``Authorization: Bearer TOKEN``.
+
+    Everyone else gets a summary without member names or addresses.
+    """
+    admin_token: typing.Optional[str] = bounded(
+        None, doc=f"at least {ADMIN_TOKEN_MIN_LENGTH} printable ASCII characters, no spaces;"
+                  " null: nobody sees full status")
+    admin_token_file: typing.Optional[str] = bounded(
+        None, doc="a file holding the token instead (read at start-up), so the config file"
+                  " can be world-readable")
+
+
+@dataclasses.dataclass
+class MetricsConfig:
+    """Where Prometheus scrapes ``/metrics``."""
+    host: str = bounded("127.0.0.1", doc="the address metrics.port listens on")
+    port: typing.Optional[int] = port(None, doc="its own port, and /metrics leaves the web"
+                                                " site; null: /metrics is on the web site")
+
+    def listening_ports(self, path):
+        return [(f"{path}.port", "tcp", self.port)]
+
+
 @dataclasses.dataclass
 class LoggingConfig:
     level: str = bounded("info", choices=("debug", "info", "warn", "error", "critical"))
@@ -143,6 +171,8 @@ class GatewayConfig:
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
     web: WebConfig = dataclasses.field(default_factory=WebConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    status: StatusConfig = dataclasses.field(default_factory=StatusConfig)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     doors: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
 
     def enabled_doors(self):
@@ -152,6 +182,7 @@ class GatewayConfig:
     def listening_ports(self):
         """``(key path, transport, number)`` of every port the enabled parts listen on."""
         sections = [("web", self.web)] if self.web.enabled else []
+        sections += [("metrics", self.metrics)]
         sections += list(self.enabled_doors().items())
         return [entry for path, section in sections for entry in section.listening_ports(path)
                 if entry[2] is not None]
@@ -217,6 +248,44 @@ def _listen_on_bind(config):
             section.host = "0.0.0.0" if ipv4_only and bind == "::" else bind
 
 
+def _check_admin_token(config, problems):
+    """Read ``status.admin_token_file`` into ``admin_token``; check the token's shape.
+
+    Problems name the key and the token's length, never the token.
+    """
+    status = config.status
+    key = "status.admin_token"
+    if status.admin_token_file is not None:
+        if status.admin_token is not None:
+            problems.append("status.admin_token_file: expected admin_token or"
+                            " admin_token_file, not both")
+            return
+        key = "status.admin_token_file"
+        try:
+            with open(status.admin_token_file, encoding="ascii") as stream:
+                status.admin_token = stream.read().strip()
+        except OSError as error:
+            problems.append(f"{key}: cannot read {status.admin_token_file!r}"
+                            f" ({error.strerror})")
+            return
+        except UnicodeDecodeError:
+            problems.append(f"{key}: expected printable ASCII in"
+                            f" {status.admin_token_file!r}, got other bytes")
+            return
+        if not status.admin_token:
+            problems.append(f"{key}: {status.admin_token_file!r} is empty; expected the token")
+            return
+    token = status.admin_token
+    if token is None:
+        return
+    # It travels in an HTTP header: visible ASCII only, as RFC 6750's b64token.
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        problems.append(f"{key}: expected printable ASCII without spaces")
+    elif len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        problems.append(f"{key}: expected at least {ADMIN_TOKEN_MIN_LENGTH} characters,"
+                        f" got {len(token)}")
+
+
 def _check_tls(config, problems):
     web = config.web
     if not web.enabled:
@@ -260,6 +329,7 @@ def parse(data):
     _check_sessions(config, problems)
     _check_network(config, problems)
     _listen_on_bind(config)
+    _check_admin_token(config, problems)
     _check_tls(config, problems)
     _check_ports(config, problems)
     if not problems:

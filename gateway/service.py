@@ -14,7 +14,8 @@ from gateway.connectiongate import ConnectionGate
 from gateway.served_certificate import CertificateUnusable, ServedCertificate
 from gateway.udp import KernelDrops
 from gateway.web.redirect import HttpsRedirect
-from gateway.web.site import access_log_line, build_root
+from gateway.web.site import (access_log_line, build_metrics_root, build_root,
+                              metrics_registry)
 
 
 class GatewayContext:
@@ -85,17 +86,18 @@ class GatewayService(service.MultiService):
         self._expiry_interval = interval
         self._sighup_before = None
 
+    def privilegedStartService(self):
+        # twistd binds TCP servers here, before dropping privileges.
+        try:
+            super().privilegedStartService()
+        except error.CannotListenError as failure:
+            self._cannot_listen(failure)
+
     def startService(self):
         try:
             super().startService()
         except error.CannotListenError as failure:
-            # One line naming the key, like a config error; no traceback.
-            reason = getattr(failure.socketError, "strerror", None) or str(failure.socketError)
-            sys.stderr.write(f"netgateway: {self.context.config.port_key(failure.port)}:"
-                             f" cannot listen on {failure.interface or '*'}:{failure.port}"
-                             f" ({reason}); not starting\n")
-            sys.stderr.flush()
-            raise SystemExit(2)
+            self._cannot_listen(failure)
         self._expiry.start(self._expiry_interval, now=False)
         self._sighup_before = signal.signal(signal.SIGHUP, self._sighup)
         self._say_where()
@@ -104,6 +106,15 @@ class GatewayService(service.MultiService):
         # A handler runs between any two bytecodes of the reactor's work; reloading
         # there could swap options mid-handshake, so the reactor loop does it.
         self.context.reactor.callFromThread(self.context.reload_certificates)
+
+    def _cannot_listen(self, failure):
+        """One line naming the key, like a config error; no traceback; exit status 2."""
+        reason = getattr(failure.socketError, "strerror", None) or str(failure.socketError)
+        sys.stderr.write(f"netgateway: {self.context.config.port_key(failure.port)}:"
+                         f" cannot listen on {failure.interface or '*'}:{failure.port}"
+                         f" ({reason}); not starting\n")
+        sys.stderr.flush()
+        raise SystemExit(2)
 
     def _say_where(self):
         self.context.log.info("{block}", block="\n".join(where_to_go(self.context.config)))
@@ -148,6 +159,10 @@ def where_to_go(config):
         listed = ", ".join(f"{transport} {_span(numbers)} ({key})"
                            for (key, transport), numbers in ports.items())
         lines.append(f"  {name:<10} {listed} on {_host_text(config, section.host)}")
+    metrics = config.metrics
+    if metrics.port is not None:
+        lines.append(f"  {'metrics':<10} http://{_url_host(config, metrics.host)}:{metrics.port}"
+                     "/metrics (metrics.port)")
     return lines
 
 
@@ -168,6 +183,12 @@ def _host_text(config, host):
     return f"every address ({host})" + (f", advertised as {public}" if public else "")
 
 
+def _site(root):
+    site = server.Site(root, logFormatter=access_log_line)
+    site.displayTracebacks = False
+    return site
+
+
 def _web_service(context, site):
     web = context.config.web
     context.connection_gate.guard(site, "web")
@@ -180,9 +201,7 @@ def _web_service(context, site):
 def _redirect_service(context):
     """Plain HTTP on web.redirect_http_port, answering every request with the https URL."""
     web = context.config.web
-    site = server.Site(HttpsRedirect(web.port), logFormatter=access_log_line)
-    site.displayTracebacks = False
-    context.connection_gate.guard(site, "web")
+    site = context.connection_gate.guard(_site(HttpsRedirect(web.port)), "web")
     return internet.TCPServer(web.redirect_http_port, site, interface=web.host,
                               reactor=context.reactor)
 
@@ -192,6 +211,8 @@ def make_gateway(config, reactor):
     gatewaylog.set_level(config.logging.level)
     context = GatewayContext(config, reactor)
     gateway = GatewayService(context)
+    if config.web.enabled or config.metrics.port is not None:
+        context.metrics = metrics_registry(context)
     if config.web.enabled:
         context.web_root = build_root(context)
     for name, section in config.enabled_doors().items():
@@ -200,13 +221,17 @@ def make_gateway(config, reactor):
         context.doors[name] = door
         door.setServiceParent(gateway)
     if config.web.enabled:
-        site = server.Site(context.web_root, logFormatter=access_log_line)
-        site.displayTracebacks = False
-        web = _web_service(context, site)
+        web = _web_service(context, _site(context.web_root))
         web.setName("web")
         web.setServiceParent(gateway)
         if config.web.redirect_http_port is not None:
             redirect = _redirect_service(context)
             redirect.setName("web-redirect")
             redirect.setServiceParent(gateway)
+    if config.metrics.port is not None:
+        metrics_site = _site(build_metrics_root(context.metrics))
+        metrics = internet.TCPServer(config.metrics.port, metrics_site,
+                                     interface=config.metrics.host, reactor=reactor)
+        metrics.setName("metrics")
+        metrics.setServiceParent(gateway)
     return gateway, context

@@ -23,6 +23,10 @@ settings.load_profile("netgateway")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
+# Tests read /status in full: their gateways know this admin token and
+# GatewayProcess.status() sends it (without it /status is a public summary).
+ADMIN_TOKEN = "tests-read-full-status"
+
 BASE_CONFIG = {
     "sessions": [
         {"name": "demo", "passphrase": "play along with netgateway demo",
@@ -33,6 +37,7 @@ BASE_CONFIG = {
     "web": {"host": "127.0.0.1"},
     "websocket": {"ping_interval": 1.0},
     "logging": {"level": "debug"},
+    "status": {"admin_token": ADMIN_TOKEN},
 }
 
 
@@ -183,8 +188,11 @@ class GatewayProcess:
         return twistd_command() + ["-c", self.config_path]
 
     def status(self):
-        with urllib.request.urlopen(self.web_url + "/status", timeout=2,
-                                    context=self.ssl_context) as response:
+        """``/status``: in full when the config has an admin token, else the public summary."""
+        token = self.config.get("status", {}).get("admin_token")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(self.web_url + "/status", headers=headers)
+        with urllib.request.urlopen(request, timeout=2, context=self.ssl_context) as response:
             return json.loads(response.read())
 
     def get(self, path):

@@ -178,6 +178,68 @@ def test_duplicate_ports_across_doors_name_both_keys():
                      " oscgroups.port; expected a free port"]
 
 
+
+def test_full_status_is_off_without_an_admin_token():
+    assert parse({}).status.admin_token is None
+
+
+def test_admin_token_is_at_least_16_characters_and_never_echoed():
+    assert problems({"status": {"admin_token": "fifteen-chars!!"}}) == [
+        "status.admin_token: expected at least 16 characters, got 15"]
+
+
+@pytest.mark.parametrize("token", ["sixteen and more characters", "tab\tinside-a-long-token",
+                                   "sechzehn-zeichen-über"])
+def test_admin_token_must_fit_an_http_header(token):
+    assert problems({"status": {"admin_token": token}}) == [
+        "status.admin_token: expected printable ASCII without spaces"]
+
+
+def test_admin_token_file_is_read_without_its_line_end(tmp_path):
+    path = tmp_path / "admin-token"
+    path.write_text("a-token-from-a-file-0123\n")
+    config = parse({"status": {"admin_token_file": str(path)}})
+    assert config.status.admin_token == "a-token-from-a-file-0123"
+
+
+def test_admin_token_file_that_cannot_be_read_names_the_key(tmp_path):
+    missing = str(tmp_path / "missing")
+    assert problems({"status": {"admin_token_file": missing}}) == [
+        f"status.admin_token_file: cannot read {missing!r} (No such file or directory)"]
+
+
+def test_empty_admin_token_file_names_the_key(tmp_path):
+    path = tmp_path / "admin-token"
+    path.write_text("\n")
+    assert problems({"status": {"admin_token_file": str(path)}}) == [
+        f"status.admin_token_file: {str(path)!r} is empty; expected the token"]
+
+
+def test_a_short_token_in_the_file_names_the_file_key(tmp_path):
+    path = tmp_path / "admin-token"
+    path.write_text("short")
+    assert problems({"status": {"admin_token_file": str(path)}}) == [
+        "status.admin_token_file: expected at least 16 characters, got 5"]
+
+
+def test_admin_token_and_admin_token_file_exclude_each_other(tmp_path):
+    path = tmp_path / "admin-token"
+    path.write_text("a-token-from-a-file-0123")
+    assert problems({"status": {"admin_token": "a-token-in-the-config",
+                                "admin_token_file": str(path)}}) == [
+        "status.admin_token_file: expected admin_token or admin_token_file, not both"]
+
+
+def test_metrics_stay_on_the_web_site_unless_given_a_port():
+    config = parse({"metrics": {"port": 9464}})
+    assert ("metrics.port", "tcp", 9464) in config.listening_ports()
+    assert all(key != "metrics.port" for key, _, _ in parse({}).listening_ports())
+
+
+def test_metrics_port_clashing_with_the_web_port_names_both_keys():
+    assert problems({"web": {"port": 9464}, "metrics": {"port": 9464}}) == [
+        "metrics.port: tcp port 9464 is already used by web.port; expected a free port"]
+
 # Runs in a fresh interpreter (-I: no PYTHONPATH, no user site, no cwd on the path).
 CLEAN_VALIDATION = """
 import json, sys

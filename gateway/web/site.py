@@ -1,5 +1,6 @@
 """twisted.web resources for the jam page, ``/status`` and ``/metrics``."""
 
+import hmac
 import json
 import os
 import re
@@ -11,7 +12,7 @@ from prometheus_client.twisted import MetricsResource
 from twisted.web import http, resource, static
 
 import gateway
-from gateway import build
+from gateway import build, log as gatewaylog
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 _QUERY = re.compile(r'\?[^\s"]*')
@@ -23,7 +24,13 @@ def access_log_line(timestamp, request):
 
 
 class StatusResource(resource.Resource):
-    """``GET /status``: sessions, members by door, counters, as JSON."""
+    """``GET /status``: the operator's JSON for the admin token, a public summary otherwise.
+
+    In full (``Authorization: Bearer`` with ``status.admin_token``): sessions,
+    members with their addresses, counters and every door's detail. Without
+    credentials: session names with member counts, the doors and the uptime.
+    Wrong credentials are answered 401, counted and logged, so guessing shows.
+    """
 
     isLeaf = True
 
@@ -31,15 +38,63 @@ class StatusResource(resource.Resource):
         super().__init__()
         self.context = context
         self.started = time.time()
+        token = context.config.status.admin_token
+        self.admin_token = None if token is None else token.encode("ascii")
+        self.refusal_log = gatewaylog.DropLog(context.log,
+                                              context.config.logging.drop_log_interval)
 
     def render_GET(self, request):
-        body = self.context.status()
-        body["version"] = gateway.__version__
-        body["compiled_modules"] = build.compiled_modules()
-        body["uptime"] = round(time.time() - self.started, 3)
+        credentials = request.getHeader(b"authorization")
+        if credentials is None:
+            body = self.summary()
+        elif self.admits(credentials):
+            body = self.full()
+        else:
+            body = self.refuse(request)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(body, indent=1, sort_keys=True).encode("utf-8")
+
+    def admits(self, credentials):
+        scheme, _, token = credentials.strip().partition(b" ")
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        return (self.admin_token is not None and scheme.lower() == b"bearer"
+                and hmac.compare_digest(token.strip(), self.admin_token))
+
+    def uptime(self):
+        return round(time.time() - self.started, 3)
+
+    def full(self):
+        body = self.context.status()
+        body["version"] = gateway.__version__
+        body["compiled_modules"] = build.compiled_modules()
+        body["uptime"] = self.uptime()
+        return body
+
+    def summary(self):
+        """What anyone may know: no member names or addresses, no counters."""
+        sessions = self.context.bus.snapshot()["sessions"]
+        return {"sessions": [{"name": session["name"],
+                              # The roster lists a mirror session's echo; it is no player.
+                              "members": len(session["members"]) - int(session["mirror"])}
+                             for session in sessions],
+                "doors": sorted(self.context.doors),
+                "uptime": self.uptime()}
+
+    def refuse(self, request):
+        self.context.drops.count("web", "wrong_admin_token")
+        address = request.getClientAddress()
+        source = getattr(address, "host", str(address))
+        # The join refusals' format, address first, so the fail2ban filter reads both.
+        self.refusal_log.dropped((source, "refused", "wrong_admin_token"),
+                                 self.context.reactor.seconds(),
+                                 "netgateway: refused /status from {source}"
+                                 " reason=wrong_admin_token", source=source)
+        request.setResponseCode(http.UNAUTHORIZED)
+        request.setHeader(b"www-authenticate", b'Bearer realm="netgateway", error="invalid_token"')
+        return {"error": "invalid_token",
+                "message": "wrong admin token; without an Authorization header /status"
+                           " answers a public summary"}
 
 
 class BusCollector:
@@ -74,13 +129,25 @@ class BusCollector:
         yield drops
 
 
+def metrics_registry(context):
+    """The registry every part adds its collector to; /metrics exports it."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(BusCollector(context.bus, context.drops))
+    registry.register(context.kernel_drops)
+    return registry
+
+
 def build_root(context):
-    """The site's root: static jam page with /status and /metrics beside it."""
+    """The site's root: the static jam page, /status, and /metrics unless metrics.port has it."""
     root = static.File(STATIC_DIR)
     root.putChild(b"status", StatusResource(context))
-    metrics = CollectorRegistry(auto_describe=True)
-    metrics.register(BusCollector(context.bus, context.drops))
-    metrics.register(context.kernel_drops)
-    context.metrics = metrics
-    root.putChild(b"metrics", MetricsResource(registry=metrics))
+    if context.config.metrics.port is None:
+        root.putChild(b"metrics", MetricsResource(registry=context.metrics))
+    return root
+
+
+def build_metrics_root(registry):
+    """The root of the site on metrics.port: /metrics and nothing else."""
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(registry=registry))
     return root

@@ -54,7 +54,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import REPO, need_external
+from tests.conftest import ADMIN_TOKEN, REPO, need_external
 
 pytestmark = pytest.mark.external
 
@@ -256,6 +256,7 @@ def start_gateway(rig, srv, workdir, rig_kind):
         "web": {"host": "127.0.0.1", "port": WEB_PORT},
         "websocket": {"enabled": False}, "rtpmidi": {"enabled": False},
         "logging": {"level": "info"},
+        "status": {"admin_token": ADMIN_TOKEN},
         "oscgroups": {"host": GATEWAY, "port": SERVER_PORT,
                       "bridge": {"port": BRIDGE_PORT, "groups": [DEMO[0]]},
                       "relay": {"policy": "auto", "port_min": RELAY_PORTS[0],
@@ -276,8 +277,9 @@ def start_gateway(rig, srv, workdir, rig_kind):
 def relay_status(rig, srv):
     script = textwrap.dedent(f"""
         import json, urllib.request
-        status = json.load(urllib.request.urlopen("http://127.0.0.1:{WEB_PORT}/status",
-                                                  timeout=3))
+        request = urllib.request.Request("http://127.0.0.1:{WEB_PORT}/status",
+                                         headers={{"Authorization": "Bearer {ADMIN_TOKEN}"}})
+        status = json.load(urllib.request.urlopen(request, timeout=3))
         print(json.dumps(status["doors"]["oscgroups"]["relay"]))
     """)
     return yaml.safe_load(rig.ns(srv, sys.executable, "-c", script))

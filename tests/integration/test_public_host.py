@@ -36,7 +36,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from tests.certificates import Authority
-from tests.conftest import need_external
+from tests.conftest import ADMIN_TOKEN, need_external
 from tests.integration.rtpmidi_peers import NodePeer, node_available
 from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, JamPage, sync_playwright
 from tests.integration.test_oscgroups_nat import (
@@ -87,6 +87,7 @@ def start_gateway(rig, srv, workdir, chain, key):
                       "relay": {"policy": "auto", "port_min": RELAY_PORTS[0],
                                 "port_max": RELAY_PORTS[1]}},
         "logging": {"level": "info"},
+        "status": {"admin_token": ADMIN_TOKEN},
     }
     config_path = os.path.join(workdir, "config.yaml")
     with open(config_path, "w") as stream:
@@ -107,8 +108,9 @@ def relay_status(rig, srv):
     script = textwrap.dedent(f"""
         import json, ssl, urllib.request
         context = ssl._create_unverified_context()
-        status = json.load(urllib.request.urlopen("https://{GATEWAY}:{WEB_PORT}/status",
-                                                  timeout=3, context=context))
+        request = urllib.request.Request("https://{GATEWAY}:{WEB_PORT}/status",
+                                         headers={{"Authorization": "Bearer {ADMIN_TOKEN}"}})
+        status = json.load(urllib.request.urlopen(request, timeout=3, context=context))
         print(json.dumps(status["doors"]["oscgroups"]["relay"]))
     """)
     return yaml.safe_load(rig.ns(srv, sys.executable, "-c", script))

@@ -134,3 +134,70 @@ def test_default_config_starts_every_door(tmp_path):
                              " on 127.0.0.1"), block
     assert f"udp {config['oscgroups']['port']} (oscgroups.port)" in doors["oscgroups"], block
     assert not any(session["passphrase"] in "\n".join(lines) for session in config["sessions"])
+
+
+def test_a_busy_metrics_port_stops_startup_with_one_line_naming_its_key(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({"web": {"port": free_port()},
+                                        "metrics": {"port": port}}))
+        result = run_twistd(["netgateway", "-c", str(path)], cwd=tmp_path)
+    output = result.stderr + result.stdout
+    assert result.returncode == 2
+    [line] = [line for line in output.splitlines() if "cannot listen" in line]
+    assert line.endswith(f"netgateway: metrics.port: cannot listen on 127.0.0.1:{port}"
+                         " (Address already in use); not starting")
+    assert "Traceback" not in output
+
+
+def test_check_says_a_good_config_is_valid_and_opens_no_port(tmp_path):
+    with open(os.path.join(REPO, "config", "config.yaml")) as stream:
+        config = yaml.safe_load(stream)
+    path = tmp_path / "config.yaml"
+    with socket.socket() as squatter:
+        # --check listens on nothing: a taken web port does not matter to it.
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        config["web"]["port"] = squatter.getsockname()[1]
+        path.write_text(yaml.safe_dump(config))
+        result = run_twistd(["netgateway", "--check", "-c", str(path)], cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == (f"netgateway: {path} is valid (3 sessions, doors: websocket,"
+                             " oscgroups, rtpmidi, sip, rtmp)\n")
+    assert os.listdir(tmp_path) == ["config.yaml"]      # no twistd.log, no twistd.pid
+
+
+def test_check_reports_a_bad_config_as_start_up_does(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "web": {"port": 99999},
+        "status": {"admin_token_file": str(tmp_path / "no-such-token")},
+    }))
+    checked = run_twistd(["netgateway", "--check", "-c", str(path)], cwd=tmp_path)
+    started = run_twistd(["netgateway", "-c", str(path)], cwd=tmp_path)
+    problems = [
+        "netgateway: config error: web.port: expected a value from 1 to 65535, got 99999",
+        "netgateway: config error: status.admin_token_file: cannot read"
+        f" {str(tmp_path / 'no-such-token')!r} (No such file or directory)",
+    ]
+    assert checked.returncode == started.returncode == 2
+    assert checked.stderr.splitlines() == problems + [
+        f"netgateway: 2 problem(s) in {path}; not valid"]
+    assert started.stderr.splitlines()[:-1] == problems
+    assert checked.stdout == ""
+
+
+def test_check_finds_a_key_openssl_refuses_as_start_up_does(tmp_path):
+    from tests.integration.test_tls_reload import Files, weak_key_openssl_refuses
+    files = Files(tmp_path / "tls")
+    files.renew(key=weak_key_openssl_refuses(files))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"web": {"port": free_port(), "tls": files.section()}}))
+    result = run_twistd(["netgateway", "--check", "-c", str(path)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("netgateway: config error: web.tls.certificate: expected"
+                                    " a certificate and key OpenSSL accepts")
+    assert result.stdout == "" and "Traceback" not in result.stderr
