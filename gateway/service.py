@@ -229,7 +229,8 @@ def make_gateway(config, reactor):
             redirect.setName("web-redirect")
             redirect.setServiceParent(gateway)
     if config.metrics.port is not None:
-        metrics_site = _site(build_metrics_root(context.metrics))
+        metrics_site = context.connection_gate.guard(_site(build_metrics_root(context.metrics)),
+                                                     "metrics")
         metrics = internet.TCPServer(config.metrics.port, metrics_site,
                                      interface=config.metrics.host, reactor=reactor)
         metrics.setName("metrics")

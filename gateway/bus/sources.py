@@ -81,6 +81,10 @@ class SourceGate:
         else:
             self.open[key] -= 1
 
+    def __len__(self):
+        """Addresses and networks remembered."""
+        return len(self._buckets)
+
     def _take(self, key, per_second, burst, now):
         bucket = self._buckets.pop(key, None)
         if bucket is None:

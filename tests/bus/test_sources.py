@@ -1,0 +1,55 @@
+"""The per-source connection gate's arithmetic (sans-IO: addresses and times)."""
+
+from gateway.bus.sources import CONCURRENT, NETWORK_RATE, RATE, SourceGate
+
+
+def gate(**overrides):
+    settings = dict(per_second=1.0, burst=3, network_per_second=10.0, network_burst=5,
+                    max_concurrent=100, exempt=["127.0.0.0/8"])
+    settings.update(overrides)
+    return SourceGate(**settings)
+
+
+def test_a_source_gets_its_burst_then_its_rate():
+    source = gate()
+    assert [source.admit("198.51.100.1", 0.0) for _ in range(4)] == [None, None, None, RATE]
+    assert source.admit("198.51.100.1", 0.5) == RATE
+    assert source.admit("198.51.100.1", 1.01) is None
+    assert source.refused == {RATE: 2}
+
+
+def test_walking_the_addresses_of_a_network_hits_the_network_limit():
+    source = gate()
+    answers = [source.admit(f"198.51.100.{host}", 0.0) for host in range(1, 8)]
+    assert answers == [None] * 5 + [NETWORK_RATE] * 2
+    # Another /24 has its own bucket; an IPv6 /64 is one network too.
+    assert source.admit("198.51.101.1", 0.0) is None
+    assert [source.admit(f"2001:db8::{host}", 0.0) for host in range(1, 7)] == (
+        [None] * 5 + [NETWORK_RATE])
+
+
+def test_concurrent_connections_are_held_until_closed():
+    source = gate(max_concurrent=2, burst=100, network_burst=100)
+    assert source.admit("198.51.100.1", 0.0) is None
+    assert source.admit("198.51.100.1", 0.0) is None
+    assert source.admit("198.51.100.1", 0.0) == CONCURRENT
+    source.closed("198.51.100.1")
+    assert source.admit("198.51.100.1", 0.0) is None
+    assert source.open == {"198.51.100.1": 2}
+
+
+def test_exempt_and_mapped_addresses():
+    source = gate(burst=1)
+    assert all(source.admit("127.0.0.1", 0.0) is None for _ in range(50))
+    assert source.open == {}
+    # A dual-stack socket's mapped IPv4 peer is that IPv4 address.
+    assert source.admit("::ffff:198.51.100.9", 0.0) is None
+    assert source.admit("198.51.100.9", 0.0) == RATE
+    assert source.admit("not an address", 0.0) is None
+
+
+def test_remembered_sources_are_bounded():
+    source = gate(max_sources=10, network_burst=10**6)
+    for host in range(100):
+        source.admit(f"10.0.{host}.1", 0.0)
+    assert len(source) == 10
