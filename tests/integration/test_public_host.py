@@ -24,7 +24,6 @@ import itertools
 import os
 import queue
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -40,8 +39,10 @@ from tests.conftest import ADMIN_TOKEN, need_external
 from tests.integration.rtpmidi_peers import NodePeer, node_available
 from tests.integration.test_browser import CHROMIUM, CHROMIUM_ARGS, JamPage, sync_playwright
 from tests.integration.test_oscgroups_nat import (
-    BRIDGE_PORT, CLIENTS, DEMO, GATEWAY, RELAY_PORTS, SERVER_PORT, Client, Rig, build,
+    BRIDGE_PORT, CLIENTS, DEMO, GATEWAY, RELAY_PORTS, SERVER_PORT, Client, build,
 )
+from tests.integration import test_oscgroups_nat
+
 
 pytestmark = pytest.mark.external
 
@@ -58,20 +59,16 @@ OSC_NOTE = re.compile(r"/midi/note(?:on)? iii \d+ (\d+) [1-9]")
 OSC_VERBATIM = re.compile(r"/midi/note iii \d+ (\d+) [1-9]")
 
 
+rig = test_oscgroups_nat.rig      # the NAT rig fixture, namespaces removed after the test
+
+
 @pytest.fixture
-def rig():
-    need_external(os.geteuid() == 0, "network namespaces need root")
-    need_external(all(shutil.which(tool) for tool in ("ip", "iptables", "oscsend", "oscdump",
-                                                      "stdbuf")),
-                  "ip, iptables and liblo-tools (oscsend, oscdump) are needed")
+def players_rig(rig):
+    """The NAT rig, with the players' programs at hand."""
     need_external(node_available(), "node and tests/peers/node_modules/rtpmidi are needed")
     need_external(os.path.exists(CHROMIUM) and sync_playwright is not None,
                   "Chromium and playwright are needed")
-    built = Rig()
-    try:
-        yield built
-    finally:
-        built.close()
+    return rig
 
 
 def start_gateway(rig, srv, workdir, chain, key):
@@ -150,7 +147,8 @@ class NodeListener:
 
 
 def test_players_behind_nats_join_every_door_of_a_public_gateway_and_hear_each_other(
-        rig, tmp_path):
+        players_rig, tmp_path):
+    rig = players_rig
     srv, hosts = build(rig, "home")
     authority = Authority()
     leaf = authority.issue(tmp_path / "fullchain.pem", tmp_path / "privkey.pem",
@@ -176,6 +174,12 @@ def test_players_behind_nats_join_every_door_of_a_public_gateway_and_hear_each_o
             assert page.page.evaluate("window.isSecureContext") is True
             page.join("ann", DEMO[0], DEMO[1])
 
+            def play_osc(velocity):
+                for name, client in osc.items():
+                    with contextlib.suppress(RuntimeError):
+                        rig.ns(hosts[name], "oscsend", "127.0.0.1", str(client.tx_port),
+                               "/midi/note", "iii", "1", str(NOTES[name]), str(velocity))
+
             def verbatim(name):
                 return {int(match.group(1)) for line in osc[name].received.current()
                         for match in [OSC_VERBATIM.search(line)] if match}
@@ -200,17 +204,11 @@ def test_players_behind_nats_join_every_door_of_a_public_gateway_and_hear_each_o
                     break
                 page.press(NOTES["ann"])
                 node.send([0x90, NOTES["dave-mac"], 100])
-                for name in osc:
-                    with contextlib.suppress(RuntimeError):
-                        rig.ns(hosts[name], "oscsend", "127.0.0.1", str(osc[name].tx_port),
-                               "/midi/note", "iii", "1", str(NOTES[name]), "100")
+                play_osc(100)
                 time.sleep(0.3)
                 page.release()
                 node.send([0x80, NOTES["dave-mac"], 0])
-                for name in osc:
-                    with contextlib.suppress(RuntimeError):
-                        rig.ns(hosts[name], "oscsend", "127.0.0.1", str(osc[name].tx_port),
-                               "/midi/note", "iii", "1", str(NOTES[name]), "0")
+                play_osc(0)
                 time.sleep(0.7)
             seconds = time.monotonic() - started
             page.screenshot("public-host-ann.png")
