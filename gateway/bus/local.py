@@ -377,17 +377,18 @@ class LocalBus:
         return None if session is None else session.view()
 
     def check(self, request):
-        """The credential part of a join: throttle, session, passphrase, allow-list.
+        """What a door must answer before it admits: name, throttle, session,
+        passphrase, allow-list.
 
         A full session is not a refusal here: the door asks :meth:`session_view`.
         """
-        refusal = self._credential_refusal(request)
+        refusal = self._name_refusal(request) or self._credential_refusal(request)
         if refusal is not None:
             self.refused(request, refusal)
         return refusal
 
     def join(self, request, member):
-        refusal = self._credential_refusal(request)
+        refusal = self._name_refusal(request) or self._credential_refusal(request)
         if refusal is None:
             session = self.sessions.get(request.session)
             if session is not None and len(session.members) >= session.max_members:
@@ -399,6 +400,16 @@ class LocalBus:
         return defer.succeed(self._admit(request, member))
 
     # ---------------------------------------------------------------------
+
+    @staticmethod
+    def _name_refusal(request):
+        """Whether the joiner's name breaks the name rule (:func:`values.name_problem`).
+
+        Looked at before the credential: a refused name says nothing about the
+        passphrase, and is no guess for the throttle.
+        """
+        problem = values.name_problem(request.name)
+        return None if problem is None else Refusal(values.BAD_NAME, problem)
 
     def _credential_refusal(self, request):
         """Why ``request``'s credential is refused now, or None.

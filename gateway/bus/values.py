@@ -13,6 +13,7 @@ of a door share one encoding of them.
 
 import hmac
 import typing
+import unicodedata
 
 # A credential is any value with ``passphrase`` (the text, or None when the joiner
 # does not bring it), ``matches(secret)``, and ``proves_passphrase``: whether a match
@@ -31,8 +32,34 @@ UNKNOWN_SESSION = "unknown_session"
 PASSPHRASE_TOO_SHORT = "passphrase_too_short"
 ADDRESS_NOT_ALLOWED = "address_not_allowed"
 THROTTLED = "throttled"
+BAD_NAME = "bad_name"
 REFUSAL_REASONS = (WRONG_PASSPHRASE, SESSION_FULL, GATEWAY_FULL, UNKNOWN_SESSION,
-                   PASSPHRASE_TOO_SHORT, ADDRESS_NOT_ALLOWED, THROTTLED)
+                   PASSPHRASE_TOO_SHORT, ADDRESS_NOT_ALLOWED, THROTTLED, BAD_NAME)
+
+MAX_NAME_LENGTH = 64
+# Characters no player name may hold, by Unicode category: controls (newline,
+# NUL, escape), format characters (bidi overrides, zero-width joiners), lone
+# surrogates, and line and paragraph separators. They forge lines in logs and
+# rosters, or make one name look like another.
+_UNSHOWN_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+
+def name_problem(name):
+    """Why ``name`` cannot be a player's name (a member's, an OSCgroups user's), or None.
+
+    The one rule for names, whatever door they come through: at least one
+    visible character, at most :data:`MAX_NAME_LENGTH`, and none of the
+    characters above. Names are refused, never repaired: a repaired name would
+    let two peers look alike.
+    """
+    if not name.strip():
+        return "a name needs a visible character"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"a name may have at most {MAX_NAME_LENGTH} characters"
+    for character in name:
+        if unicodedata.category(character) in _UNSHOWN_CATEGORIES:
+            return f"a name may not hold the character U+{ord(character):04X}"
+    return None
 
 # What changed in a session's roster.
 JOINED = "join"

@@ -250,6 +250,35 @@ def test_each_refusal_reason_is_a_value_counted_by_reason(make, reason, override
     assert harness.names() == []
 
 
+BAD_NAMES = ["", "   ", "\t", "alice\nnetgateway: forged line", "nul\x00", "esc\x1b[2J",
+             "\u202eecila", "zero\u200bwidth", "line\u2028break", "x" * 65]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_an_empty_blank_control_character_or_long_name_is_refused_on_join_and_check(harness,
+                                                                                      name):
+    refusal = harness.refusal(name)
+    assert refusal.reason == values.BAD_NAME and refusal.message
+    assert harness.bus.check(harness.request(name)).reason == values.BAD_NAME
+    assert harness.bus.refusals[values.BAD_NAME] == 2
+    assert harness.drops.get("test", "join_bad_name") == 2
+    assert harness.names() == []
+
+
+def test_a_bad_name_is_refused_before_the_credential_and_is_no_guess(harness):
+    for _ in range(10):
+        assert harness.refusal(" ", passphrase="wrong but long enough").reason == values.BAD_NAME
+    # A refused name tells nothing about the passphrase and never starts a back-off.
+    harness.join("alice")
+    assert harness.bus.refusals[values.THROTTLED] == 0
+
+
+@pytest.mark.parametrize("name", [" alice ", "Zoë", "佐藤", "🎹 keys", "a" * 64, "O'Brien"])
+def test_names_of_visible_characters_in_any_script_join_as_given(harness, name):
+    harness.join(name)
+    assert harness.names() == [name]
+
+
 def test_full_session_is_busy_and_says_so_before_a_join(make):
     harness = make(limits={"max_members_per_session": 2})
     harness.join("a")

@@ -70,8 +70,10 @@ def test_a_peer_cannot_forge_a_line_or_an_address_with_its_session_or_name():
                  session="demo' reason=wrong_passphrase\n")
     [line] = gateway.lines("refused")
     assert "\n" not in line
+    # The name breaks the name rule, which is looked at first.
     assert line.startswith("netgateway: refused join from 203.0.113.5 door=websocket"
-                           " session=\"demo' reason=wrong_passphrase\\n\" reason=unknown_session")
+                           " session=\"demo' reason=wrong_passphrase\\n\" reason=bad_name"
+                           " name='x\\nnetgateway: refused join from 198.51.100.1'")
 
 
 def test_the_line_that_starts_a_back_off_says_how_long():

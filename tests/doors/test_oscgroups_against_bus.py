@@ -101,6 +101,17 @@ def test_the_group_password_is_checked_with_the_bus_by_the_askers_address(gatewa
     assert "mallory" in gateway.door.server.groups["demo"].members
 
 
+@pytest.mark.parametrize("user", ["", " ", "mallory\nnetgateway: forged", "\u202eyrollam"])
+def test_a_bad_user_name_is_refused_at_registration_and_never_reaches_the_bus(gateway, user):
+    checks = len(gateway.bus.checks)
+    assert gateway.register(user, DEMO_PASSPHRASE) == ["bad user name"]
+    assert gateway.drops.get("oscgroups", "refused_bad_user_name") == 1
+    assert user not in gateway.door.server.users
+    assert len(gateway.bus.checks) == checks and gateway.bus.pending(user) == []
+    # The bundle's group query gets no list either: the source was refused.
+    assert gateway.drops.get("oscgroups", "refused_source") == 1
+
+
 @pytest.mark.parametrize("reason", values.REFUSAL_REASONS)
 def test_a_refused_check_answers_wrong_password(gateway, reason):
     gateway.bus.answer_checks(refusing(STRANGER, Refusal(reason, "no")))

@@ -85,11 +85,12 @@ def rtp(peer, section):
 
 # --- joining ------------------------------------------------------------------
 
-def test_invitation_is_checked_with_the_peers_address_then_joined_by_name(gateway):
+def test_invitation_is_checked_with_the_peers_address_and_name_then_joined_by_name(gateway):
     peer = gateway.peer(name="mac")
     control_ok, data_ok = peer.join()
     assert control_ok.command == data_ok.command == b"OK"
-    assert gateway.bus.checks == [JoinRequest("demo", "rtpmidi peer", "rtpmidi",
+    # The name is checked before the OK, so a name the bus refuses is answered NO.
+    assert gateway.bus.checks == [JoinRequest("demo", "mac", "rtpmidi",
                                               AllowedAddress(), "127.0.0.1")]
     assert gateway.bus.view_requests == ["demo"]
     [pending] = gateway.bus.joins

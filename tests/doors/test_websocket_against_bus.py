@@ -238,6 +238,26 @@ def test_refused_join_is_an_error_frame_with_the_reason_and_message(gateway, rea
     assert gateway.door.log.failures == []
 
 
+@pytest.mark.parametrize("name", ["", "   ", "alice\nnetgateway: forged", "\u202eecila",
+                                  "x" * 200])
+def test_a_name_goes_to_the_bus_as_sent_for_its_name_rule(gateway, name):
+    client = gateway.connect()
+    # Not repaired to "guest", not refused as a bad request: the bus decides.
+    assert client.join(name=name).request.name == name
+
+
+def test_a_join_without_a_name_is_a_guest_and_a_name_that_is_no_string_a_bad_request(gateway):
+    client = gateway.connect()
+    client.send({"type": "join", "session": "demo", "passphrase": PASSPHRASE})
+    assert gateway.bus.joins[-1].request.name == "guest"
+    gateway.bus.joins[-1].refuse(values.WRONG_PASSPHRASE)
+    client.messages()
+    client.join(name=["alice"])
+    assert len(gateway.bus.joins) == 1
+    assert client.messages() == [{"type": "error", "code": "bad_request",
+                                  "message": "join: name must be a string"}]
+
+
 def test_a_second_join_while_one_is_pending_is_refused_by_the_door(gateway):
     client = gateway.connect()
     client.join()

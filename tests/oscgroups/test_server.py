@@ -91,6 +91,27 @@ def test_user_limit_reached():
     assert list(small.users) == ["alice"]
 
 
+@pytest.mark.parametrize("name", ["", "   ", "bob\n", "\x1b[31mbob", "\u202ebob", "bo\tb"])
+def test_an_empty_blank_or_control_character_user_name_is_refused_and_counted(rendezvous,
+                                                                               name):
+    join(rendezvous, "alice", 22243, T0)
+    actions = rendezvous.receive(alive_request(name, 22253), (LOOPBACK, 22253), T0)
+    replies = messages_of([(action.data, action.address) for action in actions
+                           if type(action) is Send])
+    # Only the status, as for every refused registration: no group status, no list.
+    assert replies == [wire.UserAliveStatus(name, md5(name + "-pw"), "bad user name")]
+    assert Drop("refused_bad_user_name", (LOOPBACK, 22253)) in actions
+    assert rendezvous.counters["refused_bad_user_name"] == 1
+    assert list(rendezvous.users) == ["alice"] and list(rendezvous.groups["grp"].members) == [
+        "alice"]
+
+
+def test_a_user_name_with_spaces_and_letters_of_any_script_registers(rendezvous):
+    replies = join(rendezvous, " Zoë 佐藤 ", 22253, T0)
+    assert replies[0] == wire.UserAliveStatus(" Zoë 佐藤 ", md5(" Zoë 佐藤 -pw"), "ok")
+    assert rendezvous.counters["refused_bad_user_name"] == 0
+
+
 def query(group="grp", password="gpw"):
     return wire.encode_bundle([wire.GroupUsersQuery(group, md5(password)).encode()])
 

@@ -234,7 +234,7 @@ def test_lost_ok_is_answered_again(wire, lost_port):
 
 
 def test_refused_invitation_gets_no(wire):
-    a, b = connect(wire, accept=lambda addr: "not on the allow-list")
+    a, b = connect(wire, accept=lambda addr, name: "not on the allow-list")
     assert [entry[3] for entry in wire.log] == ["IN", "NO"]
     [failed] = wire.of_type(a, InvitationFailed)
     assert failed.reason == "refused"
@@ -256,7 +256,7 @@ def test_invitation_with_our_own_ssrc_is_refused(wire):
 
 def test_accept_sees_the_inviting_address(wire):
     seen = []
-    connect(wire, accept=lambda addr: seen.append(addr) or True)
+    connect(wire, accept=lambda addr, name: seen.append(addr) or True)
     assert seen == [(A_HOST, 5004)]
 
 

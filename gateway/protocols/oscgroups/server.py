@@ -16,8 +16,11 @@ Where the original breaks, this one does better on purpose:
 * names, passwords and group names are capped at 64 bytes and a user at 16
   groups, so that every single reply message fits one such datagram.
 
+* an empty, blank or control-character user name (the bus's name rule,
+  :func:`gateway.bus.values.name_problem`) is refused with the status ``bad user
+  name``, which the original never sends and its client prints;
 * a user whose registration is refused (``wrong password``, ``user limit
-  reached``) gets its status and nothing else: no user list, not even from
+  reached``, ``bad user name``) gets its status and nothing else: no user list, not even from
   the query that follows its user_alive, and no list for queries from that
   source address until it registers or has been silent for ``timeout``
   seconds (§5.1 has the original answer any holder of the group password,
@@ -56,6 +59,7 @@ import collections
 from typing import NamedTuple
 
 from gateway.actions import Drop, Send
+from gateway.bus.values import name_problem
 
 from . import wire
 
@@ -195,6 +199,11 @@ class RendezvousServer:
 
         user = self.users.get(request.user_name)
         if user is None:
+            if name_problem(request.user_name) is not None:
+                # The user name becomes the member's name in every session, and
+                # shows in logs and peers' user lists: the bus's name rule, at once.
+                self._refuse(request.user_name, "refused_bad_user_name", addr, now)
+                return [user_status(wire.STATUS_BAD_USER_NAME)]
             if len(self.users) >= self.max_users:
                 self._refuse(request.user_name, "refused_user_limit", addr, now)
                 return [user_status(wire.STATUS_USER_LIMIT_REACHED)]

@@ -56,6 +56,7 @@ PING = "/groupclient/ping"
 STATUS_OK = "ok"
 STATUS_WRONG_PASSWORD = "wrong password"
 STATUS_USER_LIMIT_REACHED = "user limit reached"
+STATUS_BAD_USER_NAME = "bad user name"     # netgateway's own: the original has no name rule
 
 
 class MalformedPacket(ValueError):

@@ -43,7 +43,7 @@ WINDOW_ACK_SIZE = 2_500_000         # what FMS, NMS and ffmpeg's server mode ann
 OWN_DATA_CHUNK_STREAM = 4           # onMidi and |RtmpSampleAccess; the relay uses 5-7
 MAX_STREAMS = 8                     # NetStreams per connection
 MAX_HELD_MESSAGES = 64              # commands held while the bus decides on a join
-MAX_NAME_LENGTH = 64
+MAX_SESSION_LENGTH = 64
 DEFAULT_PLAYER_NAME = "rtmp player"
 SERVER_INFO = {"fmsVer": "FMS/3,5,7,7009", "capabilities": 31.0, "mode": 1.0}
 MIDI_STREAM_METADATA = amf0.EcmaArray(duration=0.0, description="the session's MIDI as"
@@ -161,8 +161,12 @@ def _query(text):
     return path, values
 
 
-def _clean_name(name):
-    name = " ".join(str(name).split())[:MAX_NAME_LENGTH]
+def _clean_session(name):
+    """A session name from a URL query, its whitespace collapsed, or None.
+
+    Player names are not cleaned here: the bus's one name rule refuses bad ones.
+    """
+    name = " ".join(str(name).split())[:MAX_SESSION_LENGTH]
     return name or None
 
 
@@ -379,7 +383,7 @@ class Connection:
             return actions + self._reject(
                 f"no application {app!r} here; connect to rtmp://HOST/{self.app}/SESSION",
                 "unknown_app")
-        self.session = session or _clean_name(credentials.get("session", "")) or None
+        self.session = session or _clean_session(credentials.get("session", "")) or None
         self._learn(credentials)
         if self.session is not None and self.passphrase is not None:
             return actions + self._join()
@@ -403,7 +407,7 @@ class Connection:
         if credentials.get("passphrase"):
             self.passphrase = credentials["passphrase"]
         if credentials.get("name") and self.player_name is None:
-            self.player_name = _clean_name(credentials["name"])
+            self.player_name = credentials["name"]
 
     def _join(self):
         self.state = JOINING
@@ -612,7 +616,7 @@ class Connection:
         path = path.strip("/")
         if self.session is None or self._session_in_playpath:
             self._session_in_playpath = True
-            return _clean_name(query.get("session", "")) or path or None, self.default_stream
+            return _clean_session(query.get("session", "")) or path or None, self.default_stream
         return self.session, path or self.default_stream
 
     def _start_stream(self, handler, stream_id, arguments, now):

@@ -42,6 +42,8 @@ from gateway.protocols.rtpmidi.session import (
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
 
 DOOR = "rtpmidi"
+# AppleMIDI invitations may leave their name out.
+DEFAULT_PEER_NAME = "rtpmidi peer"
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_DATAGRAM = 65535
 # Often enough that guard packets leave within 50 ms of when they are due.
@@ -59,7 +61,7 @@ class RtpMidiMember:
     def __init__(self, endpoint, peer):
         self.endpoint = endpoint
         self.peer = peer
-        self.name = peer.name or "rtpmidi peer"
+        self.name = peer.name or DEFAULT_PEER_NAME
         self.membership = None
         self.data_addr = peer.data_addr
         self._sendto = endpoint.data_socket.sendto
@@ -201,10 +203,10 @@ class SessionEndpoint:
         self._invited[peer] = target
         self.carry_out(actions)
 
-    def accept(self, addr):
+    def accept(self, addr, name):
         """AppleMIDI answers an invitation at once: ask the bus whether a join would pass."""
-        refusal = self.bus.check(JoinRequest(self.entry.session, "rtpmidi peer", DOOR,
-                                             AllowedAddress(), addr[0]))
+        refusal = self.bus.check(JoinRequest(self.entry.session, name or DEFAULT_PEER_NAME,
+                                             DOOR, AllowedAddress(), addr[0]))
         if refusal is not None:
             return refusal.message
         view = self.bus.session_view(self.entry.session)

@@ -149,13 +149,14 @@ class RtpReceived:
 class AppleMidiSession:
     """One local endpoint: control port P (even) and data port P+1.
 
-    ``accept(addr)`` decides incoming invitations: True admits, False or a
-    reason string refuses (answered with NO; AppleMIDI has no authentication,
-    so the adapter's address allow-list and member cap live there).
+    ``accept(addr, name)`` decides incoming invitations (``name`` is the one the
+    invitation gives, or None): True admits, False or a reason string refuses
+    (answered with NO; AppleMIDI has no authentication, so the adapter's
+    address allow-list, member cap and name rule live there).
     ``clock_base`` is the ``now`` at which our CK clock reads zero.
     """
 
-    def __init__(self, name, ssrc, now, accept=lambda addr: True,
+    def __init__(self, name, ssrc, now, accept=lambda addr, name: True,
                  clock_base=None, rng=None):
         self.name = name
         self.ssrc = ssrc
@@ -293,7 +294,7 @@ class AppleMidiSession:
         if existing is not None and existing.token == packet.token:
             # Our OK was lost; the initiator retries with the same token.
             return [Send(self._exchange(INVITATION_ACCEPTED, packet.token), addr, CONTROL)]
-        verdict = self.accept(addr)
+        verdict = self.accept(addr, packet.name)
         if verdict is not True:
             return [Send(self._exchange(INVITATION_REJECTED, packet.token), addr, CONTROL),
                     self._drop("invitation refused", addr,

@@ -50,8 +50,8 @@ import typing
 
 from gateway.actions import Drop, PeerAlive, PeerLeft, Send
 from gateway.bus.throttle import JoinThrottle
-from gateway.bus.values import (GATEWAY_FULL, SESSION_FULL, THROTTLED, UNKNOWN_SESSION,
-                                WRONG_PASSPHRASE)
+from gateway.bus.values import (GATEWAY_FULL, MAX_NAME_LENGTH, SESSION_FULL, THROTTLED,
+                                UNKNOWN_SESSION, WRONG_PASSPHRASE)
 from gateway.protocols.rtpmidi.media import RtpMidiStream
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket
 from gateway.protocols.sip import sfront
@@ -464,8 +464,9 @@ class SessionServer:
         previous = self.by_rtp_source.get(source)
         if previous is not None and previous is not client:
             actions += self._remove(previous, "restarted", now, notify=True)
-        # What the client itself calls a member: login@host (sfront.md §2.3).
-        client.name = f"{origin.username}@{origin.address}"[:64]
+        # What the client itself calls a member: login@host (sfront.md §2.3), cut
+        # to the length the bus's name rule allows; the bus checks the rest.
+        client.name = f"{origin.username}@{origin.address}"[:MAX_NAME_LENGTH]
         client.advertised = (sdp.connection(), media.port)
         client.clock_rate = rtpmap.clock_rate or 44100
         client.payload_type = rtpmap.payload_type

@@ -15,7 +15,7 @@ from gateway import midi
 
 MIDI_JSON = "json"
 MIDI_BINARY = "binary"
-MAX_NAME_LENGTH = 64
+DEFAULT_NAME = "guest"
 MAX_SESSION_LENGTH = 128
 
 
@@ -74,10 +74,8 @@ def _midi_messages(values):
     return Midi(messages)
 
 
-def _text_field(message, key, limit, required=True):
+def _text_field(message, key, limit):
     value = message.get(key)
-    if value is None and not required:
-        return None
     if not isinstance(value, str) or not value or len(value) > limit:
         raise ValueError(f"{key} must be a string of 1 to {limit} characters")
     return value
@@ -87,13 +85,19 @@ def _parse_join(message):
     try:
         session = _text_field(message, "session", MAX_SESSION_LENGTH)
         passphrase = _text_field(message, "passphrase", 1024)
-        name = _text_field(message, "name", MAX_NAME_LENGTH, required=False) or "guest"
     except ValueError as error:
         return BadRequest(f"join: {error}")
+    # The name goes to the bus as sent: its one name rule refuses empty,
+    # blank and control-character names (bad_name) for every door alike.
+    name = message.get("name")
+    if name is None:
+        name = DEFAULT_NAME
+    elif not isinstance(name, str):
+        return BadRequest("join: name must be a string")
     midi_mode = message.get("midi", MIDI_JSON)
     if midi_mode not in (MIDI_JSON, MIDI_BINARY):
         return BadRequest("join: midi must be 'json' or 'binary'")
-    return Join(session, passphrase, name.strip() or "guest", midi_mode)
+    return Join(session, passphrase, name, midi_mode)
 
 
 def _number(value):

@@ -46,7 +46,7 @@ class JamServerProtocol(WebSocketServerProtocol):
 
     def __init__(self):
         super().__init__()
-        self.name = "guest"
+        self.name = jam.DEFAULT_NAME
         self.membership = None
         self._joining = None
         self.midi_mode = jam.MIDI_JSON
