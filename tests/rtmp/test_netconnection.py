@@ -118,6 +118,17 @@ def test_passphrase_name_and_session_as_an_object_a_query_or_a_session_argument(
     assert actions == [nc.Join("demo", "alice", PASSPHRASE)]
 
 
+@pytest.mark.parametrize("name, joins_as", [
+    ("  ", "  "), ("alice\nnetgateway: forged", "alice\nnetgateway: forged"),
+    ("x" * 100, "x" * 100), ("", nc.DEFAULT_PLAYER_NAME)])
+def test_a_player_name_goes_to_the_bus_as_sent_and_only_a_missing_one_is_defaulted(
+        name, joins_as):
+    client = Client()
+    actions, _ = client.connect("jam/demo", PASSPHRASE, name)
+    # The bus's name rule refuses bad names for every door (bad_name): no repair here.
+    assert actions == [nc.Join("demo", joins_as, PASSPHRASE)]
+
+
 def test_wrong_passphrase_at_connect_is_connect_rejected_with_the_bus_words_then_close():
     client = Client()
     client.connect("jam/demo", "guess", "mallory")
