@@ -19,6 +19,7 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
@@ -392,3 +393,32 @@ def test_stopping_the_door_leaves_and_closes_with_1001(gateway):
     gateway.door.stopService()
     assert membership.left == ["gateway stopping"]
     assert client.messages() == [("close", 1001, "gateway stopping")]
+
+
+@pytest.fixture
+def log_events():
+    """Every twisted.logger event emitted while the test runs."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_a_connection_autobahn_fails_is_counted_once_by_its_close_code(gateway, log_events):
+    client = gateway.connect()
+    client.protocol.dataReceived(client_frame(TEXT, b"\xff\xfe"))     # not UTF-8
+    assert client.messages()[0][:2] == ("close", 1007)
+    client.protocol.dataReceived(client_frame(TEXT, b"\xff"))          # failed again, closing
+    client.lose_connection(clean=False)
+    assert gateway.door.drops.get("websocket", "protocol_error_1007") == 1
+    [line] = [event for event in log_events if event["log_level"] >= LogLevel.info]
+    assert line["log_namespace"] == "netgateway.websocket" and line["peer"] == PEER_HOST
+
+
+def test_autobahns_per_connection_warnings_are_silent_but_its_errors_show(gateway, log_events):
+    protocol = gateway.connect().protocol
+    protocol.log.warn("dropping connection to peer {peer}", peer=protocol.peer)
+    protocol.log.info("failing WebSocket opening handshake")
+    protocol.log.error("Firing signal 'message' failed: {fail}", fail="boom")
+    assert [(event["log_level"], event["fail"]) for event in log_events] == [
+        (LogLevel.error, "boom")]

@@ -1,12 +1,61 @@
 """WebSocket door limits and TLS, against the real twistd process."""
 
 import asyncio
+import os
+import re
+import socket
 import ssl
+import struct
 
 from tests.certificates import self_signed
 from tests.wsclient import JamClient
 
 DEMO = ("demo", "play along with netgateway demo")
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
+NO_UPGRADE = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def client_frame(opcode, payload, masked=True, length=None):
+    """One final client frame; ``length`` claims a payload length other than the real one."""
+    length = len(payload) if length is None else length
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        head = bytes([0x80 | opcode, mask_bit | length])
+    elif length < 1 << 16:
+        head = bytes([0x80 | opcode, mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        head = bytes([0x80 | opcode, mask_bit | 127]) + struct.pack("!Q", length)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+def garbage_connection(port, upgrade, garbage):
+    """Open a connection, send ``upgrade`` and, once answered, ``garbage``; hang up
+    as a flood does, without a closing handshake; return the server's answer to the
+    last (its close frame or HTTP error)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(upgrade)
+        answer = connection.recv(4096)
+        if garbage:
+            assert answer.startswith(b"HTTP/1.1 101"), answer
+            connection.sendall(garbage)
+            answer = connection.recv(4096)
+        connection.shutdown(socket.SHUT_WR)
+        try:
+            while connection.recv(4096):     # until the server has closed its side too
+                pass
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+def close_code(frame):
+    assert frame[0] == 0x88, frame
+    return struct.unpack("!H", frame[2:4])[0]
 
 
 def test_wss_with_configured_certificate(gateway_factory, tmp_path):
@@ -81,3 +130,47 @@ def test_passphrase_guessing_is_throttled_and_logged_once(gateway):
     assert 1 <= len(refused_lines) <= 3, refused_lines
     assert not any("guess number" in line for line in gateway.log.splitlines())
     assert joined["type"] == "error" and joined["code"] == "throttled"
+
+
+def test_garbage_connections_are_each_counted_and_logged_in_a_few_lines(gateway):
+    """300 broken connections from one address: all counted by kind, a few log lines."""
+    port = gateway.config["web"]["port"]
+    kinds = {
+        "protocol_error_1007": (UPGRADE, client_frame(0x1, b"\xff\xfe not UTF-8")),
+        "protocol_error_1002": (UPGRADE, client_frame(0x1, b"unmasked", masked=False)),
+        "protocol_error_1009": (UPGRADE, client_frame(0x2, b"", length=10_000_000)),
+        "handshake_failed": (NO_UPGRADE, None),
+    }
+    log_before = os.path.getsize(gateway.log_path)
+    for attempt in range(300):
+        kind = sorted(kinds)[attempt % len(kinds)]
+        answer = garbage_connection(port, *kinds[kind])
+        if kind == "handshake_failed":
+            assert answer.startswith(b"HTTP/1.1 426 "), answer
+        else:
+            assert close_code(answer) == int(kind.rsplit("_", 1)[1])
+
+    async def still_playing():
+        alice = await JamClient.connect(gateway.ws_url)
+        bob = await JamClient.connect(gateway.ws_url)
+        await alice.join(*DEMO, "alice")
+        await bob.join(*DEMO, "bob")
+        alice.send_midi([0x90, 60, 100])
+        assert (await bob.midi())["data"] == [0x90, 60, 100]
+
+    asyncio.run(asyncio.wait_for(still_playing(), 30))
+    drops = gateway.status()["drops"]["websocket"]
+    assert {kind: drops.get(kind) for kind in kinds} == {kind: 75 for kind in kinds}
+    _, _, metrics = gateway.get("/metrics")
+    for kind in kinds:
+        assert re.search(rf'netgateway_dropped_total{{door="websocket",reason="{kind}"}} 75\.0',
+                         metrics.decode()), kind
+    with open(gateway.log_path, "rb") as log:
+        log.seek(log_before)
+        written = log.read()
+    # autobahn alone wrote about three lines for each (~300 bytes a line).
+    assert len(written) < 5000, written.decode()
+    lines = written.decode().splitlines()
+    assert not any("autobahn" in line for line in lines), lines
+    assert len([line for line in lines if "websocket: dropped input from 127.0.0.1" in line]) \
+        == 1, lines

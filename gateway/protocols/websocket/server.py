@@ -8,6 +8,13 @@ Back-pressure: every connection registers a push producer with its TCP
 transport. While the kernel buffer is full, frames wait in a per-member
 queue bounded by ``send_buffer_bytes``; past that the reader is too slow, is
 disconnected and counted (``slow_reader``).
+
+Failures: a connection autobahn fails (it closes with 1002, 1007, 1009, ...)
+is counted as ``protocol_error_CODE``, an opening handshake it refuses as
+``handshake_failed``, each logged through :meth:`DoorService.drop` at most
+once per peer address per interval. autobahn's own per-connection warnings
+(about three lines for every broken connection, which a flood of garbage
+turns into megabytes a minute) are silenced instead: its errors still show.
 """
 
 import collections
@@ -15,6 +22,7 @@ import itertools
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+import txaio
 from twisted.internet import defer, task
 from zope.interface import implementer
 
@@ -43,10 +51,15 @@ class JamServerProtocol(WebSocketServerProtocol):
     """One browser or app connected over WebSocket."""
 
     door = DOOR
+    # Replaces autobahn's logger for these connections: its warnings and
+    # infos are each about one peer's broken connection, which the door counts
+    # and logs itself, bounded (_count_failure); errors are autobahn's or ours.
+    log = txaio.make_logger(level="error")
 
     def __init__(self):
         super().__init__()
         self.name = jam.DEFAULT_NAME
+        self._handshake_failure = None
         self.membership = None
         self._joining = None
         self.midi_mode = jam.MIDI_JSON
@@ -88,10 +101,15 @@ class JamServerProtocol(WebSocketServerProtocol):
             self._leave("left")
             self.sendClose(CLOSE_NORMAL)
         else:
-            door.drop(self.peer, "bad_request", request.message)
+            door.drop(self._peer_host(), "bad_request", request.message)
             self._send_error("bad_request", request.message)
 
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        self._handshake_failure = reason
+        super().failHandshake(reason, code, responseHeaders)
+
     def onClose(self, wasClean, code, reason):
+        self._count_failure()
         self.factory.door.connection_closed(self)
         # A pending join is not cancelled: a bus cannot always take it back, and
         # _joined leaves a membership that arrives after the connection closed.
@@ -136,6 +154,19 @@ class JamServerProtocol(WebSocketServerProtocol):
         return {"peer": self.peer}
 
     # ---------------------------------------------------------------------
+    def _peer_host(self):
+        """The peer's address without its port: what a flood from one host repeats."""
+        return self.transport.getPeer().host
+
+    def _count_failure(self):
+        """Count (and log, bounded) the handshake or protocol failure that ended this
+        connection, if one did: once per connection, however often autobahn failed it."""
+        door = self.factory.door
+        if self._handshake_failure is not None:
+            door.drop(self._peer_host(), "handshake_failed", self._handshake_failure)
+        elif self.failedByMe:
+            detail = (self.localCloseReason or b"").decode("utf-8", "replace")
+            door.drop(self._peer_host(), f"protocol_error_{self.localCloseCode}", detail)
     def _join(self, request):
         door = self.factory.door
         if self.membership is not None or self._joining is not None:
@@ -196,7 +227,7 @@ class JamServerProtocol(WebSocketServerProtocol):
         self._queue.append(frame)
         self._queued_bytes += len(frame.payload)
         if self._queued_bytes > self.factory.door.config.send_buffer_bytes:
-            self.factory.door.drop(self.peer, "slow_reader",
+            self.factory.door.drop(self._peer_host(), "slow_reader",
                                    f"more than {self._queued_bytes} bytes queued")
             self._queue.clear()
             self._queued_bytes = 0
@@ -213,8 +244,10 @@ class JamServerFactory(WebSocketServerFactory):
         limit = door.config.max_message_bytes
         # Past these limits autobahn closes with 1009 (message too big); without
         # failByDrop=False it would drop the TCP connection and peers see 1006.
+        # webStatus=False: a request without Upgrade is a failed handshake (426),
+        # not autobahn's status page with its version.
         self.setProtocolOptions(maxMessagePayloadSize=limit, maxFramePayloadSize=limit,
-                                failByDrop=False, autoPingInterval=0,
+                                failByDrop=False, autoPingInterval=0, webStatus=False,
                                 openHandshakeTimeout=10,
                                 closeHandshakeTimeout=2)
 
