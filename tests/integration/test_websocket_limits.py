@@ -6,6 +6,7 @@ import re
 import socket
 import ssl
 import struct
+import time
 
 from tests.certificates import self_signed
 from tests.wsclient import JamClient
@@ -132,8 +133,10 @@ def test_passphrase_guessing_is_throttled_and_logged_once(gateway):
     assert joined["type"] == "error" and joined["code"] == "throttled"
 
 
-def test_garbage_connections_are_each_counted_and_logged_in_a_few_lines(gateway):
-    """300 broken connections from one address: all counted by kind, a few log lines."""
+def test_garbage_connections_are_each_counted_and_logged_in_a_few_lines(gateway_factory):
+    """300 broken connections from one address: all counted by kind, a few log lines
+    that say how many they left out."""
+    gateway = gateway_factory({"logging": {"drop_log_interval": 2.0}})
     port = gateway.config["web"]["port"]
     kinds = {
         "protocol_error_1007": (UPGRADE, client_frame(0x1, b"\xff\xfe not UTF-8")),
@@ -142,6 +145,7 @@ def test_garbage_connections_are_each_counted_and_logged_in_a_few_lines(gateway)
         "handshake_failed": (NO_UPGRADE, None),
     }
     log_before = os.path.getsize(gateway.log_path)
+    started = time.monotonic()
     for attempt in range(300):
         kind = sorted(kinds)[attempt % len(kinds)]
         answer = garbage_connection(port, *kinds[kind])
@@ -159,6 +163,7 @@ def test_garbage_connections_are_each_counted_and_logged_in_a_few_lines(gateway)
         assert (await bob.midi())["data"] == [0x90, 60, 100]
 
     asyncio.run(asyncio.wait_for(still_playing(), 30))
+    intervals = (time.monotonic() - started) // 2.0
     drops = gateway.status()["drops"]["websocket"]
     assert {kind: drops.get(kind) for kind in kinds} == {kind: 75 for kind in kinds}
     _, _, metrics = gateway.get("/metrics")
@@ -168,9 +173,19 @@ def test_garbage_connections_are_each_counted_and_logged_in_a_few_lines(gateway)
     with open(gateway.log_path, "rb") as log:
         log.seek(log_before)
         written = log.read()
-    # autobahn alone wrote about three lines for each (~300 bytes a line).
+    # autobahn alone wrote three lines for each: some 130 KB for these 300.
     assert len(written) < 5000, written.decode()
     lines = written.decode().splitlines()
     assert not any("autobahn" in line for line in lines), lines
-    assert len([line for line in lines if "websocket: dropped input from 127.0.0.1" in line]) \
-        == 1, lines
+    # One more after the interval: its line reports what the others left out.
+    time.sleep(2.1)
+    garbage_connection(port, *kinds["handshake_failed"])
+    time.sleep(0.2)
+    with open(gateway.log_path, "rb") as log:
+        log.seek(log_before)
+        lines = log.read().decode().splitlines()
+    dropped = [line for line in lines if "websocket: dropped input from 127.0.0.1" in line]
+    assert 2 <= len(dropped) <= 2 + intervals, dropped     # one per interval, the last
+    left_out = sum(int(count) for line in dropped
+                   for count in re.findall(r"\((\d+) similar not logged\)", line))
+    assert len(dropped) + left_out == 301, dropped
