@@ -37,6 +37,21 @@ def test_two_members_exchange_notes_both_ways(gateway):
     run(scenario())
 
 
+def test_bad_names_are_refused_and_counted_and_the_connection_may_try_again(gateway):
+    async def scenario():
+        client = await JamClient.connect(gateway.ws_url)
+        for name in ("", "   ", "mallory\nnetgateway: forged", "\u202eyrollam", "nul\x00"):
+            answer = await client.join(*DEMO, name)
+            assert (answer["type"], answer["code"]) == ("error", "bad_name"), name
+        assert (await client.join(*DEMO, "Zoë"))["member"]["name"] == "Zoë"
+
+    run(scenario())
+    status = gateway.status()
+    assert status["refusals"]["bad_name"] == 5
+    assert status["drops"]["websocket"]["join_bad_name"] == 5
+    assert not any(line.startswith("netgateway: forged") for line in gateway.log.splitlines())
+
+
 def test_sender_does_not_hear_itself(gateway):
     async def scenario():
         alice = await JamClient.connect(gateway.ws_url)
