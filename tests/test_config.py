@@ -169,6 +169,12 @@ def test_the_http_redirect_port_is_named_when_it_collides(tmp_path):
         " port"]
 
 
+def test_the_oscgroups_bridge_user_follows_the_name_rule():
+    assert problems({"sessions": [DEMO], "oscgroups": {"bridge": {"groups": ["demo"],
+                                                                  "user": "gate\tway"}}}) == [
+        "oscgroups.bridge.user: a name may not hold the character U+0009, got 'gate\\tway'"]
+
+
 def test_duplicate_ports_across_doors_name_both_keys():
     lines = problems({"sessions": [DEMO],
                       "rtpmidi": {"sessions": [{"session": "demo", "port": 22242}]},

@@ -8,6 +8,7 @@ them; the door itself is :mod:`gateway.protocols.oscgroups.door`.
 import dataclasses
 import typing
 
+from gateway.bus.values import name_problem
 from gateway.schema import bounded, port
 
 from . import mapping, server, wire
@@ -125,6 +126,9 @@ class Config:
         bridge = self.bridge
         if not bridge.user or len(bridge.user.encode("utf-8")) > server.MAX_STRING_BYTES:
             problems.append(f"{path}.user: expected 1 to {server.MAX_STRING_BYTES} bytes")
+        elif name_problem(bridge.user) is not None:
+            # The server would refuse the gateway's own bridge at every registration.
+            problems.append(f"{path}.user: {name_problem(bridge.user)}, got {bridge.user!r}")
         if not 1 <= len(bridge.groups) <= MAX_BRIDGED_GROUPS:
             problems.append(f"{path}.groups: expected 1 to {MAX_BRIDGED_GROUPS} groups"
                             f" (or {path}.enabled: false)")
