@@ -224,6 +224,17 @@ def test_address_outside_the_allow_list_gets_no(reactor, build):
     assert context.drops.get("rtpmidi", "invitation_refused") == 1
 
 
+@pytest.mark.parametrize("name", ["   ", "mac\nnetgateway: forged", "\u202ecam"])
+def test_an_invitation_whose_name_breaks_the_name_rule_gets_no(reactor, build, name):
+    _, context, _, _ = build()
+    peer = RemotePeer(reactor, name=name)          # from an allowed address
+    reactor.inject(GATEWAY_PORT, peer.exchange(b"IN"), peer.control)
+    [answer] = peer.control_answers()
+    assert answer.command == b"NO"
+    assert rtpmidi_members(context) == []
+    assert context.bus.refusals["bad_name"] == 1
+
+
 def test_notes_both_ways(reactor, build):
     _, context, recorder, membership = build()
     peer = RemotePeer(reactor)
