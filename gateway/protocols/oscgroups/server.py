@@ -20,9 +20,9 @@ Where the original breaks, this one does better on purpose:
   :func:`gateway.bus.values.name_problem`) is refused with the status ``bad user
   name``, which the original never sends and its client prints;
 * a user whose registration is refused (``wrong password``, ``user limit
-  reached``, ``bad user name``) gets its status and nothing else: no user list, not even from
-  the query that follows its user_alive, and no list for queries from that
-  source address until it registers or has been silent for ``timeout``
+  reached``, ``bad user name``) gets its status and nothing else: no user list,
+  not even from the query that follows its user_alive, and no list for queries
+  from that source address until it registers or has been silent for ``timeout``
   seconds (§5.1 has the original answer any holder of the group password,
   which hands an impostor the endpoints it needs). :attr:`RendezvousServer.refused`
   holds those sources, so the relay ignores their pings too.

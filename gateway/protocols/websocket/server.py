@@ -20,9 +20,9 @@ turns into megabytes a minute) are silenced instead: its errors still show.
 import collections
 import itertools
 
+import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-import txaio
 from twisted.internet import defer, task
 from zope.interface import implementer
 
@@ -167,6 +167,7 @@ class JamServerProtocol(WebSocketServerProtocol):
         elif self.failedByMe:
             detail = (self.localCloseReason or b"").decode("utf-8", "replace")
             door.drop(self._peer_host(), f"protocol_error_{self.localCloseCode}", detail)
+
     def _join(self, request):
         door = self.factory.door
         if self.membership is not None or self._joining is not None:
