@@ -234,6 +234,22 @@ def test_wrong_group_password_is_refused_and_counted(osc_gateway):
     assert DEMO[1] not in gateway.log
 
 
+def test_an_empty_user_name_is_refused_at_registration_and_counted(osc_gateway):
+    gateway, start_client = osc_gateway()
+    nobody = start_client("")
+
+    async def scenario():
+        await until(lambda: gateway.status()["drops"].get("oscgroups", {})
+                    .get("refused_bad_user_name"), "the refusal to be counted", 10)
+
+    run(scenario())
+    output = nobody.stop()
+    assert ("user registration error: server returned status of 'bad user name' for user"
+            " ''") in output
+    assert "" not in gateway.status()["doors"]["oscgroups"]["server"]["groups"].get("demo", [])
+    assert ("oscgroups", "") not in demo_members(gateway)
+
+
 def test_killed_client_holding_a_note_is_released_after_the_timeout(osc_gateway):
     timeout = 8
     gateway, start_client = osc_gateway(timeout=timeout)
