@@ -24,7 +24,8 @@ class DoorService(service.Service):
         self.bus = context.bus
         self.drops = context.drops
         self.log = gatewaylog.logger(f"netgateway.{self.name}")
-        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval)
+        self.drop_log = gatewaylog.DropLog(self.log, context.config.logging.drop_log_interval,
+                                           self.reactor)
         # Test contexts without one (in-memory networks) have no kernel to ask.
         self.kernel_drops = getattr(context, "kernel_drops", None)
         self.connection_gate = getattr(context, "connection_gate", None)

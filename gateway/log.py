@@ -38,23 +38,38 @@ class DropLog:
     """Logs dropped or refused input at most once per key (peer) per interval.
 
     The first drop from a peer is logged at once; later ones within the
-    interval are only counted, and the count is reported with the next line.
+    interval are only counted, and when the interval ends a summary line
+    (the last drop's text with "N more like this not logged") says how many,
+    so a flood that stops leaves its count in the log too. ``clock`` is the
+    reactor (or a task.Clock) that times the summaries.
     """
 
-    def __init__(self, log, interval, max_keys=4096):
+    def __init__(self, log, interval, clock, max_keys=4096):
         self.log = log
         self.interval = interval
+        self.clock = clock
         self.max_keys = max_keys
-        self._last = {}        # key -> (time logged, drops suppressed since)
+        self._last = {}        # key -> [time logged, drops suppressed since, text, fields]
 
     def dropped(self, key, now, text, **fields):
-        logged_at, suppressed = self._last.get(key, (None, 0))
-        if logged_at is not None and now - logged_at < self.interval:
-            self._last[key] = (logged_at, suppressed + 1)
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            if not entry[1]:
+                self.clock.callLater(entry[0] + self.interval - now, self._summarise, key)
+            entry[1] += 1
+            entry[2], entry[3] = text, fields
             return
         if len(self._last) >= self.max_keys:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        if suppressed:
-            text += " ({suppressed} similar not logged)"
-        self.log.warn(text, suppressed=suppressed, **fields)
+            # Forget the quiet ones; those still counting have a summary coming.
+            self._last = {key: entry for key, entry in self._last.items() if entry[1]}
+        self._last[key] = [now, 0, text, fields]
+        self.log.warn(text, **fields)
+
+    def _summarise(self, key):
+        entry = self._last.get(key)
+        if entry is None or not entry[1]:
+            return
+        _, suppressed, text, fields = entry
+        self._last[key] = [self.clock.seconds(), 0, text, fields]
+        self.log.warn(text + " ({suppressed} more like this not logged)",
+                      suppressed=suppressed, **fields)

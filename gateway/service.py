@@ -29,7 +29,7 @@ class GatewayContext:
         self.kernel_drops = KernelDrops()
         self.connection_gate = ConnectionGate(
             config.limits, reactor, self.drops,
-            gatewaylog.DropLog(self.log, config.logging.drop_log_interval))
+            gatewaylog.DropLog(self.log, config.logging.drop_log_interval, reactor))
         self.bus = LocalBus(config, reactor, self.drops, log=self.log)
         self.doors = {}
         self.web_root = None

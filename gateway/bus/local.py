@@ -358,7 +358,7 @@ class LocalBus:
         self.throttle = JoinThrottle(self.limits.join_failures_before_throttle,
                                      self.limits.join_throttle_seconds,
                                      self.limits.join_throttle_max_seconds)
-        self._warnings = gatewaylog.DropLog(log, config.logging.drop_log_interval) \
+        self._warnings = gatewaylog.DropLog(log, config.logging.drop_log_interval, clock) \
             if log is not None else None
         self._ids = itertools.count(MIRROR_MEMBER_ID + 1)
         self._pending = collections.deque()

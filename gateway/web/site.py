@@ -41,7 +41,8 @@ class StatusResource(resource.Resource):
         token = context.config.status.admin_token
         self.admin_token = None if token is None else token.encode("ascii")
         self.refusal_log = gatewaylog.DropLog(context.log,
-                                              context.config.logging.drop_log_interval)
+                                              context.config.logging.drop_log_interval,
+                                              context.reactor)
 
     def render_GET(self, request):
         credentials = request.getHeader(b"authorization")
