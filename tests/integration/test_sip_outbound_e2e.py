@@ -201,6 +201,13 @@ def test_pjsua2_refuses_the_rtp_midi_offer_and_the_gateway_acks_and_backs_off(ga
                  "name": "pjsua2", "retry": 1.0, "retry_max": 4.0}
         gateway = gateway_factory(dict(QUIET, sip=sip_section(
             free_udp_block(2, tcp_too=True), invite=[entry])))
+        # The gateway's view while the callee still answers: once it has gone, a redial
+        # meets a closed port and would end on another status.
+        deadline = time.monotonic() + 7.0
+        state = invitation(gateway)
+        while state["failures_in_a_row"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            state = invitation(gateway)
         output, _ = callee.communicate(timeout=30)
     finally:
         if callee.poll() is None:
@@ -217,9 +224,8 @@ def test_pjsua2_refuses_the_rtp_midi_offer_and_the_gateway_acks_and_backs_off(ga
         item.split()[1] for item in invites), seen          # each 488 ACKed, same CSeq
     assert len(refusals) == len(invites), seen               # so never resent
     assert any("No suitable codec" in warning for warning in seen["warnings"]), seen
-    state = invitation(gateway)
     assert state["last_status"] == 488 and "Not Acceptable Here" in state["last_reason"]
-    assert state["failures_in_a_row"] >= 3 and state["attempts"] == len(invites), state
+    assert state["failures_in_a_row"] >= 3 and state["attempts"] <= len(invites), state
     assert gateway.status()["doors"]["sip"]["invite"]["core"]["invite_answered_4xx"] >= 3
     assert not members(gateway)
 
