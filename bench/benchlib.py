@@ -379,3 +379,28 @@ def rtp_midi_packets(count, sequence, timestamp, ssrc, *, ids=False, bend=True, 
             struct.pack_into("!H", packet, checkpoint_at, (number - 1) & 0xFFFF)
             built.append(bytes(packet))
     return built
+
+
+def rss_bytes(pid):
+    """Resident set size of the process now (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as stream:
+        for line in stream:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def door_drops(status, door):
+    """The total of ``door``'s drop counters in a /status answer."""
+    return sum(status["drops"].get(door, {}).values())
+
+
+def gateway_failures(gateway):
+    """What says the gateway broke: it exited, or its log has a Traceback. Empty when healthy."""
+    failures = []
+    if gateway.process.poll() is not None:
+        failures.append(f"the gateway exited with {gateway.process.returncode}")
+    tracebacks = gateway.log.count("Traceback")
+    if tracebacks:
+        failures.append(f"{tracebacks} Traceback(s) in the gateway's log")
+    return failures

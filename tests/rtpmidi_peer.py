@@ -101,10 +101,18 @@ class RtpMidiPeer:
 
     def close(self):
         """Say BY to every peer, stop the thread and close the sockets."""
+        self._stop(say_bye=True)
+
+    def vanish(self):
+        """Stop and close the sockets without a BY, as a peer whose network went away."""
+        self._stop(say_bye=False)
+
+    def _stop(self, say_bye):
         with self._lock:
             if not self._running:
                 return
-            self._carry_out(self.session.close())
+            if say_bye:
+                self._carry_out(self.session.close())
             self._running = False
         self._thread.join(5.0)
         for sock in self.sockets.values():
