@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import os
 import select
+import socket
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import time
 # Every benchmark puts the checkout on sys.path before it imports this module.
 from gateway.protocols.rtpmidi.journal_sender import JournalSender
 from gateway.protocols.rtpmidi.payload import PAYLOAD_TYPE, RtpMidiPacket
-from tests.conftest import ADMIN_TOKEN, REPO, GatewayProcess, build_report, merge
+from tests.conftest import ADMIN_TOKEN, REPO, GatewayProcess, build_report, free_port, merge
 
 MAX_LOSS = 0.001
 """A step passes when it loses less than this fraction of what it should forward."""
@@ -404,3 +405,60 @@ def gateway_failures(gateway):
     if tracebacks:
         failures.append(f"{tracebacks} Traceback(s) in the gateway's log")
     return failures
+
+
+def every_door_config(session, passphrase, **limits):
+    """``(config, ports)``: every door on, on free loopback ports, and one session.
+
+    The session may be joined from 127.0.0.0/8 through AppleMIDI. ``ports``
+    names each port a peer reaches: ``websocket`` (the web port), the UDP
+    ports ``oscgroups``, ``oscgroups_bridge``, ``applemidi_control``,
+    ``applemidi_data``, ``sip`` (and ``sip`` + 1, sfront's RTCP side), ``sfront_rtp``, ``sfront_rtcp``, ``sip_uas_rtp``,
+    ``sip_uas_rtcp``, ``oscgroups_relay`` (the relay's one port), and the TCP ports ``sip_tcp`` and ``rtmp``. ``limits``
+    are the config's ``limits``.
+    """
+    udp = socket.SOCK_DGRAM
+    ports = {"websocket": free_port(), "oscgroups": free_port(udp),
+             "oscgroups_bridge": free_port(udp), "applemidi_control": free_port(udp, even=True),
+             "sip": free_port(udp, even=True), "sfront_rtp": free_port(udp, even=True),
+             "sip_uas_rtp": free_port(udp, even=True), "sip_tcp": free_port(),
+             "rtmp": free_port(), "oscgroups_relay": free_port(udp)}
+    for pair in ("applemidi", "sfront", "sip_uas"):
+        first = "applemidi_control" if pair == "applemidi" else f"{pair}_rtp"
+        ports["applemidi_data" if pair == "applemidi" else f"{pair}_rtcp"] = ports[first] + 1
+    loopback = "127.0.0.1"
+    config = {
+        "sessions": [{"name": session, "passphrase": passphrase,
+                      "allow_addresses": ["127.0.0.0/8"]}],
+        "limits": limits,
+        "web": {"host": loopback, "port": ports["websocket"]},
+        "websocket": {"enabled": True},
+        "oscgroups": {"host": loopback, "port": ports["oscgroups"],
+                      "bridge": {"port": ports["oscgroups_bridge"], "groups": [session]},
+                      # One port, not the default range other gateways on the machine use.
+                      "relay": {"port_min": ports["oscgroups_relay"],
+                                "port_max": ports["oscgroups_relay"], "max_allocations": 1}},
+        "rtpmidi": {"host": loopback, "sessions": [
+            {"session": session, "port": ports["applemidi_control"], "name": session}]},
+        "sip": {"host": loopback, "port": ports["sip"],
+                "media": {"host": "127.0.0.5", "port_min": ports["sfront_rtp"],
+                          "port_max": ports["sfront_rtcp"]},
+                "uas": {"tcp_port": ports["sip_tcp"],
+                        "media": {"port_min": ports["sip_uas_rtp"],
+                                  "port_max": ports["sip_uas_rtcp"]}}},
+        "rtmp": {"host": loopback, "port": ports["rtmp"]},
+        "logging": {"level": "info"},
+    }
+    return config, ports
+
+
+def kernel_udp_drops(port):
+    """Datagrams the kernel dropped for the UDP socket bound to ``port`` (/proc/net/udp)."""
+    total = 0
+    with open("/proc/net/udp") as stream:
+        next(stream)
+        for line in stream:
+            fields = line.split()
+            if int(fields[1].rpartition(":")[2], 16) == port:
+                total += int(fields[-1])
+    return total
