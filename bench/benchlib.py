@@ -413,9 +413,10 @@ def every_door_config(session, passphrase, **limits):
     The session may be joined from 127.0.0.0/8 through AppleMIDI. ``ports``
     names each port a peer reaches: ``websocket`` (the web port), the UDP
     ports ``oscgroups``, ``oscgroups_bridge``, ``applemidi_control``,
-    ``applemidi_data``, ``sip`` (and ``sip`` + 1, sfront's RTCP side), ``sfront_rtp``, ``sfront_rtcp``, ``sip_uas_rtp``,
-    ``sip_uas_rtcp``, ``oscgroups_relay`` (the relay's one port), and the TCP ports ``sip_tcp`` and ``rtmp``. ``limits``
-    are the config's ``limits``.
+    ``applemidi_data``, ``sip`` (and ``sip`` + 1, sfront's RTCP side),
+    ``sfront_rtp``, ``sfront_rtcp``, ``sip_uas_rtp``, ``sip_uas_rtcp`` (open
+    only during a call), ``oscgroups_relay`` (the relay's one port), and the
+    TCP ports ``sip_tcp`` and ``rtmp``. ``limits`` are the config's ``limits``.
     """
     udp = socket.SOCK_DGRAM
     ports = {"websocket": free_port(), "oscgroups": free_port(udp),

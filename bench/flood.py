@@ -48,8 +48,8 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
 from benchlib import (add_source_argument, cpu0_kept_awake, cpu_seconds, door_drops,  # noqa: E402
-                      every_door_config, gateway_failures, kernel_udp_drops, percentile, run_generator_on_cpu1,
-                      start_gateway)
+                      every_door_config, gateway_failures, kernel_udp_drops, percentile,
+                      run_generator_on_cpu1, start_gateway)
 from tests.wsclient import JamClient  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
