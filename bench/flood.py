@@ -22,8 +22,10 @@ rate reached), the gateway's CPU (% of one core), the bytes its log grew
 (and per second), what /status counted meanwhile (the door's drops, the
 bus's refusals), the kernel's receive drops on the flooded UDP port
 (/proc/net/udp), and the legit members' p50/p99 one-way delay and loss.
-The last column, uncounted, is what the flood sent that neither the
-gateway's counters nor the kernel's show (UDP doors only).
+The last column, uncounted, is what the flood sent (invalid frames, JSON
+texts, guesses, datagrams) less what the gateway's counters and the
+kernel's show (drops + refusals + kernel drops, floored at 0): what went by
+uncounted, at least.
 
 It passes (exit status 0) when the gateway is alive with no Traceback in its
 log and the legit members lost nothing. Cost (CPU, log, delay) is printed,
@@ -142,23 +144,29 @@ def upgrade_request(port):
             "Sec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
-async def websocket_connection(port, kind):
-    """One flooding connection: upgrade, the garbage of ``kind``, then close."""
+async def websocket_connection(port, kind, counts):
+    """One flooding connection: upgrade, the garbage of ``kind``, then close.
+
+    Counts in ``counts["messages"]`` each garbage message it sends.
+    """
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     try:
         writer.write(upgrade_request(port))
         await reader.readuntil(b"\r\n\r\n")
         if kind == "frames":
             writer.write(masked_frame(0x3, b"reserved opcode"))
+            counts["messages"] += 1
             await reader.read(1024)               # the close frame, or the end
         elif kind == "json":
             writer.write(masked_frame(0x1, b"{this is not json"))
+            counts["messages"] += 1
             await reader.read(1024)
         else:
             for guess in range(GUESSES_PER_CONNECTION):
                 join = json.dumps({"type": "join", "session": SESSION[0], "name": "guesser",
                                    "passphrase": f"wrong guess {guess} {os.urandom(4).hex()}"})
                 writer.write(masked_frame(0x1, join.encode()))
+                counts["messages"] += 1
                 if not await reader.read(1024):
                     break
     finally:
@@ -171,21 +179,21 @@ def flood_websocket(port, kind, seconds, connections, results):
 
     async def worker(deadline, counts):
         while time.monotonic() < deadline:
+            counts["connections"] += 1
             try:
-                await asyncio.wait_for(websocket_connection(port, kind), 5)
-                counts["completed"] += 1
+                await asyncio.wait_for(websocket_connection(port, kind, counts), 5)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-                counts["failed"] += 1
+                pass        # the gateway closed or refused it: the next one follows
 
     async def flood():
-        counts = {"completed": 0, "failed": 0}
+        counts = {"connections": 0, "messages": 0}
         deadline = time.monotonic() + seconds
         await asyncio.gather(*(worker(deadline, counts) for _ in range(connections)))
         return counts
 
     start = time.perf_counter()
     counts = asyncio.run(flood())
-    results.put((counts["completed"] + counts["failed"], time.perf_counter() - start))
+    results.put((counts["connections"], counts["messages"], time.perf_counter() - start))
 
 
 def flood_udp(port, rate, seconds, results):
@@ -211,7 +219,7 @@ def flood_udp(port, rate, seconds, results):
             sent += 1
         time.sleep(0.001)
     sock.close()
-    results.put((sent, time.perf_counter() - start))
+    results.put((sent, sent, time.perf_counter() - start))
 
 
 # ----------------------------------------------------------------------
@@ -236,7 +244,7 @@ async def run_phase(name, gateway, ports, pair, args):
         port, door = ports[UDP_DOORS[name]], DROP_DOORS[name]
         flooder = (flood_udp, (port, args.udp_rate, args.seconds))
     before = snapshot(gateway, port)
-    sent_by_flood, flood_seconds = 0, 0.0
+    sent_by_flood, messages, flood_seconds = 0, 0, 0.0
     if flooder:
         results = multiprocessing.get_context("fork").SimpleQueue()
         process = multiprocessing.get_context("fork").Process(target=flooder[0],
@@ -248,7 +256,7 @@ async def run_phase(name, gateway, ports, pair, args):
         if process.is_alive():
             process.kill()
             raise RuntimeError(f"the {name} flooder did not finish")
-        sent_by_flood, flood_seconds = results.get()
+        sent_by_flood, messages, flood_seconds = results.get()
     after = snapshot(gateway, port)
     elapsed = after["time"] - before["time"]
     drops = sum(after["drops"].get(d, 0) - before["drops"].get(d, 0) for d in after["drops"]
@@ -261,7 +269,7 @@ async def run_phase(name, gateway, ports, pair, args):
             "cpu": (after["cpu"] - before["cpu"]) / elapsed * 100,
             "log": after["log"] - before["log"], "drops": drops, "refusals": refusals,
             "kernel": kernel,
-            "uncounted": max(0, sent_by_flood - drops - refusals - kernel) if port else None,
+            "uncounted": max(0, messages - drops - refusals - kernel) if flooder else None,
             "p50": percentile(delays, 0.50), "p99": percentile(delays, 0.99),
             "loss": 1 - legit_received / legit_sent if legit_sent else float("nan")}
 
