@@ -453,20 +453,8 @@ def every_door_config(session, passphrase, **limits):
     return config, ports
 
 
-def kernel_udp_drops(port):
-    """Datagrams the kernel dropped for the UDP sockets bound to ``port`` (/proc/net/udp)."""
-    return sum(drops for bound, drops in _udp_sockets() if bound == port)
-
-
 def bound_udp_ports():
     """The local ports of every IPv4 UDP socket on the machine (/proc/net/udp)."""
-    return {bound for bound, _ in _udp_sockets()}
-
-
-def _udp_sockets():
-    """(local port, kernel drops) of every IPv4 UDP socket."""
     with open("/proc/net/udp") as stream:
         next(stream)
-        for line in stream:
-            fields = line.split()
-            yield int(fields[1].rpartition(":")[2], 16), int(fields[-1])
+        return {int(line.split()[1].rpartition(":")[2], 16) for line in stream}

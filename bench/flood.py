@@ -20,8 +20,9 @@ of its own pinned to CPU 1 with the legit members (the gateway runs on CPU 0):
 Printed per phase: what the flood sent (connections or datagrams, and the
 rate reached), the gateway's CPU (% of one core), the bytes its log grew
 (and per second), what /status counted meanwhile (the door's drops, the
-bus's refusals), the kernel's receive drops on the flooded UDP port
-(/proc/net/udp), and the legit members' p50/p99 one-way delay and loss.
+bus's refusals, and the kernel's receive drops on the flooded UDP port as
+/status reports them), and the legit members' p50/p99 one-way delay and
+loss.
 The last column, uncounted, is what the flood sent (invalid frames, JSON
 texts, guesses, datagrams) less what the gateway's counters and the
 kernel's show (drops + refusals + kernel drops, floored at 0): what went by
@@ -50,7 +51,7 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
 from benchlib import (add_source_argument, cpu0_kept_awake, cpu_seconds, door_drops,  # noqa: E402
-                      every_door_config, gateway_failures, kernel_udp_drops, percentile,
+                      every_door_config, gateway_failures, percentile,
                       run_generator_on_cpu1, start_gateway)
 from tests.wsclient import JamClient  # noqa: E402
 
@@ -226,12 +227,13 @@ def flood_udp(port, rate, seconds, results):
 # Phases
 
 
-def snapshot(gateway, port):
+def snapshot(gateway, door, port):
     status = gateway.status()
+    kernel = status["kernel_drops"].get(door, {}).get(str(port), 0) if port else 0
     return {"cpu": cpu_seconds(gateway.process.pid), "log": os.path.getsize(gateway.log_path),
             "drops": {door: door_drops(status, door) for door in status["drops"]},
             "refusals": sum(status["refusals"].values()),
-            "kernel": kernel_udp_drops(port) if port else 0, "time": time.perf_counter()}
+            "kernel": kernel, "time": time.perf_counter()}
 
 
 async def run_phase(name, gateway, ports, pair, args):
@@ -243,7 +245,7 @@ async def run_phase(name, gateway, ports, pair, args):
     else:
         port, door = ports[UDP_DOORS[name]], DROP_DOORS[name]
         flooder = (flood_udp, (port, args.udp_rate, args.seconds))
-    before = snapshot(gateway, port)
+    before = snapshot(gateway, door, port)
     sent_by_flood, messages, flood_seconds = 0, 0, 0.0
     if flooder:
         results = multiprocessing.get_context("fork").SimpleQueue()
@@ -257,7 +259,7 @@ async def run_phase(name, gateway, ports, pair, args):
             process.kill()
             raise RuntimeError(f"the {name} flooder did not finish")
         sent_by_flood, messages, flood_seconds = results.get()
-    after = snapshot(gateway, port)
+    after = snapshot(gateway, door, port)
     elapsed = after["time"] - before["time"]
     drops = sum(after["drops"].get(d, 0) - before["drops"].get(d, 0) for d in after["drops"]
                 if door is None or d == door)
