@@ -29,8 +29,9 @@ and the fuzzer waits for evidence of what the gateway made of it, polling
 - taken silently: none of these, and the gateway's own codec reads the
   datagram as a message its protocol takes without an answer from a sender
   the gateway knows: an OSCgroups ping to the bridge naming a user the
-  server lists (/status), or an AppleMIDI RS with the SSRC of the peer the
-  fuzzer's valid IN packets joined while a peer is joined;
+  server lists (/status), or an AppleMIDI RS with the SSRC of a peer the
+  fuzzer's invitations (mutated or not) joined: an IN the gateway answered
+  OK on the data port;
 - unaccounted: none of these. Every unaccounted datagram is a failure.
 
 Nothing else runs in the gateway meanwhile (idle expiry and the OSCgroups
@@ -100,29 +101,55 @@ def rtcp_receiver_report():
     return struct.pack("!BBHI", 0x80, 201, 1, SSRC)
 
 
-def known_user_pings(data, status):
-    """Whether ``data`` is OSCgroups pings only, each naming a user the server lists."""
-    users = status["doors"]["oscgroups"]["server"]["users"]
-    try:
-        messages = [wire.decode_message(message) for message in wire.parse_packet(data)]
-    except wire.MalformedPacket:
+class NeverSilent:
+    """What a port takes silently: nothing. Subclasses name what they may take."""
+
+    def answered(self, port, data, reply):
+        """``data`` sent to ``port`` got ``reply``: a subclass may learn who joined."""
+
+    def taken_silently(self, data, status):
         return False
-    return bool(messages) and all(isinstance(message, wire.Ping) and message.user_name in users
-                                  for message in messages)
 
 
-def joined_peer_feedback(data, status):
-    """Whether ``data`` is an AppleMIDI RS from the fuzzer's SSRC while a peer is joined."""
-    try:
-        packet = parse_control(data)
-    except MalformedPacket:
-        return False
-    joined = any(session["peers"] for session in status["doors"]["rtpmidi"]["sessions"])
-    return isinstance(packet, ReceiverFeedback) and packet.ssrc == SSRC and joined
+class KnownUserPings(NeverSilent):
+    def taken_silently(self, data, status):
+        """Whether ``data`` is OSCgroups pings only, each naming a user the server lists."""
+        users = status["doors"]["oscgroups"]["server"]["users"]
+        try:
+            messages = [wire.decode_message(message) for message in wire.parse_packet(data)]
+        except wire.MalformedPacket:
+            return False
+        return bool(messages) and all(isinstance(message, wire.Ping)
+                                      and message.user_name in users for message in messages)
 
 
-def never_silent(data, status):
-    return False
+class JoinedPeerFeedback(NeverSilent):
+    """AppleMIDI RS from an SSRC whose invitation the gateway answered OK on the data port.
+
+    Mutated invitations join too (a flipped SSRC or token is as valid as the
+    original), so the SSRCs are learnt from the answers, not assumed.
+    """
+
+    def __init__(self, data_port):
+        self.data_port = data_port
+        self.joined = set()
+
+    def answered(self, port, data, reply):
+        try:
+            sent, answer = parse_control(data), parse_control(reply)
+        except MalformedPacket:
+            return
+        if port == self.data_port and isinstance(sent, SessionExchange) \
+                and isinstance(answer, SessionExchange) and sent.command == b"IN" \
+                and answer.command == b"OK":
+            self.joined.add(sent.ssrc)
+
+    def taken_silently(self, data, status):
+        try:
+            packet = parse_control(data)
+        except MalformedPacket:
+            return False
+        return isinstance(packet, ReceiverFeedback) and packet.ssrc in self.joined
 
 
 def valid_packets(ports):
@@ -130,8 +157,8 @@ def valid_packets(ports):
 
     A builder takes the fuzzer socket (packets that name their sender's
     address name that one) and returns the packet's bytes. ``taken
-    silently(data, status)`` says whether the door may take ``data`` without
-    answering or counting (see the module docstring).
+    silently`` (a :class:`NeverSilent`) says whether the door may take a
+    datagram without answering or counting (see the module docstring).
     """
     def fixed(*packets):
         return [lambda sock, packet=packet: packet for packet in packets]
@@ -146,22 +173,24 @@ def valid_packets(ports):
     sip = [lambda sock: sip_request("OPTIONS", sock.getsockname()[1]),
            lambda sock: sip_request("INVITE", sock.getsockname()[1], sdp)]
     media = rtp + fixed(rtcp_receiver_report())
+    never = NeverSilent()
+    applemidi_joins = JoinedPeerFeedback(ports["applemidi_data"])
     return {
-        "oscgroups": (LOOPBACK, ports["oscgroups"], "oscgroups", oscgroups, never_silent),
+        "oscgroups": (LOOPBACK, ports["oscgroups"], "oscgroups", oscgroups, never),
         "oscgroups bridge": (LOOPBACK, ports["oscgroups_bridge"], "oscgroups",
                              fixed(ping("fuzzer"), NOTE_HEAD + struct.pack(">iii", 1, 60, 100)),
-                             known_user_pings),
+                             KnownUserPings()),
         "applemidi control": (LOOPBACK, ports["applemidi_control"], "rtpmidi", applemidi,
-                              joined_peer_feedback),
+                              applemidi_joins),
         "applemidi data": (LOOPBACK, ports["applemidi_data"], "rtpmidi", applemidi + rtp,
-                           joined_peer_feedback),
-        "sip": (LOOPBACK, ports["sip"], "sip", sip, never_silent),
+                           applemidi_joins),
+        "sip": (LOOPBACK, ports["sip"], "sip", sip, never),
         "sfront rtcp side": (LOOPBACK, ports["sip"] + 1, "sip", fixed(rtcp_receiver_report()),
-                             never_silent),
-        "sfront media rtp": ("127.0.0.5", ports["sfront_rtp"], "sip", media, never_silent),
-        "sfront media rtcp": ("127.0.0.5", ports["sfront_rtcp"], "sip", media, never_silent),
-        "sip call rtp": (LOOPBACK, ports["sip_uas_rtp"], "sip", media, never_silent),
-        "sip call rtcp": (LOOPBACK, ports["sip_uas_rtcp"], "sip", media, never_silent),
+                             never),
+        "sfront media rtp": ("127.0.0.5", ports["sfront_rtp"], "sip", media, never),
+        "sfront media rtcp": ("127.0.0.5", ports["sfront_rtcp"], "sip", media, never),
+        "sip call rtp": (LOOPBACK, ports["sip_uas_rtp"], "sip", media, never),
+        "sip call rtcp": (LOOPBACK, ports["sip_uas_rtcp"], "sip", media, never),
     }
 
 
@@ -209,12 +238,14 @@ def fuzz_datagram(gateway, host, port, door, build, silent, rng, before):
             after = counters(gateway, door)
             if answered or after != before or time.monotonic() > deadline:
                 break
+        if answered:
+            silent.answered(port, data, sock.recv(65536))
     if answered:
         return "answered", data, counters(gateway, door)     # what it counted as well
     for outcome, was, now in zip(OUTCOMES[1:], before, after):
         if now > was:
             return outcome, data, after
-    if silent(data, gateway.status()):
+    if silent.taken_silently(data, gateway.status()):
         return "silently", data, after
     return "unaccounted", data, after
 
@@ -261,8 +292,8 @@ def fuzz(gateway, ports, args):
         print(f"{target:<18} {port:>6} {args.count:>6} "
               + " ".join(f"{outcomes[o]:>11}" for o in OUTCOMES), flush=True)
         if unaccounted:
-            failures.append(f"{target}: {len(unaccounted)} datagrams unaccounted, e.g."
-                            f" {unaccounted[0][:48].hex()}")
+            failures.append(f"{target}: {len(unaccounted)} datagrams unaccounted: "
+                            + ", ".join(data[:48].hex() for data in unaccounted[:3]))
     rtmp = collections.Counter(fuzz_rtmp(ports["rtmp"], mutate(rtmp_handshake(rng), rng))
                                for _ in range(args.count))
     print(f"{'rtmp (tcp)':<18} {ports['rtmp']:>6} {args.count:>6} "

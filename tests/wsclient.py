@@ -12,7 +12,9 @@ class JamClientProtocol(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         message = ("binary", payload) if isBinary else json.loads(payload)
-        if isinstance(message, dict) and message.get("type") == "ping":
+        # A ping that crosses our own close frame gets no pong (autobahn would raise).
+        if isinstance(message, dict) and message.get("type") == "ping" \
+                and self.state == self.STATE_OPEN:
             self.sendMessage(json.dumps({"type": "pong", "id": message["id"]}).encode())
         self.factory.inbox.put_nowait(message)
 
