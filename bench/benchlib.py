@@ -424,9 +424,10 @@ def every_door_config(session, passphrase, **limits):
              "sip": free_port(udp, even=True), "sfront_rtp": free_port(udp, even=True),
              "sip_uas_rtp": free_port(udp, even=True), "sip_tcp": free_port(),
              "rtmp": free_port(), "oscgroups_relay": free_port(udp)}
-    for pair in ("applemidi", "sfront", "sip_uas"):
-        first = "applemidi_control" if pair == "applemidi" else f"{pair}_rtp"
-        ports["applemidi_data" if pair == "applemidi" else f"{pair}_rtcp"] = ports[first] + 1
+    # free_port(even=True) checked that the port above each of these is free too.
+    ports["applemidi_data"] = ports["applemidi_control"] + 1
+    ports["sfront_rtcp"] = ports["sfront_rtp"] + 1
+    ports["sip_uas_rtcp"] = ports["sip_uas_rtp"] + 1
     loopback = "127.0.0.1"
     config = {
         "sessions": [{"name": session, "passphrase": passphrase,
