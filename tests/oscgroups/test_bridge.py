@@ -77,6 +77,9 @@ def test_strangers_and_garbage_are_dropped():
     assert early_alive.address == SERVER
     assert core.receive(b"not osc", ALICE, 1) == [
         PeerAlive("alice"), Drop("malformed", ALICE)]
+    # The ping marker alone is no ping (bench/wire_fuzz.py sent this one).
+    near_ping = wire.encode_bundle([osc_message(wire.PING + "\x01", "s", "bob")])
+    assert core.receive(near_ping, stranger, 3) == [Drop("unknown_peer", stranger)]
 
 
 def test_midi_to_peers_one_message_plain_several_bundled_oversized_dropped():

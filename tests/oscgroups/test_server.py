@@ -258,6 +258,7 @@ def test_two_alives_in_one_request_give_statuses_then_infos(rendezvous):
     (osc_message("/groupserver/user_alive", "ssii", "u" * 65, "p", 0, 1),
      "dropped_string_too_long"),
     (osc_message("/groupserver/whatever", "s", "x"), "dropped_unknown_address"),
+    (b"#bundle\0" + bytes(8), "dropped_no_messages"),       # found by bench/wire_fuzz.py
 ])
 def test_bad_input_is_dropped_and_counted(rendezvous, data, reason):
     assert rendezvous.receive(data, (LOOPBACK, 1), T0) == [

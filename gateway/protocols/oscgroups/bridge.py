@@ -70,9 +70,15 @@ class Bridge:
     def receive(self, data, source, now):
         core = self.client
         source = (source[0], source[1])
-        if source == core.server or _PING_MARKER in data:
+        pings = []
+        if source == core.server:
             self._peer_by_source.clear()
             actions = [action for action in core.receive(data, source, now)
+                       if type(action) is Send]
+        elif _PING_MARKER in data:
+            self._peer_by_source.clear()
+            pings = core.pings_in(data)
+            actions = [action for action in core.pinged(pings, source, now)
                        if type(action) is Send]
         else:
             actions = []      # the core would only hand it to the application: us
@@ -89,7 +95,7 @@ class Bridge:
         if name is None:
             # A ping from a user we have not learnt yet is normal while peers meet
             # (the client core re-registers to learn it); anything else is a drop.
-            if _PING_MARKER not in data:
+            if not pings:
                 actions.append(Drop("unknown_peer", source))
             return actions
         self.counters["datagrams_from_peers"] += 1

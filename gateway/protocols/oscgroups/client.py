@@ -210,23 +210,34 @@ class GroupClient:
         source = (source[0], source[1])
         if source == self.server:
             return self._server_datagram(data, seconds)
-        actions = [DeliverToApp(data)]
-        if _PING_MARKER in data:
-            try:
-                messages = wire.parse_packet(data)
-            except wire.MalformedPacket:
-                self.counters["malformed_peer_datagrams"] += 1
-                return actions
-            for message in messages:
-                if message.address != wire.PING:
-                    continue
-                try:
-                    ping = wire.Ping.from_message(message)
-                except wire.MalformedPacket:
-                    self.counters["bad_pings"] += 1
-                    continue
-                actions.extend(self._ping_received(ping.user_name, source, seconds))
+        return [DeliverToApp(data)] + self.pinged(self.pings_in(data), source, now)
+
+    def pinged(self, pings, source, now):
+        """What the well-formed ``pings`` of one peer datagram from ``source`` ask for."""
+        actions = []
+        for ping in pings:
+            actions.extend(self._ping_received(ping.user_name, (source[0], source[1]),
+                                               int(now)))
         return actions
+
+    def pings_in(self, data):
+        """The well-formed pings of a peer datagram (counting the malformed ones)."""
+        if _PING_MARKER not in data:
+            return []
+        try:
+            messages = wire.parse_packet(data)
+        except wire.MalformedPacket:
+            self.counters["malformed_peer_datagrams"] += 1
+            return []
+        pings = []
+        for message in messages:
+            if message.address != wire.PING:
+                continue
+            try:
+                pings.append(wire.Ping.from_message(message))
+            except wire.MalformedPacket:
+                self.counters["bad_pings"] += 1
+        return pings
 
     # ------------------------------------------------------------------
     # Server replies

@@ -158,6 +158,8 @@ class RendezvousServer:
             messages = wire.parse_packet(data)
         except wire.MalformedPacket:
             return self._drop("malformed", addr)
+        if not messages:
+            return self._drop("no_messages", addr)      # a bundle of nothing
         replies = []
         for message in messages:
             replies.extend(self._handle_message(message, addr, now))
