@@ -407,6 +407,14 @@ def gateway_failures(gateway):
     return failures
 
 
+def verdict(failures):
+    """Print each failure and PASS or FAILED; the exit status of a run with them."""
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    print("PASS" if not failures else "FAILED")
+    return 1 if failures else 0
+
+
 def every_door_config(session, passphrase, **limits):
     """``(config, ports)``: every door on, on free loopback ports, and one session.
 

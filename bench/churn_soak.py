@@ -43,7 +43,7 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
 from benchlib import (add_source_argument, gateway_failures, rss_bytes,  # noqa: E402
-                      run_generator_on_cpu1, start_gateway)
+                      run_generator_on_cpu1, start_gateway, verdict)
 from tests.conftest import free_port  # noqa: E402
 from tests.rtpmidi_peer import RtpMidiPeer  # noqa: E402
 from tests.wsclient import JamClient  # noqa: E402
@@ -298,10 +298,7 @@ def main(argv=None):
         failures = report(result, gateway)
     finally:
         gateway.stop()
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    print("PASS" if not failures else "FAILED")
-    return 1 if failures else 0
+    return verdict(failures)
 
 
 if __name__ == "__main__":

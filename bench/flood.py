@@ -52,7 +52,7 @@ sys.path[:0] = [REPO, HERE]
 
 from benchlib import (add_source_argument, cpu0_kept_awake, cpu_seconds, door_drops,  # noqa: E402
                       every_door_config, gateway_failures, percentile,
-                      run_generator_on_cpu1, start_gateway)
+                      run_generator_on_cpu1, start_gateway, verdict)
 from tests.wsclient import JamClient  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -328,10 +328,7 @@ def main(argv=None):
         gateway.stop()
     failures += [f"legit members lost {row['loss'] * 100:.2f}% during {row['phase']}"
                  for row in rows if row["loss"] != 0]
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    print("PASS" if not failures else "FAILED")
-    return 1 if failures else 0
+    return verdict(failures)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
 from benchlib import (add_source_argument, bound_udp_ports, door_drops,  # noqa: E402
-                      every_door_config, gateway_failures, rtp_midi_packets, start_gateway)
+                      every_door_config, gateway_failures, rtp_midi_packets, start_gateway,
+                      verdict)
 from oscgroups_relay import NOTE_HEAD, alive_bundle, ping  # noqa: E402
 
 from gateway.protocols.oscgroups import wire  # noqa: E402
@@ -329,10 +330,7 @@ def main(argv=None):
         failures += gateway_failures(gateway)
     finally:
         gateway.stop()
-    for failure in failures:
-        print(f"FAIL: {failure}")
-    print("PASS" if not failures else "FAILED")
-    return 1 if failures else 0
+    return verdict(failures)
 
 
 if __name__ == "__main__":
