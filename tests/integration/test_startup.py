@@ -6,6 +6,7 @@ import subprocess
 
 import yaml
 
+from gateway.config import ConfigError, parse
 from tests.conftest import REPO, free_port, twistd_command
 
 
@@ -59,7 +60,22 @@ def test_development_checkout_lists_the_plugin(tmp_path):
 
 
 def move_to_free_ports(config):
-    """The default config's ports, moved to ones free now (keeps tests off 5004, 22242...)."""
+    """The default config's ports, moved to ones free now (keeps tests off 5004, 22242...).
+
+    Picked one by one, a port can land inside a range picked before it (the
+    relay's 64 ports): the config would then refuse the duplicate, so pick again.
+    """
+    for _ in range(20):
+        _pick_free_ports(config)
+        try:
+            parse(config)
+            return
+        except ConfigError:
+            continue
+    raise RuntimeError("no set of free ports found for the default config")
+
+
+def _pick_free_ports(config):
     config["web"]["port"] = free_port()
     for session in config["rtpmidi"]["sessions"]:
         session["port"] = free_port(socket.SOCK_DGRAM, even=True)
