@@ -56,16 +56,16 @@ class _Message:
 
     def get(self, name):
         """The first value of header ``name`` (long or compact form, any case), or None."""
-        wanted = _long_name(name)
+        wanted = long_name(name)
         known = _LONG_NAMES.get
         for header, value in self.headers:
-            if (known(header) or _long_name(header)) == wanted:
+            if (known(header) or long_name(header)) == wanted:
                 return value
         return None
 
     def values(self, name):
-        wanted = _long_name(name)
-        return [value for header, value in self.headers if _long_name(header) == wanted]
+        wanted = long_name(name)
+        return [value for header, value in self.headers if long_name(header) == wanted]
 
     @property
     def call_id(self):
@@ -148,7 +148,7 @@ class Dialect:
     def spell(self, name):
         """``name`` as this dialect writes it: compact, or long as written (canonical
         capitals when it was written compact or in lower case)."""
-        long = _long_name(name)
+        long = long_name(name)
         if self.compact and long in _LONG_TO_COMPACT:
             return _LONG_TO_COMPACT[long]
         if len(name) > 1 and name != long:
@@ -165,7 +165,7 @@ _LONG_NAMES = {}
 _MAX_REMEMBERED_NAMES = 4096
 
 
-def _long_name(name):
+def long_name(name):
     """A header name's long form in lower case (remembered: headers repeat their names)."""
     long = _LONG_NAMES.get(name)
     if long is None:

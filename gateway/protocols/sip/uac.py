@@ -54,7 +54,7 @@ import urllib.parse
 from gateway.actions import Drop, Send
 from gateway.protocols.sip import digest
 from gateway.protocols.sip.message import (
-    COMPACT_NAMES, RFC3261, MalformedMessage, Request, Response, Via, parse,
+    RFC3261, MalformedMessage, Request, Response, Via, long_name, parse,
 )
 from gateway.protocols.sip.registrar import contact_uri, split_header_list
 from gateway.protocols.sip.sdp import same_media
@@ -415,7 +415,7 @@ class UserAgentClient:
             return []
         invite = transaction.request
         headers = [(name, value) for name, value in invite.headers
-                   if _long(name) in ("via", "max-forwards", "from", "to", "call-id", "route")]
+                   if long_name(name) in ("via", "max-forwards", "from", "to", "call-id", "route")]
         headers.append(("CSeq", f"{transaction.cseq} CANCEL"))
         data = Request("CANCEL", invite.uri, headers).to_bytes(RFC3261)
         cancel, sends = self.transactions.send_request(
@@ -431,7 +431,7 @@ class UserAgentClient:
         invite = transaction.request
         headers = []
         for name, value in invite.headers:
-            long = _long(name)
+            long = long_name(name)
             if long == "via" and not headers:
                 headers.append((name, value))
             elif long in ("max-forwards", "from", "call-id", "route"):
@@ -854,11 +854,6 @@ class UserAgentClient:
         if call.transport == "UDP":
             return f"<{scheme}:{user}@{where}>"
         return f"<{scheme}:{user}@{where};transport={call.transport.lower()}>"
-
-
-def _long(name):
-    name = name.lower()
-    return COMPACT_NAMES.get(name, name)
 
 
 def _quoted(text):

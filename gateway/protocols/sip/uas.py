@@ -89,7 +89,7 @@ from gateway.bus.values import (
 from gateway.protocols.sip import digest
 from gateway.protocols.sip.framing import PING, Broken, StreamFramer
 from gateway.protocols.sip.message import (
-    COMPACT_NAMES, RFC3261, MalformedMessage, Request, Response, Via, parse,
+    RFC3261, MalformedMessage, Request, Response, Via, long_name, parse,
 )
 from gateway.protocols.sip.registrar import Registrar, contact_uri
 from gateway.protocols.sip.sdp import MalformedSdp, Sdp, same_media
@@ -908,7 +908,7 @@ def response_bytes(request, source, status, phrase, to_tag, headers, body, agent
     copied = []
     top = True
     for name, value in request.headers:
-        long = COMPACT_NAMES.get(name.lower(), name.lower())
+        long = long_name(name)
         if long == "via":
             if top:
                 value = _via_returned(value, source)
@@ -975,7 +975,7 @@ def _salvage(data):
     headers, seen = [], set()
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        long = COMPACT_NAMES.get(name.strip().lower(), name.strip().lower())
+        long = long_name(name.strip())
         if not colon or long not in ("via", "from", "to", "call-id", "cseq"):
             continue
         if long in seen and (long != "via" or len(headers) > 16):
