@@ -30,6 +30,8 @@ from gateway.addresses import is_wildcard
 # Python 3.11 lacks the constant; 8 is Linux's (<linux/in.h>), the platform we serve.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 MAX_REMEMBERED_PEERS = 65536
+# Nothing more to read, or the ICMP error of an earlier send: Twisted's read loop stops there.
+_READ_ENDS = frozenset(udp._sockErrReadIgnore + udp._sockErrReadRefuse)
 _IN_PKTINFO = struct.Struct("=I4s4s")     # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16sI")     # addr, ifindex
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_PKTINFO.size)
@@ -48,36 +50,25 @@ def listen_udp(reactor, port, protocol, interface, **options):
 class AnsweringSocket:
     """A bound UDP socket whose ``sendto`` leaves from the address the peer last wrote to."""
 
-    def __init__(self, raw, family):
-        self._raw = raw
-        self._family = family
-        self.local_address_of = {}    # peer (host, port) -> ancillary data to answer it with
+    def __init__(self, raw):
+        self.raw = raw
+        self._answer_with = {}    # peer (host, port) -> the control message to answer it with
 
     def __getattr__(self, name):
-        return getattr(self._raw, name)
+        return getattr(self.raw, name)
 
     def remember(self, peer, ancillary):
-        remembered = self.local_address_of
+        remembered = self._answer_with
         if remembered.get(peer) != ancillary:
             if len(remembered) >= MAX_REMEMBERED_PEERS:
                 remembered.clear()
             remembered[peer] = ancillary
 
     def sendto(self, data, address):
-        ancillary = self.local_address_of.get(address[:2])
+        ancillary = self._answer_with.get(address[:2])
         if ancillary is None:
-            return self._raw.sendto(data, address)
-        return self._raw.sendmsg([data], ancillary, 0, address)
-
-    def local_address(self, peer):
-        """The local address ``peer`` last wrote to (None before it wrote)."""
-        ancillary = self.local_address_of.get(peer[:2])
-        if ancillary is None:
-            return None
-        level, kind, data = ancillary[0]
-        if level == socket.IPPROTO_IPV6:
-            return socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack(data)[0])
-        return socket.inet_ntop(socket.AF_INET, _IN_PKTINFO.unpack(data)[1])
+            return self.raw.sendto(data, address)
+        return self.raw.sendmsg([data], ancillary, 0, address)
 
 
 def _answer_with(level, kind, data):
@@ -105,19 +96,17 @@ class AnsweringPort(udp.Port):
 
     def _bindSocket(self):
         super()._bindSocket()
-        self.socket = AnsweringSocket(self.socket, self.addressFamily)
+        self.socket = AnsweringSocket(self.socket)
 
     def doRead(self):
         # Twisted's loop (udp.Port.doRead), reading with recvmsg for the packet info.
         read = 0
-        raw = self.socket._raw
+        raw = self.socket.raw
         while read < self.maxThroughput:
             try:
                 data, ancillary, _, peer = raw.recvmsg(self.maxPacketSize, _ANCILLARY_BYTES)
             except OSError as failure:
-                if failure.args[0] in udp._sockErrReadIgnore:
-                    return
-                if failure.args[0] in udp._sockErrReadRefuse:
+                if failure.args[0] in _READ_ENDS:
                     return
                 raise
             read += len(data)
