@@ -80,6 +80,15 @@ class LimitsConfig:
         doc="new connections per second per /24 (IPv4) or /64 (IPv6)")
     network_connection_burst: int = bounded(200, minimum=1, maximum=100000)
     concurrent_connections_per_source: int = bounded(64, minimum=1, maximum=100000)
+    datagrams_per_second: float = bounded(
+        2000.0, minimum=0.01, maximum=10000000.0,
+        doc="datagrams per second per source address at each UDP door (OSCgroups, AppleMIDI,"
+            " SIP and their media); more are dropped unread and counted")
+    datagram_burst: int = bounded(4000, minimum=1, maximum=10000000)
+    network_datagrams_per_second: float = bounded(
+        8000.0, minimum=0.01, maximum=10000000.0,
+        doc="datagrams per second per /24 (IPv4) or /64 (IPv6) at each UDP door")
+    network_datagram_burst: int = bounded(16000, minimum=1, maximum=10000000)
     source_limits_exempt: typing.List[str] = bounded(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         doc="CIDRs never limited per source (a reverse proxy on this host, tests)")

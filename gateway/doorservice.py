@@ -29,6 +29,7 @@ class DoorService(service.Service):
         # Test contexts without one (in-memory networks) have no kernel to ask.
         self.kernel_drops = getattr(context, "kernel_drops", None)
         self.connection_gate = getattr(context, "connection_gate", None)
+        self.datagram_guard = getattr(context, "datagram_guard", None)
 
     def guard(self, factory):
         """``factory`` refusing connections over the per-source limits (limits.connections_*)."""
@@ -37,7 +38,10 @@ class DoorService(service.Service):
         return factory
 
     def listen_udp(self, port, protocol, interface, **options):
-        """:func:`gateway.udp.listen_udp`, its socket's kernel drops counted for this door."""
+        """:func:`gateway.udp.listen_udp`, its socket's kernel drops counted for this door,
+        datagrams over the per-source limits (limits.datagrams_*) dropped unread."""
+        if self.datagram_guard is not None:
+            self.datagram_guard.guard(protocol, self.name)
         listening = udp.listen_udp(self.reactor, port, protocol, interface, **options)
         if self.kernel_drops is not None:
             self.kernel_drops.watch(self.name, listening)

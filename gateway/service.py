@@ -10,8 +10,8 @@ from twisted.web import server
 from gateway import doors, log as gatewaylog
 from gateway.addresses import is_wildcard
 from gateway.bus.local import DropCounters, LocalBus
-from gateway.connectiongate import ConnectionGate
 from gateway.served_certificate import CertificateUnusable, ServedCertificate
+from gateway.sourcelimits import ConnectionGate, DatagramGuard
 from gateway.udp import KernelDrops
 from gateway.web.redirect import HttpsRedirect
 from gateway.web.site import (access_log_line, build_metrics_root, build_root,
@@ -27,9 +27,9 @@ class GatewayContext:
         self.log = gatewaylog.logger("netgateway")
         self.drops = DropCounters()
         self.kernel_drops = KernelDrops()
-        self.connection_gate = ConnectionGate(
-            config.limits, reactor, self.drops,
-            gatewaylog.DropLog(self.log, config.logging.drop_log_interval, reactor))
+        refusal_log = gatewaylog.DropLog(self.log, config.logging.drop_log_interval, reactor)
+        self.connection_gate = ConnectionGate(config.limits, reactor, self.drops, refusal_log)
+        self.datagram_guard = DatagramGuard(config.limits, reactor, self.drops, refusal_log)
         self.bus = LocalBus(config, reactor, self.drops, log=self.log)
         self.doors = {}
         self.web_root = None

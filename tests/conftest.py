@@ -195,6 +195,18 @@ class GatewayProcess:
         with urllib.request.urlopen(request, timeout=2, context=self.ssl_context) as response:
             return json.loads(response.read())
 
+    def wait_for_status(self, predicate, timeout=5.0):
+        """The first ``/status`` that ``predicate`` accepts; fails with the last one after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if predicate(status):
+                return status
+            if time.monotonic() > deadline:
+                pytest.fail(f"/status never met the condition in {timeout}s; last: {status}")
+            time.sleep(0.05)
+
     def get(self, path):
         with urllib.request.urlopen(self.web_url + path, timeout=5,
                                     context=self.ssl_context) as response:

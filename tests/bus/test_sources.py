@@ -1,6 +1,7 @@
 """The per-source connection gate's arithmetic (sans-IO: addresses and times)."""
 
-from gateway.bus.sources import CONCURRENT, NETWORK_RATE, RATE, SourceGate
+from gateway.bus.sources import (CONCURRENT, DATAGRAM_RATE, NETWORK_DATAGRAM_RATE, NETWORK_RATE,
+                                 RATE, DatagramGate, SourceGate, TokenBuckets)
 
 
 def gate(**overrides):
@@ -53,3 +54,44 @@ def test_remembered_sources_are_bounded():
     for host in range(100):
         source.admit(f"10.0.{host}.1", 0.0)
     assert len(source) == 10
+
+
+def datagram_gate(**overrides):
+    settings = dict(per_second=100.0, burst=10, network_per_second=1000.0, network_burst=15,
+                    exempt=["127.0.0.0/8"])
+    settings.update(overrides)
+    return DatagramGate(**settings)
+
+
+def test_a_datagram_source_gets_its_burst_then_its_rate():
+    datagrams = datagram_gate()
+    answers = [datagrams.admit("198.51.100.1", 0.0) for _ in range(12)]
+    assert answers == [None] * 10 + [DATAGRAM_RATE] * 2
+    # 100 a second: one more every 10 ms.
+    assert datagrams.admit("198.51.100.1", 0.0101) is None
+    assert datagrams.admit("198.51.100.1", 0.0102) == DATAGRAM_RATE
+
+
+def test_a_network_of_datagram_sources_shares_one_bucket():
+    datagrams = datagram_gate()
+    answers = [datagrams.admit(f"198.51.100.{host}", 0.0) for host in range(1, 5) for _ in range(5)]
+    assert answers.count(None) == 15
+    assert answers[15:] == [NETWORK_DATAGRAM_RATE] * 5
+    assert datagrams.admit("198.51.101.1", 0.0) is None
+
+
+def test_exempt_datagram_sources_are_never_dropped():
+    datagrams = datagram_gate(burst=1)
+    assert all(datagrams.admit("127.0.0.2", 0.0) is None for _ in range(1000))
+    assert datagrams.admit("::ffff:198.51.100.9", 0.0) is None
+    assert datagrams.admit("198.51.100.9", 0.0) == DATAGRAM_RATE
+
+
+def test_forgetting_sources_keeps_the_busy_ones():
+    buckets = TokenBuckets(max_keys=4)
+    for tick in range(4):
+        buckets.take(f"idle {tick}", 1.0, 1, float(tick))
+    assert not buckets.take("idle 3", 1.0, 1, 3.0)         # spent
+    buckets.take("new", 1.0, 1, 10.0)                       # forgets idle 0 and idle 1
+    assert len(buckets) == 3
+    assert not buckets.take("idle 3", 1.0, 1, 3.5)          # remembered: still spent

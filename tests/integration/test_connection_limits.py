@@ -1,4 +1,5 @@
-"""Per-source connection limits at accept time, on a real twistd (limits.connections_*).
+"""Per-source limits on a real twistd: connections at accept time (limits.connections_*)
+and datagrams before a UDP door reads them (limits.datagrams_*).
 
 Flooders connect from other loopback addresses than the test's /status
 reads (127.0.0.1, exempt here), so each address has its own budget while
@@ -9,6 +10,7 @@ handshake.
 
 import socket
 
+from gateway.protocols.rtpmidi.applemidi import SessionExchange, parse_control
 from tests.conftest import free_port
 
 LIMITS = {"connections_per_second": 0.01, "connection_burst": 5,
@@ -63,3 +65,51 @@ def test_rate_network_and_concurrency_limits_refuse_early_and_are_counted(gatewa
     assert status["drops"]["rtmp"] == {
         "concurrent_connections": 1, "connection_rate": 3, "network_connection_rate": 5}
     assert "rtmp: refused a connection from 127.0.0.2: connection_rate" in gateway.log
+
+
+DATAGRAM_LIMITS = {"datagrams_per_second": 0.01, "datagram_burst": 10,
+                   "network_datagrams_per_second": 0.01, "network_datagram_burst": 25,
+                   "source_limits_exempt": ["127.0.0.1/32"]}
+
+
+def invite(source, port):
+    """An AppleMIDI invitation from ``source``: the gateway's answer, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(1.0)
+        sock.sendto(bytes(SessionExchange(b"IN", 7, 0x1234, "limits test")), ("127.0.0.1", port))
+        try:
+            return parse_control(sock.recv(2048))
+        except (socket.timeout, TimeoutError):
+            return None
+
+
+def test_datagrams_over_a_source_rate_are_dropped_unread_and_counted(gateway_factory):
+    port = free_port(socket.SOCK_DGRAM, even=True)
+    gateway = gateway_factory({"limits": DATAGRAM_LIMITS, "rtpmidi": {
+        "sessions": [{"session": "demo", "port": port, "name": "limits"}]}})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flooder:
+        flooder.bind(("127.0.0.2", 0))
+        for number in range(60):
+            flooder.sendto(b"not applemidi %d" % number, ("127.0.0.1", port))
+    # The flooder's own address is spent: its invitation is dropped unread.
+    assert invite("127.0.0.2", port) is None
+    # Another address has its budget, and the exempt one is never limited.
+    assert invite("127.0.0.3", port).command == b"OK"
+    assert invite("127.0.0.1", port).command == b"OK"
+
+    drops = gateway.wait_for_status(
+        lambda status: sum(status["drops"].get("rtpmidi", {}).values()) >= 61)["drops"]["rtpmidi"]
+    assert drops.pop("datagram_rate") == 51          # 60 + 1 invitation, 10 read
+    assert sum(drops.values()) == 10                 # the garbage it read, by its own reasons
+    assert "rtpmidi: refused datagrams from 127.0.0.2: datagram_rate" in gateway.log
+
+    # The /24 had 25: 10 + 1 spent above; 14 more from other addresses, then none.
+    for host in range(10, 30):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((f"127.0.0.{host}", 0))
+            sock.sendto(b"garbage", ("127.0.0.1", port))
+    drops = gateway.wait_for_status(
+        lambda status: status["drops"]["rtpmidi"].get("network_datagram_rate", 0) >= 6
+    )["drops"]["rtpmidi"]
+    assert drops["network_datagram_rate"] == 6
