@@ -89,6 +89,15 @@ class LimitsConfig:
         8000.0, minimum=0.01, maximum=10000000.0,
         doc="datagrams per second per /24 (IPv4) or /64 (IPv6) at each UDP door")
     network_datagram_burst: int = bounded(16000, minimum=1, maximum=10000000)
+    pre_join_messages_per_second: float = bounded(
+        2.0, minimum=0.01, maximum=100000.0,
+        doc="WebSocket messages a connection may send per second before it has joined")
+    pre_join_message_burst: int = bounded(10, minimum=1, maximum=100000)
+    pre_join_bytes_per_second: float = bounded(
+        4096.0, minimum=1.0, maximum=100000000.0,
+        doc="bytes a WebSocket or RTMP connection may send per second before it has joined,"
+            " and a SIP connection (signalling only) at any time")
+    pre_join_byte_burst: int = bounded(65536, minimum=1, maximum=100000000)
     source_limits_exempt: typing.List[str] = bounded(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         doc="CIDRs never limited per source (a reverse proxy on this host, tests)")

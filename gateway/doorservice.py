@@ -20,6 +20,7 @@ class DoorService(service.Service):
 
     def __init__(self, config, context):
         self.config = config
+        self.limits = context.config.limits
         self.reactor = context.reactor
         self.bus = context.bus
         self.drops = context.drops

@@ -634,3 +634,24 @@ class LibrtmpClient:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def rtmp_chunks(csid, type_id, stream_id, body, timestamp=0, chunk_size=128):
+    """One message in chunks: a type 0 header, then type 3 continuations (RTMP spec §5.3)."""
+    header = (bytes((csid,)) + timestamp.to_bytes(3, "big") + len(body).to_bytes(3, "big")
+              + bytes((type_id,)) + struct.pack("<I", stream_id))
+    pieces = [header, body[:chunk_size]]
+    for start in range(chunk_size, len(body), chunk_size):
+        pieces += [bytes((0xC0 | csid,)), body[start:start + chunk_size]]
+    return b"".join(pieces)
+
+
+def command(name, transaction, command_object, *arguments, stream_id=0, csid=3):
+    return rtmp_chunks(csid, 20, stream_id, amf0_encode_all(
+        [name, float(transaction), command_object, *arguments]))
+
+
+def plain_handshake(rng):
+    """C0 C1 C2 of a plain handshake; C2 echoes C1 (the server does not compare it with S1)."""
+    c1 = bytes(8) + rng.randbytes(1528)
+    return b"\x03" + c1 + c1

@@ -22,6 +22,8 @@ NETWORK_RATE = "network_connection_rate"
 CONCURRENT = "concurrent_connections"
 DATAGRAM_RATE = "datagram_rate"
 NETWORK_DATAGRAM_RATE = "network_datagram_rate"
+PRE_JOIN_MESSAGES = "pre_join_messages"
+PRE_JOIN_BYTES = "pre_join_bytes"
 
 
 class SourceKeys:
@@ -168,4 +170,39 @@ class DatagramGate:
             return DATAGRAM_RATE
         if not take(keys[1], self.network_per_second, self.network_burst, now):
             return NETWORK_DATAGRAM_RATE
+        return None
+
+
+class ConnectionBudget:
+    """What one connection may send before it has joined: messages and bytes per second.
+
+    A joined member answers to ``limits.events_per_second``; before that, a
+    connection has no business sending more than a join or two, and a
+    connection sending a stream of guesses or garbage spends its budget and is
+    closed. Both are token buckets, full when the connection opens.
+    """
+
+    __slots__ = ("_limits", "_messages", "_bytes", "_stamp")
+
+    def __init__(self, limits, now):
+        self._limits = limits
+        self._messages = limits.pre_join_message_burst
+        self._bytes = limits.pre_join_byte_burst
+        self._stamp = now
+
+    def spend(self, size, now, messages=1):
+        """Spend ``messages`` and ``size`` bytes: None, or why the connection must close."""
+        limits = self._limits
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        self._messages = min(limits.pre_join_message_burst,
+                             self._messages + elapsed * limits.pre_join_messages_per_second)
+        self._bytes = min(limits.pre_join_byte_burst,
+                          self._bytes + elapsed * limits.pre_join_bytes_per_second)
+        self._messages -= messages
+        self._bytes -= size
+        if self._messages < 0:
+            return PRE_JOIN_MESSAGES
+        if self._bytes < 0:
+            return PRE_JOIN_BYTES
         return None

@@ -1,7 +1,9 @@
 """The per-source connection gate's arithmetic (sans-IO: addresses and times)."""
 
 from gateway.bus.sources import (CONCURRENT, DATAGRAM_RATE, NETWORK_DATAGRAM_RATE, NETWORK_RATE,
-                                 RATE, DatagramGate, SourceGate, TokenBuckets)
+                                 PRE_JOIN_BYTES, PRE_JOIN_MESSAGES, RATE, ConnectionBudget,
+                                 DatagramGate, SourceGate, TokenBuckets)
+from gateway.config import LimitsConfig
 
 
 def gate(**overrides):
@@ -95,3 +97,19 @@ def test_forgetting_sources_keeps_the_busy_ones():
     buckets.take("new", 1.0, 1, 10.0)                       # forgets idle 0 and idle 1
     assert len(buckets) == 3
     assert not buckets.take("idle 3", 1.0, 1, 3.5)          # remembered: still spent
+
+
+def test_a_connection_budget_before_joining_refills_at_its_rates():
+    limits = LimitsConfig(pre_join_messages_per_second=2.0, pre_join_message_burst=3,
+                          pre_join_bytes_per_second=100.0, pre_join_byte_burst=1000)
+    budget = ConnectionBudget(limits, 10.0)
+    assert [budget.spend(10, 10.0) for _ in range(4)] == [None] * 3 + [PRE_JOIN_MESSAGES]
+    budget = ConnectionBudget(limits, 10.0)
+    assert [budget.spend(1, 10.0) for _ in range(3)] == [None] * 3
+    assert budget.spend(1, 10.5) is None          # half a second: one message back
+    assert budget.spend(1, 10.5) == PRE_JOIN_MESSAGES
+    bytes_only = ConnectionBudget(limits, 0.0)
+    assert bytes_only.spend(990, 0.0, messages=0) is None
+    assert bytes_only.spend(20, 0.0, messages=0) == PRE_JOIN_BYTES
+    assert bytes_only.spend(0, 1.0, messages=0) is None      # a second: 100 bytes back
+    assert bytes_only.spend(95, 1.0, messages=0) == PRE_JOIN_BYTES

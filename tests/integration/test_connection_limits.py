@@ -8,10 +8,12 @@ once, before a byte of RTMP handshake; an admitted one waits for its
 handshake.
 """
 
+import random
 import socket
 
 from gateway.protocols.rtpmidi.applemidi import SessionExchange, parse_control
 from tests.conftest import free_port
+from tests.rtmp_peer import plain_handshake, rtmp_chunks
 
 LIMITS = {"connections_per_second": 0.01, "connection_burst": 5,
           "network_connections_per_second": 0.01, "network_connection_burst": 15,
@@ -113,3 +115,42 @@ def test_datagrams_over_a_source_rate_are_dropped_unread_and_counted(gateway_fac
         lambda status: status["drops"]["rtpmidi"].get("network_datagram_rate", 0) >= 6
     )["drops"]["rtpmidi"]
     assert drops["network_datagram_rate"] == 6
+
+
+def closed_after(port, data, wait=3.0):
+    """Send ``data`` on a new connection: whether the gateway closes it within ``wait`` s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        try:
+            sock.sendall(data)
+            while sock.recv(65536):      # the RTMP handshake's answer, then the close
+                pass
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        return True
+
+
+def test_rtmp_and_sip_connections_sending_too_much_before_joining_are_closed(gateway_factory):
+    """limits.pre_join_byte_burst: an RTMP client that never connects to a session, and a
+    SIP connection (signalling only), are closed once over it, and counted; under it
+    they stay open."""
+    rtmp_port, sip_port = free_port(), free_port()
+    burst = 20000
+    gateway = gateway_factory({
+        "limits": {"pre_join_byte_burst": burst, "pre_join_bytes_per_second": 1.0},
+        "rtmp": {"port": rtmp_port},
+        "sip": {"host": "127.0.0.1", "port": free_port(socket.SOCK_DGRAM),
+                "uas": {"tcp_port": sip_port, "tls_port": None}}})
+    # A metadata message on stream 0, over and over: well-formed, but no connect.
+    metadata = rtmp_chunks(4, 18, 0, b"\x02\x00\x0aonMetaData" + bytes(1000))
+    handshake = plain_handshake(random.Random(5))
+    assert not closed_after(rtmp_port, handshake + metadata * 10, wait=1.5)
+    assert closed_after(rtmp_port, handshake + metadata * 25)
+    # CRLF keep-alives (RFC 5626 §4.4.1), the smallest thing a SIP connection sends.
+    assert not closed_after(sip_port, b"\r\n\r\n" * 2000, wait=1.5)
+    assert closed_after(sip_port, b"\r\n\r\n" * 6000)
+    drops = gateway.wait_for_status(lambda status: "pre_join_bytes" in status["drops"].get(
+        "sip", {}) and "pre_join_bytes" in status["drops"].get("rtmp", {}))["drops"]
+    assert drops["rtmp"]["pre_join_bytes"] == 1
+    assert drops["sip"]["pre_join_bytes"] == 1

@@ -1,6 +1,7 @@
 """WebSocket door limits and TLS, against the real twistd process."""
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -108,28 +109,38 @@ def test_slow_reader_is_disconnected_and_counted(gateway_factory):
 
 
 def test_passphrase_guessing_is_throttled_and_logged_once(gateway):
-    """2,000 wrong guesses on one connection: a few checked, the rest throttled, one log line."""
-    guesses = 2000
+    """400 wrong guesses, ten a connection (limits.pre_join_message_burst), each
+    connection closed with 1008 at its eleventh: a few checked, the rest throttled
+    unchecked, one log line."""
+    connections, per_connection = 40, 10
 
     async def scenario():
-        guesser = await JamClient.connect(gateway.ws_url)
-        codes = []
-        for attempt in range(guesses):
-            reply = await guesser.join("demo", f"guess number {attempt} is long", "mallory")
-            codes.append(reply["code"])
+        codes, closes = [], []
+        for connection in range(connections):
+            guesser = await JamClient.connect(gateway.ws_url)
+            for attempt in range(per_connection):
+                reply = await guesser.join("demo", f"guess {connection}.{attempt} is long",
+                                           "mallory")
+                codes.append(reply["code"])
+            guesser.send({"type": "join", "session": "demo", "passphrase": "one too many!",
+                          "name": "mallory"})
+            closes.append((await guesser.closed())[0])
         player = await JamClient.connect(gateway.ws_url)
         joined = await player.join(*DEMO, "player")    # the same address waits, right passphrase or not
-        return codes, joined
+        return codes, closes, joined
 
-    codes, joined = asyncio.run(asyncio.wait_for(scenario(), 120))
+    codes, closes, joined = asyncio.run(asyncio.wait_for(scenario(), 120))
+    guesses = connections * per_connection
     assert codes[:4] == ["wrong_passphrase"] * 4
     assert codes.count("throttled") >= guesses - 10
-    refusals = gateway.status()["refusals"]
-    assert refusals["throttled"] + refusals["wrong_passphrase"] == guesses + 1   # + the player
+    assert closes == [1008] * connections
+    status = gateway.status()
+    assert status["refusals"]["throttled"] + status["refusals"]["wrong_passphrase"] == guesses + 1
+    assert status["drops"]["websocket"]["pre_join_messages"] == connections
     refused_lines = [line for line in gateway.log.splitlines()
                      if "refused join from 127.0.0.1 door=websocket" in line]
     assert 1 <= len(refused_lines) <= 3, refused_lines
-    assert not any("guess number" in line for line in gateway.log.splitlines())
+    assert not any("guess " in line for line in gateway.log.splitlines())
     assert joined["type"] == "error" and joined["code"] == "throttled"
 
 
@@ -189,3 +200,44 @@ def test_garbage_connections_are_each_counted_and_logged_in_a_few_lines(gateway_
     left_out = sum(int(count) for line in summaries
                    for count in re.findall(r"\((\d+) more like this not logged\)", line))
     assert len(dropped) - len(summaries) + left_out == 300, dropped
+
+
+def server_frames(data):
+    """(opcode, payload) of each unmasked server frame in ``data``."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, length = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            length, at = struct.unpack("!H", data[at:at + 2])[0], at + 2
+        elif length == 127:
+            length, at = struct.unpack("!Q", data[at:at + 8])[0], at + 8
+        frames.append((opcode, data[at:at + length]))
+        at += length
+    return frames
+
+
+def test_a_connection_sending_too_much_before_joining_is_closed_and_counted(gateway):
+    """limits.pre_join_message_burst (10): a stream of guesses on one connection ends in a
+    1008 close after ten; each guess it got to make was answered, the rest never read."""
+    port = int(gateway.web_url.rsplit(":", 1)[1])
+    guess = json.dumps({"type": "join", "session": "demo", "passphrase": "not it at all, no",
+                        "name": "guesser"}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(UPGRADE)
+        assert connection.recv(4096).startswith(b"HTTP/1.1 101")
+        connection.sendall(b"".join(client_frame(0x1, guess) for _ in range(25)))
+        received = b""
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    frames = server_frames(received)
+    answers = [json.loads(payload)["code"] for opcode, payload in frames if opcode == 0x1]
+    # Three free failures, a fourth that starts the back-off, then throttled unchecked.
+    assert answers == ["wrong_passphrase"] * 4 + ["throttled"] * 6
+    assert frames[-1][0] == 0x8 and struct.unpack("!H", frames[-1][1][:2])[0] == 1008
+    drops = gateway.wait_for_status(
+        lambda status: "pre_join_messages" in status["drops"].get("websocket", {}))
+    assert drops["drops"]["websocket"]["pre_join_messages"] == 1

@@ -24,6 +24,7 @@ from twisted.internet import defer, protocol, task, tcp
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from gateway.bus.sources import ConnectionBudget
 from gateway.bus.values import THROTTLED, JoinRefused, JoinRequest, Passphrase
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
@@ -147,6 +148,7 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
                                  rtmp_door.config.slow_player_seconds)
         self._linger = None
         self._pending = []          # written in this reactor turn, sent at its end
+        self._budget = None         # what it may send before it joins
 
     # Protocol ------------------------------------------------------------------
 
@@ -163,12 +165,20 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
             self.transport.abortConnection()
             return
         door.connections.add(self)
+        self._budget = ConnectionBudget(door.limits, door.reactor.seconds())
         self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
         self._write_now = direct_writer(self.transport)
 
     def dataReceived(self, data):
-        self.carry_out(self.core.receive(data, self.door.reactor.seconds()))
+        now = self.door.reactor.seconds()
+        if self.membership is None and not self.gone:
+            overspent = self._budget.spend(len(data), now, messages=0)
+            if overspent is not None:
+                self.door.drop(self.peer, overspent, "closed before joining")
+                self.abort(overspent)
+                return
+        self.carry_out(self.core.receive(data, now))
 
     def connectionLost(self, reason=None):
         self.gone = True

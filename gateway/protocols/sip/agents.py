@@ -49,6 +49,7 @@ from twisted.protocols import policies
 from zope.interface import implementer
 
 from gateway.actions import Drop, PeerLeft, Send
+from gateway.bus.sources import ConnectionBudget
 from gateway.bus.values import JoinRefused, JoinRequest
 from gateway.interfaces import IMember
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
@@ -313,22 +314,34 @@ class MediaPortPool:
 
 
 class _Stream(protocol.Protocol, policies.TimeoutMixin):
-    """One TCP or TLS connection from a user agent."""
+    """One TCP or TLS connection from a user agent.
+
+    It carries signalling only (calls' media go over UDP), so the bytes a
+    connection may send before joining (limits.pre_join_bytes_*) bound it at
+    any time: a phone sends a few kilobytes a minute.
+    """
 
     def __init__(self, agents, transport_name):
         self.agents = agents
         self.transport_name = transport_name
         self.address = None
         self.framer = None
+        self.budget = None
 
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.address = (peer.host, peer.port)
         self.framer = self.agents.core.new_framer()
+        self.budget = ConnectionBudget(self.agents.door.limits, self.agents.now())
         self.setTimeout(CONNECTION_IDLE_TIMEOUT)
         self.agents.connection_made(self)
 
     def dataReceived(self, data):
+        overspent = self.budget.spend(len(data), self.agents.now(), messages=0)
+        if overspent is not None:
+            self.agents.door.drop(self.address, overspent, self.transport_name)
+            self.transport.abortConnection()
+            return
         self.resetTimeout()
         self.agents.stream_received(self, data)
 

@@ -26,6 +26,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer, task
 from zope.interface import implementer
 
+from gateway.bus.sources import ConnectionBudget
 from gateway.bus.values import JoinRefused, JoinRequest, Passphrase
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
@@ -35,6 +36,7 @@ from gateway.protocols.websocket import jam
 DOOR = "websocket"
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_IDLE = 4001
 CLOSE_KICKED = 4002
 _CLOSE_CODES = {"shutdown": CLOSE_GOING_AWAY, "idle": CLOSE_IDLE}
@@ -68,6 +70,7 @@ class JamServerProtocol(WebSocketServerProtocol):
         self._queue = collections.deque()
         self._queued_bytes = 0
         self._pings = {}
+        self._budget = None
 
     # autobahn callbacks -------------------------------------------------
     def onOpen(self):
@@ -78,10 +81,14 @@ class JamServerProtocol(WebSocketServerProtocol):
         # transport's producer; it is done, and this connection takes over.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
-        self.factory.door.connections.add(self)
+        door = self.factory.door
+        door.connections.add(self)
+        self._budget = ConnectionBudget(door.limits, door.reactor.seconds())
 
     def onMessage(self, payload, isBinary):
         door = self.factory.door
+        if self.membership is None and self._over_budget(len(payload)):
+            return
         request = jam.parse_binary(payload) if isBinary else jam.parse_text(payload)
         if self.membership is not None:
             self.membership.touch()
@@ -167,6 +174,16 @@ class JamServerProtocol(WebSocketServerProtocol):
         elif self.failedByMe:
             detail = (self.localCloseReason or b"").decode("utf-8", "replace")
             door.drop(self._peer_host(), f"protocol_error_{self.localCloseCode}", detail)
+
+    def _over_budget(self, size):
+        """Spend from what a connection may send before it joins; close it when spent."""
+        overspent = self._budget.spend(size, self.factory.door.reactor.seconds())
+        if overspent is None:
+            return False
+        self.factory.door.drop(self._peer_host(), overspent, "closed before joining")
+        self.close_with(CLOSE_POLICY_VIOLATION, "too much sent before joining")
+        self.dropConnection(abort=False)
+        return True
 
     def _join(self, request):
         door = self.factory.door
