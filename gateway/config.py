@@ -180,6 +180,11 @@ class LoggingConfig:
                                 doc="logging.file is rotated when it reaches this size")
     max_files: int = bounded(5, minimum=1, maximum=1000,
                              doc="rotated files kept besides logging.file; older ones go")
+    access_line_burst: int = bounded(
+        100, minimum=1, maximum=10**9,
+        doc="access-log lines a web client gets at once; past it, and its rate, requests"
+            " are counted and one summary line per drop_log_interval says how many")
+    access_lines_per_second: float = bounded(2.0, minimum=0.01, maximum=10**9)
 
 
 @dataclasses.dataclass

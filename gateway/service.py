@@ -5,7 +5,6 @@ import sys
 
 from twisted.application import internet, service
 from twisted.internet import error, task
-from twisted.web import server
 
 from gateway import doors, log as gatewaylog
 from gateway.addresses import is_wildcard
@@ -14,7 +13,7 @@ from gateway.served_certificate import CertificateUnusable, ServedCertificate
 from gateway.sourcelimits import ConnectionGate, DatagramGuard
 from gateway.udp import KernelDrops
 from gateway.web.redirect import HttpsRedirect
-from gateway.web.site import (access_log_line, build_metrics_root, build_root,
+from gateway.web.site import (GatewaySite, build_metrics_root, build_root,
                               metrics_registry)
 
 
@@ -183,10 +182,8 @@ def _host_text(config, host):
     return f"every address ({host})" + (f", advertised as {public}" if public else "")
 
 
-def _site(root):
-    site = server.Site(root, logFormatter=access_log_line)
-    site.displayTracebacks = False
-    return site
+def _site(context, root):
+    return GatewaySite(root, context.config.logging, context.reactor)
 
 
 def _web_service(context, site):
@@ -201,7 +198,7 @@ def _web_service(context, site):
 def _redirect_service(context):
     """Plain HTTP on web.redirect_http_port, answering every request with the https URL."""
     web = context.config.web
-    site = context.connection_gate.guard(_site(HttpsRedirect(web.port)), "web")
+    site = context.connection_gate.guard(_site(context, HttpsRedirect(web.port)), "web")
     return internet.TCPServer(web.redirect_http_port, site, interface=web.host,
                               reactor=context.reactor)
 
@@ -221,7 +218,7 @@ def make_gateway(config, reactor):
         context.doors[name] = door
         door.setServiceParent(gateway)
     if config.web.enabled:
-        web = _web_service(context, _site(context.web_root))
+        web = _web_service(context, _site(context, context.web_root))
         web.setName("web")
         web.setServiceParent(gateway)
         if config.web.redirect_http_port is not None:
@@ -229,7 +226,7 @@ def make_gateway(config, reactor):
             redirect.setName("web-redirect")
             redirect.setServiceParent(gateway)
     if config.metrics.port is not None:
-        metrics_site = context.connection_gate.guard(_site(build_metrics_root(context.metrics)),
+        metrics_site = context.connection_gate.guard(_site(context, build_metrics_root(context.metrics)),
                                                      "metrics")
         metrics = internet.TCPServer(config.metrics.port, metrics_site,
                                      interface=config.metrics.host, reactor=reactor)

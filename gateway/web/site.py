@@ -9,10 +9,11 @@ import time
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.twisted import MetricsResource
-from twisted.web import http, resource, static
+from twisted.web import http, resource, server, static
 
 import gateway
 from gateway import build, log as gatewaylog
+from gateway.bus.sources import TokenBuckets
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 _QUERY = re.compile(r'\?[^\s"]*')
@@ -21,6 +22,71 @@ _QUERY = re.compile(r'\?[^\s"]*')
 def access_log_line(timestamp, request):
     """Twisted's combined log line without query strings: they may carry a passphrase."""
     return _QUERY.sub("?-", http.combinedLogFormatter(timestamp, request))
+
+
+class AccessLogBudget:
+    """How many access-log lines each client gets: a burst, then a rate (sans-IO).
+
+    A page load is a handful of requests and always logged in full; a GET
+    flood from one address would be one line per request. Past the budget a
+    client's requests are counted, and :meth:`due_summaries` names those with
+    a count once ``interval`` has passed since the first one left out.
+    """
+
+    def __init__(self, per_second, burst, interval):
+        self.per_second = per_second
+        self.burst = burst
+        self.interval = interval
+        self.buckets = TokenBuckets()
+        self.left_out = {}           # client -> [requests not logged, since when]
+
+    def admit(self, client, now):
+        if self.buckets.take(client, self.per_second, self.burst, now):
+            return True
+        entry = self.left_out.get(client)
+        if entry is None:
+            self.left_out[client] = [1, now]
+        else:
+            entry[0] += 1
+        return False
+
+    def due_summaries(self, now):
+        """(client, requests not logged) for every count at least ``interval`` old; reset."""
+        due = [(client, entry[0]) for client, entry in self.left_out.items()
+               if now - entry[1] >= self.interval]
+        for client, _ in due:
+            del self.left_out[client]
+        return due
+
+
+class GatewaySite(server.Site):
+    """twisted.web's Site with its access log bounded per client (logging.access_log_*)."""
+
+    displayTracebacks = False
+
+    def __init__(self, root, logging_config, reactor):
+        super().__init__(root, logFormatter=access_log_line, reactor=reactor)
+        self.budget = AccessLogBudget(logging_config.access_lines_per_second,
+                                      logging_config.access_line_burst,
+                                      max(1.0, logging_config.drop_log_interval))
+        self._summaries = None
+
+    def log(self, request):
+        client = request.getClientAddress()
+        if self.budget.admit(getattr(client, "host", None), self.reactor.seconds()):
+            super().log(request)
+        elif self._summaries is None or not self._summaries.active():
+            self._summaries = self.reactor.callLater(self.budget.interval, self._summarise)
+
+    def _summarise(self):
+        log_file = self._logFile
+        due = self.budget.due_summaries(self.reactor.seconds())
+        if log_file is not None:
+            for client, count in due:
+                log_file.write(f"\"{client}\" - - [{self._logDateTime}] {count} more requests"
+                               " not logged (logging.access_line_burst)\n")
+        if self.budget.left_out:
+            self._summaries = self.reactor.callLater(self.budget.interval, self._summarise)
 
 
 class StatusResource(resource.Resource):
