@@ -11,11 +11,17 @@ of its own pinned to CPU 1 with the legit members (the gateway runs on CPU 0):
 - websocket frames / json / guesses: ``--connections`` concurrent
   connections, each opened, upgraded, then sending one invalid frame (a
   reserved opcode), one text frame of invalid JSON, or wrong-passphrase
-  joins (one after another, each waiting for its answer), then closed; a
-  new one follows at once;
+  joins (one after another, each waiting for its answer, until the gateway
+  closes the connection), then closed; a new one follows at once;
 - oscgroups / applemidi / sip: random datagrams (1-200 bytes) at
-  ``--udp-rate`` a second from one socket to the OSCgroups server port, the
-  AppleMIDI control port and the SIP port.
+  ``--udp-rate`` a second to the OSCgroups server port, the AppleMIDI
+  control port and the SIP port.
+
+The flood comes from ``--sources`` addresses (127.0.K.2, one per /24), none
+exempt from the per-source limits (the config's ``source_limits_exempt`` is
+empty), as an attacker on the Internet would be; the legit members come from
+127.0.0.1. ``--sources 0`` floods from 127.0.0.1 with loopback exempt again:
+what the flood cost before the per-source limits.
 
 Printed per phase: what the flood sent (connections or datagrams, and the
 rate reached), the gateway's CPU (% of one core), the bytes its log grew
@@ -23,16 +29,18 @@ rate reached), the gateway's CPU (% of one core), the bytes its log grew
 bus's refusals, and the kernel's receive drops on the flooded UDP port as
 /status reports them), and the legit members' p50/p99 one-way delay and
 loss.
-The last column, uncounted, is what the flood sent (invalid frames, JSON
-texts, guesses, datagrams) less what the gateway's counters and the
-kernel's show (drops + refusals + kernel drops, floored at 0): what went by
-uncounted, at least.
+The column uncounted is what the flood sent (connections refused before
+their upgrade, invalid frames, JSON texts, guesses, datagrams) less what the
+gateway's counters and the kernel's show (drops + refusals + kernel drops,
+floored at 0): what went by uncounted, at least. For the guesses phase,
+``checked/min`` is how many guesses a minute had their passphrase checked
+(refused as wrong_passphrase, not throttled unchecked), per source.
 
 It passes (exit status 0) when the gateway is alive with no Traceback in its
 log and the legit members lost nothing. Cost (CPU, log, delay) is printed,
 not judged: issue 16 sets the goals.
 
-Run: .venv/bin/python bench/flood.py [--seconds 20] [--udp-rate 20000] [--quick]
+Run: .venv/bin/python bench/flood.py [--seconds 20] [--udp-rate 20000] [--sources 1] [--quick]
 """
 
 import argparse
@@ -145,15 +153,25 @@ def upgrade_request(port):
             "Sec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
-async def websocket_connection(port, kind, counts):
-    """One flooding connection: upgrade, the garbage of ``kind``, then close.
+def flood_sources(count):
+    """The addresses a flood comes from: one per /24 (127.0.K.2), or 127.0.0.1 for 0."""
+    return [f"127.0.{network}.2" for network in range(1, count + 1)] or [LOOPBACK]
 
-    Counts in ``counts["messages"]`` each garbage message it sends.
+
+async def websocket_connection(port, kind, source, counts):
+    """One flooding connection from ``source``: upgrade, the garbage of ``kind``, close.
+
+    Counts in ``counts["refused"]`` a connection closed before its upgrade was
+    answered, and in ``counts["messages"]`` each garbage message it sends.
     """
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    reader, writer = await asyncio.open_connection(LOOPBACK, port, local_addr=(source, 0))
     try:
         writer.write(upgrade_request(port))
-        await reader.readuntil(b"\r\n\r\n")
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError):
+            counts["refused"] += 1
+            return
         if kind == "frames":
             writer.write(masked_frame(0x3, b"reserved opcode"))
             counts["messages"] += 1
@@ -168,41 +186,50 @@ async def websocket_connection(port, kind, counts):
                                    "passphrase": f"wrong guess {guess} {os.urandom(4).hex()}"})
                 writer.write(masked_frame(0x1, join.encode()))
                 counts["messages"] += 1
-                if not await reader.read(1024):
+                answer = await reader.read(1024)
+                if not answer or answer[0] == 0x88:       # closed: nothing more is read
                     break
     finally:
         writer.transport.abort()
 
 
-def flood_websocket(port, kind, seconds, connections, results):
+def flood_websocket(port, kind, seconds, connections, sources, results):
     """``connections`` at a time, each followed at once by a new one, until the deadline."""
     run_generator_on_cpu1()
 
-    async def worker(deadline, counts):
+    async def worker(number, deadline, counts):
+        source = sources[number % len(sources)]
         while time.monotonic() < deadline:
             counts["connections"] += 1
             try:
-                await asyncio.wait_for(websocket_connection(port, kind, counts), 5)
+                await asyncio.wait_for(websocket_connection(port, kind, source, counts), 5)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-                pass        # the gateway closed or refused it: the next one follows
+                pass        # the gateway closed it: the next one follows
 
     async def flood():
-        counts = {"connections": 0, "messages": 0}
+        counts = {"connections": 0, "messages": 0, "refused": 0}
         deadline = time.monotonic() + seconds
-        await asyncio.gather(*(worker(deadline, counts) for _ in range(connections)))
+        await asyncio.gather(*(worker(number, deadline, counts)
+                               for number in range(connections)))
         return counts
 
     start = time.perf_counter()
     counts = asyncio.run(flood())
-    results.put((counts["connections"], counts["messages"], time.perf_counter() - start))
+    results.put((counts["connections"], counts["messages"] + counts["refused"],
+                 time.perf_counter() - start))
 
 
-def flood_udp(port, rate, seconds, results):
-    """Random datagrams to ``port`` at ``rate``/s for ``seconds``, in 1 ms batches."""
+def flood_udp(port, rate, seconds, sources, results):
+    """Random datagrams to ``port`` at ``rate``/s for ``seconds``, in 1 ms batches, from
+    each of ``sources`` in turn."""
     run_generator_on_cpu1()
     rng = random.Random(port)
     garbage = [rng.randbytes(rng.randint(1, 200)) for _ in range(4096)]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    socks = []
+    for source in sources:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source, 0))
+        socks.append(sock)
     target = (LOOPBACK, port)
     total = int(rate * seconds)
     sent = 0
@@ -214,12 +241,13 @@ def flood_udp(port, rate, seconds, results):
         due = min(total, int(elapsed * rate) + 1)
         while sent < due:
             try:
-                sock.sendto(garbage[sent % len(garbage)], target)
+                socks[sent % len(socks)].sendto(garbage[sent % len(garbage)], target)
             except OSError:         # ECONNREFUSED from an ICMP error: count, go on
                 pass
             sent += 1
         time.sleep(0.001)
-    sock.close()
+    for sock in socks:
+        sock.close()
     results.put((sent, sent, time.perf_counter() - start))
 
 
@@ -233,6 +261,7 @@ def snapshot(gateway, door, port):
     return {"cpu": cpu_seconds(gateway.process.pid), "log": os.path.getsize(gateway.log_path),
             "drops": {door: door_drops(status, door) for door in status["drops"]},
             "refusals": sum(status["refusals"].values()),
+            "checked": status["refusals"].get("wrong_passphrase", 0),
             "kernel": kernel, "time": time.perf_counter()}
 
 
@@ -241,10 +270,11 @@ async def run_phase(name, gateway, ports, pair, args):
         flooder, port, door = None, None, None
     elif name in WEBSOCKET_FLOODS:
         port, door = None, "websocket"
-        flooder = (flood_websocket, (ports["websocket"], name, args.seconds, args.connections))
+        flooder = (flood_websocket, (ports["websocket"], name, args.seconds, args.connections,
+                                     flood_sources(args.sources)))
     else:
         port, door = ports[UDP_DOORS[name]], DROP_DOORS[name]
-        flooder = (flood_udp, (port, args.udp_rate, args.seconds))
+        flooder = (flood_udp, (port, args.udp_rate, args.seconds, flood_sources(args.sources)))
     before = snapshot(gateway, door, port)
     sent_by_flood, messages, flood_seconds = 0, 0, 0.0
     if flooder:
@@ -261,8 +291,10 @@ async def run_phase(name, gateway, ports, pair, args):
         sent_by_flood, messages, flood_seconds = results.get()
     after = snapshot(gateway, door, port)
     elapsed = after["time"] - before["time"]
+    # Connections refused at accept time are the web site's (the door of the port).
+    counted = {door, "web"} if door == "websocket" else {door}
     drops = sum(after["drops"].get(d, 0) - before["drops"].get(d, 0) for d in after["drops"]
-                if door is None or d == door)
+                if door is None or d in counted)
     refusals = after["refusals"] - before["refusals"]
     kernel = after["kernel"] - before["kernel"]
     legit_sent, legit_received, delays = legit
@@ -272,6 +304,8 @@ async def run_phase(name, gateway, ports, pair, args):
             "log": after["log"] - before["log"], "drops": drops, "refusals": refusals,
             "kernel": kernel,
             "uncounted": max(0, messages - drops - refusals - kernel) if flooder else None,
+            "checked_per_minute": (after["checked"] - before["checked"]) / elapsed * 60
+            / max(1, args.sources),
             "p50": percentile(delays, 0.50), "p99": percentile(delays, 0.99),
             "loss": 1 - legit_received / legit_sent if legit_sent else float("nan")}
 
@@ -281,16 +315,17 @@ def print_row(row):
     flood = f"{row['sent']:>8} {unit:<5} {row['sent'] / row['flood_seconds']:>7.0f}/s" \
         if row["sent"] else f"{'-':>23}"
     uncounted = "-" if row["uncounted"] is None else str(row["uncounted"])
+    checked = f"{row['checked_per_minute']:.1f}" if row["phase"] == "guesses" else "-"
     print(f"{row['phase']:<10} {flood} {row['cpu']:>6.1f} {row['log'] / 1024:>9.1f}"
           f" {row['log'] / 1024 / row['elapsed']:>7.1f} {row['drops']:>8} {row['refusals']:>7}"
-          f" {row['kernel']:>7} {uncounted:>9} | {row['p50']:>7.2f} {row['p99']:>7.2f}"
-          f" {row['loss'] * 100:>6.2f}", flush=True)
+          f" {row['kernel']:>7} {uncounted:>9} {checked:>11} | {row['p50']:>7.2f}"
+          f" {row['p99']:>7.2f} {row['loss'] * 100:>6.2f}", flush=True)
 
 
 async def flood_all(gateway, ports, args):
     pair = await LegitPair.join(gateway.ws_url)
     print(f"{'phase':<10} {'flood sent':>23} {'CPU %':>6} {'log KB':>9} {'KB/s':>7}"
-          f" {'drops':>8} {'refused':>7} {'kernel':>7} {'uncounted':>9} |"
+          f" {'drops':>8} {'refused':>7} {'kernel':>7} {'uncounted':>9} {'checked/min':>11} |"
           f" {'p50 ms':>7} {'p99 ms':>7} {'loss %':>6}")
     rows = []
     for name in args.phases.split(","):
@@ -308,6 +343,9 @@ def main(argv=None):
     parser.add_argument("--udp-rate", type=float, default=20_000, help="datagrams/s")
     parser.add_argument("--connections", type=int, default=50,
                         help="concurrent WebSocket flooding connections")
+    parser.add_argument("--sources", type=int, default=1,
+                        help="addresses the flood comes from, one per /24; 0: 127.0.0.1,"
+                             " exempt from the per-source limits")
     parser.add_argument("--legit-rate", type=float, default=200,
                         help="messages/s each legit member sends")
     parser.add_argument("--let-cpu0-idle", action="store_true",
@@ -318,7 +356,9 @@ def main(argv=None):
     if args.quick:
         args.seconds = 3.0
     run_generator_on_cpu1()
-    config, ports = every_door_config(SESSION[0], SESSION[1], events_per_second=100_000)
+    exempt = ["127.0.0.0/8"] if args.sources == 0 else []
+    config, ports = every_door_config(SESSION[0], SESSION[1], events_per_second=100_000,
+                                      source_limits_exempt=exempt)
     gateway = start_gateway(config, "bench-flood-", args)
     try:
         with cpu0_kept_awake(not args.let_cpu0_idle):

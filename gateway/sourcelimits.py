@@ -50,16 +50,23 @@ class ConnectionGate(_Guard):
             if protocol is None:
                 gate.closed(host)
                 return None
-            lost = protocol.connectionLost
-            ended = []
+            make = protocol.makeConnection
 
-            def connectionLost(reason):  # noqa: N802
-                if not ended:
-                    ended.append(True)
-                    gate.closed(host)
-                return lost(reason)
+            def makeConnection(transport):  # noqa: N802
+                # The end is watched on the transport: a protocol may hand its
+                # transport to another (twisted.web to a WebSocket, on upgrade),
+                # and only the last one hears connectionLost.
+                lost = transport.connectionLost
 
-            protocol.connectionLost = connectionLost
+                def connectionLost(*reason):  # noqa: N802
+                    if transport.__dict__.pop("connectionLost", None) is not None:
+                        gate.closed(host)
+                    return lost(*reason)
+
+                transport.connectionLost = connectionLost
+                return make(transport)
+
+            protocol.makeConnection = makeConnection
             return protocol
 
         factory.buildProtocol = buildProtocol

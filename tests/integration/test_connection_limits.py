@@ -10,8 +10,12 @@ handshake.
 
 import random
 import socket
+import ssl
+
+import pytest
 
 from gateway.protocols.rtpmidi.applemidi import SessionExchange, parse_control
+from tests.certificates import self_signed
 from tests.conftest import free_port
 from tests.rtmp_peer import plain_handshake, rtmp_chunks
 
@@ -154,3 +158,34 @@ def test_rtmp_and_sip_connections_sending_too_much_before_joining_are_closed(gat
         "sip", {}) and "pre_join_bytes" in status["drops"].get("rtmp", {}))["drops"]
     assert drops["rtmp"]["pre_join_bytes"] == 1
     assert drops["sip"]["pre_join_bytes"] == 1
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_upgraded_connections_are_released_when_they_end(gateway_factory, tmp_path, tls):
+    """A WebSocket upgrade hands the connection from twisted.web to autobahn (inside
+    the TLS layer, with TLS): the gate must still hear it end, or a source is refused
+    forever after concurrent_connections_per_source upgrades (found by bench/flood.py)."""
+    override = {"limits": {
+        "concurrent_connections_per_source": 2, "connection_burst": 1000,
+        "network_connection_burst": 1000, "source_limits_exempt": ["127.0.0.1/32"]}}
+    wrap = lambda sock: sock                                      # noqa: E731
+    if tls:
+        certificate, key = self_signed(tmp_path)
+        override["web"] = {"tls": {"certificate": certificate, "key": key}}
+        context = ssl.create_default_context(cafile=certificate)
+        wrap = lambda sock: context.wrap_socket(sock, server_hostname="127.0.0.1")  # noqa: E731
+    gateway = gateway_factory(override)
+    port = gateway.config["web"]["port"]
+    for request, answer in [(UPGRADE, b"HTTP/1.1 101")] * 10 + [
+            (b"GET /jam.css HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"HTTP/1.1 200")] * 10:
+        with wrap(connect("127.0.0.2", port)) as sock:
+            sock.settimeout(2)
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(answer)
+    status = gateway.wait_for_status(lambda status: status["connections"]["open"] == 0)
+    assert status["connections"]["refused"] == {}
