@@ -11,7 +11,11 @@ object (no WrappingFactory or proxy protocol): doors write on the transport's
 socket directly, which a wrapper would hide, so the one method is replaced.
 """
 
+from OpenSSL import SSL
+
 from gateway.bus.sources import DatagramGate, SourceGate
+
+TLS_ERROR = "tls_error"
 
 
 class _Guard:
@@ -67,6 +71,16 @@ class ConnectionGate(_Guard):
                 return make(transport)
 
             protocol.makeConnection = makeConnection
+            first_lost = protocol.connectionLost
+
+            def connectionLostCounted(reason=None):  # noqa: N802
+                # A failed TLS handshake ends the first protocol with the TLS
+                # layer's error, and nothing else would count or log it.
+                if reason is not None and reason.check(SSL.Error):
+                    self._refused(door, host, TLS_ERROR, "a TLS connection")
+                return first_lost(reason)
+
+            protocol.connectionLost = connectionLostCounted
             return protocol
 
         factory.buildProtocol = buildProtocol

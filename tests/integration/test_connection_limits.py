@@ -189,3 +189,22 @@ def test_upgraded_connections_are_released_when_they_end(gateway_factory, tmp_pa
             assert sock.recv(4096).startswith(answer)
     status = gateway.wait_for_status(lambda status: status["connections"]["open"] == 0)
     assert status["connections"]["refused"] == {}
+
+
+def test_failed_tls_handshakes_are_counted_and_logged_once(gateway_factory, tmp_path):
+    certificate, key = self_signed(tmp_path)
+    gateway = gateway_factory({"web": {"tls": {"certificate": certificate, "key": key}}})
+    port = gateway.config["web"]["port"]
+    for garbage in [random.Random(seed).randbytes(300) for seed in range(10)] + [
+            b"\x16\x03\x01\x00\x05hello"] * 10 + [b"GET / HTTP/1.1\r\n\r\n"] * 10:
+        with connect("127.0.0.1", port) as sock:
+            sock.sendall(garbage)
+            try:
+                sock.recv(4096)
+            except (socket.timeout, TimeoutError, ConnectionResetError):
+                pass
+    drops = gateway.wait_for_status(
+        lambda status: status["drops"].get("web", {}).get("tls_error", 0) >= 30)["drops"]
+    assert drops["web"]["tls_error"] == 30
+    lines = [line for line in gateway.log.splitlines() if "tls_error" in line]
+    assert len(lines) == 1 and "web: refused a TLS connection from 127.0.0.1" in lines[0]
