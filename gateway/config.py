@@ -80,6 +80,11 @@ class LimitsConfig:
         doc="new connections per second per /24 (IPv4) or /64 (IPv6)")
     network_connection_burst: int = bounded(200, minimum=1, maximum=100000)
     concurrent_connections_per_source: int = bounded(64, minimum=1, maximum=100000)
+    total_connections_per_second: float = bounded(
+        200.0, minimum=0.01, maximum=1000000.0,
+        doc="new connections per second from every address not exempt, together: what"
+            " holds a flood from many networks")
+    total_connection_burst: int = bounded(400, minimum=1, maximum=1000000)
     datagrams_per_second: float = bounded(
         2000.0, minimum=0.01, maximum=10000000.0,
         doc="datagrams per second per source address at each UDP door (OSCgroups, AppleMIDI,"

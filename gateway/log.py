@@ -35,21 +35,28 @@ def write_to_file(path, rotate_bytes, max_files):
 
 
 class DropLog:
-    """Logs dropped or refused input at most once per key (peer) per interval.
+    """Logs dropped or refused input at most once per key (peer) per interval, and at most
+    ``max_lines`` first lines per interval in all.
 
     The first drop from a peer is logged at once; later ones within the
     interval are only counted, and when the interval ends a summary line
     (the last drop's text with "N more like this not logged") says how many,
-    so a flood that stops leaves its count in the log too. ``clock`` is the
-    reactor (or a task.Clock) that times the summaries.
+    so a flood that stops leaves its count in the log too. A flood from more
+    peers than ``max_lines`` an interval (addresses walked, or spoofed) gets
+    its first ``max_lines`` lines and one line saying how many peers' lines
+    were left out. ``clock`` is the reactor (or a task.Clock) that times the
+    summaries.
     """
 
-    def __init__(self, log, interval, clock, max_keys=4096):
+    def __init__(self, log, interval, clock, max_keys=4096, max_lines=50):
         self.log = log
         self.interval = interval
         self.clock = clock
         self.max_keys = max_keys
+        self.max_lines = max_lines
         self._last = {}        # key -> [time logged, drops suppressed since, text, fields]
+        self._lines = []       # times of the first lines logged in the last interval
+        self._left_out = 0     # first lines not logged for want of room, since the summary
 
     def dropped(self, key, now, text, **fields):
         entry = self._last.get(key)
@@ -59,11 +66,25 @@ class DropLog:
             entry[1] += 1
             entry[2], entry[3] = text, fields
             return
+        if not self._room(now):
+            if not self._left_out:
+                self.clock.callLater(self.interval, self._summarise_left_out)
+            self._left_out += 1
+            return
         if len(self._last) >= self.max_keys:
             # Forget the quiet ones; those still counting have a summary coming.
             self._last = {key: entry for key, entry in self._last.items() if entry[1]}
         self._last[key] = [now, 0, text, fields]
         self.log.warn(text, **fields)
+
+    def _room(self, now):
+        lines = self._lines
+        while lines and now - lines[0] >= self.interval:
+            lines.pop(0)
+        if len(lines) >= self.max_lines:
+            return False
+        lines.append(now)
+        return True
 
     def _summarise(self, key):
         entry = self._last.get(key)
@@ -73,3 +94,9 @@ class DropLog:
         self._last[key] = [self.clock.seconds(), 0, text, fields]
         self.log.warn(text + " ({suppressed} more like this not logged)",
                       suppressed=suppressed, **fields)
+
+    def _summarise_left_out(self):
+        left_out, self._left_out = self._left_out, 0
+        self.log.warn("netgateway: {left_out} more drops or refusals from other peers not"
+                      " logged (more than {max_lines} peers in {interval} s)",
+                      left_out=left_out, max_lines=self.max_lines, interval=self.interval)

@@ -37,7 +37,8 @@ class ConnectionGate(_Guard):
         self.gate = SourceGate(
             limits.connections_per_second, limits.connection_burst,
             limits.network_connections_per_second, limits.network_connection_burst,
-            limits.concurrent_connections_per_source, exempt=limits.source_limits_exempt)
+            limits.concurrent_connections_per_source, limits.total_connections_per_second,
+            limits.total_connection_burst, exempt=limits.source_limits_exempt)
 
     def guard(self, factory, door):
         """Make ``factory`` (of ``door``) refuse connections over the limits as they arrive."""

@@ -7,8 +7,8 @@ credential is seen. The gates answer before that: at accept time for
 connections (:class:`SourceGate`), before the door reads a datagram for
 datagrams (:class:`DatagramGate`). Each keeps a token bucket per address,
 and one per /24 or /64 so a host cannot dodge it by walking its addresses;
-the connection gate also bounds how many connections an address holds at
-once. Buckets are bounded: past ``max_sources`` the longest idle half is
+the connection gate also keeps one for all addresses together, and bounds how
+many connections an address holds at once. Buckets are bounded: past ``max_sources`` the longest idle half is
 forgotten, which only makes a gate more lenient. Exempt networks (loopback by
 default: a reverse proxy, the tests, the benches) are never limited.
 """
@@ -19,6 +19,7 @@ from gateway.addresses import peer_address
 
 RATE = "connection_rate"
 NETWORK_RATE = "network_connection_rate"
+TOTAL_RATE = "total_connection_rate"
 CONCURRENT = "concurrent_connections"
 DATAGRAM_RATE = "datagram_rate"
 NETWORK_DATAGRAM_RATE = "network_datagram_rate"
@@ -89,15 +90,24 @@ class TokenBuckets:
 
 
 class SourceGate:
-    """New connections: a rate per address and per network, and how many at once per address."""
+    """New connections: a rate per address, per network and in all, and how many at once
+    per address.
+
+    The rate in all (of every address not exempt) is what holds when a flood
+    comes from more networks than the per-network rate can tell apart: members
+    already in keep playing while newcomers may have to try again.
+    """
 
     def __init__(self, per_second, burst, network_per_second, network_burst, max_concurrent,
-                 exempt=(), ipv4_prefix=24, ipv6_prefix=64, max_sources=20000):
+                 total_per_second=None, total_burst=None, exempt=(), ipv4_prefix=24,
+                 ipv6_prefix=64, max_sources=20000):
         self.per_second = per_second
         self.burst = burst
         self.network_per_second = network_per_second
         self.network_burst = network_burst
         self.max_concurrent = max_concurrent
+        self.total_per_second = total_per_second       # None: no rate in all
+        self.total_burst = total_burst
         self.keys = SourceKeys(exempt, ipv4_prefix, ipv6_prefix)
         self.buckets = TokenBuckets(max_sources)
         self.open = {}                 # address -> connections open
@@ -119,6 +129,9 @@ class SourceGate:
             reason = RATE
         elif not self.buckets.take(network, self.network_per_second, self.network_burst, now):
             reason = NETWORK_RATE
+        elif self.total_per_second is not None and not self.buckets.take(
+                None, self.total_per_second, self.total_burst, now):
+            reason = TOTAL_RATE
         if reason is not None:
             self.refused[reason] = self.refused.get(reason, 0) + 1
             return reason

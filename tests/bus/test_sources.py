@@ -1,7 +1,8 @@
 """The per-source connection gate's arithmetic (sans-IO: addresses and times)."""
 
 from gateway.bus.sources import (CONCURRENT, DATAGRAM_RATE, NETWORK_DATAGRAM_RATE, NETWORK_RATE,
-                                 PRE_JOIN_BYTES, PRE_JOIN_MESSAGES, RATE, ConnectionBudget,
+                                 PRE_JOIN_BYTES, PRE_JOIN_MESSAGES, RATE, TOTAL_RATE,
+                                 ConnectionBudget,
                                  DatagramGate, SourceGate, TokenBuckets)
 from gateway.config import LimitsConfig
 
@@ -113,3 +114,11 @@ def test_a_connection_budget_before_joining_refills_at_its_rates():
     assert bytes_only.spend(20, 0.0, messages=0) == PRE_JOIN_BYTES
     assert bytes_only.spend(0, 1.0, messages=0) is None      # a second: 100 bytes back
     assert bytes_only.spend(95, 1.0, messages=0) == PRE_JOIN_BYTES
+
+
+def test_many_networks_together_meet_the_total_rate():
+    source = gate(total_per_second=1.0, total_burst=4)
+    answers = [source.admit(f"198.51.{network}.1", 0.0) for network in range(6)]
+    assert answers == [None] * 4 + [TOTAL_RATE] * 2
+    assert source.admit("127.0.0.1", 0.0) is None           # exempt: not counted at all
+    assert source.admit("198.51.7.1", 1.0) is None
