@@ -70,6 +70,17 @@ class GatewaySite(server.Site):
                                       logging_config.access_line_burst,
                                       max(1.0, logging_config.drop_log_interval))
         self._summaries = None
+        # twisted.web's own lines are one per connection or request (a client
+        # timed out, a HEAD answered with a body): bounded like a door's drops.
+        self.twisted_log = gatewaylog.BoundedLogger("twisted.web", gatewaylog.DropLog(
+            gatewaylog.logger("netgateway.web"), logging_config.drop_log_interval, reactor))
+        self.requestFactory = type("Request", (server.Request,), {"_log": self.twisted_log})
+
+    def buildProtocol(self, addr):  # noqa: N802 -- Twisted's name
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            protocol._channel._log = self.twisted_log    # the HTTPChannel Twisted wraps
+        return protocol
 
     def log(self, request):
         client = request.getClientAddress()
