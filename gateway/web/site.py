@@ -212,6 +212,7 @@ def metrics_registry(context):
     registry = CollectorRegistry(auto_describe=True)
     registry.register(BusCollector(context.bus, context.drops))
     registry.register(context.kernel_drops)
+    registry.register(context.connection_gate)
     return registry
 
 
