@@ -1,4 +1,4 @@
-"""twisted.web resources for the jam page, ``/status`` and ``/metrics``."""
+"""twisted.web resources for the jam page, ``/sessions``, ``/status`` and ``/metrics``."""
 
 import hmac
 import json
@@ -175,6 +175,35 @@ class StatusResource(resource.Resource):
                            " answers a public summary"}
 
 
+class SessionsResource(resource.Resource):
+    """``GET /sessions``: the sessions the config marks ``public``, for the jam page to offer.
+
+    Each with its name, its players (a mirror's echo is none), how many it
+    takes, whether it is a mirror, and its tempo (null until sessions keep
+    one). Never a passphrase or a member's name: anyone may ask.
+    """
+
+    isLeaf = True
+
+    def __init__(self, context):
+        super().__init__()
+        self.context = context
+        self.public = [session.name for session in context.config.sessions if session.public]
+
+    def render_GET(self, request):
+        listed = []
+        for name in self.public:
+            view = self.context.bus.session_view(name)
+            if view is None:
+                continue
+            listed.append({"name": name, "players": view.member_count - int(view.mirror),
+                           "max_players": view.max_members, "mirror": view.mirror,
+                           "tempo": None})
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps({"sessions": listed}, indent=1).encode("utf-8")
+
+
 class BusCollector:
     """Exports the bus's sessions and members and the drop sink's counters."""
 
@@ -220,6 +249,7 @@ def build_root(context):
     """The site's root: the static jam page, /status, and /metrics unless metrics.port has it."""
     root = static.File(STATIC_DIR)
     root.putChild(b"status", StatusResource(context))
+    root.putChild(b"sessions", SessionsResource(context))
     if context.config.metrics.port is None:
         root.putChild(b"metrics", MetricsResource(registry=context.metrics))
     return root
