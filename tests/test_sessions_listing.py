@@ -52,6 +52,7 @@ def test_only_public_sessions_are_listed_with_players_and_never_a_passphrase():
     for secret in (OPEN, HIDDEN, MIRRORED, "hidden", "ann", "ben"):
         assert secret not in text
     assert request.responseHeaders.getRawHeaders(b"cache-control") == [b"no-store"]
+    assert request.responseHeaders.getRawHeaders(b"access-control-allow-origin") == [b"*"]
 
 
 def test_sessions_are_unlisted_unless_public_and_public_must_be_true_or_false():

@@ -201,6 +201,8 @@ class SessionsResource(resource.Resource):
                            "tempo": None})
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
+        # Public and without credentials: a jam page served from elsewhere may read it.
+        request.setHeader(b"access-control-allow-origin", b"*")
         return json.dumps({"sessions": listed}, indent=1).encode("utf-8")
 
 
