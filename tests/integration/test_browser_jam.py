@@ -394,4 +394,9 @@ def test_axe_finds_nothing_serious_on_the_form_or_the_jam(open_jam):
     expect(jam.key(60)).to_have_class(SOUNDING_FROM_OTHERS)
     mixer_row(jam, "ben").locator(".mixer__mute").click()
     assert axe_violations(jam) == []
+    # The dark scheme's colours too (playwright pages prefer light unless told).
+    jam.page.emulate_media(color_scheme="dark")
+    assert jam.page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    assert axe_violations(jam) == []
+    screenshot(jam, "jam-dark.png")
     other.release()

@@ -343,8 +343,11 @@ function renderKeyboard() {
     // One tab stop for the whole piano (a roving tabindex); the arrow keys move along it.
     key.tabIndex = note === state.focusNote ? 0 : -1;
     const computerKey = PIANO_KEY_CODES[offset]?.slice(3);
-    key.setAttribute('aria-label', computerKey
-      ? `${spokenNoteName(note)} (key ${computerKey})` : spokenNoteName(note));
+    // The key's name as text, not aria-label: its visible letters are hints, not its name.
+    const spoken = document.createElement('span');
+    spoken.className = 'visually-hidden';
+    spoken.textContent = computerKey ? `${spokenNoteName(note)} (key ${computerKey})` : spokenNoteName(note);
+    key.append(spoken);
     if (black) {
       key.style.setProperty('--left-white', String(whiteIndex));
     } else {
