@@ -101,6 +101,16 @@ def test_invitation_is_checked_with_the_peers_address_and_name_then_joined_by_na
     assert pending.member.membership is membership
 
 
+def test_a_nameless_peer_is_numbered_when_the_default_name_is_taken(gateway):
+    default = rtpdoor.DEFAULT_PEER_NAME
+    gateway.bus.set_view("demo", roster=[RosterEntry(3, default, "rtpmidi")])
+    peer = gateway.peer(name="")
+    control_ok, data_ok = peer.join()
+    assert control_ok.command == data_ok.command == b"OK"
+    [pending] = gateway.bus.joins
+    assert pending.request.name == f"{default} 2"
+
+
 @pytest.mark.parametrize("reason", values.REFUSAL_REASONS)
 def test_a_refused_check_answers_the_invitation_no(gateway, reason):
     gateway.bus.answer_checks(Refusal(reason, f"no, because {reason}"))
