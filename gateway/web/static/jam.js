@@ -978,7 +978,7 @@ function renderPublicSessions() {
     const item = document.createElement('li');
     const button = document.createElement('button');
     button.type = 'button';
-    button.className = 'public__session';
+    button.className = 'button public__session';
     button.dataset.session = session.name;
     button.disabled = state.phase !== 'idle';
     const name = document.createElement('span');
@@ -1171,7 +1171,10 @@ function setUpForm() {
   $('#name').value = remembered('name') || '';
   if (invited) {
     $('#name').focus();
-    setStatus(`Invited to “${$('#session').value}”: enter your name and press Join.`);
+    // Another gateway than this page's is said out loud: the passphrase typed goes there.
+    const server = $('#server').value;
+    const where = server === defaultServerUrl() ? '' : ` on ${server}`;
+    setStatus(`Invited to “${$('#session').value}”${where}: enter your name and press Join.`);
   }
   $('#join-form').addEventListener('submit', onJoinSubmit);
   $('#leave').addEventListener('click', leave);
