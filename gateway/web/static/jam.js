@@ -383,7 +383,6 @@ function renderKeyboard() {
 function shiftOctave(direction) {
   const lowest = state.lowestNote + 12 * direction;
   if (lowest < LOWEST_NOTE_MIN || lowest > LOWEST_NOTE_MAX) return;
-  releaseHeldKeysAndPointers();
   state.lowestNote = lowest;
   state.focusNote += 12 * direction;
   renderKeyboard();
@@ -884,6 +883,7 @@ function onClose(event) {
  * outside the live region, changes every second.
  */
 function scheduleRetry(reason) {
+  clearTimeout(retryTimer); // one countdown at a time, whatever asked for this one
   if (state.lostReason === null) state.lostReason = reason;
   const delay = RETRY_DELAYS_S[Math.min(state.retryAttempt, RETRY_DELAYS_S.length - 1)];
   state.retryAttempt += 1;
