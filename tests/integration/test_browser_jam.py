@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import REPO, need_external
 from tests.integration.test_browser import (  # noqa: F401 (browser_context is a fixture)
-    DEMO_PASSPHRASE, HELD_HERE, MIRROR_PASSPHRASE,
+    DEMO_PASSPHRASE, HELD_HERE, LOST, MIRROR_PASSPHRASE,
     SOUNDING_FROM_OTHERS, WAIT_MS, JamPage, browser_context,
 )
 
@@ -234,6 +234,31 @@ def test_a_name_already_in_the_session_is_refused_with_one_clear_message(open_ja
     second.join("alice two")
     expect(second.page.locator("#error")).to_have_text("")
     expect(second.member("alice", "websocket")).to_be_visible()
+
+
+def test_a_rejoin_that_finds_its_name_taken_keeps_trying_until_the_name_is_free(open_jam):
+    gateway = open_jam.gateway
+    gina = open_jam().join("gina")
+    gateway.stop()
+    status = gina.page.locator("#status")
+    expect(status).to_have_text(LOST)
+    # The fifth attempt waits 10 s: time for someone else to take the name first.
+    gina.page.wait_for_function("window.netgateway.state.retryAttempt >= 5", timeout=30_000)
+    attempts = gina.page.evaluate("window.netgateway.state.retryAttempt")
+    gateway.start()
+    impostor = open_jam().join("Gina")
+    gina.page.wait_for_function(f"window.netgateway.state.retryAttempt > {attempts}",
+                                timeout=20_000)
+    # Refused as taken while rejoining: still reconnecting, keyboard on, no error to fix.
+    expect(status).to_have_text(LOST)
+    expect(gina.page.locator("#jam")).to_be_visible()
+    expect(gina.page.locator("#error")).to_have_text("")
+    assert gina.page.evaluate("window.netgateway.state.wantJoined") is True
+    impostor.page.click("#leave")
+    expect(status).to_contain_text("Joined “demo” as gina", timeout=20_000)
+    # Chromium reports each refused reconnect attempt on the console; those are expected here.
+    gina.console_errors = [text for text in gina.console_errors
+                           if "WebSocket connection to" not in text]
 
 
 # --- phones and tablets -----------------------------------------------------------------
