@@ -50,8 +50,8 @@ const ERROR_TEXT = {
   already_joined: 'You are already in a session.',
   rate_limited: 'You are playing faster than the gateway allows; some notes were dropped.',
 };
-// Codes whose server message says what the plain text cannot: which character, how long to wait.
-const CODES_WITH_DETAIL = new Set(['bad_name', 'bad_request', 'throttled', 'passphrase_too_short']);
+// Codes whose server message says what the plain text cannot: which character, how many.
+const CODES_WITH_DETAIL = new Set(['bad_name', 'bad_request', 'passphrase_too_short']);
 const JOIN_ERROR_CODES = new Set([
   'wrong_passphrase', 'session_full', 'gateway_full', 'unknown_session', 'passphrase_too_short',
   'throttled', 'bad_name', 'name_taken', 'bad_request', 'already_joined',
@@ -60,6 +60,7 @@ const CLOSE_REASONS = {
   1000: 'closed normally',
   1001: 'the gateway is stopping',
   1006: 'the connection dropped',
+  1008: 'too many messages before joining',
   1009: 'a message was too big',
   4001: 'idle for too long',
   4002: 'you were removed from the session',
@@ -202,6 +203,8 @@ function errorText(code, serverMessage) {
   if (code === 'name_taken') {
     return `Someone in “${state.session}” is already called “${state.name}”. Choose another name.`;
   }
+  // The gateway's words alone: they say how long to wait, and the page's would repeat them.
+  if (code === 'throttled' && serverMessage) return sentence(serverMessage);
   const plain = ERROR_TEXT[code];
   if (!plain) return serverMessage ? `The gateway refused: ${sentence(serverMessage)}` : 'The gateway reported a problem.';
   return CODES_WITH_DETAIL.has(code) && serverMessage ? `${plain} ${sentence(serverMessage)}` : plain;
