@@ -12,6 +12,7 @@ Screenshots go to test-artifacts/jam-page/.
 
 import json
 import os
+import re
 
 import pytest
 
@@ -36,7 +37,9 @@ LISTED_AND_UNLISTED = {"sessions": [
     {"name": "demo", "passphrase": DEMO_PASSPHRASE, "public": True},
     {"name": "mirror", "passphrase": MIRROR_PASSPHRASE, "public": True,
      "mirror": {"interval": 7, "delay": 0.0}},
-    {"name": "backstage", "passphrase": BACKSTAGE_PASSPHRASE}]}
+    {"name": "backstage", "passphrase": BACKSTAGE_PASSPHRASE}],
+    # A back-off long enough that the join after it is refused, however slow the machine.
+    "limits": {"join_throttle_seconds": 60}}
 # An RMS the page's triangle voice is far above (about 0.05) and silence far below.
 SOUNDING_RMS = 0.005
 SILENT_RMS = 0.0001
@@ -234,6 +237,18 @@ def test_a_name_already_in_the_session_is_refused_with_one_clear_message(open_ja
     second.join("alice two")
     expect(second.page.locator("#error")).to_have_text("")
     expect(second.member("alice", "websocket")).to_be_visible()
+
+
+def test_a_throttled_join_says_once_how_long_to_wait(open_jam):
+    jam = open_jam()
+    # limits.join_failures_before_throttle (3) free failures; the fourth starts a back-off.
+    for attempt in range(4):
+        jam.fill_form("eve", "demo", f"not the passphrase at all, take {attempt}")
+        expect(jam.page.locator("#error")).to_have_text("Wrong passphrase for this session.")
+        expect(jam.page.locator("#join")).to_be_enabled()
+    jam.fill_form("eve", "demo", DEMO_PASSPHRASE)
+    expect(jam.page.locator("#error")).to_have_text(
+        re.compile(r"^Too many failed joins; try again in \d+ s\.$"))
 
 
 def test_a_rejoin_that_finds_its_name_taken_keeps_trying_until_the_name_is_free(open_jam):
