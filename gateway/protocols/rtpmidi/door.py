@@ -283,9 +283,9 @@ class SessionEndpoint:
         member = RtpMidiMember(self, peer)
         self.members[peer] = member
         credential = Verified() if peer in self._invited else AllowedAddress()
-        if member.name == DEFAULT_PEER_NAME:
-            # A peer that sent no name of its own is numbered, not refused as taken.
-            member.name = unused_name(member.name, self.bus.session_view(self.entry.session))
+        # Numbered, not refused as taken: an AppleMIDI name is the device's or the
+        # session's ("Session 1" on every Mac), not one its player typed.
+        member.name = unused_name(member.name, self.bus.session_view(self.entry.session))
         joining = self.bus.join(JoinRequest(self.entry.session, member.name, DOOR, credential,
                                             host), member)
         joining.addCallbacks(self._joined, self._refused, callbackArgs=(member,),
