@@ -9,6 +9,7 @@ from twisted.internet import error, task
 from gateway import doors, log as gatewaylog
 from gateway.addresses import is_wildcard
 from gateway.bus.local import DropCounters, LocalBus
+from gateway.recording import RecordingStore
 from gateway.served_certificate import CertificateUnusable, ServedCertificate
 from gateway.sourcelimits import ConnectionGate, DatagramGuard
 from gateway.udp import KernelDrops
@@ -30,6 +31,7 @@ class GatewayContext:
         self.connection_gate = ConnectionGate(config.limits, reactor, self.drops, refusal_log)
         self.datagram_guard = DatagramGuard(config.limits, reactor, self.drops, refusal_log)
         self.bus = LocalBus(config, reactor, self.drops, log=self.log)
+        self.recordings = RecordingStore()
         self.doors = {}
         self.web_root = None
         self.metrics = None

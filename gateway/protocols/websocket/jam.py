@@ -55,6 +55,15 @@ class Leave:
     __slots__ = ()
 
 
+class Record:
+    """Start or stop this member's recording of the session."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start):
+        self.start = start
+
+
 class BadRequest:
     __slots__ = ("message",)
 
@@ -124,6 +133,11 @@ def parse_text(text):
         return _parse_join(message)
     if kind == "leave":
         return Leave()
+    if kind == "record":
+        action = message.get("action")
+        if action not in ("start", "stop"):
+            return BadRequest("record: action must be 'start' or 'stop'")
+        return Record(action == "start")
     return BadRequest(f"unknown message type {kind!r}" if isinstance(kind, str)
                       else "a message needs a string 'type'")
 
@@ -159,6 +173,17 @@ def encode_error(code, message):
 def encode_members(notice):
     return _dumps({"type": "members", "change": notice.change, "member": _entry(notice.entry),
                    "members": [_entry(entry) for entry in notice.roster]})
+
+
+def encode_recording(recording, url=None):
+    """Where this member's recording stands: on since ``started_at`` (server time), or
+    stopped, with its events and the ``url`` that downloads it (once per stop)."""
+    message = {"type": "recording", "state": "off" if url else "on",
+               "started_at": recording.started_at, "events": len(recording.events),
+               "players": recording.players()}
+    if url:
+        message["url"] = url
+    return _dumps(message)
 
 
 def encode_ping(ping_id, server_time):
