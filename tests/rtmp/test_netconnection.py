@@ -10,6 +10,7 @@ import typing
 
 import pytest
 
+from gateway.actions import RoundTrip
 from gateway.protocols.rtmp import amf0, netconnection as nc
 from gateway.protocols.rtmp.chunks import (
     AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, VIDEO, ChunkReader, ChunkWriter, Message,
@@ -322,10 +323,24 @@ def test_pings_are_answered_and_silence_pings_then_closes():
     _, written = client.send(PingRequest(1234))
     assert written == [PingResponse(1234)]
     connection = client.connection
-    assert connection.timer(10.0, 10.0, 60.0) == []
+    connection.timer(0.0, 10.0, 60.0)                 # the first latency ping
     (ping,) = connection.timer(25.0, 10.0, 60.0)
     assert type(client.reader.receive(ping.data)[0]) is PingRequest
     assert connection.timer(61.0, 10.0, 60.0) == [nc.Close("idle")]
+
+
+def test_a_joined_member_is_pinged_every_few_seconds_and_its_answer_is_its_round_trip():
+    client = joined_client("jam/demo", PASSPHRASE, "alice")
+    connection = client.connection
+    (ping,) = connection.timer(2.0, 10.0, 60.0)
+    [request] = client.reader.receive(ping.data)
+    assert request == PingRequest(2000)
+    assert connection.timer(3.0, 10.0, 60.0) == []    # one awaits its answer
+    actions, _ = client.send(PingResponse(1999), now=2.01)        # not ours: nothing
+    assert actions == []
+    actions, _ = client.send(PingResponse(2000), now=2.04)
+    assert actions == [RoundTrip(connection, pytest.approx(0.04))]
+    assert len(connection.timer(2.0 + nc.LATENCY_PING_INTERVAL, 10.0, 60.0)) == 1
 
 
 def test_an_undecodable_connect_closes_at_once():

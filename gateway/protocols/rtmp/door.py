@@ -24,6 +24,7 @@ from twisted.internet import defer, protocol, task, tcp
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from gateway.actions import RoundTrip
 from gateway.bus.sources import ConnectionBudget
 from gateway.bus.values import THROTTLED, JoinRefused, JoinRequest, Passphrase, unused_name
 from gateway.doorservice import DoorService
@@ -326,12 +327,17 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
     def _dropped(self, action):
         self.door.drop(self.peer, action.reason, action.detail)
 
+    def _round_trip(self, action):
+        if self.membership is not None:
+            self.membership.report_latency(round(action.rtt * 1000.0, 2))
+
     _HANDLERS = {
         netconnection.Write: _write, netconnection.Alive: _alive, netconnection.Join: _join,
         netconnection.Publish: _publish, netconnection.Play: _play,
         netconnection.StopStream: _stop_stream, netconnection.Media: _media,
         netconnection.Metadata: _metadata, netconnection.PlayedMidi: _played_midi,
         netconnection.Close: _close, netconnection.Dropped: _dropped,
+        RoundTrip: _round_trip,
     }
 
     def _leave(self, reason):

@@ -30,6 +30,7 @@ import os
 import typing
 import urllib.parse
 
+from gateway.actions import RoundTrip
 from gateway.protocols.rtmp import amf0, onmidi
 from gateway.protocols.rtmp.chunks import (
     AGGREGATE, AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, DATA_AMF3, LIMIT_DYNAMIC, VIDEO,
@@ -44,6 +45,7 @@ OWN_DATA_CHUNK_STREAM = 4           # onMidi and |RtmpSampleAccess; the relay us
 MAX_STREAMS = 8                     # NetStreams per connection
 MAX_HELD_MESSAGES = 64              # commands held while the bus decides on a join
 MAX_SESSION_LENGTH = 64
+LATENCY_PING_INTERVAL = 5.0         # seconds between the pings that time a member's round trip
 DEFAULT_PLAYER_NAME = "rtmp player"
 SERVER_INFO = {"fmsVer": "FMS/3,5,7,7009", "capabilities": 31.0, "mode": 1.0}
 MIDI_STREAM_METADATA = amf0.EcmaArray(duration=0.0, description="the session's MIDI as"
@@ -224,6 +226,8 @@ class Connection:
         self._after_join = None     # the publish or play that made the connection join
         self._session_in_playpath = False
         self.member_joined = False
+        self._latency_ping = None   # (timestamp sent, when) of the ping awaiting its response
+        self._next_latency_ping = None
 
     # Input -----------------------------------------------------------------------
 
@@ -273,7 +277,12 @@ class Connection:
             return [Write(self.writer.write(Acknowledgement(event.sequence_number)))]
         if kind is PingRequest:
             return [Write(self.writer.write(PingResponse(event.timestamp)))]
-        return []       # chunk size, window, acks, buffer length, pongs: the reader or nobody
+        if kind is PingResponse and self._latency_ping is not None \
+                and event.timestamp == self._latency_ping[0]:
+            sent = self._latency_ping[1]
+            self._latency_ping = None
+            return [RoundTrip(self, now - sent)]
+        return []       # chunk size, window, acks, buffer length, other pongs: nobody
 
     def _message(self, message, now):
         type_id = message.type_id
@@ -556,6 +565,13 @@ class Connection:
             return [Close("idle")]
         if self.state == OPEN and now - self.last_input > idle_timeout / 3:
             return [Write(self.writer.write(PingRequest(int(now * 1000) & 0xFFFFFFFF)))]
+        if self.state == OPEN and self.member_joined and (
+                self._next_latency_ping is None or now >= self._next_latency_ping):
+            # A ping every few seconds times the member's round trip (ffmpeg, librtmp
+            # and OBS answer at once, echoing the timestamp; RTMP spec §6.2 event 6).
+            self._next_latency_ping = now + LATENCY_PING_INTERVAL
+            self._latency_ping = (int(now * 1000) & 0xFFFFFFFF, now)
+            return [Write(self.writer.write(PingRequest(self._latency_ping[0])))]
         return []
 
     def close(self, reason):
