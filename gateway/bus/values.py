@@ -33,6 +33,9 @@ PASSPHRASE_TOO_SHORT = "passphrase_too_short"
 ADDRESS_NOT_ALLOWED = "address_not_allowed"
 THROTTLED = "throttled"
 BAD_NAME = "bad_name"
+# Why a tempo change was refused (the same codes where they mean the same).
+NO_TEMPO = "no_tempo"
+BAD_TEMPO = "bad_tempo"
 REFUSAL_REASONS = (WRONG_PASSPHRASE, SESSION_FULL, GATEWAY_FULL, UNKNOWN_SESSION,
                    PASSPHRASE_TOO_SHORT, ADDRESS_NOT_ALLOWED, THROTTLED, BAD_NAME)
 
@@ -161,6 +164,46 @@ class RosterNotice(typing.NamedTuple):
     roster: typing.Tuple[RosterEntry, ...]
 
 
+class TempoState(typing.NamedTuple):
+    """A session's tempo as members see it (gateway.beatclock keeps the clock).
+
+    ``beat`` is the next quarter note, counted from Start, not yet clocked, and
+    ``beat_time`` when it is due, in the bus clock's seconds (the time base of
+    event times and of the WebSocket door's ``server_time``); None while stopped.
+    ``changed_by`` is the RosterEntry of the member whose change this is, or None.
+    """
+
+    bpm: float
+    running: bool
+    beats_per_bar: int
+    beat: int
+    beat_time: typing.Optional[float]
+    changed_by: typing.Optional[RosterEntry] = None
+
+    def as_dict(self):
+        return {"bpm": self.bpm, "running": self.running, "beats_per_bar": self.beats_per_bar,
+                "beat": self.beat, "beat_time": self.beat_time,
+                "changed_by": None if self.changed_by is None else self.changed_by.as_dict()}
+
+
+# What a tempo change may ask for besides a bpm.
+START = "start"
+STOP = "stop"
+CONTINUE = "continue"
+TRANSPORTS = (START, STOP, CONTINUE)
+
+
+class TempoChange(typing.NamedTuple):
+    """A member asks to change its session's tempo: ``bpm`` (or None to keep it) and/or
+    ``transport`` (:data:`TRANSPORTS` or None), proving the right with the session's
+    ``tempo.control_passphrase``. ``source`` is the member's host, for the throttle."""
+
+    control_passphrase: str
+    bpm: typing.Optional[float] = None
+    transport: typing.Optional[str] = None
+    source: typing.Optional[str] = None
+
+
 class Welcome(typing.NamedTuple):
     """What a member learns when its join succeeds."""
 
@@ -168,6 +211,7 @@ class Welcome(typing.NamedTuple):
     entry: RosterEntry
     roster: typing.Tuple[RosterEntry, ...]
     mirror: bool
+    tempo: typing.Optional[TempoState] = None
 
 
 class SessionView(typing.NamedTuple):
@@ -178,6 +222,7 @@ class SessionView(typing.NamedTuple):
     mirror: bool
     max_members: int
     roster: typing.Tuple[RosterEntry, ...]
+    tempo: typing.Optional[TempoState] = None
 
     @property
     def member_count(self):
@@ -197,19 +242,23 @@ class Delivery:
     maps a wire name to the events already encoded for that wire, exactly as
     the publisher received them (an RTP-MIDI packet's MIDI list), or is empty;
     a bus that changes the events (rate limit, velocity cap) drops it.
+    ``tempo`` is the session's new :class:`TempoState` on a delivery from the
+    gateway's clock that starts, stops or changes the tempo (None otherwise):
+    doors whose peers hear tempo as such (the page, OSC's ``/tempo``) send it.
 
     ``memo(key, compute, *args)`` returns ``compute(*args)``, computed once
     for this fan-out whichever member asks first: a door encodes once for all
     its members. Keys are the door's own (a tuple starting with its name).
     """
 
-    __slots__ = ("events", "source", "released", "encodings", "_memo")
+    __slots__ = ("events", "source", "released", "encodings", "tempo", "_memo")
 
-    def __init__(self, events, source, released=False, encodings=None):
+    def __init__(self, events, source, released=False, encodings=None, tempo=None):
         self.events = events
         self.source = source
         self.released = released
         self.encodings = encodings or {}
+        self.tempo = tempo
         self._memo = {}
 
     def memo(self, key, compute, *args):
