@@ -15,6 +15,8 @@ import hmac
 import typing
 import unicodedata
 
+from gateway.beatclock import BEAT_CLOCK_STATUSES
+
 # A credential is any value with ``passphrase`` (the text, or None when the joiner
 # does not bring it), ``matches(secret)``, and ``proves_passphrase``: whether a match
 # shows that the joiner knows the session's passphrase. Credentials that prove it
@@ -268,6 +270,25 @@ class Delivery:
             value = self._memo[key] = compute(*args)
             return value
 
+    def without_beat_clock(self):
+        """This delivery for a door whose peers do not follow MIDI beat clock (sfront, SIP,
+        RTMP): itself when it holds none, one shared copy without it, or None when
+        nothing else is left. A session clock's 48 messages a second at 120 bpm would
+        be a flood to them, and a player's clock means nothing there either."""
+        return self.memo(_WITHOUT_BEAT_CLOCK, self._strip_beat_clock)
+
+    def _strip_beat_clock(self):
+        kept = tuple(event for event in self.events
+                     if event.data[0] not in BEAT_CLOCK_STATUSES)
+        if len(kept) == len(self.events):
+            return self
+        if not kept:
+            return None
+        return Delivery(kept, self.source, self.released)
+
     def __repr__(self):
         return (f"Delivery({len(self.events)} events from {self.source.name!r}"
                 f"{', released' if self.released else ''})")
+
+
+_WITHOUT_BEAT_CLOCK = ("bus", "without beat clock")

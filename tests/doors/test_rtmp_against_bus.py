@@ -40,6 +40,7 @@ def door_module():
         rtmpdoor = module
         yield module
 ALICE = RosterEntry(7, "alice", "websocket")
+CLOCK = RosterEntry(-1, "clock", "clock")
 AAC_HEADER = b"\xaf\x00\x12\x10"
 
 
@@ -218,7 +219,20 @@ def test_session_midi_reaches_midi_stream_players_as_on_midi_once_encoded():
         assert amf0.decode_all(message.payload) == ["onMidi", {
             "bytes": [144.0, 60.0, 100.0], "hex": "903c64", "from": "alice", "member": 7.0}]
     assert audio_only.received() == []
-    assert list(delivery._memo) == [("rtmp", "onMidi")]
+    assert [key for key in delivery._memo if key[0] == "rtmp"] == [("rtmp", "onMidi")]
+
+
+def test_beat_clock_never_floods_rtmp_players():
+    gateway = Gateway()
+    listener = player(gateway, "m", stream="midi")
+    now = gateway.reactor.seconds()
+    for _ in range(48):
+        gateway.bus.fan_out([MidiEvent(b"\xf8", now)], CLOCK)
+    assert listener.received() == []
+    gateway.bus.fan_out([MidiEvent(b"\xfa", now), MidiEvent(b"\x90\x3c\x64", now),
+                         MidiEvent(b"\xf8", now)], ALICE)
+    (message,) = listener.received()
+    assert amf0.decode_all(message.payload)[1]["hex"] == "903c64"
 
 
 def test_onmidi_from_a_publisher_is_published_to_the_bus():
