@@ -79,8 +79,9 @@ def test_joined_frame_lists_the_roster_without_addresses():
     solo = RosterEntry(2, "solo", "websocket")
     joined = json.loads(jam.encode_joined(Welcome("mirror", solo, (RosterEntry(0, "mirror",
                                                                                  "mirror"), solo),
-                                                  True)))
+                                                  True), 10.0))
     assert joined["session"] == "mirror" and joined["mirror"] is True
+    assert joined["tempo"] is None
     assert [member["door"] for member in joined["members"]] == ["mirror", "websocket"]
 
 
