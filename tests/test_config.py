@@ -28,6 +28,8 @@ def test_default_config_is_valid_and_everything_is_on():
     names = [session.name for session in config.sessions]
     assert "demo" in names and "mirror" in names
     assert next(s for s in config.sessions if s.name == "mirror").mirror.interval == 7
+    # Only the metronome session has a clock: the demo session stays quiet.
+    assert [s.name for s in config.sessions if s.tempo is not None] == ["metronome"]
 
 
 def test_empty_config_gets_defaults_with_no_doors():

@@ -62,7 +62,9 @@ class SessionTempo:
 
     def state(self):
         beat, due = self.core.next_beat()
-        return TempoState(self.core.bpm, self.core.running, self.core.beats_per_bar, beat,
+        # An empty session's clock sleeps: it says whether the song plays once one joins.
+        running = self.core.running if self.session.members else self.wants_running
+        return TempoState(self.core.bpm, running, self.core.beats_per_bar, beat,
                           None if due is None else self._server_time(due), self.changed_by)
 
     def describe(self):

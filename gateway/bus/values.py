@@ -169,6 +169,7 @@ class RosterNotice(typing.NamedTuple):
 class TempoState(typing.NamedTuple):
     """A session's tempo as members see it (gateway.beatclock keeps the clock).
 
+    ``running``: the song plays (in a session nobody is in: it will once one joins).
     ``beat`` is the next quarter note, counted from Start, not yet clocked, and
     ``beat_time`` when it is due, in the bus clock's seconds (the time base of
     event times and of the WebSocket door's ``server_time``); None while stopped.

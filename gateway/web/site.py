@@ -141,10 +141,7 @@ class StatusResource(resource.Resource):
     def summary(self):
         """What anyone may know: no member names or addresses, no counters."""
         sessions = self.context.bus.snapshot()["sessions"]
-        return {"sessions": [{"name": session["name"],
-                              # The roster lists a mirror session's echo; it is no player.
-                              "members": len(session["members"]) - int(session["mirror"])}
-                             for session in sessions],
+        return {"sessions": [_public_session(session) for session in sessions],
                 "doors": sorted(self.context.doors),
                 "uptime": self.uptime()}
 
@@ -162,6 +159,17 @@ class StatusResource(resource.Resource):
         return {"error": "invalid_token",
                 "message": "wrong admin token; without an Authorization header /status"
                            " answers a public summary"}
+
+
+def _public_session(session):
+    """A session as anyone may see it: its name, how many play, its tempo if it has one."""
+    # The roster lists a mirror session's echo; it is no player.
+    public = {"name": session["name"],
+              "members": len(session["members"]) - int(session["mirror"])}
+    tempo = session.get("tempo")
+    if tempo is not None:
+        public["tempo"] = {key: tempo[key] for key in ("bpm", "running", "beats_per_bar")}
+    return public
 
 
 class BusCollector:

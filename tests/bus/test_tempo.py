@@ -224,3 +224,11 @@ def test_status_and_view_show_the_tempo():
     assert band["tempo"]["bpm"] == 132.0 and band["tempo"]["clocks_sent"] == 53
     assert band["tempo"]["controllable"] is False
     assert "control_passphrase" not in str(band)
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_an_empty_sessions_view_says_whether_the_song_will_play(running):
+    bus, clock, _ = build({"bpm": 120, "running": running})
+    view = bus.session_view("band")
+    assert view.tempo.running is running and view.tempo.beat_time is None
+    assert clock.getDelayedCalls() == []
