@@ -168,6 +168,7 @@ class Membership:
         if tempo is not None:
             events, clocks = tempo.filter_players(events)
             if clocks:
+                changed = True      # the publisher's encoding still holds them
                 bus.events_dropped(self, "clock_from_player", clocks,
                                    "the session's tempo is the gateway's clock")
         for event in events:

@@ -195,10 +195,16 @@ def test_a_member_joining_a_running_song_is_relocated_at_the_next_sixteenth():
 def test_players_beat_clock_is_dropped_in_a_tempo_session_and_passed_elsewhere():
     bus, clock, drops = build({"bpm": 120})
     drummer, listener = RecordingMember("drummer", "rtpmidi"), RecordingMember("listener")
-    join_now(bus, drummer, "band", PASS).publish(
-        [MidiEvent(CLOCK, 1.0), MidiEvent(b"\x90\x24\x64", 1.0), MidiEvent(START, 1.0)])
+    drumming = join_now(bus, drummer, "band", PASS)
     join_now(bus, listener, "band", PASS)
+    clock.advance(0)
+    before = len(listener.deliveries)
+    drumming.publish([MidiEvent(CLOCK, 1.0), MidiEvent(b"\x90\x24\x64", 1.0),
+                      MidiEvent(START, 1.0)], encodings={"rtp-midi-list": b"\xf8\x00\x90$d"})
     assert drops.get("rtpmidi", "clock_from_player") == 2
+    [played] = listener.deliveries[before:]
+    assert [event.data for event in played.events] == [b"\x90\x24\x64"]
+    assert played.encodings == {}
     a, b = RecordingMember("a", "rtpmidi"), RecordingMember("b")
     join_now(bus, b, "plain", PASS)
     join_now(bus, a, "plain", PASS).publish([MidiEvent(CLOCK, 1.0)])
