@@ -125,20 +125,21 @@ class SessionTempo:
             bus.drops.count(membership.door, "tempo_wrong_passphrase")
             return Refusal(values.WRONG_PASSPHRASE, "wrong control passphrase")
         bus.throttle.succeeded(key)
-        if change.transport not in (None, *values.TRANSPORTS):
-            return Refusal(values.BAD_TEMPO, f"transport must be one of {values.TRANSPORTS}")
+        problem = self._problem(change)
+        if problem is not None:
+            return Refusal(values.BAD_TEMPO, problem)
         mono = self._now()
-        try:
-            bpm_change = [] if change.bpm is None else self.core.set_bpm(change.bpm, mono)
-        except ValueError as error:
-            return Refusal(values.BAD_TEMPO, str(error))
-        messages, self._owed = self._owed + bpm_change, []
+        messages, self._owed = self._owed, []
+        if change.bpm is not None:
+            messages += self.core.set_bpm(change.bpm, mono)
+        if change.transport == values.STOP:
+            self.wants_running = False
+            messages += self.core.stop(mono)
+        if change.position is not None:
+            messages += self.core.locate(change.position, mono)
         if change.transport == values.START:
             self.wants_running = True
             messages += self.core.start(mono) + self.core.advance(mono)
-        elif change.transport == values.STOP:
-            self.wants_running = False
-            messages += self.core.stop(mono)
         elif change.transport == values.CONTINUE:
             self.wants_running = True
             messages += self.core.resume(mono) + self.core.advance(mono)
@@ -150,6 +151,26 @@ class SessionTempo:
                          door=membership.door, name=membership.name)
         self._send(messages, tempo=True)
         self._schedule()
+        return None
+
+    def _problem(self, change):
+        """Why ``change`` cannot be done (checked whole, before any of it is), or None."""
+        if change.transport not in (None, *values.TRANSPORTS):
+            return f"transport must be one of {', '.join(values.TRANSPORTS)}"
+        if change.bpm is not None:
+            try:
+                beatclock.check_bpm(change.bpm)
+            except ValueError as error:
+                return str(error)
+        position = change.position
+        if position is not None:
+            if type(position) is not int or not 0 <= position < beatclock.SONG_POSITION_MODULUS:
+                return (f"position must be a whole number of sixteenths from 0 to"
+                        f" {beatclock.SONG_POSITION_MODULUS - 1}")
+            if change.transport == values.START:
+                return "start plays from the beginning; give a position with continue"
+            if self.core.running and change.transport != values.STOP:
+                return "the song position can move only while stopped (or with stop)"
         return None
 
     # The schedule ------------------------------------------------------------

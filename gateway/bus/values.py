@@ -197,14 +197,17 @@ TRANSPORTS = (START, STOP, CONTINUE)
 
 
 class TempoChange(typing.NamedTuple):
-    """A member asks to change its session's tempo: ``bpm`` (or None to keep it) and/or
-    ``transport`` (:data:`TRANSPORTS` or None), proving the right with the session's
-    ``tempo.control_passphrase``. ``source`` is the member's host, for the throttle."""
+    """A member asks to change its session's tempo: ``bpm`` (or None to keep it),
+    ``transport`` (:data:`TRANSPORTS` or None) and/or ``position`` (sixteenths from the
+    start, while stopped or with stop: the Song Position Pointer), proving the right
+    with the session's ``tempo.control_passphrase``. ``source`` is the member's host,
+    for the throttle."""
 
     control_passphrase: str
     bpm: typing.Optional[float] = None
     transport: typing.Optional[str] = None
     source: typing.Optional[str] = None
+    position: typing.Optional[int] = None
 
 
 class Welcome(typing.NamedTuple):

@@ -177,6 +177,27 @@ def test_stop_and_continue_reach_every_member():
     assert [d.tempo.running for d in second.deliveries if d.tempo] == [True, False, True]
 
 
+def test_stop_locate_and_continue_move_every_follower_to_the_position():
+    bus, clock, _ = build({"bpm": 120, "control_passphrase": CONTROL})
+    player = RecordingMember()
+    conductor = join_now(bus, player, "band", PASS)
+    play(clock, 0.3, 0.005)
+    assert conductor.change_tempo(TempoChange(CONTROL, position=3)).reason == values.BAD_TEMPO
+    assert conductor.change_tempo(TempoChange(CONTROL, transport=values.START,
+                                              position=3)).reason == values.BAD_TEMPO
+    assert conductor.change_tempo(TempoChange(CONTROL, bpm=90, position=-1)).reason == \
+        values.BAD_TEMPO
+    assert bus.session_view("band").tempo.bpm == 120.0       # nothing of a refusal is done
+    before = len(clocks_with_times(player))
+    assert conductor.change_tempo(TempoChange(CONTROL, transport=values.STOP, position=16)) \
+        is None
+    assert bus.session_view("band").tempo.beat == 4
+    assert conductor.change_tempo(TempoChange(CONTROL, transport=values.CONTINUE)) is None
+    heard = [data for _, data in clocks_with_times(player)][before:]
+    assert heard == [STOP, bytes((0xF2, 16, 0)), CONTINUE, CLOCK]
+    assert bus.session_view("band").tempo.beat == 5        # clock 96 sent: beat 4 begun
+
+
 def test_a_member_joining_a_running_song_is_relocated_at_the_next_sixteenth():
     bus, clock, _ = build({"bpm": 120})
     first = RecordingMember("first")

@@ -253,6 +253,10 @@ def test_a_tempo_request_goes_to_the_bus_with_the_control_passphrase(gateway):
     client.send({"type": "tempo", "control_passphrase": CONTROL, "bpm": 90,
                  "transport": "start"})
     assert membership.tempo_changes == [values.TempoChange(CONTROL, 90, "start", PEER_HOST)]
+    client.send({"type": "tempo", "control_passphrase": CONTROL, "transport": "continue",
+                 "position": 64})
+    assert membership.tempo_changes[-1] == values.TempoChange(CONTROL, None, "continue",
+                                                              PEER_HOST, 64)
     assert client.messages() == []
     membership.tempo_answer = values.Refusal(values.WRONG_PASSPHRASE, "wrong control passphrase")
     client.send({"type": "tempo", "control_passphrase": "guess", "transport": "stop"})
@@ -262,7 +266,9 @@ def test_a_tempo_request_goes_to_the_bus_with_the_control_passphrase(gateway):
 
 @pytest.mark.parametrize("request_, problem", [
     ({"bpm": 90}, "tempo: control_passphrase must be a string of 1 to 1024 characters"),
-    ({"control_passphrase": CONTROL}, "tempo: give a bpm, a transport, or both"),
+    ({"control_passphrase": CONTROL}, "tempo: give a bpm, a transport or a position"),
+    ({"control_passphrase": CONTROL, "position": 1.5},
+     "tempo: position must be a whole number of sixteenths"),
     ({"control_passphrase": CONTROL, "bpm": "fast"}, "tempo: bpm must be a number"),
     ({"control_passphrase": CONTROL, "transport": "rewind"},
      "tempo: transport must be one of start, stop, continue"),

@@ -59,12 +59,13 @@ class Leave:
 class Tempo:
     """A member asks to change the session's tempo, with the control passphrase."""
 
-    __slots__ = ("control_passphrase", "bpm", "transport")
+    __slots__ = ("control_passphrase", "bpm", "transport", "position")
 
-    def __init__(self, control_passphrase, bpm, transport):
+    def __init__(self, control_passphrase, bpm, transport, position=None):
         self.control_passphrase = control_passphrase
         self.bpm = bpm
         self.transport = transport
+        self.position = position
 
 
 class BadRequest:
@@ -127,9 +128,12 @@ def _parse_tempo(message):
     transport = message.get("transport")
     if transport is not None and transport not in TRANSPORTS:
         return BadRequest(f"tempo: transport must be one of {', '.join(TRANSPORTS)}")
-    if bpm is None and transport is None:
-        return BadRequest("tempo: give a bpm, a transport, or both")
-    return Tempo(secret, bpm, transport)
+    position = message.get("position")
+    if position is not None and type(position) is not int:
+        return BadRequest("tempo: position must be a whole number of sixteenths")
+    if bpm is None and transport is None and position is None:
+        return BadRequest("tempo: give a bpm, a transport or a position")
+    return Tempo(secret, bpm, transport, position)
 
 
 def parse_text(text):

@@ -219,7 +219,8 @@ class JamServerProtocol(WebSocketServerProtocol):
             self._send_error("not_joined", "join a session before changing its tempo")
             return
         refusal = self.membership.change_tempo(TempoChange(
-            request.control_passphrase, request.bpm, request.transport, self._peer_host()))
+            request.control_passphrase, request.bpm, request.transport, self._peer_host(),
+            request.position))
         if refusal is not None:
             self._send_error(refusal.reason, refusal.message)
 
