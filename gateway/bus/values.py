@@ -284,10 +284,10 @@ class Delivery:
     def _strip_beat_clock(self):
         kept = tuple(event for event in self.events
                      if event.data[0] not in BEAT_CLOCK_STATUSES)
+        if not kept:
+            return None     # a tempo change alone says nothing to them either
         if len(kept) == len(self.events):
             return self
-        if not kept:
-            return None
         return Delivery(kept, self.source, self.released)
 
     def __repr__(self):

@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from gateway.bus.local import DropCounters
-from gateway.bus.values import RosterEntry
+from gateway.bus.values import RosterEntry, TempoState
 from gateway.config import parse
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
@@ -228,6 +228,7 @@ def test_beat_clock_never_floods_rtmp_players():
     now = gateway.reactor.seconds()
     for _ in range(48):
         gateway.bus.fan_out([MidiEvent(b"\xf8", now)], CLOCK)
+    gateway.bus.fan_out([], CLOCK, tempo=TempoState(90.0, True, 4, 3, now))
     assert listener.received() == []
     gateway.bus.fan_out([MidiEvent(b"\xfa", now), MidiEvent(b"\x90\x3c\x64", now),
                          MidiEvent(b"\xf8", now)], ALICE)

@@ -245,6 +245,11 @@ def test_a_tempo_delivery_is_one_tempo_frame_before_the_clock(gateway):
     assert ("websocket", "tempo") in delivery._memo     # prepared once for both
     gateway.bus.fan_out([MidiEvent(b"\xf8", 50.02)], CLOCK_ENTRY)
     assert [m["type"] for m in first.messages()] == ["midi"]
+    assert second.messages() == [("binary", b"\xf8")]
+    # A new bpm alone is the tempo frame alone, in either MIDI mode.
+    gateway.bus.fan_out([], CLOCK_ENTRY, tempo=tempo._replace(bpm=90.0))
+    assert [m["bpm"] for m in first.messages()] == [90.0]
+    assert [m["bpm"] for m in second.messages()] == [90.0]
 
 
 def test_a_tempo_request_goes_to_the_bus_with_the_control_passphrase(gateway):

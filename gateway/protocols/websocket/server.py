@@ -143,6 +143,8 @@ class JamServerProtocol(WebSocketServerProtocol):
     def deliver(self, delivery):
         if delivery.tempo is not None:
             self._send_prepared(delivery.memo((DOOR, "tempo"), self._tempo_frame, delivery.tempo))
+            if not delivery.events:
+                return      # a new bpm alone: no MIDI, and no empty binary frame
         mode = self.midi_mode
         frames = delivery.memo((DOOR, mode), _frames, self.factory, delivery.events,
                                delivery.source, mode)
