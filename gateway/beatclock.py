@@ -119,11 +119,19 @@ class BeatClock:
         return [(now, _STOP)]
 
     def resume(self, now):
-        """Continue from where the song stopped: FB now, the next clock due now."""
+        """Continue from where the song stopped: Song Position Pointer and FB now, the
+        next clock due now.
+
+        The pointer makes Continue whole for a follower that joined while the song
+        was stopped (it never counted the clocks before). It counts sixteenths, so a
+        song stopped inside one continues from the next.
+        """
         if self.running:
             return []
+        sixteenth = -(-self.position // CLOCKS_PER_SIXTEENTH)
+        self.position = sixteenth * CLOCKS_PER_SIXTEENTH
         self._run_from(now)
-        return [(now, _CONTINUE)]
+        return [(now, song_position_pointer(sixteenth)), (now, _CONTINUE)]
 
     def locate(self, sixteenths, now):
         """Move a stopped song to ``sixteenths`` (Song Position Pointer); ValueError if running."""

@@ -103,9 +103,17 @@ def test_stop_and_continue_keep_the_song_position():
     assert clock.stop(T0 + 30 * interval) == []
     assert clock.advance(T0 + 100) == [] and clock.next_due() is None
     assert clock.next_beat() == (2, None)
-    assert clock.resume(T0 + 200) == [(T0 + 200, CONTINUE)]
+    assert clock.resume(T0 + 200) == [(T0 + 200, bytes((0xF2, 5, 0))), (T0 + 200, CONTINUE)]
     assert clock_times(clock.advance(T0 + 200)) == [T0 + 200]
     assert clock.position == 31
+
+
+def test_continue_inside_a_sixteenth_goes_on_from_the_next():
+    clock = started(120.0)
+    clock.advance(T0 + 7 * clock.interval)          # clocks 0..7: inside sixteenth 1
+    clock.stop(T0 + 1.0)
+    assert clock.resume(T0 + 2.0) == [(T0 + 2.0, bytes((0xF2, 2, 0))), (T0 + 2.0, CONTINUE)]
+    assert clock.position == 12
 
 
 def test_start_after_stop_begins_the_song_again():

@@ -136,7 +136,9 @@ class SessionTempo:
             self.wants_running = False
             messages += self.core.stop(mono)
         if change.position is not None:
-            messages += self.core.locate(change.position, mono)
+            located = self.core.locate(change.position, mono)
+            if change.transport != values.CONTINUE:
+                messages += located     # Continue says the position itself
         if change.transport == values.START:
             self.wants_running = True
             messages += self.core.start(mono) + self.core.advance(mono)

@@ -171,7 +171,9 @@ def test_stop_and_continue_reach_every_member():
     for member in (first, second):
         heard = [data for _, data in clocks_with_times(member)]
         stop_at = heard.index(STOP)
-        assert heard[stop_at + 1] == CONTINUE and heard[stop_at + 2] == CLOCK
+        # Continue comes with the song position, where the stop left it.
+        assert heard[stop_at + 1][0] == 0xF2 and heard[stop_at + 2:stop_at + 4] == [CONTINUE,
+                                                                                    CLOCK]
         assert heard.count(STOP) == 1 and heard.count(START) == 1
     # Both joined before the first turn: both heard the Start.
     assert [d.tempo.running for d in second.deliveries if d.tempo] == [True, False, True]
@@ -194,7 +196,8 @@ def test_stop_locate_and_continue_move_every_follower_to_the_position():
     assert bus.session_view("band").tempo.beat == 4
     assert conductor.change_tempo(TempoChange(CONTROL, transport=values.CONTINUE)) is None
     heard = [data for _, data in clocks_with_times(player)][before:]
-    assert heard == [STOP, bytes((0xF2, 16, 0)), CONTINUE, CLOCK]
+    # Located while stopped, and said again with Continue.
+    assert heard == [STOP, bytes((0xF2, 16, 0)), bytes((0xF2, 16, 0)), CONTINUE, CLOCK]
     assert bus.session_view("band").tempo.beat == 5        # clock 96 sent: beat 4 begun
 
 
