@@ -34,6 +34,7 @@ import time
 import pytest
 
 from tests.conftest import free_port, need_external
+from tests.integration.test_browser import browser_context  # noqa: F401 (a fixture)
 from tests.integration.rtpmidi_peers import NodePeer, node_available
 from tests.integration.test_oscgroups_e2e import (
     LOOPBACK, OscClient, bridge_path, demo_members, osc_messages, receiving_socket, until,
@@ -252,3 +253,73 @@ def test_start_and_stop_reach_rtpmidi_oscgroups_and_websocket_members(gateway_fa
         with contextlib.suppress(subprocess.TimeoutExpired):
             osc.stop(signal.SIGKILL)
         osc_rx.close()
+
+
+# What a page does for its metronome, in the browser's own JavaScript: join, measure the
+# offset to the server's clock with pings (performance.now() as its clock), and note when
+# each clock arrives. The figures are computed in Python below.
+PAGE_SCRIPT = """
+async ({url, session, passphrase, clocks}) => {
+  const now = () => performance.now() / 1000;
+  const state = {tempo: null, pongs: [], arrivals: [], times: []};
+  const socket = new WebSocket(url);
+  await new Promise((resolve, reject) => {
+    socket.onerror = () => reject(new Error('websocket error'));
+    socket.onmessage = (event) => {
+      const arrived = now();
+      const message = JSON.parse(event.data);
+      if (message.type === 'ping') {
+        socket.send(JSON.stringify({type: 'pong', id: message.id}));
+      } else if (message.type === 'joined') {
+        state.tempo = message.tempo;
+        for (let id = 0; id < 10; id += 1) {
+          setTimeout(() => socket.send(JSON.stringify(
+            {type: 'ping', id: `offset-${id}`, client_time: now()})), id * 30);
+        }
+      } else if (message.type === 'pong') {
+        state.pongs.push({sent: message.client_time, arrived, server: message.server_time});
+      } else if (message.type === 'midi' && message.data[0] === 248) {
+        state.arrivals.push(arrived);
+        state.times.push(message.time);
+        if (state.arrivals.length >= clocks) resolve();
+      } else if (message.type === 'error') {
+        reject(new Error(message.message));
+      }
+    };
+    socket.onopen = () => socket.send(JSON.stringify(
+      {type: 'join', session, passphrase, name: 'browser metronome'}));
+  });
+  socket.close();
+  return state;
+}
+"""
+
+
+def test_a_browser_page_hears_the_clock_and_its_metronome_math_lands_on_the_beat(
+        gateway_factory, browser_context, tmp_path):  # noqa: F811 (the fixture)
+    gateway, _ = tempo_gateway(gateway_factory, {"bpm": BPM, "running": True})
+    page = browser_context.new_page()
+    page.goto(gateway.web_url + "/status")
+    state = page.evaluate(PAGE_SCRIPT, {"url": gateway.ws_url, "session": DEMO[0],
+                                        "passphrase": DEMO[1], "clocks": CLOCKS})
+    tempo = state["tempo"]
+    best = min(state["pongs"], key=lambda pong: pong["arrived"] - pong["sent"])
+    offset = best["server"] - (best["sent"] + best["arrived"]) / 2
+    figures = grid_figures(state["arrivals"], INTERVAL)
+    beat_length = 60.0 / tempo["bpm"]
+    clicks = []
+    for arrived, server_time in zip(state["arrivals"], state["times"]):
+        beats_since = (server_time - tempo["beat_time"]) / beat_length
+        if abs(beats_since - round(beats_since)) < 1e-6:
+            # Where the page's metronome clicks beat k, on the browser's clock.
+            clicks.append(arrived - (tempo["beat_time"] + round(beats_since) * beat_length
+                                     - offset))
+    metronome = {"beats": len(clicks), "offset_s": offset,
+                 "p50_ms": percentile([abs(c) for c in clicks], 0.5) * 1000,
+                 "max_ms": max(abs(c) for c in clicks) * 1000}
+    report = {"bpm": BPM, "browser": figures, "browser_metronome_vs_beat_clocks": metronome}
+    (tmp_path / "tempo-browser-jitter.json").write_text(json.dumps(report, indent=2))
+    print("\ntempo jitter in Chromium:", json.dumps(report, indent=2))
+    assert_on_the_grid(figures, INTERVAL, "chromium page")
+    assert len(clicks) >= CLOCKS // 24 - 1
+    assert metronome["p50_ms"] / 1000 <= P50_BOUND, metronome
