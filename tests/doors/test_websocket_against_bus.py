@@ -305,7 +305,8 @@ def test_join_asks_the_bus_with_the_passphrase_and_the_peers_host(gateway):
     me = {"id": membership.entry.member_id, "name": "alice", "door": "websocket",
           "rtt_ms": None}
     assert joined == {"type": "joined", "session": "demo", "member": me, "mirror": False,
-                      "tempo": None, "members": [{"id": 7, "name": "bob", "door": "rtpmidi", "rtt_ms": 3.5},
+                      "tempo": None,
+                      "members": [{"id": 7, "name": "bob", "door": "rtpmidi", "rtt_ms": 3.5},
                                   me]}
 
 
