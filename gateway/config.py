@@ -65,6 +65,7 @@ class SessionConfig:
     allow_addresses: typing.List[str] = bounded(
         default_factory=list,
         doc="CIDRs allowed for doors without authentication of their own (AppleMIDI)")
+    public: bool = bounded(False, doc="listed by GET /sessions, so the jam page offers it")
 
 
 @dataclasses.dataclass

@@ -100,3 +100,25 @@ class DropLog:
         self.log.warn("netgateway: {left_out} more drops or refusals from other peers not"
                       " logged (more than {max_lines} peers in {interval} s)",
                       left_out=left_out, max_lines=self.max_lines, interval=self.interval)
+
+
+class BoundedLogger(Logger):
+    """A Logger for a library's own per-connection and per-request messages (twisted.web's
+    "Timing out client", its HEAD warnings): each message, by its format, at most once per
+    interval through a :class:`DropLog`, then one summary. Errors pass unbounded."""
+
+    def __init__(self, namespace, drop_log):
+        super().__init__(namespace=namespace, observer=_observer)
+        self.drop_log = drop_log
+
+    def __get__(self, instance, owner=None):
+        # Logger is a descriptor that makes a logger per instance; this one is
+        # shared on purpose, with its bound.
+        return self
+
+    def emit(self, level, format=None, **kwargs):
+        if level >= LogLevel.error:
+            super().emit(level, format, **kwargs)
+            return
+        self.drop_log.dropped((self.namespace, format), self.drop_log.clock.seconds(),
+                              self.namespace + ": " + (format or ""), **kwargs)

@@ -12,6 +12,7 @@ socket directly, which a wrapper would hide, so the one method is replaced.
 """
 
 from OpenSSL import SSL
+from prometheus_client.core import GaugeMetricFamily
 
 from gateway.bus.sources import DatagramGate, SourceGate
 
@@ -90,6 +91,14 @@ class ConnectionGate(_Guard):
     def status(self):
         return {"open": sum(self.gate.open.values()), "sources": len(self.gate.open),
                 "refused": dict(self.gate.refused)}
+
+    def collect(self):
+        """/metrics: connections open from addresses the limits apply to (the refusals are
+        the doors' drops, in netgateway_dropped)."""
+        opened = GaugeMetricFamily("netgateway_connections_open",
+                                   "TCP connections open from addresses not exempt")
+        opened.add_metric([], sum(self.gate.open.values()))
+        yield opened
 
 
 class DatagramGuard(_Guard):

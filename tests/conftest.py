@@ -30,9 +30,9 @@ ADMIN_TOKEN = "tests-read-full-status"
 BASE_CONFIG = {
     "sessions": [
         {"name": "demo", "passphrase": "play along with netgateway demo",
-         "allow_addresses": ["127.0.0.0/8"]},
+         "allow_addresses": ["127.0.0.0/8"], "public": True},
         {"name": "mirror", "passphrase": "mirror mirror on the wall",
-         "mirror": {"interval": 7, "delay": 0.0}},
+         "mirror": {"interval": 7, "delay": 0.0}, "public": True},
     ],
     "web": {"host": "127.0.0.1"},
     "websocket": {"ping_interval": 1.0},

@@ -421,6 +421,8 @@ class LocalBus:
             if session is not None and len(session.members) >= session.max_members:
                 refusal = Refusal(values.SESSION_FULL, f"session {request.session!r} is full"
                                                        f" ({session.max_members} members)")
+            elif session is not None:
+                refusal = self._name_taken_refusal(request, session)
         if refusal is not None:
             self.refused(request, refusal)
             return defer.fail(JoinRefused(refusal))
@@ -437,6 +439,21 @@ class LocalBus:
         """
         problem = values.name_problem(request.name)
         return None if problem is None else Refusal(values.BAD_NAME, problem)
+
+    @staticmethod
+    def _name_taken_refusal(request, session):
+        """Whether a member of ``session`` (its mirror included) already has the
+        joiner's name, as :func:`values.name_key` compares names.
+
+        The second half of the name check, looked at only after the
+        credential: who is in a session is for those who may join it.
+        """
+        wanted = values.name_key(request.name)
+        if any(values.name_key(entry.name) == wanted for entry in session.roster()):
+            return Refusal(values.NAME_TAKEN,
+                           f"the name {request.name!r} is already taken in session"
+                           f" {session.name!r}")
+        return None
 
     def _credential_refusal(self, request):
         """Why ``request``'s credential is refused now, or None.

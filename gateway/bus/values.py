@@ -12,6 +12,7 @@ of a door share one encoding of them.
 """
 
 import hmac
+import itertools
 import typing
 import unicodedata
 
@@ -35,11 +36,12 @@ PASSPHRASE_TOO_SHORT = "passphrase_too_short"
 ADDRESS_NOT_ALLOWED = "address_not_allowed"
 THROTTLED = "throttled"
 BAD_NAME = "bad_name"
+NAME_TAKEN = "name_taken"
 # Why a tempo change was refused (the same codes where they mean the same).
 NO_TEMPO = "no_tempo"
 BAD_TEMPO = "bad_tempo"
 REFUSAL_REASONS = (WRONG_PASSPHRASE, SESSION_FULL, GATEWAY_FULL, UNKNOWN_SESSION,
-                   PASSPHRASE_TOO_SHORT, ADDRESS_NOT_ALLOWED, THROTTLED, BAD_NAME)
+                   PASSPHRASE_TOO_SHORT, ADDRESS_NOT_ALLOWED, THROTTLED, BAD_NAME, NAME_TAKEN)
 
 MAX_NAME_LENGTH = 64
 # Characters no player name may hold, by Unicode category: controls (newline,
@@ -65,6 +67,33 @@ def name_problem(name):
         if unicodedata.category(character) in _UNSHOWN_CATEGORIES:
             return f"a name may not hold the character U+{ord(character):04X}"
     return None
+
+
+def name_key(name):
+    """What two names must share to count as the same player's: ``Alice``, ``alice `` and
+    ``ＡＬＩＣＥ`` (full-width) are one name in a roster, so no player can pass for another."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+def unused_name(name, view):
+    """``name``, or ``name 2``, ``name 3``... : the first no member of the session has.
+
+    ``view`` is the session's :class:`SessionView` (``bus.session_view``), or
+    None while the session does not exist. For the names a door makes up
+    itself (a default for a protocol that sends none, sfront's
+    ``login@host``): their peers cannot choose another, so the door numbers
+    them instead of having the bus refuse them as taken.
+    """
+    if view is None:
+        return name
+    taken = {name_key(entry.name) for entry in view.roster}
+    if name_key(name) not in taken:
+        return name
+    for number in itertools.count(2):
+        suffix = f" {number}"
+        candidate = name[:MAX_NAME_LENGTH - len(suffix)] + suffix
+        if name_key(candidate) not in taken:
+            return candidate
 
 # What changed in a session's roster.
 JOINED = "join"

@@ -1,4 +1,4 @@
-"""twisted.web resources for the jam page, ``/status`` and ``/metrics``."""
+"""twisted.web resources for the jam page, ``/sessions``, ``/status`` and ``/metrics``."""
 
 import hmac
 import json
@@ -70,6 +70,17 @@ class GatewaySite(server.Site):
                                       logging_config.access_line_burst,
                                       max(1.0, logging_config.drop_log_interval))
         self._summaries = None
+        # twisted.web's own lines are one per connection or request (a client
+        # timed out, a HEAD answered with a body): bounded like a door's drops.
+        self.twisted_log = gatewaylog.BoundedLogger("twisted.web", gatewaylog.DropLog(
+            gatewaylog.logger("netgateway.web"), logging_config.drop_log_interval, reactor))
+        self.requestFactory = type("Request", (server.Request,), {"_log": self.twisted_log})
+
+    def buildProtocol(self, addr):  # noqa: N802 -- Twisted's name
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            protocol._channel._log = self.twisted_log    # the HTTPChannel Twisted wraps
+        return protocol
 
     def log(self, request):
         client = request.getClientAddress()
@@ -161,6 +172,14 @@ class StatusResource(resource.Resource):
                            " answers a public summary"}
 
 
+_PUBLIC_TEMPO = ("bpm", "running", "beats_per_bar")
+
+
+def public_tempo(tempo):
+    """What anyone may know of a session's tempo (a dict with its fields, or None)."""
+    return None if tempo is None else {key: tempo[key] for key in _PUBLIC_TEMPO}
+
+
 def _public_session(session):
     """A session as anyone may see it: its name, how many play, its tempo if it has one."""
     # The roster lists a mirror session's echo; it is no player.
@@ -168,8 +187,40 @@ def _public_session(session):
               "members": len(session["members"]) - int(session["mirror"])}
     tempo = session.get("tempo")
     if tempo is not None:
-        public["tempo"] = {key: tempo[key] for key in ("bpm", "running", "beats_per_bar")}
+        public["tempo"] = public_tempo(tempo)
     return public
+
+
+class SessionsResource(resource.Resource):
+    """``GET /sessions``: the sessions the config marks ``public``, for the jam page to offer.
+
+    Each with its name, its players (a mirror's echo is none), how many it
+    takes, whether it is a mirror, and its tempo (bpm, running, beats per bar;
+    null without one). Never a passphrase or a member's name: anyone may ask.
+    """
+
+    isLeaf = True
+
+    def __init__(self, context):
+        super().__init__()
+        self.context = context
+        self.public = [session.name for session in context.config.sessions if session.public]
+
+    def render_GET(self, request):
+        listed = []
+        for name in self.public:
+            view = self.context.bus.session_view(name)
+            if view is None:
+                continue
+            listed.append({"name": name, "players": view.member_count - int(view.mirror),
+                           "max_players": view.max_members, "mirror": view.mirror,
+                           "tempo": None if view.tempo is None
+                           else public_tempo(view.tempo._asdict())})
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        # Public and without credentials: a jam page served from elsewhere may read it.
+        request.setHeader(b"access-control-allow-origin", b"*")
+        return json.dumps({"sessions": listed}, indent=1).encode("utf-8")
 
 
 class BusCollector:
@@ -209,6 +260,7 @@ def metrics_registry(context):
     registry = CollectorRegistry(auto_describe=True)
     registry.register(BusCollector(context.bus, context.drops))
     registry.register(context.kernel_drops)
+    registry.register(context.connection_gate)
     return registry
 
 
@@ -216,6 +268,7 @@ def build_root(context):
     """The site's root: the static jam page, /status, and /metrics unless metrics.port has it."""
     root = static.File(STATIC_DIR)
     root.putChild(b"status", StatusResource(context))
+    root.putChild(b"sessions", SessionsResource(context))
     if context.config.metrics.port is None:
         root.putChild(b"metrics", MetricsResource(registry=context.metrics))
     return root

@@ -309,6 +309,49 @@ def test_a_bad_name_is_refused_before_the_credential_and_is_no_guess(harness):
     assert harness.bus.refusals[values.THROTTLED] == 0
 
 
+@pytest.mark.parametrize("taken", ["alice", "Alice", " alice ", "ＡＬＩＣＥ"])
+def test_a_name_already_in_the_session_is_refused_as_taken(harness, taken):
+    alice, _ = harness.join("alice")
+    refusal = harness.refusal(taken)
+    assert refusal.reason == values.NAME_TAKEN and repr(taken) in refusal.message
+    assert harness.bus.refusals[values.NAME_TAKEN] == 1
+    assert harness.drops.get("test", "join_name_taken") == 1
+    assert harness.names() == ["alice"] and alice.notices == []
+
+
+def test_a_taken_name_is_free_again_once_its_member_left_and_in_another_session(harness):
+    _, alice_in = harness.join("alice")
+    harness.join("alice", session="mirror")          # another session: not taken there
+    alice_in.leave()
+    harness.join("alice")
+    assert harness.names() == ["alice"]
+    # A mirror session's echo is a member too: nobody may pass for it.
+    assert harness.refusal("Mirror", session="mirror").reason == values.NAME_TAKEN
+
+
+def test_a_taken_name_is_told_only_to_who_brings_the_passphrase(harness):
+    harness.join("alice")
+    wrong = harness.refusal("alice", passphrase="wrong but long enough")
+    assert wrong.reason == values.WRONG_PASSPHRASE
+    # check() answers before the door admits, with names doors make up: no roster there.
+    assert harness.bus.check(harness.request("alice")) is None
+
+
+def test_unused_name_numbers_the_names_doors_make_up(harness):
+    harness.join("rtmp player")
+    harness.join("RTMP player 2")
+    demo = harness.bus.session_view("demo")
+    assert values.unused_name("guest", demo) == "guest"
+    assert values.unused_name("rtmp player", demo) == "rtmp player 3"
+    assert values.unused_name("rtmp player", harness.bus.session_view("nowhere")) \
+        == "rtmp player"
+    long_name = "x" * values.MAX_NAME_LENGTH
+    harness.join(long_name)
+    numbered = values.unused_name(long_name, harness.bus.session_view("demo"))
+    assert numbered == "x" * (values.MAX_NAME_LENGTH - 2) + " 2"
+    harness.join(numbered)
+
+
 @pytest.mark.parametrize("name", [" alice ", "Zoë", "佐藤", "🎹 keys", "a" * 64, "O'Brien"])
 def test_names_of_visible_characters_in_any_script_join_as_given(harness, name):
     harness.join(name)

@@ -137,6 +137,19 @@ def test_an_rtmp_connection_is_a_bus_member():
     assert request.credential.passphrase == PASSPHRASE
 
 
+def test_a_nameless_connection_is_numbered_when_its_default_name_is_taken():
+    gateway = Gateway()
+    default = rtmpdoor.netconnection.DEFAULT_PLAYER_NAME
+    gateway.bus.set_view("demo", roster=[RosterEntry(3, default, "rtmp")])
+    nameless = Client(gateway, None)
+    nameless.command("connect", 1, {"app": "jam/demo"}, PASSPHRASE)
+    named = Client(gateway, "carol")
+    named.command("connect", 1, {"app": "jam/demo"}, PASSPHRASE, "carol")
+    # ffmpeg sends no name: its second player joins as "rtmp player 2" instead of being
+    # refused as taken; a chosen name goes to the bus as it is.
+    assert [join.request.name for join in gateway.bus.joins] == [f"{default} 2", "carol"]
+
+
 def test_a_late_player_gets_the_sequence_header_first_then_every_frame():
     gateway = Gateway()
     source = publisher(gateway)

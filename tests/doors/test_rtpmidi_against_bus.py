@@ -93,13 +93,32 @@ def test_invitation_is_checked_with_the_peers_address_and_name_then_joined_by_na
     # The name is checked before the OK, so a name the bus refuses is answered NO.
     assert gateway.bus.checks == [JoinRequest("demo", "mac", "rtpmidi",
                                               AllowedAddress(), "127.0.0.1")]
-    assert gateway.bus.view_requests == ["demo"]
+    # Asked once whether the session is full, once for the names taken in it.
+    assert gateway.bus.view_requests == ["demo", "demo"]
     [pending] = gateway.bus.joins
     assert pending.request == JoinRequest("demo", "mac", "rtpmidi", AllowedAddress(),
                                           "127.0.0.1")
     verifyObject(IMember, pending.member)
     membership = pending.accept()
     assert pending.member.membership is membership
+
+
+def test_a_nameless_peer_is_numbered_when_the_default_name_is_taken(gateway):
+    default = rtpdoor.DEFAULT_PEER_NAME
+    gateway.bus.set_view("demo", roster=[RosterEntry(3, default, "rtpmidi")])
+    peer = gateway.peer(name="")
+    control_ok, data_ok = peer.join()
+    assert control_ok.command == data_ok.command == b"OK"
+    [pending] = gateway.bus.joins
+    assert pending.request.name == f"{default} 2"
+
+
+def test_a_second_mac_with_the_same_session_name_is_numbered_not_refused(gateway):
+    gateway.bus.set_view("demo", roster=[RosterEntry(3, "Session 1", "rtpmidi")])
+    control_ok, data_ok = gateway.peer(name="Session 1").join()
+    assert control_ok.command == data_ok.command == b"OK"
+    [pending] = gateway.bus.joins
+    assert pending.request.name == "Session 1 2"
 
 
 @pytest.mark.parametrize("reason", values.REFUSAL_REASONS)

@@ -96,6 +96,15 @@ def test_a_verified_client_joins_as_verified_with_its_login_at_host(gateway):
             for data in gateway.reactor.take(client.rtp_source)] == [200, "INVITE"]
 
 
+def test_a_second_client_of_the_same_login_and_host_is_numbered_not_refused(gateway):
+    gateway.bus.set_view("demo", roster=[RosterEntry(3, "ann@vm", "sip")])
+    gateway.handshake(gateway.client(login="ann"))
+    [pending] = gateway.bus.joins
+    # login@host is no name its player chose; the second of them is "ann@vm 2".
+    assert pending.request.name == "ann@vm 2"
+    assert pending.member.client.name == "ann@vm 2"
+
+
 @pytest.mark.parametrize("reason, status", [(values.SESSION_FULL, 503), (values.THROTTLED, 503),
                                             (values.WRONG_PASSPHRASE, 403)])
 def test_a_refused_join_is_answered_the_way_sfront_understands(gateway, reason, status):

@@ -343,6 +343,17 @@ def test_a_join_without_a_name_is_a_guest_and_a_name_that_is_no_string_a_bad_req
                                   "message": "join: name must be a string"}]
 
 
+def test_a_second_guest_is_numbered_and_a_chosen_name_goes_as_sent(gateway):
+    gateway.bus.set_view("demo", roster=[RosterEntry(3, "guest", "websocket")])
+    client = gateway.connect()
+    client.send({"type": "join", "session": "demo", "passphrase": PASSPHRASE})
+    assert gateway.bus.joins[-1].request.name == "guest 2"
+    gateway.bus.joins[-1].refuse(values.WRONG_PASSPHRASE)
+    # The bus, not the door, refuses a chosen name that is taken.
+    gateway.bus.set_view("demo", roster=[RosterEntry(4, "alice", "websocket")])
+    assert client.join(name="alice").request.name == "alice"
+
+
 def test_a_second_join_while_one_is_pending_is_refused_by_the_door(gateway):
     client = gateway.connect()
     client.join()

@@ -34,3 +34,22 @@ def test_a_get_flood_writes_its_burst_then_one_summary(gateway_factory):
     assert any('"GET / HTTP/1.1" 200' in line for line in lines)
     grown = os.path.getsize(gateway.log_path) - before
     assert grown < 200 * (BURST + 10), grown
+
+
+def test_twisted_webs_own_line_per_request_is_bounded(gateway_factory):
+    """twisted.web warns once per HEAD request answered with a body (a 404, /status):
+    a HEAD flood gets that line once per interval and a summary."""
+    gateway = gateway_factory({"logging": {"drop_log_interval": 1.0}})
+    port = gateway.config["web"]["port"]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for _ in range(100):
+        connection.request("HEAD", "/no/such/page")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 404
+    connection.close()
+    summary = re.compile(r"I think I'll eat it\. \((\d+) more like this not logged\)")
+    gateway.wait_for_status(lambda status: summary.search(gateway.log), timeout=5.0)
+    warnings = [line for line in gateway.log.splitlines() if "I think I'll eat it" in line]
+    assert len(warnings) == 2, warnings
+    assert int(summary.search(gateway.log).group(1)) == 99

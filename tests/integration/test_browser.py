@@ -177,8 +177,11 @@ def test_two_players_see_and_hear_each_other(open_jam):
 def test_wrong_passphrase_is_explained_and_retry_works(open_jam):
     jam = open_jam()
     jam.fill_form("carol", "demo", "not the passphrase at all")
-    expect(jam.page.locator("#error")).to_contain_text("Wrong passphrase")
+    # Said once, in the page's words (not followed by the gateway's own message).
+    expect(jam.page.locator("#error")).to_have_text("Wrong passphrase for this session.")
     expect(jam.page.locator("#join")).to_be_enabled()
+    # The refused join left the socket open, but there is no session to leave.
+    expect(jam.page.locator("#leave")).to_be_disabled()
     jam.screenshot("browser-wrong-passphrase.png")
 
     jam.join("carol")
@@ -223,16 +226,53 @@ def test_web_midi_devices_carry_notes_both_ways(browser_context, open_jam):
     erin.screenshot("browser-web-midi.png")
 
 
+# Records, from before the outage, every text the status region reads out and whether
+# the keyboard was ever hidden.
+WATCH_THE_OUTAGE = """
+(() => {
+  window.statusTexts = [];
+  window.keyboardHidden = 0;
+  const status = document.querySelector('#status');
+  new MutationObserver(() => window.statusTexts.push(status.textContent))
+    .observe(status, { childList: true, characterData: true, subtree: true });
+  const jam = document.querySelector('#jam');
+  new MutationObserver(() => { if (jam.hidden) window.keyboardHidden += 1; })
+    .observe(jam, { attributes: true, attributeFilter: ['hidden'] });
+})()
+"""
+LOST = "Connection lost (the gateway is stopping). Reconnecting…"
+
+
 def test_page_rejoins_after_the_gateway_restarts(open_jam, gateway):
     gina = open_jam().join("gina")
+    gina.page.evaluate(WATCH_THE_OUTAGE)
     gateway.stop()
-    expect(gina.page.locator("#status")).to_contain_text("Connection lost, retrying in")
+    status = gina.page.locator("#status")
+    expect(status).to_have_text(LOST)
+    expect(gina.page.locator("#status-detail")).to_contain_text("next attempt in")
     expect(gina.page.locator("#leave")).to_be_enabled()
+    # Failed attempts (nobody listens now) keep the keyboard and the first reason.
+    gina.page.wait_for_function("window.netgateway.state.retryAttempt >= 3", timeout=20_000)
+    expect(gina.page.locator("#keyboard")).to_be_visible()
+    expect(status).to_have_text(LOST)
+    # Notes played meanwhile are heard here only, and the page says so.
+    for note in (60, 62):
+        gina.press(note)
+        expect(gina.key(note)).to_have_class(HELD_HERE)
+        gina.release()
+    expect(gina.page.locator("#unsent")).to_have_text(
+        "Not connected: the others do not hear you. 2 notes not sent.")
     gina.screenshot("browser-connection-lost.png")
 
     gateway.start()
-    expect(gina.page.locator("#status")).to_contain_text("Joined", timeout=30_000)
+    expect(status).to_contain_text("Joined", timeout=30_000)
+    expect(status).to_contain_text("2 notes you played while disconnected were not sent.")
+    expect(gina.page.locator("#unsent")).to_be_hidden()
     expect(gina.member("gina", "websocket")).to_be_visible()
+    assert gina.page.evaluate("window.keyboardHidden") == 0
+    # The countdown ticks outside the live region: it read out the loss once, then the rejoin.
+    texts = gina.page.evaluate("window.statusTexts")
+    assert [text for text in texts if not text.startswith("Joined")] == [LOST], texts
     # Chromium reports each refused reconnect attempt on the console; those are expected here.
     gina.console_errors = [text for text in gina.console_errors
                            if "WebSocket connection to" not in text]

@@ -208,3 +208,6 @@ def test_failed_tls_handshakes_are_counted_and_logged_once(gateway_factory, tmp_
     assert drops["web"]["tls_error"] == 30
     lines = [line for line in gateway.log.splitlines() if "tls_error" in line]
     assert len(lines) == 1 and "web: refused a TLS connection from 127.0.0.1" in lines[0]
+    metrics = gateway.get("/metrics")[2].decode()
+    assert 'netgateway_dropped_total{door="web",reason="tls_error"} 30.0' in metrics
+    assert "netgateway_connections_open 0.0" in metrics        # loopback is exempt

@@ -180,6 +180,7 @@ def test_a_wrong_passphrase_is_403_after_the_challenge_and_unknown_sessions_404(
 @pytest.mark.parametrize("reason, status, retry_after", [
     ("session_full", 486, None), ("gateway_full", 503, "30"), ("throttled", 503, "17"),
     ("address_not_allowed", 403, None), ("unknown_session", 404, None),
+    ("name_taken", 403, None),
 ])
 def test_bus_refusals_map_to_sip_statuses(reason, status, retry_after):
     core = make_core()
@@ -192,6 +193,8 @@ def test_bus_refusals_map_to_sip_statuses(reason, status, retry_after):
     response = final(core.refused(ticket, reason, NOW, retry_after=17 if reason == "throttled"
                                   else None))
     assert response.status == status and response.get("retry-after") == retry_after
+    if reason == "name_taken":
+        assert response.reason == "Forbidden (name already in the session)"
     assert core.refused(ticket, reason, NOW) == [] and core.authenticated(ticket, NOW) == []
 
 

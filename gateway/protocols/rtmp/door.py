@@ -25,7 +25,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from gateway.bus.sources import ConnectionBudget
-from gateway.bus.values import THROTTLED, JoinRefused, JoinRequest, Passphrase
+from gateway.bus.values import THROTTLED, JoinRefused, JoinRequest, Passphrase, unused_name
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
@@ -230,7 +230,11 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
             self.membership.touch()
 
     def _join(self, action):
-        joining = self.door.bus.join(JoinRequest(action.session, action.name, DOOR,
+        name = action.name
+        if name == netconnection.DEFAULT_PLAYER_NAME:
+            # ffmpeg and OBS send no name: the second of them is numbered, not refused.
+            name = unused_name(name, self.door.bus.session_view(action.session))
+        joining = self.door.bus.join(JoinRequest(action.session, name, DOOR,
                                                  Passphrase(action.passphrase),
                                                  self.transport.getPeer().host), self)
         joining.addCallbacks(self._joined, self._refused)

@@ -29,7 +29,7 @@ from zope.interface import implementer
 from gateway.actions import (
     ClockSynced, Drop, Feedback, PeerJoined, PeerLeft, Send, dispatcher,
 )
-from gateway.bus.values import AllowedAddress, JoinRefused, JoinRequest, Verified
+from gateway.bus.values import AllowedAddress, JoinRefused, JoinRequest, Verified, unused_name
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.protocols.rtpmidi import mdns, metrics
@@ -283,6 +283,9 @@ class SessionEndpoint:
         member = RtpMidiMember(self, peer)
         self.members[peer] = member
         credential = Verified() if peer in self._invited else AllowedAddress()
+        # Numbered, not refused as taken: an AppleMIDI name is the device's or the
+        # session's ("Session 1" on every Mac), not one its player typed.
+        member.name = unused_name(member.name, self.bus.session_view(self.entry.session))
         joining = self.bus.join(JoinRequest(self.entry.session, member.name, DOOR, credential,
                                             host), member)
         joining.addCallbacks(self._joined, self._refused, callbackArgs=(member,),

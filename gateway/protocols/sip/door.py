@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from gateway.actions import Drop, PeerAlive, PeerLeft, Send, dispatcher
 from gateway.bus.throttle import JoinThrottle
-from gateway.bus.values import LEFT, JoinRefused, JoinRequest, Refusal, Verified
+from gateway.bus.values import LEFT, JoinRefused, JoinRequest, Refusal, Verified, unused_name
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
@@ -232,6 +232,9 @@ class SipDoor(DoorService):
 
     def _admit(self, action):
         client = action.client
+        # login@host is no name its player chose: two clients of one login on one
+        # machine are numbered, not refused as taken.
+        client.name = unused_name(client.name, self.bus.session_view(client.session.name))
         member = SfrontMember(self, client)
         self.members[client] = member
         joining = self.bus.join(JoinRequest(client.session.name, client.name, DOOR, Verified(),

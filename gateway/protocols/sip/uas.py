@@ -83,7 +83,7 @@ import urllib.parse
 
 from gateway.actions import Drop, Send
 from gateway.bus.values import (
-    ADDRESS_NOT_ALLOWED, GATEWAY_FULL, SESSION_FULL, THROTTLED, UNKNOWN_SESSION,
+    ADDRESS_NOT_ALLOWED, GATEWAY_FULL, NAME_TAKEN, SESSION_FULL, THROTTLED, UNKNOWN_SESSION,
     WRONG_PASSPHRASE,
 )
 from gateway.protocols.sip import digest
@@ -193,6 +193,8 @@ _REFUSALS = {
     GATEWAY_FULL: (503, "Service Unavailable (gateway full)", True),
     THROTTLED: (503, "Service Unavailable (too many failed attempts)", True),
     ADDRESS_NOT_ALLOWED: (403, "Forbidden", False),
+    # The digest user name is the player's name: the phrase says which to change.
+    NAME_TAKEN: (403, "Forbidden (name already in the session)", False),
 }
 _REASON_PHRASES = {180: "Ringing", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
                    405: "Method Not Allowed", 415: "Unsupported Media Type",

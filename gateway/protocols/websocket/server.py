@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 from zope.interface import implementer
 
 from gateway.bus.sources import ConnectionBudget
-from gateway.bus.values import JoinRefused, JoinRequest, Passphrase, TempoChange
+from gateway.bus.values import JoinRefused, JoinRequest, Passphrase, TempoChange, unused_name
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
@@ -196,10 +196,14 @@ class JamServerProtocol(WebSocketServerProtocol):
         if self.membership is not None or self._joining is not None:
             self._send_error("already_joined", "leave the current session first")
             return
-        self.name = request.name
+        name = request.name
+        if name == jam.DEFAULT_NAME:
+            # A program that sends no name: the second of them is numbered, not refused.
+            name = unused_name(name, door.bus.session_view(request.session))
+        self.name = name
         self.midi_mode = request.midi_mode
         joining = self._joining = door.bus.join(
-            JoinRequest(request.session, request.name, DOOR, Passphrase(request.passphrase),
+            JoinRequest(request.session, name, DOOR, Passphrase(request.passphrase),
                         self.transport.getPeer().host), self)
         joining.addCallbacks(self._joined, self._refused)
         joining.addErrback(lambda failure: door.log.failure("websocket: join failed", failure))

@@ -1,14 +1,22 @@
 // The netgateway jam page: joins a session over the gateway's WebSocket door and plays
-// notes with an on-screen keyboard, the computer keyboard and Web MIDI devices; live.js
-// plays the session's live audio stream beside them.
+// notes with an on-screen keyboard (mouse, touch, Tab and Space), the computer keyboard and
+// Web MIDI devices; mixer.js voices each player on its own strip, live.js plays the
+// session's live audio stream beside them, invite.js builds and reads invite links.
 
+import { inviteLink, readInvite } from './invite.js';
 import { LiveListener, liveStreamUrl } from './live.js';
+import { Mixer } from './mixer.js';
 
 const NOTE_NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
 const SPOKEN_NOTE_NAMES = ['C', 'C sharp', 'D', 'D sharp', 'E', 'F', 'F sharp', 'G', 'G sharp', 'A', 'A sharp', 'B'];
 const BLACK_PITCH_CLASSES = new Set([1, 3, 6, 8, 10]);
 
 const KEYBOARD_SPAN = 24;
+// Phones and small tablets: one octave, so that every key stays at least 40 px wide.
+const NARROW_KEYBOARD_SPAN = 12;
+const NARROW_SCREEN = window.matchMedia('(max-width: 600px), (max-height: 500px)');
+// A phone on its side: the piano is scrolled fully into view once joined.
+const SHORT_LANDSCAPE = window.matchMedia('(max-height: 500px) and (orientation: landscape)');
 const DEFAULT_LOWEST_NOTE = 48;
 const LOWEST_NOTE_MIN = 0;
 const LOWEST_NOTE_MAX = 96; // C7, so the top key (B8) stays a valid MIDI note
@@ -19,31 +27,40 @@ const PIANO_KEY_CODES = [
 ];
 const OCTAVE_DOWN_CODE = 'KeyZ';
 const OCTAVE_UP_CODE = 'KeyX';
+// Keys that play the focused piano key, as Space and Enter press a button.
+const PLAY_FOCUSED_CODES = new Set(['Space', 'Enter', 'NumpadEnter']);
 
 const PING_INTERVAL_MS = 5000;
 const RETRY_DELAYS_S = [1, 2, 4, 8, 10];
 const LOG_LIMIT = 60;
 const STORAGE_PREFIX = 'netgateway.';
+// As many colours (each with its own pattern, see jam.css) as a session has players by default.
+const PALETTE_SIZE = 8;
 
 const ERROR_TEXT = {
   wrong_passphrase: 'Wrong passphrase for this session.',
   session_full: 'This session is full. Try again later or pick another session.',
   gateway_full: 'The gateway is full right now. Try again later.',
   unknown_session: 'There is no session with that name.',
-  passphrase_too_short: 'That passphrase is too short.',
+  passphrase_too_short: 'That passphrase is too short for a new session.',
+  throttled: 'Too many failed attempts from here.',
+  bad_name: 'That name cannot be used.',
   bad_request: 'The gateway did not understand the request. Check the fields and try again.',
   not_joined: 'You are not in a session yet.',
   already_joined: 'You are already in a session.',
   rate_limited: 'You are playing faster than the gateway allows; some notes were dropped.',
 };
+// Codes whose server message says what the plain text cannot: which character, how many.
+const CODES_WITH_DETAIL = new Set(['bad_name', 'bad_request', 'passphrase_too_short']);
 const JOIN_ERROR_CODES = new Set([
-  'wrong_passphrase', 'session_full', 'gateway_full', 'unknown_session',
-  'passphrase_too_short', 'bad_request', 'already_joined',
+  'wrong_passphrase', 'session_full', 'gateway_full', 'unknown_session', 'passphrase_too_short',
+  'throttled', 'bad_name', 'name_taken', 'bad_request', 'already_joined',
 ]);
 const CLOSE_REASONS = {
   1000: 'closed normally',
   1001: 'the gateway is stopping',
   1006: 'the connection dropped',
+  1008: 'too many messages before joining',
   1009: 'a message was too big',
   4001: 'idle for too long',
   4002: 'you were removed from the session',
@@ -55,6 +72,9 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   phase: 'idle', // idle | connecting | joining | joined | retrying
   wantJoined: false,
+  // Joined since the last press of Join: a lost connection is then a reconnect, and the
+  // keyboard, the players and the mixer stay on screen while the page tries again.
+  joinedSinceSubmit: false,
   server: '',
   session: '',
   name: '',
@@ -62,15 +82,21 @@ const state = {
   members: [],
   mirror: false,
   lowestNote: DEFAULT_LOWEST_NOTE,
+  focusNote: DEFAULT_LOWEST_NOTE + 12,
   channel: 0,
   velocity: 100,
   rttMs: null,
-  // "source|channel|note" -> note; local sources are "pointer:ID", "key:CODE" and "midi".
+  // "source|channel|note" -> note; local sources are "pointer:ID", "key:CODE", "focus:CODE", "midi".
   localNotes: new Map(),
-  // "memberId|channel|note" -> note
+  // "memberId|channel|note" -> { note, name }
   remoteNotes: new Map(),
   retryAttempt: 0,
-  joinedSinceSubmit: false,
+  // Why the connection was lost, kept while the page tries again: a retry that fails
+  // (the gateway is still down) says nothing new about what happened.
+  lostReason: null,
+  // Note-ons played while not connected: heard here only, so the page says so.
+  unsentNotes: 0,
+  publicSessions: [],
 };
 
 let socket = null;
@@ -85,9 +111,15 @@ let live = null;
 // and {stream} are filled in), ?live_transport=websocket takes FLV over WebSocket.
 const pageParams = new URLSearchParams(location.search);
 
+const mixer = new Mixer();
+// player name -> palette slot; names are unique in a session, ids change on a reconnect.
+const colourSlots = new Map();
+
 window.netgateway = {
   state,
+  mixer,
   get socket() { return socket; },
+  colourOf: (name) => colourSlots.get(name),
 };
 
 /* ---------------------------------------------------------------- note helpers */
@@ -98,10 +130,6 @@ function noteName(note) {
 
 function spokenNoteName(note) {
   return `${SPOKEN_NOTE_NAMES[note % 12]} ${Math.floor(note / 12) - 1}`;
-}
-
-function noteFrequency(note) {
-  return 440 * 2 ** ((note - 69) / 12);
 }
 
 /** Classifies one complete MIDI message; returns null for anything that is not a note event. */
@@ -122,93 +150,6 @@ function isAllNotesOff(bytes) {
   // CC 120 (all sound off) and CC 123 (all notes off) silence a whole channel.
   return (bytes[0] & 0xf0) === 0xb0 && (bytes[1] === 120 || bytes[1] === 123);
 }
-
-/* ---------------------------------------------------------------- synth */
-
-class Synth {
-  constructor() {
-    this.context = null;
-    this.output = null;
-    this.voices = new Map();
-    this.muted = false;
-  }
-
-  /** Called from user gestures only: browsers keep an AudioContext made elsewhere suspended. */
-  wake() {
-    if (!this.context) {
-      const AudioContextClass = window.AudioContext || window.webkitAudioContext;
-      if (!AudioContextClass) return;
-      try {
-        this.context = new AudioContextClass();
-      } catch {
-        return;
-      }
-      const compressor = this.context.createDynamicsCompressor();
-      this.output = this.context.createGain();
-      this.output.gain.value = 0.6;
-      this.output.connect(compressor);
-      compressor.connect(this.context.destination);
-    }
-    if (this.context.state === 'suspended') {
-      this.context.resume().catch(() => {});
-    }
-  }
-
-  get usable() {
-    return this.context !== null && !this.muted;
-  }
-
-  noteOn(voiceKey, note, velocity) {
-    if (!this.usable) return;
-    this.noteOff(voiceKey);
-    const now = this.context.currentTime;
-    const peak = 0.05 + 0.2 * (velocity / 127);
-    const oscillator = this.context.createOscillator();
-    const envelope = this.context.createGain();
-    oscillator.type = 'triangle';
-    oscillator.frequency.value = noteFrequency(note);
-    envelope.gain.setValueAtTime(0, now);
-    envelope.gain.linearRampToValueAtTime(peak, now + 0.012);
-    envelope.gain.setTargetAtTime(peak * 0.45, now + 0.012, 0.35);
-    oscillator.connect(envelope);
-    envelope.connect(this.output);
-    oscillator.start(now);
-    this.voices.set(voiceKey, { oscillator, envelope });
-    const voiceLimit = 32;
-    if (this.voices.size > voiceLimit) {
-      this.noteOff(this.voices.keys().next().value);
-    }
-  }
-
-  noteOff(voiceKey) {
-    const voice = this.voices.get(voiceKey);
-    if (!voice) return;
-    this.voices.delete(voiceKey);
-    const now = this.context.currentTime;
-    const gain = voice.envelope.gain;
-    if (gain.cancelAndHoldAtTime) {
-      gain.cancelAndHoldAtTime(now);
-    } else {
-      gain.cancelScheduledValues(now);
-      gain.setValueAtTime(gain.value, now);
-    }
-    gain.setTargetAtTime(0, now, 0.06);
-    voice.oscillator.stop(now + 0.5);
-  }
-
-  silenceWhere(predicate) {
-    for (const voiceKey of [...this.voices.keys()]) {
-      if (predicate(voiceKey)) this.noteOff(voiceKey);
-    }
-  }
-
-  setMuted(muted) {
-    this.muted = muted;
-    if (muted) this.silenceWhere(() => true);
-  }
-}
-
-const synth = new Synth();
 
 /* ---------------------------------------------------------------- storage */
 
@@ -237,8 +178,11 @@ function defaultServerUrl() {
 
 /* ---------------------------------------------------------------- status and errors */
 
-function setStatus(text) {
-  $('#status').textContent = text;
+/** ``text`` goes to the live region, only when it changes; ``detail`` (a countdown) is never read out. */
+function setStatus(text, detail = '') {
+  const status = $('#status');
+  if (status.textContent !== text) status.textContent = text;
+  $('#status-detail').textContent = detail;
 }
 
 function showError(text, { fadeAfterMs = 0 } = {}) {
@@ -247,17 +191,37 @@ function showError(text, { fadeAfterMs = 0 } = {}) {
   if (fadeAfterMs) errorClearTimer = setTimeout(() => showError(''), fadeAfterMs);
 }
 
+function sentence(text) {
+  const trimmed = text.trim();
+  if (!trimmed) return '';
+  const capitalised = trimmed[0].toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(capitalised) ? capitalised : `${capitalised}.`;
+}
+
+/** What the player reads for an error: the page's own words, the gateway's only where they add. */
 function errorText(code, serverMessage) {
-  const plain = ERROR_TEXT[code] || 'The gateway reported a problem.';
-  const addsDetail = serverMessage && !plain.toLowerCase().includes(serverMessage.toLowerCase().replace(/\.$/, ''));
-  return addsDetail ? `${plain} (${serverMessage})` : plain;
+  if (code === 'name_taken') {
+    return `Someone in “${state.session}” is already called “${state.name}”. Choose another name.`;
+  }
+  // The gateway's words alone: they say how long to wait, and the page's would repeat them.
+  if (code === 'throttled' && serverMessage) return sentence(serverMessage);
+  const plain = ERROR_TEXT[code];
+  if (!plain) return serverMessage ? `The gateway refused: ${sentence(serverMessage)}` : 'The gateway reported a problem.';
+  return CODES_WITH_DETAIL.has(code) && serverMessage ? `${plain} ${sentence(serverMessage)}` : plain;
+}
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? '' : 's'}`;
 }
 
 function joinedStatus() {
-  const count = state.members.length;
-  const players = count === 1 ? '1 player' : `${count} players`;
+  const players = plural(state.members.length, 'player');
   const mirror = state.mirror ? ' (mirror: you hear yourself a fifth up)' : '';
   return `Joined “${state.session}” as ${state.me.name} — ${players}${mirror}`;
+}
+
+function reconnecting() {
+  return state.wantJoined && state.joinedSinceSubmit && state.phase !== 'joined';
 }
 
 function setPhase(phase) {
@@ -267,83 +231,173 @@ function setPhase(phase) {
     document.getElementById(id).disabled = busy;
   }
   $('#try-mirror').disabled = busy;
+  for (const button of document.querySelectorAll('#public-list button')) button.disabled = busy;
   $('#join').disabled = busy;
-  $('#leave').disabled = !busy && !socket;
-  $('#jam').hidden = phase !== 'joined' && phase !== 'retrying';
+  // Leave is for a session joined or being joined; an idle page has nothing to leave.
+  $('#leave').disabled = !busy;
+  $('#jam').hidden = !(phase === 'joined' || reconnecting());
   if (phase === 'idle' && live && live.wanted) live.stop('Stopped: you are not in a session.');
   document.body.dataset.phase = phase;
+  document.body.dataset.reconnecting = String(reconnecting());
+  refreshUnsentNotice();
+}
+
+/* ---------------------------------------------------------------- players: colours */
+
+/**
+ * Gives every player of ``members`` a palette slot: the one it had, else the one its id
+ * suggests (so that pages that saw the same roster agree), else the first one free.
+ */
+function assignColours(members) {
+  const present = new Set(members.map((member) => member.name));
+  for (const name of [...colourSlots.keys()]) if (!present.has(name)) colourSlots.delete(name);
+  const used = new Set(colourSlots.values());
+  for (const member of members) {
+    if (colourSlots.has(member.name)) continue;
+    const preferred = Math.abs(Number(member.id) || 0) % PALETTE_SIZE;
+    let slot = preferred;
+    for (let step = 0; step < PALETTE_SIZE && used.has(slot); step += 1) slot = (preferred + step) % PALETTE_SIZE;
+    colourSlots.set(member.name, slot);
+    used.add(slot);
+  }
+}
+
+function colourSlot(name) {
+  return colourSlots.get(name) ?? 0;
+}
+
+/** A colour patch that is also a pattern, so players differ without telling colours apart. */
+function swatch(name) {
+  const patch = document.createElement('span');
+  patch.className = 'swatch';
+  patch.dataset.slot = String(colourSlot(name));
+  patch.setAttribute('aria-hidden', 'true');
+  return patch;
+}
+
+/** Up to two letters of a name, shown on the keys a player sounds. */
+function initials(name) {
+  const letters = Array.from(name.trim());
+  return letters.length ? (letters[0].toUpperCase() + (letters[1] || '')) : '?';
+}
+
+function myName() {
+  return state.me ? state.me.name : state.name;
 }
 
 /* ---------------------------------------------------------------- keyboard view */
+
+function keyboardSpan() {
+  return NARROW_SCREEN.matches ? NARROW_KEYBOARD_SPAN : KEYBOARD_SPAN;
+}
 
 function keyElement(note) {
   return $(`#keyboard [data-note="${note}"]`);
 }
 
-function hasNote(notes, note) {
-  for (const value of notes.values()) {
-    if (value === note) return true;
+/** Who sounds ``note`` now, in the order they started: ``you`` first, then the others. */
+function playersOf(note) {
+  const players = [];
+  for (const value of state.localNotes.values()) {
+    if (value === note) {
+      players.push(myName());
+      break;
+    }
   }
-  return false;
+  for (const { note: held, name } of state.remoteNotes.values()) {
+    if (held === note && !players.includes(name)) players.push(name);
+  }
+  return players;
 }
 
 function refreshKey(note) {
   const key = keyElement(note);
   if (!key) return;
-  const local = hasNote(state.localNotes, note);
+  const local = [...state.localNotes.values()].includes(note);
+  const players = playersOf(note);
+  const remote = players.length > (local ? 1 : 0);
   key.classList.toggle('key--local', local);
-  key.classList.toggle('key--remote', hasNote(state.remoteNotes, note));
+  key.classList.toggle('key--remote', remote);
   key.setAttribute('aria-pressed', String(local));
+  // The latest player's colour and pattern, and everyone's initials: not colour alone.
+  if (players.length) key.dataset.slot = String(colourSlot(players[players.length - 1]));
+  else delete key.dataset.slot;
+  key.querySelector('.key__players').textContent = players.map(initials).join(' ');
 }
 
 function renderKeyboard() {
   const keyboard = $('#keyboard');
+  const hadFocus = keyboard.contains(document.activeElement);
+  const span = keyboardSpan();
+  const highest = state.lowestNote + span - 1;
+  state.focusNote = Math.min(Math.max(state.focusNote, state.lowestNote), highest);
   keyboard.replaceChildren();
-  const whiteCount = [...Array(KEYBOARD_SPAN).keys()]
+  const whiteCount = [...Array(span).keys()]
     .filter((offset) => !BLACK_PITCH_CLASSES.has((state.lowestNote + offset) % 12)).length;
   keyboard.style.setProperty('--white-keys', String(whiteCount));
   let whiteIndex = 0;
-  for (let offset = 0; offset < KEYBOARD_SPAN; offset += 1) {
+  for (let offset = 0; offset < span; offset += 1) {
     const note = state.lowestNote + offset;
     const black = BLACK_PITCH_CLASSES.has(note % 12);
-    const key = document.createElement('div');
+    const key = document.createElement('button');
+    key.type = 'button';
     key.className = `key ${black ? 'key--black' : 'key--white'}`;
     key.dataset.note = String(note);
-    key.setAttribute('role', 'button');
+    // One tab stop for the whole piano (a roving tabindex); the arrow keys move along it.
+    key.tabIndex = note === state.focusNote ? 0 : -1;
     const computerKey = PIANO_KEY_CODES[offset]?.slice(3);
-    key.setAttribute('aria-label', computerKey
-      ? `${spokenNoteName(note)} (key ${computerKey})` : spokenNoteName(note));
+    // The key's name as text, not aria-label: its visible letters are hints, not its name.
+    const spoken = document.createElement('span');
+    spoken.className = 'visually-hidden';
+    spoken.textContent = computerKey ? `${spokenNoteName(note)} (key ${computerKey})` : spokenNoteName(note);
+    key.append(spoken);
     if (black) {
       key.style.setProperty('--left-white', String(whiteIndex));
     } else {
       whiteIndex += 1;
     }
+    const players = document.createElement('span');
+    players.className = 'key__players';
+    players.setAttribute('aria-hidden', 'true');
+    key.append(players);
     if (computerKey) {
       const hint = document.createElement('span');
       hint.className = 'key__hint';
+      hint.setAttribute('aria-hidden', 'true');
       hint.textContent = computerKey;
       key.append(hint);
     }
     if (note % 12 === 0) {
       const label = document.createElement('span');
       label.className = 'key__name';
+      label.setAttribute('aria-hidden', 'true');
       label.textContent = noteName(note);
       key.append(label);
     }
     keyboard.append(key);
     refreshKey(note);
   }
-  const highest = state.lowestNote + KEYBOARD_SPAN - 1;
   $('#octave-range').textContent = `${noteName(state.lowestNote)}–${noteName(highest)}`;
   $('#octave-down').disabled = state.lowestNote - 12 < LOWEST_NOTE_MIN;
   $('#octave-up').disabled = state.lowestNote + 12 > LOWEST_NOTE_MAX;
+  if (hadFocus) keyElement(state.focusNote)?.focus();
 }
 
 function shiftOctave(direction) {
   const lowest = state.lowestNote + 12 * direction;
   if (lowest < LOWEST_NOTE_MIN || lowest > LOWEST_NOTE_MAX) return;
   state.lowestNote = lowest;
+  state.focusNote += 12 * direction;
   renderKeyboard();
+}
+
+function focusKey(note) {
+  const key = keyElement(note);
+  if (!key) return;
+  keyElement(state.focusNote)?.setAttribute('tabindex', '-1');
+  state.focusNote = note;
+  key.tabIndex = 0;
+  key.focus();
 }
 
 /* ---------------------------------------------------------------- sending */
@@ -355,7 +409,25 @@ function send(message) {
 }
 
 function sendMidi(bytes) {
-  if (state.phase === 'joined') send({ type: 'midi', data: bytes });
+  if (state.phase === 'joined') {
+    send({ type: 'midi', data: bytes });
+  } else if (describeNoteMessage(bytes)?.on) {
+    state.unsentNotes += 1;
+    refreshUnsentNotice();
+  }
+}
+
+function refreshUnsentNotice() {
+  const notice = $('#unsent');
+  if (!notice) return;
+  if (reconnecting()) {
+    notice.textContent = state.unsentNotes
+      ? `Not connected: the others do not hear you. ${plural(state.unsentNotes, 'note')} not sent.`
+      : 'Not connected: what you play now is heard only by you.';
+    notice.hidden = false;
+  } else {
+    notice.hidden = true;
+  }
 }
 
 function startLocalNote(source, note) {
@@ -363,7 +435,7 @@ function startLocalNote(source, note) {
   if (state.localNotes.has(noteKey) || note < 0 || note > 127) return;
   state.localNotes.set(noteKey, note);
   sendMidi([0x90 | state.channel, note, state.velocity]);
-  synth.noteOn(`local|${noteKey}`, note, state.velocity);
+  mixer.noteOn(myName(), `local|${noteKey}`, note, state.velocity);
   refreshKey(note);
 }
 
@@ -373,7 +445,7 @@ function stopLocalNotes(sourceMatches) {
     if (!sourceMatches(source)) continue;
     state.localNotes.delete(noteKey);
     sendMidi([0x80 | Number(channel), note, 0]);
-    synth.noteOff(`local|${noteKey}`);
+    mixer.noteOff(`local|${noteKey}`);
     refreshKey(note);
   }
 }
@@ -391,7 +463,7 @@ function onPointerDown(event) {
   const key = keyUnderPointer(event);
   if (!key || (event.pointerType === 'mouse' && event.button !== 0)) return;
   event.preventDefault();
-  synth.wake();
+  mixer.wake();
   // Touch pointers are captured implicitly; releasing lets a finger glide across keys.
   if (key.hasPointerCapture(event.pointerId)) key.releasePointerCapture(event.pointerId);
   pointersDown.add(event.pointerId);
@@ -424,13 +496,17 @@ function isTypingTarget(target) {
   return target instanceof HTMLTextAreaElement || (target instanceof HTMLElement && target.isContentEditable);
 }
 
+function playable() {
+  return state.phase === 'joined' || reconnecting();
+}
+
 function onKeyDown(event) {
-  if (state.phase !== 'joined' || event.repeat || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (!playable() || event.repeat || event.ctrlKey || event.metaKey || event.altKey) return;
   if (isTypingTarget(event.target)) return;
   const offset = PIANO_KEY_CODES.indexOf(event.code);
   if (offset >= 0) {
     event.preventDefault();
-    synth.wake();
+    mixer.wake();
     startLocalNote(`key:${event.code}`, state.lowestNote + offset);
   } else if (event.code === OCTAVE_DOWN_CODE) {
     shiftOctave(-1);
@@ -440,7 +516,29 @@ function onKeyDown(event) {
 }
 
 function onKeyUp(event) {
-  stopLocalNotes((source) => source === `key:${event.code}`);
+  stopLocalNotes((source) => source === `key:${event.code}` || source === `focus:${event.code}`);
+}
+
+/** Keys on a focused piano key: arrows move along the piano, Space and Enter play the key. */
+function onPianoKeyDown(event) {
+  const key = event.target.closest ? event.target.closest('.key') : null;
+  if (!key || event.ctrlKey || event.metaKey || event.altKey) return;
+  const note = Number(key.dataset.note);
+  const lowest = state.lowestNote;
+  const highest = lowest + keyboardSpan() - 1;
+  const moves = { ArrowRight: note + 1, ArrowUp: note + 1, ArrowLeft: note - 1, ArrowDown: note - 1,
+    Home: lowest, End: highest };
+  if (event.key in moves) {
+    event.preventDefault();
+    focusKey(Math.min(Math.max(moves[event.key], lowest), highest));
+  } else if (PLAY_FOCUSED_CODES.has(event.code)) {
+    // Not the button's click: the note lasts as long as the key is held.
+    event.preventDefault();
+    if (!event.repeat) {
+      mixer.wake();
+      startLocalNote(`focus:${event.code}`, note);
+    }
+  }
 }
 
 function releaseHeldKeysAndPointers() {
@@ -461,7 +559,7 @@ function appendLog(from, noteEvent) {
   entry.dataset.note = String(noteEvent.note);
   const who = document.createElement('span');
   who.className = 'log__who';
-  who.textContent = memberLabel(from);
+  who.append(swatch(from.name), memberLabel(from));
   const what = document.createElement('span');
   what.className = 'log__what';
   what.textContent = `${noteName(noteEvent.note)} · ch ${noteEvent.channel + 1} · vel ${noteEvent.velocity}`;
@@ -472,10 +570,10 @@ function appendLog(from, noteEvent) {
 }
 
 function stopRemoteNotes(matches) {
-  for (const [noteKey, note] of [...state.remoteNotes]) {
+  for (const [noteKey, { note }] of [...state.remoteNotes]) {
     if (!matches(noteKey)) continue;
     state.remoteNotes.delete(noteKey);
-    synth.noteOff(`remote|${noteKey}`);
+    mixer.noteOff(`remote|${noteKey}`);
     refreshKey(note);
   }
 }
@@ -494,8 +592,8 @@ function onRemoteMidi(message) {
   if (!noteEvent) return;
   const noteKey = `${from.id}|${noteEvent.channel}|${noteEvent.note}`;
   if (noteEvent.on) {
-    state.remoteNotes.set(noteKey, noteEvent.note);
-    synth.noteOn(`remote|${noteKey}`, noteEvent.note, noteEvent.velocity);
+    state.remoteNotes.set(noteKey, { note: noteEvent.note, name: from.name });
+    mixer.noteOn(from.name, `remote|${noteKey}`, noteEvent.note, noteEvent.velocity);
     refreshKey(noteEvent.note);
     appendLog(from, noteEvent);
   } else {
@@ -510,9 +608,10 @@ function renderMembers() {
     item.className = 'member';
     item.dataset.name = member.name;
     item.dataset.door = member.door;
+    item.dataset.slot = String(colourSlot(member.name));
     const name = document.createElement('span');
     name.className = 'member__name';
-    name.textContent = member.name;
+    name.append(swatch(member.name), member.name);
     if (state.me && member.id === state.me.id) {
       const you = document.createElement('span');
       you.className = 'member__you';
@@ -528,41 +627,137 @@ function renderMembers() {
     item.append(name, door, latency);
     return item;
   }));
+  renderMixer();
+}
+
+/* ---------------------------------------------------------------- mixer */
+
+function mixerToggle(className, text, label) {
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.className = `button button--small ${className}`;
+  button.textContent = text;
+  button.setAttribute('aria-label', label);
+  button.setAttribute('aria-pressed', 'false');
+  return button;
+}
+
+function mixerSlider(className, label, min, max, value) {
+  const slider = document.createElement('input');
+  slider.type = 'range';
+  slider.className = className;
+  slider.min = String(min);
+  slider.max = String(max);
+  slider.value = String(value);
+  slider.setAttribute('aria-label', label);
+  return slider;
+}
+
+function mixerRow(name) {
+  const strip = mixer.strip(name);
+  const row = document.createElement('li');
+  row.className = 'mixer__row';
+  row.dataset.name = name;
+  const label = document.createElement('span');
+  label.className = 'mixer__name';
+  label.append(swatch(name), name);
+  const volume = mixerSlider('mixer__volume', `Volume of ${name}`, 0, 100, Math.round(strip.volume * 100));
+  const pan = mixerSlider('mixer__pan', `Pan of ${name}, left to right`, -100, 100, Math.round(strip.pan * 100));
+  const mute = mixerToggle('mixer__mute', 'Mute', `Mute ${name}`);
+  const solo = mixerToggle('mixer__solo', 'Solo', `Solo ${name}`);
+  volume.addEventListener('input', () => mixer.set(name, { volume: Number(volume.value) / 100 }));
+  pan.addEventListener('input', () => mixer.set(name, { pan: Number(pan.value) / 100 }));
+  mute.addEventListener('click', () => {
+    mixer.wake();
+    mixer.set(name, { muted: !mixer.strip(name).muted });
+    renderMixer();
+  });
+  solo.addEventListener('click', () => {
+    mixer.wake();
+    mixer.set(name, { solo: !mixer.strip(name).solo });
+    renderMixer();
+  });
+  const volumeLabel = document.createElement('span');
+  volumeLabel.className = 'mixer__label';
+  volumeLabel.textContent = 'Vol';
+  volumeLabel.setAttribute('aria-hidden', 'true');
+  const panLabel = document.createElement('span');
+  panLabel.className = 'mixer__label';
+  panLabel.textContent = 'L–R';
+  panLabel.setAttribute('aria-hidden', 'true');
+  row.append(label, volumeLabel, volume, panLabel, pan, mute, solo);
+  return row;
+}
+
+/** One row per player, kept (with its focus and settings) while the player stays. */
+function renderMixer() {
+  const list = $('#mixer');
+  const names = state.members.map((member) => member.name);
+  const rows = new Map([...list.children].map((row) => [row.dataset.name, row]));
+  const ordered = names.map((name) => rows.get(name) || mixerRow(name));
+  for (const [name, row] of rows) if (!names.includes(name)) row.remove();
+  ordered.forEach((row, index) => {
+    if (list.children[index] !== row) list.insertBefore(row, list.children[index] || null);
+    const strip = mixer.strip(row.dataset.name);
+    row.querySelector('.swatch').dataset.slot = String(colourSlot(row.dataset.name));
+    row.querySelector('.mixer__mute').setAttribute('aria-pressed', String(strip.muted));
+    row.querySelector('.mixer__solo').setAttribute('aria-pressed', String(strip.solo));
+    row.classList.toggle('mixer__row--silent', !strip.audible);
+  });
+}
+
+function setMembers(members) {
+  state.members = members;
+  assignColours(members);
+  mixer.keepOnly(members.map((member) => member.name));
+  renderMembers();
 }
 
 function onMembers(message) {
-  state.members = Array.isArray(message.members) ? message.members : [];
   if (message.change === 'leave' && message.member) {
     // The gateway sends note-offs for a leaver's notes; this only guards the display.
     const prefix = `${message.member.id}|`;
     stopRemoteNotes((noteKey) => noteKey.startsWith(prefix));
   }
-  renderMembers();
+  setMembers(Array.isArray(message.members) ? message.members : []);
   if (state.phase === 'joined') setStatus(joinedStatus());
 }
 
 function onJoined(message) {
   if (!state.wantJoined) return;
+  const unsent = state.unsentNotes;
   state.me = message.member;
-  state.members = message.members || [];
   state.mirror = Boolean(message.mirror);
   state.session = message.session || state.session;
   state.retryAttempt = 0;
+  state.lostReason = null;
+  state.unsentNotes = 0;
   state.joinedSinceSubmit = true;
   showError('');
+  setMembers(message.members || []);
   setPhase('joined');
-  renderMembers();
   renderKeyboard();
-  setStatus(joinedStatus());
+  if (SHORT_LANDSCAPE.matches) $('#keyboard').scrollIntoView({ block: 'nearest' });
+  setStatus(unsent
+    ? `${joinedStatus()}. ${plural(unsent, 'note')} you played while disconnected ${unsent === 1 ? 'was' : 'were'} not sent.`
+    : joinedStatus());
+  refreshInvite();
   startPinging();
 }
 
 function onServerError(message) {
   const text = errorText(message.code, message.message);
   if (state.phase === 'joining' && JOIN_ERROR_CODES.has(message.code)) {
+    if (message.code === 'name_taken' && reconnecting()) {
+      // Our previous connection may still be listed until the gateway notices it is gone.
+      scheduleRetry('your previous connection is still in the session');
+      return;
+    }
     showError(text);
     // The gateway keeps the socket open after a refused join so the user can correct and retry.
     state.wantJoined = false;
+    state.joinedSinceSubmit = false;
+    clearSessionView();
     setPhase('idle');
     setStatus('Not joined');
   } else {
@@ -613,23 +808,30 @@ function stopPinging() {
 
 function sendJoin() {
   setPhase('joining');
-  setStatus(`Joining “${state.session}”…`);
+  if (!reconnecting()) setStatus(`Joining “${state.session}”…`);
   send({ type: 'join', session: state.session, passphrase, name: state.name, midi: 'json' });
 }
 
-function clearSessionView() {
+/** What belonged to the connection: its pings and the notes others were sounding. */
+function dropConnectionState() {
   stopPinging();
   state.rttMs = null;
   $('#rtt').textContent = '–';
   stopRemoteNotes(() => true);
-  state.members = [];
+}
+
+/** Everything of the session, once the player is out of it for good. */
+function clearSessionView() {
+  dropConnectionState();
   state.me = null;
-  renderMembers();
+  state.unsentNotes = 0;
+  state.lostReason = null;
+  setMembers([]);
 }
 
 function connect() {
   setPhase('connecting');
-  setStatus(`Connecting to ${state.server}…`);
+  if (!reconnecting()) setStatus(`Connecting to ${state.server}…`);
   let opened;
   try {
     opened = new WebSocket(state.server);
@@ -659,14 +861,18 @@ function closeReason(code) {
 
 function onClose(event) {
   socket = null;
-  clearSessionView();
+  dropConnectionState();
   if (!state.wantJoined) {
+    clearSessionView();
     setPhase('idle');
     setStatus('Not connected');
     return;
   }
   if (CLOSE_CODES_WITHOUT_RETRY.has(event.code)) {
     state.wantJoined = false;
+    state.joinedSinceSubmit = false;
+    releaseHeldKeysAndPointers();
+    clearSessionView();
     setPhase('idle');
     setStatus(`Disconnected: ${closeReason(event.code)}.`);
     return;
@@ -674,20 +880,31 @@ function onClose(event) {
   scheduleRetry(closeReason(event.code));
 }
 
+/**
+ * Tries again after the next delay: joins on the open socket, else connects anew. The
+ * status says once why (the first reason of this outage); only the countdown beside it,
+ * outside the live region, changes every second.
+ */
 function scheduleRetry(reason) {
+  clearTimeout(retryTimer); // one countdown at a time, whatever asked for this one
+  if (state.lostReason === null) state.lostReason = reason;
   const delay = RETRY_DELAYS_S[Math.min(state.retryAttempt, RETRY_DELAYS_S.length - 1)];
   state.retryAttempt += 1;
+  const attempt = state.retryAttempt;
   setPhase('retrying');
+  const status = state.joinedSinceSubmit
+    ? `Connection lost (${state.lostReason}). Reconnecting…`
+    : `Cannot reach ${state.server} (${state.lostReason}). Trying again…`;
   let remaining = delay;
   const tick = () => {
     if (remaining <= 0) {
       retryTimer = null;
-      connect();
+      $('#status-detail').textContent = `attempt ${attempt + 1}…`;
+      if (socket && socket.readyState === WebSocket.OPEN) sendJoin();
+      else connect();
       return;
     }
-    setStatus(state.joinedSinceSubmit
-      ? `Connection lost, retrying in ${remaining} s… (${reason})`
-      : `Cannot reach ${state.server}, retrying in ${remaining} s…`);
+    setStatus(status, `next attempt in ${remaining} s`);
     remaining -= 1;
     retryTimer = setTimeout(tick, 1000);
   };
@@ -706,12 +923,14 @@ function readForm() {
 
 function onJoinSubmit(event) {
   event.preventDefault();
-  synth.wake();
+  mixer.wake();
   showError('');
   readForm();
   state.wantJoined = true;
   state.joinedSinceSubmit = false;
   state.retryAttempt = 0;
+  state.lostReason = null;
+  state.unsentNotes = 0;
   if (socket && socket.readyState === WebSocket.OPEN && socketServer === state.server) {
     sendJoin();
     return;
@@ -722,6 +941,7 @@ function onJoinSubmit(event) {
 
 function leave() {
   state.wantJoined = false;
+  state.joinedSinceSubmit = false;
   clearTimeout(retryTimer);
   retryTimer = null;
   releaseHeldKeysAndPointers();
@@ -734,6 +954,117 @@ function leave() {
   $('#log').replaceChildren();
   setPhase('idle');
   setStatus('Left the session.');
+  loadPublicSessions();
+}
+
+/* ---------------------------------------------------------------- public sessions and invites */
+
+/** The gateway's GET /sessions beside its WebSocket endpoint (ws://HOST/ws -> http://HOST/sessions). */
+function sessionsUrl(server) {
+  const url = new URL('sessions', server);
+  url.protocol = url.protocol === 'wss:' || url.protocol === 'https:' ? 'https:' : 'http:';
+  url.search = '';
+  url.hash = '';
+  return url.href;
+}
+
+function describePublicSession(session) {
+  if (session.mirror) return 'plays back what you play';
+  const players = plural(session.players, 'player');
+  return session.players >= session.max_players ? `${players}, full` : players;
+}
+
+function renderPublicSessions() {
+  const sessions = state.publicSessions;
+  $('#session-suggestions').replaceChildren(...sessions.map((session) => new Option(session.name, session.name)));
+  $('#public-list').replaceChildren(...sessions.map((session) => {
+    const item = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'button public__session';
+    button.dataset.session = session.name;
+    button.disabled = state.phase !== 'idle';
+    const name = document.createElement('span');
+    name.className = 'public__name';
+    name.textContent = session.name;
+    const about = document.createElement('span');
+    about.className = 'public__about';
+    about.textContent = describePublicSession(session);
+    button.append(name, about);
+    button.addEventListener('click', () => pickSession(session.name));
+    item.append(button);
+    return item;
+  }));
+  $('#public-sessions').hidden = sessions.length === 0;
+  const mirror = sessions.find((session) => session.mirror);
+  $('#mirror-hint').hidden = !mirror;
+  if (mirror) $('#try-mirror').textContent = mirror.name;
+  const field = $('#session');
+  if (!field.value && sessions.length) field.value = sessions.find((session) => !session.mirror)?.name || sessions[0].name;
+}
+
+function pickSession(name) {
+  $('#session').value = name;
+  $('#passphrase').focus();
+}
+
+async function loadPublicSessions() {
+  let url;
+  try {
+    url = sessionsUrl($('#server').value.trim());
+  } catch {
+    state.publicSessions = [];
+    renderPublicSessions();
+    return;
+  }
+  try {
+    const response = await fetch(url, { cache: 'no-store' });
+    const body = response.ok ? await response.json() : { sessions: [] };
+    state.publicSessions = Array.isArray(body.sessions) ? body.sessions : [];
+  } catch {
+    state.publicSessions = []; // an older gateway, or another one that does not list its sessions
+  }
+  renderPublicSessions();
+}
+
+function currentInviteLink() {
+  return inviteLink(location.href, {
+    server: state.server,
+    defaultServer: defaultServerUrl(),
+    session: state.session,
+    passphrase: $('#invite-passphrase').checked ? passphrase : null,
+  });
+}
+
+function refreshInvite() {
+  $('#invite-link').value = state.session ? currentInviteLink() : '';
+  $('#invite-status').textContent = '';
+}
+
+async function copyInvite() {
+  refreshInvite();
+  const field = $('#invite-link');
+  const withPassphrase = $('#invite-passphrase').checked;
+  try {
+    await navigator.clipboard.writeText(field.value);
+    $('#invite-status').textContent = withPassphrase
+      ? 'Invite link copied, with the passphrase.' : 'Invite link copied (without the passphrase).';
+  } catch {
+    field.select();
+    $('#invite-status').textContent = 'The browser did not let the page copy: the link is selected, copy it from the field.';
+  }
+}
+
+/** Fills the join form from an invite link, then takes the passphrase out of the address bar. */
+function acceptInvite() {
+  const invite = readInvite(location.hash);
+  if (!invite.session) return false;
+  if (invite.server) $('#server').value = invite.server;
+  $('#session').value = invite.session;
+  if (invite.passphrase) $('#passphrase').value = invite.passphrase;
+  // Out of the history and of any link copied from the address bar.
+  history.replaceState(null, '', location.pathname + location.search);
+  return true;
 }
 
 /* ---------------------------------------------------------------- Web MIDI */
@@ -787,7 +1118,6 @@ const midiDevices = {
     fillPortSelect($('#midi-out'), outputs, this.output?.id ?? remembered('midiOut'));
     this.selectInput($('#midi-in').value);
     this.selectOutput($('#midi-out').value);
-    const plural = (count, word) => `${count} ${word}${count === 1 ? '' : 's'}`;
     $('#midi-status').textContent = `Web MIDI ready: ${plural(inputs.length, 'input')}, ${plural(outputs.length, 'output')}.`;
   },
 
@@ -839,14 +1169,23 @@ function onDeviceMidi(data) {
 
 function setUpForm() {
   $('#server').value = remembered('server') || defaultServerUrl();
-  $('#session').value = remembered('session') || 'demo';
+  const invited = acceptInvite();
+  if (!invited) $('#session').value = remembered('session') || '';
   $('#name').value = remembered('name') || '';
+  if (invited) {
+    $('#name').focus();
+    // Another gateway than this page's is said out loud: the passphrase typed goes there.
+    const server = $('#server').value;
+    const where = server === defaultServerUrl() ? '' : ` on ${server}`;
+    setStatus(`Invited to “${$('#session').value}”${where}: enter your name and press Join.`);
+  }
   $('#join-form').addEventListener('submit', onJoinSubmit);
   $('#leave').addEventListener('click', leave);
-  $('#try-mirror').addEventListener('click', () => {
-    $('#session').value = 'mirror';
-    $('#passphrase').focus();
-  });
+  $('#try-mirror').addEventListener('click', () => pickSession($('#try-mirror').textContent));
+  $('#server').addEventListener('change', loadPublicSessions);
+  $('#invite-passphrase').addEventListener('change', refreshInvite);
+  $('#invite-copy').addEventListener('click', copyInvite);
+  loadPublicSessions();
 }
 
 function setUpControls() {
@@ -864,10 +1203,10 @@ function setUpControls() {
   $('#octave-up').addEventListener('click', () => shiftOctave(1));
   const mute = $('#mute');
   mute.addEventListener('click', () => {
-    synth.wake();
-    synth.setMuted(!synth.muted);
-    mute.setAttribute('aria-pressed', String(synth.muted));
-    mute.textContent = synth.muted ? 'Muted' : 'Sound on';
+    mixer.wake();
+    mixer.setMasterMuted(!mixer.masterMuted);
+    mute.setAttribute('aria-pressed', String(mixer.masterMuted));
+    mute.textContent = mixer.masterMuted ? 'Muted' : 'Sound on';
   });
   $('#midi-in').addEventListener('change', (event) => {
     midiDevices.selectInput(event.target.value);
@@ -884,6 +1223,7 @@ function setUpKeyboard() {
   keyboard.addEventListener('pointerdown', onPointerDown);
   keyboard.addEventListener('pointerover', onPointerOver);
   keyboard.addEventListener('pointerout', onPointerOut);
+  keyboard.addEventListener('keydown', onPianoKeyDown);
   keyboard.addEventListener('contextmenu', (event) => event.preventDefault());
   window.addEventListener('pointerup', onPointerEnd);
   window.addEventListener('pointercancel', onPointerEnd);
@@ -891,6 +1231,10 @@ function setUpKeyboard() {
   window.addEventListener('keyup', onKeyUp);
   // Without this, switching tabs mid-chord leaves notes sounding for everyone.
   window.addEventListener('blur', releaseHeldKeysAndPointers);
+  NARROW_SCREEN.addEventListener('change', () => {
+    releaseHeldKeysAndPointers();
+    renderKeyboard();
+  });
   renderKeyboard();
 }
 
@@ -909,10 +1253,10 @@ function setUpLive() {
       media: $('#live-audio'),
     },
     context: () => {
-      synth.wake(); // the Listen click is a user gesture
-      return synth.context;
+      mixer.wake(); // the Listen click is a user gesture
+      return mixer.context;
     },
-    joined: () => (state.phase === 'joined' || state.phase === 'retrying') && state.session
+    joined: () => (state.phase === 'joined' || reconnecting()) && state.session
       ? { server: state.server, session: state.session, passphrase } : null,
     template,
     transport: pageParams.get('live_transport') === 'websocket' ? 'websocket' : 'http',
