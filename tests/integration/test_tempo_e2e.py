@@ -24,7 +24,6 @@ Run with ``-s`` to see the figures; they are also written to
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import socket
 import statistics
@@ -34,8 +33,8 @@ import time
 import pytest
 
 from tests.conftest import free_port, need_external
-from tests.integration.test_browser import browser_context  # noqa: F401 (a fixture)
 from tests.integration.rtpmidi_peers import NodePeer, node_available
+from tests.integration.test_browser import browser_context  # noqa: F401 (a fixture)
 from tests.integration.test_oscgroups_e2e import (
     LOOPBACK, OscClient, bridge_path, demo_members, osc_messages, receiving_socket, until,
 )
@@ -186,7 +185,6 @@ def test_node_rtpmidi_and_a_websocket_member_hear_24_clocks_a_beat_on_the_grid(
 
 def test_start_and_stop_reach_rtpmidi_oscgroups_and_websocket_members(gateway_factory):
     need_node()
-    need_external(shutil.which("oscsend"), "liblo-tools (oscsend) is not installed")
     server_port = free_port(socket.SOCK_DGRAM)
     gateway, port = tempo_gateway(
         gateway_factory, {"bpm": 120, "running": False, "control_passphrase": CONTROL},
