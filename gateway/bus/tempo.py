@@ -9,8 +9,10 @@ keeps the grid, so how late the reactor wakes never adds up.
 Two clocks: the grid runs on ``bus.monotonic`` (``time.monotonic`` in the
 gateway, which nothing steps), while the times members see (event times, a
 tempo's ``beat_time``) are on the bus clock (``bus.clock.seconds()``, the time
-base of every event and of the WebSocket door's ``server_time``), converted
-at the moment they are sent.
+base of every event and of the WebSocket door's ``server_time``). The
+difference of the two is kept, not read anew for every clock: NTP slews both
+alike, so it changes only when the wall clock is stepped, and two reads that
+a busy machine pulls apart would move a clock off the grid members see.
 
 The clock runs only while the session has members: nobody hears it
 otherwise. The first member starts the song when the tempo is running
@@ -55,6 +57,7 @@ class SessionTempo:
         self.clocks_sent = 0
         self.changed_by = None
         self._call = None
+        self._wall_offset = None    # bus clock minus monotonic clock (see _offset)
         self._owed = []             # a Start not yet delivered (see member_joined)
         self._joiners = []          # members to relocate at the next sixteenth
 
@@ -181,7 +184,23 @@ class SessionTempo:
         return self.bus.monotonic()
 
     def _server_time(self, monotonic_time):
-        return self.bus.clock.seconds() + (monotonic_time - self._now())
+        return monotonic_time + self._offset()
+
+    def _offset(self):
+        """The bus clock minus the monotonic clock, changed only when the wall clock steps.
+
+        Each sample reads the bus clock on both sides of the monotonic one; the
+        tightest of a few is trusted, and moves the kept offset only by more than
+        a reactor's jitter.
+        """
+        wall, monotonic = self.bus.clock.seconds, self.bus.monotonic
+        gap, sample = min((after - before, (before + after) / 2 - middle)
+                          for before, middle, after in
+                          ((wall(), monotonic(), wall()) for _ in range(3)))
+        kept = self._wall_offset
+        if kept is None or (gap < _STEP and abs(sample - kept) > _STEP):
+            self._wall_offset = kept = sample
+        return kept
 
     def _schedule(self):
         self._cancel()
@@ -206,7 +225,8 @@ class SessionTempo:
         """Deliver ``messages`` (core times) to every member; ``tempo``: say the new state."""
         if not messages and not tempo:
             return
-        events = tuple(MidiEvent(data, self._server_time(due)) for due, data in messages)
+        offset = self._offset()
+        events = tuple(MidiEvent(data, due + offset) for due, data in messages)
         self.clocks_sent += sum(1 for event in events if event.data == _CLOCK)
         state = self.state() if tempo else None
         if any(event.data in _RESTARTS for event in events):
@@ -241,6 +261,8 @@ class SessionTempo:
         return {}
 
 
+# How far the wall clock must move against the monotonic one to count as stepped.
+_STEP = 0.0005
 _CLOCK = bytes((beatclock.TIMING_CLOCK,))
 _CONTINUE = bytes((beatclock.CONTINUE,))
 _RESTARTS = frozenset((bytes((beatclock.START,)), _CONTINUE))

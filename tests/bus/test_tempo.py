@@ -262,3 +262,22 @@ def test_an_empty_sessions_view_says_whether_the_song_will_play(running):
     view = bus.session_view("band")
     assert view.tempo.running is running and view.tempo.beat_time is None
     assert clock.getDelayedCalls() == []
+
+
+def test_the_wall_clock_offset_is_kept_until_the_wall_clock_steps():
+    bus, clock, _ = build({"bpm": 120})
+    epoch = [4000.0]
+    bus.monotonic = lambda: clock.seconds() - epoch[0]
+    player = RecordingMember()
+    join_now(bus, player, "band", PASS)
+    play(clock, 0.25, 0.005)
+    epoch[0] = 4000.0002        # two reads a busy machine pulled apart: not a step
+    play(clock, 0.25, 0.005)
+    ticks = [time for time, data in clocks_with_times(player) if data == CLOCK]
+    assert ticks == pytest.approx([T0 + n * 0.5 / 24 for n in range(len(ticks))], abs=1e-9)
+    # The wall clock steps 10 s ahead; the monotonic one goes on as it was.
+    epoch[0] += 10.0
+    clock.advance(10.0)
+    play(clock, 0.1, 0.005)
+    last = [time for time, data in clocks_with_times(player) if data == CLOCK][-1]
+    assert last == pytest.approx(clock.seconds(), abs=0.05)
