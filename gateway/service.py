@@ -10,6 +10,7 @@ from twisted.internet import error, task
 from gateway import doors, log as gatewaylog
 from gateway.addresses import is_wildcard
 from gateway.bus.local import DropCounters, LocalBus
+from gateway.recording import RecordingStore
 from gateway.served_certificate import CertificateUnusable, ServedCertificate
 from gateway.sourcelimits import ConnectionGate, DatagramGuard
 from gateway.udp import KernelDrops
@@ -33,6 +34,7 @@ class GatewayContext:
         self.bus = LocalBus(config, reactor, self.drops, log=self.log)
         # A session tempo's grid must not move when the wall clock is stepped.
         self.bus.monotonic = time.monotonic
+        self.recordings = RecordingStore()
         self.doors = {}
         self.web_root = None
         self.metrics = None

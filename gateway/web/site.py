@@ -199,12 +199,17 @@ class SessionsResource(resource.Resource):
     null without one). Never a passphrase or a member's name: anyone may ask.
     """
 
-    isLeaf = True
-
     def __init__(self, context):
         super().__init__()
         self.context = context
         self.public = [session.name for session in context.config.sessions if session.public]
+
+    def getChild(self, name, request):  # noqa: N802 -- Twisted's name
+        """``/sessions/NAME/recording.mid``: a member's recording of session NAME."""
+        session = resource.Resource()
+        session.putChild(b"recording.mid",
+                         RecordingResource(self.context, name.decode("utf-8", "replace")))
+        return session
 
     def render_GET(self, request):
         listed = []
@@ -221,6 +226,31 @@ class SessionsResource(resource.Resource):
         # Public and without credentials: a jam page served from elsewhere may read it.
         request.setHeader(b"access-control-allow-origin", b"*")
         return json.dumps({"sessions": listed}, indent=1).encode("utf-8")
+
+
+class RecordingResource(resource.Resource):
+    """``GET /sessions/NAME/recording.mid?token=T``: a stopped recording as a Standard MIDI
+    File, for the member the WebSocket door gave the token to (its "recording" message).
+    Any other token, or none, is 404: nobody learns that a recording exists."""
+
+    isLeaf = True
+
+    def __init__(self, context, session):
+        super().__init__()
+        self.context = context
+        self.session = session
+
+    def render_GET(self, request):  # noqa: N802 -- Twisted's name
+        token = (request.args.get(b"token") or [b""])[0].decode("ascii", "replace")
+        data = self.context.recordings.fetch(self.session, token, self.context.reactor.seconds())
+        if data is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"no such recording (they are kept for ten minutes)\n"
+        request.setHeader(b"content-type", b"audio/midi")
+        request.setHeader(b"content-disposition", b'attachment; filename="recording.mid"')
+        request.setHeader(b"cache-control", b"no-store")
+        return data
 
 
 class BusCollector:

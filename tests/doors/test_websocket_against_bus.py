@@ -11,9 +11,11 @@ use autobahn's asyncio client in this one: the ``server`` fixture switches
 txaio to Twisted for this module only and switches it back afterwards.
 """
 
+import io
 import json
 import types
 
+import mido
 import pytest
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
@@ -30,6 +32,7 @@ from gateway.bus.values import JoinRequest, Passphrase, RosterEntry
 from gateway.config import parse
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
+from gateway.recording import RecordingStore
 from tests.bus.recording import RecordingBus
 from tests.doors.conftest import import_on_twisted
 
@@ -172,7 +175,7 @@ class Gateway:
                         "websocket": {"ping_interval": 1.0}})
         context = types.SimpleNamespace(config=config, reactor=self.clock, bus=self.bus,
                                         drops=DropCounters(), web_root=Resource(),
-                                        metrics=None)
+                                        metrics=None, recordings=RecordingStore())
         self.door = server.WebSocketDoor(config.doors["websocket"], context)
         self.door.log = RecordingLog()
         self.door.startService()
@@ -517,3 +520,43 @@ def test_autobahns_per_connection_warnings_are_silent_but_its_errors_show(gatewa
     protocol.log.error("Firing signal 'message' failed: {fail}", fail="boom")
     assert [(event["log_level"], event["fail"]) for event in log_events] == [
         (LogLevel.error, "boom")]
+
+
+# --- recording -------------------------------------------------------------------
+
+def recording_messages(client):
+    return [message for message in client.messages() if message["type"] == "recording"]
+
+
+def test_a_member_records_what_it_hears_and_plays_and_gets_a_link_for_it_alone(gateway):
+    client = gateway.connect()
+    client.send({"type": "record", "action": "start"})
+    assert client.messages()[0]["code"] == "not_joined"
+    client.joined()
+    gateway.clock.advance(10.0)
+    client.send({"type": "record", "action": "start"})
+    [started] = recording_messages(client)
+    assert started == {"type": "recording", "state": "on", "started_at": 10.0, "events": 0,
+                       "players": []}
+    gateway.clock.advance(0.5)
+    gateway.bus.fan_out([note(0x90, 64)], BOB)
+    gateway.clock.advance(0.5)
+    client.send({"type": "midi", "data": [0x90, 60, 100]})
+    gateway.clock.advance(1.0)
+    gateway.bus.fan_out([note(0x80, 64, 0), MidiEvent(b"\xf8", 12.0)], BOB)
+    client.messages()
+    client.send({"type": "record", "action": "stop"})
+    [stopped] = recording_messages(client)
+    assert (stopped["state"], stopped["events"], stopped["players"]) == ("off", 3, ["bob", "alice"])
+    path, _, token = stopped["url"].partition("?token=")
+    assert path == "/sessions/demo/recording.mid"
+    song = mido.MidiFile(file=io.BytesIO(gateway.door.recordings.fetch("demo", token, 12.0)))
+    _, bob, alice = song.tracks
+    assert (bob.name, alice.name) == ("bob", "alice")
+    # 120 bpm, 480 ticks a beat: 960 ticks a second.
+    assert [(m.type, m.note, m.time) for m in bob if not m.is_meta] == [
+        ("note_on", 64, 480), ("note_off", 64, 1440)]
+    assert [(m.type, m.note, m.time) for m in alice if not m.is_meta] == [("note_on", 60, 960)]
+    client.send({"type": "record", "action": "stop"})
+    assert [message["code"] for message in client.messages()
+            if message["type"] == "error"] == ["not_recording"]

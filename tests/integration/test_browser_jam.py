@@ -5,15 +5,20 @@ only that player in the page's own audio graph, read from each strip's analyser)
 public sessions of ``GET /sessions`` and invite links that fill the join form, a name
 already in the session refused with one clear message, a phone-sized page played with
 several fingers at once (Chrome DevTools touch events), and the piano played from the
-computer keyboard alone (Tab, arrows, Space) with an axe-core scan finding nothing serious.
+computer keyboard alone (Tab, arrows, Space) with an axe-core scan finding nothing serious,
+and a recording of two players downloaded and read back with mido.
 
 Screenshots go to test-artifacts/jam-page/.
 """
 
+import io
 import json
 import os
 import re
+import urllib.error
+import urllib.request
 
+import mido
 import pytest
 
 from tests.conftest import REPO, need_external
@@ -440,3 +445,50 @@ def test_axe_finds_nothing_serious_on_the_form_or_the_jam(open_jam):
     assert axe_violations(jam) == []
     screenshot(jam, "jam-dark.png")
     other.release()
+
+
+# --- keeping what you played ------------------------------------------------------------
+
+def test_a_recording_of_two_players_downloads_as_a_midi_file_with_a_track_each(open_jam):
+    alice = open_jam().join("alice")
+    bob = open_jam().join("bob")
+    alice.page.click("#record-toggle")
+    expect(alice.page.locator("#record-toggle")).to_have_attribute("aria-pressed", "true")
+    for player, note in ((alice, 60), (bob, 64), (alice, 67)):
+        player.key(note).scroll_into_view_if_needed()      # Record is further down the page
+        player.press(note)
+        expect(alice.key(note)).to_have_class(HELD_HERE if player is alice else SOUNDING_FROM_OTHERS)
+        player.release()
+        expect(alice.key(note)).not_to_have_class(
+            HELD_HERE if player is alice else SOUNDING_FROM_OTHERS)
+    alice.page.click("#record-toggle")
+    link = alice.page.locator("#record-download")
+    expect(link).to_be_visible()
+    expect(alice.page.locator("#record-status")).to_contain_text("6 MIDI messages from alice, bob")
+    screenshot(alice, "recording.png")
+    with alice.page.expect_download() as download:
+        link.click()
+    song = mido.MidiFile(file=io.BytesIO(open(download.value.path(), "rb").read()))
+    conductor, alice_track, bob_track = song.tracks
+    assert [m.tempo for m in conductor if m.type == "set_tempo"] == [mido.bpm2tempo(120)]
+    assert (alice_track.name, bob_track.name) == ("alice", "bob")
+
+    def notes(track):
+        return [(m.type, m.note) for m in track if m.type in ("note_on", "note_off")]
+    # The page sends a release as note-on with velocity 0 or as note-off: both end the note.
+    assert [note for kind, note in notes(alice_track)] == [60, 60, 67, 67]
+    assert [note for kind, note in notes(bob_track)] == [64, 64]
+    # In time order across the tracks: alice's 60, then bob's 64, then alice's 67.
+    starts = {}
+    for track in (alice_track, bob_track):
+        tick = 0
+        for message in track:
+            tick += message.time
+            if message.type == "note_on" and message.velocity > 0:
+                starts[message.note] = tick
+    assert starts[60] < starts[64] < starts[67]
+    # Nobody else gets the file: another token is 404.
+    guessed = re.sub(r"token=[^&]+", "token=guessed", link.get_attribute("href"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(guessed, timeout=5)
+    assert refused.value.code == 404

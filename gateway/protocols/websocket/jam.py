@@ -68,6 +68,15 @@ class Tempo:
         self.position = position
 
 
+class Record:
+    """Start or stop this member's recording of the session."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start):
+        self.start = start
+
+
 class BadRequest:
     __slots__ = ("message",)
 
@@ -158,6 +167,11 @@ def parse_text(text):
         return Leave()
     if kind == "tempo":
         return _parse_tempo(message)
+    if kind == "record":
+        action = message.get("action")
+        if action not in ("start", "stop"):
+            return BadRequest("record: action must be 'start' or 'stop'")
+        return Record(action == "start")
     return BadRequest(f"unknown message type {kind!r}" if isinstance(kind, str)
                       else "a message needs a string 'type'")
 
@@ -211,6 +225,17 @@ def encode_error(code, message):
 def encode_members(notice):
     return _dumps({"type": "members", "change": notice.change, "member": _entry(notice.entry),
                    "members": [_entry(entry) for entry in notice.roster]})
+
+
+def encode_recording(recording, url=None):
+    """Where this member's recording stands: on since ``started_at`` (server time), or
+    stopped, with its events and the ``url`` that downloads it (once per stop)."""
+    message = {"type": "recording", "state": "off" if url else "on",
+               "started_at": recording.started_at, "events": len(recording.events),
+               "players": recording.players()}
+    if url:
+        message["url"] = url
+    return _dumps(message)
 
 
 def encode_ping(ping_id, server_time):

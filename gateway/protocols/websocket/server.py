@@ -19,6 +19,7 @@ turns into megabytes a minute) are silenced instead: its errors still show.
 
 import collections
 import itertools
+import urllib.parse
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
@@ -32,6 +33,7 @@ from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.websocket import jam
+from gateway.recording import Recording
 
 DOOR = "websocket"
 CLOSE_NORMAL = 1000
@@ -71,6 +73,7 @@ class JamServerProtocol(WebSocketServerProtocol):
         self._queued_bytes = 0
         self._pings = {}
         self._budget = None
+        self._recording = None
 
     # autobahn callbacks -------------------------------------------------
     def onOpen(self):
@@ -98,6 +101,9 @@ class JamServerProtocol(WebSocketServerProtocol):
                 return
             now = door.reactor.seconds()
             self.membership.publish([MidiEvent(data, now) for data in request.messages])
+            if self._recording is not None:
+                for data in request.messages:
+                    self._recording.add(now, self.name, data)
         elif isinstance(request, jam.Pong):
             self._pong(request)
         elif isinstance(request, jam.Ping):
@@ -109,6 +115,8 @@ class JamServerProtocol(WebSocketServerProtocol):
         elif isinstance(request, jam.Leave):
             self._leave("left")
             self.sendClose(CLOSE_NORMAL)
+        elif isinstance(request, jam.Record):
+            self._record(request.start)
         else:
             door.drop(self._peer_host(), "bad_request", request.message)
             self._send_error("bad_request", request.message)
@@ -141,6 +149,12 @@ class JamServerProtocol(WebSocketServerProtocol):
 
     # IMember -------------------------------------------------------------
     def deliver(self, delivery):
+        # A session clock is no player: its 48 clocks a second would only be left out.
+        recorded = None if self._recording is None else delivery.without_beat_clock()
+        if recorded is not None:
+            now, player = self.factory.door.reactor.seconds(), delivery.source.name
+            for event in recorded.events:
+                self._recording.add(now, player, event.data)
         if delivery.tempo is not None:
             self._send_prepared(delivery.memo((DOOR, "tempo"), self._tempo_frame, delivery.tempo))
             if not delivery.events:
@@ -235,7 +249,28 @@ class JamServerProtocol(WebSocketServerProtocol):
         failure.trap(JoinRefused)
         self._send_error(failure.value.reason, failure.value.message)
 
+    def _record(self, start):
+        """Start a recording of what this member hears and plays, or stop it and say where
+        to download it (the URL's token is this member's alone)."""
+        door = self.factory.door
+        if self.membership is None:
+            self._send_error("not_joined", "join a session before recording it")
+            return
+        now = door.reactor.seconds()
+        if start:
+            if self._recording is None:
+                self._recording = Recording(self.membership.welcome.session, now)
+            self._send(jam.encode_recording(self._recording))
+            return
+        recording, self._recording = self._recording, None
+        if recording is None:
+            self._send_error("not_recording", "no recording to stop")
+            return
+        token = door.recordings.keep(recording, now)
+        self._send(jam.encode_recording(recording, recording_url(recording.session, token)))
+
     def _leave(self, reason):
+        self._recording = None
         membership, self.membership = self.membership, None
         if membership is not None:
             membership.leave(reason)
@@ -277,6 +312,11 @@ class JamServerProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
 
+def recording_url(session, token):
+    """Where a stopped recording is downloaded (gateway.web.site serves it)."""
+    return f"/sessions/{urllib.parse.quote(session, safe='')}/recording.mid?token={token}"
+
+
 class JamServerFactory(WebSocketServerFactory):
     protocol = JamServerProtocol
 
@@ -302,6 +342,7 @@ class WebSocketDoor(DoorService):
     def __init__(self, config, context):
         super().__init__(config, context)
         self.connections = set()
+        self.recordings = context.recordings
         self._drained = None
         self.factory = JamServerFactory(self)
         self._ping_ids = itertools.count(1)

@@ -81,6 +81,7 @@ const state = {
   me: null,
   members: [],
   mirror: false,
+  recording: false, // this member's recording of the session is running on the gateway
   lowestNote: DEFAULT_LOWEST_NOTE,
   focusNote: DEFAULT_LOWEST_NOTE + 12,
   channel: 0,
@@ -787,9 +788,45 @@ function onMessage(event) {
       if (typeof message.client_time === 'number') showRtt(performance.now() - message.client_time * 1000);
       break;
     case 'joined': onJoined(message); break;
+    case 'recording': onRecording(message); break;
     case 'error': onServerError(message); break;
     default: break;
   }
+}
+
+/* ---------------------------------------------------------------- recording */
+
+function setRecording(on, status) {
+  state.recording = on;
+  const toggle = $('#record-toggle');
+  toggle.textContent = on ? 'Stop recording' : 'Record';
+  toggle.setAttribute('aria-pressed', String(on));
+  if (status) $('#record-status').textContent = status;
+}
+
+function toggleRecording() {
+  if (state.phase !== 'joined') return;
+  send({ type: 'record', action: state.recording ? 'stop' : 'start' });
+}
+
+function onRecording(message) {
+  if (message.state === 'on') {
+    $('#record-download').hidden = true;
+    setRecording(true, 'Recording what you hear and play…');
+    return;
+  }
+  const link = $('#record-download');
+  link.href = new URL(message.url, sessionsUrl(socketServer)).href;
+  link.download = `${state.session || 'session'}.mid`;
+  link.hidden = false;
+  const players = message.players.length ? ` from ${message.players.join(', ')}` : '';
+  setRecording(false, `Recorded ${plural(message.events, 'MIDI message')}${players}. `
+    + 'The gateway keeps the file for ten minutes.');
+}
+
+/** A recording lives in the connection: one that ends takes it along. */
+function recordingLost() {
+  if (state.recording) setRecording(false, 'The recording stopped when the connection ended.');
 }
 
 /* ---------------------------------------------------------------- connection */
@@ -814,6 +851,7 @@ function sendJoin() {
 
 /** What belonged to the connection: its pings and the notes others were sounding. */
 function dropConnectionState() {
+  recordingLost();
   stopPinging();
   state.rttMs = null;
   $('#rtt').textContent = '–';
@@ -1185,6 +1223,7 @@ function setUpForm() {
   $('#server').addEventListener('change', loadPublicSessions);
   $('#invite-passphrase').addEventListener('change', refreshInvite);
   $('#invite-copy').addEventListener('click', copyInvite);
+  $('#record-toggle').addEventListener('click', toggleRecording);
   loadPublicSessions();
 }
 
