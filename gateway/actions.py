@@ -76,6 +76,13 @@ class ClockSynced(typing.NamedTuple):
     offset: float
 
 
+class RoundTrip(typing.NamedTuple):
+    """A round trip to ``peer`` that the protocol's own reports gave (RTCP), in seconds."""
+
+    peer: typing.Any
+    rtt: float
+
+
 def dispatcher(handlers):
     """A function that carries out a list of actions: ``handlers`` maps each type to a callable.
 

@@ -20,6 +20,7 @@ from gateway.protocols.sip.sdp import Sdp
 from tests.doors.test_sip_uas_against_bus import (  # noqa: F401  (the suite's Gateway)
     AGENT, ALICE, NOW, Gateway, _tag, media_port,
 )
+from tests.sip.rtcp_peer import receiver_report, sender_report_time
 from tests.sip.sfront_double import DEMO_PASSPHRASE
 from tests.sip.uas_agents import PCMU_OFFER, Agent
 
@@ -259,6 +260,20 @@ def test_garbage_on_the_media_port_is_counted_and_never_raises(gateway):
         gateway.send(data, PHONE_RTCP, media_port(ok) + 1)
     assert membership.published == []
     assert gateway.door.agents.media_counts()["malformed_in"] >= 5
+
+
+def test_the_phones_receiver_reports_give_the_members_round_trip(gateway):
+    _, membership, ok = phone_call(gateway)
+    tick(gateway, frames=260)                 # past the first report, an SR: frames went out
+    [sr] = [data for data in gateway.reactor.take(PHONE_RTCP) if data[1] == rtcp.SR]
+    sent_at, last_sr = sender_report_time(sr)
+    ours = struct.unpack_from("!I", sr, 4)[0]
+    gateway.reactor.advance(0.08)
+    gateway.send(receiver_report(0xF00D, ours, last_sr, held=0.03), PHONE_RTCP,
+                 media_port(ok) + 1)
+    [latency] = membership.latencies
+    expected = (gateway.reactor.seconds() - sent_at - 0.03) * 1000
+    assert expected > 0 and abs(latency - expected) < 0.1
 
 
 # --- hanging up -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from gateway.protocols.sip.message import parse as parse_sip
 from gateway.protocols.sip.sdp import Sdp
 from tests.bus.recording import RecordingBus
 from tests.rtpmidi.test_door import MemoryReactor
+from tests.sip.rtcp_peer import receiver_report, sender_report_time
 from tests.sip.sfront_double import DEMO_PASSPHRASE, SfrontDouble
 from tests.sip.uas_agents import PCMU_OFFER, Agent, PyVoip
 
@@ -205,6 +206,22 @@ def test_beat_clock_never_reaches_a_sip_caller(gateway):
     gateway.bus.fan_out([MidiEvent(b"\xfc", NOW), MidiEvent(b"\x90\x40\x50", NOW)], ALICE)
     [packet] = gateway.midi_to_caller()
     assert [m for _, m in packet.commands] == [b"\x90\x40\x50"]
+
+
+def test_the_callers_receiver_reports_give_the_members_round_trip(gateway):
+    agent, membership, ok = gateway.call()
+    port = media_port(ok)
+    gateway.bus.fan_out([MidiEvent(b"\x90\x40\x50", NOW)], ALICE)
+    [first] = gateway.midi_to_caller()
+    gateway.reactor.advance(6.0)              # a report is due, an SR: we sent RTP
+    [sr] = [data for data in gateway.reactor.take(CALLER_RTCP) if data[1] == rtcp.SR]
+    sent_at, last_sr = sender_report_time(sr)
+    gateway.reactor.advance(0.05)
+    gateway.send(receiver_report(0xCA11, first.ssrc, last_sr, held=0.01), CALLER_RTCP,
+                 port + 1)
+    [latency] = membership.latencies
+    expected = (gateway.reactor.seconds() - sent_at - 0.01) * 1000
+    assert expected > 0 and abs(latency - expected) < 0.1
 
 
 def test_guard_packets_repair_what_the_caller_may_have_lost(gateway):

@@ -10,6 +10,7 @@ from gateway.protocols.rtpmidi.stream import prepare
 from gateway.protocols.sip import midi_sdp, rtcp, sfront
 from gateway.protocols.sip.midi_call import RTCP, RTP, Heard, MidiCall
 from gateway.protocols.sip.sdp import Sdp
+from tests.sip.rtcp_peer import receiver_report, sender_report_time
 from tests.sip.uas_agents import MIDI_OFFER, PCMU_OFFER
 
 NOW = 1_800_000_000.0
@@ -92,9 +93,22 @@ def test_any_fmtp_is_honoured_or_refused(fmtp):
 def test_our_reports_read_back():
     report = rtcp.compound(0x1111, NOW, 0x2222, 70000, lost=3, sent=(5, 6, 7), bye=True)
     assert rtcp.is_rtcp(report) and not rtcp.is_rtcp(rtp_header(1, 2, 3, True, 96))
-    assert rtcp.read(report, 0x2222) == (0x1111, 70000, True)
-    assert rtcp.read(rtcp.compound(0x1111, NOW), 0x2222) == (0x1111, None, False)
+    assert rtcp.read(report, 0x2222) == (0x1111, 70000, True, None)
+    assert rtcp.read(rtcp.compound(0x1111, NOW), 0x2222) == (0x1111, None, False, None)
     assert rtcp.read(report, 0x3333).highest is None        # a block about someone else
+
+
+def test_a_receiver_report_about_our_sr_gives_the_round_trip():
+    # Our SR left at NOW; the peer held it 0.25 s (DLSR) and its RR came 0.3 s later.
+    _, last_sr = sender_report_time(rtcp.compound(0x1111, NOW, sent=(0, 1, 160)))
+    report = receiver_report(0x2222, 0x1111, last_sr, held=0.25)
+    assert abs(rtcp.read(report, 0x1111, NOW + 0.3).round_trip - 0.05) < 1e-4
+    # No SR of ours heard (LSR 0), another's block, or no arrival time: no reading.
+    assert rtcp.read(receiver_report(0x2222, 0x1111), 0x1111, NOW).round_trip is None
+    assert rtcp.read(report, 0x3333, NOW + 0.3).round_trip is None
+    assert rtcp.read(report, 0x1111).round_trip is None
+    # A block that would put the round trip before our SR is no reading either.
+    assert rtcp.read(report, 0x1111, NOW + 0.1).round_trip is None
 
 
 @given(st.binary(max_size=200))

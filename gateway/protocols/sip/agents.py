@@ -48,7 +48,7 @@ from twisted.internet import defer, error, protocol, task
 from twisted.protocols import policies
 from zope.interface import implementer
 
-from gateway.actions import Drop, PeerLeft, Send
+from gateway.actions import Drop, PeerLeft, RoundTrip, Send
 from gateway.bus.sources import ConnectionBudget
 from gateway.bus.values import JoinRefused, JoinRequest
 from gateway.interfaces import IMember
@@ -89,6 +89,9 @@ def carry_out_media(member, actions, door, hang_up):
             door.drop(action.source, action.reason, action.detail or "", action.count)
         elif kind is PeerLeft:
             hang_up(member.call, action.reason)
+        elif kind is RoundTrip:
+            if member.membership is not None:
+                member.membership.report_latency(round(action.rtt * 1000.0, 2))
 
 @implementer(IMember)
 class CallMember:

@@ -25,7 +25,7 @@ Sans-IO: no sockets, no clocks; ``now`` is Unix time (RTCP's NTP times are made 
 
 import collections
 
-from gateway.actions import Drop, PeerLeft, Send
+from gateway.actions import Drop, PeerLeft, RoundTrip, Send
 from gateway.protocols.sip import rtcp
 from gateway.protocols.sip.midi_call import RTCP, RTP, Heard
 from gateway.protocols.sip.phone import PhoneCall
@@ -104,7 +104,7 @@ class AudioCall:
 
     def _rtcp(self, data, source, now):
         try:
-            report = rtcp.read(data, self.ssrc)
+            report = rtcp.read(data, self.ssrc, now)
         except ValueError as error:
             if len(data) >= 8 and data[0] >> 6 == 2 and rtcp.is_rtcp(data):
                 # RTCP all the same (baresip starts some compounds with APP): alive.
@@ -120,7 +120,7 @@ class AudioCall:
         self._counts["rtcp_in"] += 1
         if report.bye:
             self._counts["rtcp_bye_in"] += 1
-        return []
+        return [RoundTrip(self, report.round_trip)] if report.round_trip is not None else []
 
     # The session's sound --------------------------------------------------------------
 

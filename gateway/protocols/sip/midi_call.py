@@ -28,7 +28,7 @@ Sans-IO: no sockets, no clocks; ``now`` is Unix time (RTCP's NTP times are made 
 import collections
 import typing
 
-from gateway.actions import Drop, PeerLeft, Send
+from gateway.actions import Drop, PeerLeft, RoundTrip, Send
 from gateway.protocols.rtpmidi.media import RtpMidiStream
 from gateway.protocols.rtpmidi.payload import MalformedPacket, RtpMidiPacket, command_section
 from gateway.protocols.rtpmidi.stream import PreparedPacket
@@ -130,7 +130,7 @@ class MidiCall:
 
     def _rtcp(self, data, source, now):
         try:
-            report = rtcp.read(data, self.ssrc)
+            report = rtcp.read(data, self.ssrc, now)
         except ValueError as error:
             self.counts["malformed_in"] += 1
             return [Drop("malformed", source, f"RTCP: {error}")]
@@ -147,7 +147,7 @@ class MidiCall:
             self.counts["feedback_in"] += 1
         if report.bye:
             self.counts["rtcp_bye_in"] += 1
-        return []
+        return [RoundTrip(self, report.round_trip)] if report.round_trip is not None else []
 
     # Sending ----------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@
 
 What a door needs of RTCP with one peer: the extended highest sequence number
 the peer says it received from our SSRC (it trims our recovery journal: RFC
-6295 Appendix C.2.2.2, closed-loop), whether it said BYE, and our own reports
-so that the peer can trim its journal. Nothing more is read; an RTCP packet
+6295 Appendix C.2.2.2, closed-loop), the round trip its report block gives
+(the player's delay light), whether it said BYE, and our own reports so that
+the peer can trim its journal. Nothing more is read; an RTCP packet
 of a type we do not know is skipped.
 
 (sfront's RTCP, signed and with the quirks of its client, is read in
@@ -31,16 +32,19 @@ NTP_UNIX_OFFSET = 2208988800
 _HEADER = struct.Struct("!BBH")
 _BLOCK = struct.Struct("!IIIIII")
 MAX_BLOCKS = 31
+MAX_ROUND_TRIP = 10.0
 
 
 class Report(typing.NamedTuple):
     """What one compound RTCP packet says: its sender's SSRC, the extended highest
     sequence number it received from ``about`` (None when no block is about it),
-    and whether it says BYE."""
+    whether it says BYE, and the round trip in seconds its block about ``about``
+    gives (§6.4.1: arrival less LSR less DLSR; None without our SR to refer to)."""
 
     ssrc: int
     highest: typing.Optional[int]
     bye: bool
+    round_trip: typing.Optional[float] = None
 
 
 def is_rtcp(datagram):
@@ -48,13 +52,20 @@ def is_rtcp(datagram):
     return len(datagram) >= 2 and 192 <= datagram[1] <= 223
 
 
-def read(packet, about):
-    """The :class:`Report` of a compound RTCP packet; ValueError when it is not one."""
+def _middle_32(now):
+    """The middle 32 bits of the NTP time of Unix time ``now`` (LSR's unit: 1/65536 s)."""
+    return int((now + NTP_UNIX_OFFSET) * 65536) & 0xFFFFFFFF
+
+
+def read(packet, about, now=None):
+    """The :class:`Report` of a compound RTCP packet received at Unix time ``now``;
+    ValueError when it is not one."""
     if len(packet) < 8:
         raise ValueError("RTCP packet shorter than a header")
     offset = 0
     ssrc = None
     highest = None
+    round_trip = None
     bye = False
     while offset + 4 <= len(packet):
         first, kind, words = _HEADER.unpack_from(packet, offset)
@@ -75,13 +86,18 @@ def read(packet, about):
                 start = blocks + index * _BLOCK.size
                 if start + _BLOCK.size > end:
                     raise ValueError("RTCP report block runs past its packet")
-                reportee, _, extended, _, _, _ = _BLOCK.unpack_from(packet, start)
+                reportee, _, extended, _, last_sr, since_sr = _BLOCK.unpack_from(packet, start)
                 if reportee == about:
                     highest = extended
+                    if last_sr and now is not None:
+                        units = (_middle_32(now) - last_sr - since_sr) & 0xFFFFFFFF
+                        # A negative round trip wraps to ~18 h: a clock step or a
+                        # forged block, not a reading.
+                        round_trip = units / 65536 if units < MAX_ROUND_TRIP * 65536 else None
         elif kind == BYE:
             bye = True
         offset = end
-    return Report(ssrc, highest, bye)
+    return Report(ssrc, highest, bye, round_trip)
 
 
 def compound(ssrc, now, reportee=None, highest=None, lost=0, sent=None, cname="netgateway",
