@@ -17,6 +17,7 @@ import typing
 
 import yaml
 
+from gateway import beatclock
 from gateway import doors
 from gateway import tls
 from gateway.tls import TlsConfig
@@ -40,12 +41,27 @@ class MirrorConfig:
 
 
 @dataclasses.dataclass
+class TempoConfig:
+    """The session's tempo: the gateway sends MIDI beat clock to its members."""
+    bpm: float = bounded(120.0, minimum=beatclock.MIN_BPM, maximum=beatclock.MAX_BPM,
+                         doc="quarter notes per minute; 24 clocks each")
+    running: bool = bounded(True, doc="start the song when the first member joins;"
+                                      " false: stopped until someone with the right starts it")
+    beats_per_bar: int = bounded(4, minimum=1, maximum=16,
+                                 doc="for metronomes: the first beat of each bar is accented")
+    control_passphrase: typing.Optional[str] = bounded(
+        None, doc="the second secret a member shows to change bpm, start, stop or continue"
+                  " (the session passphrase lets you play, not conduct); null: nobody may")
+
+
+@dataclasses.dataclass
 class SessionConfig:
     name: str = bounded(doc="session name peers join by")
     passphrase: str = bounded(doc="shared secret; see limits.min_passphrase_length")
     max_members: typing.Optional[int] = bounded(None, minimum=1, maximum=1024,
                                                 doc="overrides limits.max_members_per_session")
     mirror: typing.Optional[MirrorConfig] = None
+    tempo: typing.Optional[TempoConfig] = None
     allow_addresses: typing.List[str] = bounded(
         default_factory=list,
         doc="CIDRs allowed for doors without authentication of their own (AppleMIDI)")
@@ -240,6 +256,21 @@ def _check_sessions(config, problems):
             problems.append(f"{path}.passphrase: expected at least {minimum} characters"
                             f" (limits.min_passphrase_length), got {len(session.passphrase)}")
         _check_cidrs(f"{path}.allow_addresses", session.allow_addresses, problems)
+        if session.tempo is not None:
+            _check_tempo(f"{path}.tempo", session, minimum, problems)
+
+
+def _check_tempo(path, session, minimum, problems):
+    """The control passphrase is a right only if it is long and not the session's own."""
+    secret = session.tempo.control_passphrase
+    if secret is None:
+        return
+    if len(secret) < minimum:
+        problems.append(f"{path}.control_passphrase: expected at least {minimum} characters"
+                        f" (limits.min_passphrase_length), got {len(secret)}")
+    elif secret == session.passphrase:
+        problems.append(f"{path}.control_passphrase: expected a secret other than the"
+                        " session's passphrase (every player knows that one)")
 
 
 def _check_cidrs(path, cidrs, problems):

@@ -55,6 +55,11 @@ class IMembership(Interface):
     def touch():
         """The peer is alive (any traffic, a ping, a keep-alive)."""
 
+    def change_tempo(change):
+        """Ask for a :class:`~gateway.bus.values.TempoChange` (it carries the session's
+        ``tempo.control_passphrase``): the Refusal (no_tempo, wrong_passphrase,
+        throttled, bad_tempo), or None once every member has been sent the new tempo."""
+
     def report_latency(latency_ms):
         """The door measured the peer's latency; everyone gets an 'update' notice."""
 

@@ -2,6 +2,7 @@
 
 import signal
 import sys
+import time
 
 from twisted.application import internet, service
 from twisted.internet import error, task
@@ -31,6 +32,8 @@ class GatewayContext:
         self.connection_gate = ConnectionGate(config.limits, reactor, self.drops, refusal_log)
         self.datagram_guard = DatagramGuard(config.limits, reactor, self.drops, refusal_log)
         self.bus = LocalBus(config, reactor, self.drops, log=self.log)
+        # A session tempo's grid must not move when the wall clock is stepped.
+        self.bus.monotonic = time.monotonic
         self.recordings = RecordingStore()
         self.doors = {}
         self.web_root = None

@@ -28,6 +28,8 @@ def test_default_config_is_valid_and_everything_is_on():
     names = [session.name for session in config.sessions]
     assert "demo" in names and "mirror" in names
     assert next(s for s in config.sessions if s.name == "mirror").mirror.interval == 7
+    # Only the metronome session has a clock: the demo session stays quiet.
+    assert [s.name for s in config.sessions if s.tempo is not None] == ["metronome"]
 
 
 def test_empty_config_gets_defaults_with_no_doors():
@@ -99,6 +101,30 @@ def test_duplicate_session():
 def test_bad_cidr():
     (line,) = problems({"sessions": [dict(DEMO, allow_addresses=["10.0.0.0/33"])]})
     assert line.startswith("sessions[0].allow_addresses[0]: expected an address or CIDR")
+
+
+def test_a_session_tempo_is_bounded_and_named_by_its_key():
+    config = parse({"sessions": [dict(DEMO, tempo={"bpm": 96})]})
+    tempo = config.sessions[0].tempo
+    assert (tempo.bpm, tempo.running, tempo.beats_per_bar, tempo.control_passphrase) == (
+        96.0, True, 4, None)
+    assert parse({"sessions": [dict(DEMO, tempo=None)]}).sessions[0].tempo is None
+    assert problems({"sessions": [dict(DEMO, tempo={"bpm": 400})]}) == [
+        "sessions[0].tempo.bpm: expected a value from 20.0 to 300.0, got 400.0"]
+    assert problems({"sessions": [dict(DEMO, tempo={"bmp": 100})]}) == [
+        "sessions[0].tempo.bmp: unknown key (did you mean 'bpm'?)"]
+    assert problems({"sessions": [dict(DEMO, tempo={"running": "yes"})]}) == [
+        "sessions[0].tempo.running: expected true or false, got the string 'yes'"]
+
+
+def test_the_tempo_right_is_a_second_secret_never_echoed():
+    (line,) = problems({"sessions": [dict(DEMO, tempo={"control_passphrase": "conduct"})]})
+    assert line == ("sessions[0].tempo.control_passphrase: expected at least 20 characters"
+                    " (limits.min_passphrase_length), got 7")
+    (line,) = problems({"sessions": [dict(DEMO, tempo={"control_passphrase":
+                                                       DEMO["passphrase"]})]})
+    assert line.startswith("sessions[0].tempo.control_passphrase: expected a secret other than")
+    assert DEMO["passphrase"] not in line
 
 
 def test_all_problems_are_reported_at_once():

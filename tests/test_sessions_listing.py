@@ -55,6 +55,18 @@ def test_only_public_sessions_are_listed_with_players_and_never_a_passphrase():
     assert request.responseHeaders.getRawHeaders(b"access-control-allow-origin") == [b"*"]
 
 
+def test_a_public_session_with_a_tempo_lists_it_and_never_its_control_passphrase():
+    control = "the conductor's own secret"
+    config = parse({"sessions": [
+        {"name": "band", "passphrase": OPEN, "public": True,
+         "tempo": {"bpm": 96, "running": False, "beats_per_bar": 3,
+                   "control_passphrase": control}}]})
+    _, get = listing(config)
+    _, body = get()
+    assert body["sessions"][0]["tempo"] == {"bpm": 96.0, "running": False, "beats_per_bar": 3}
+    assert control not in json.dumps(body)
+
+
 def test_sessions_are_unlisted_unless_public_and_public_must_be_true_or_false():
     assert parse({"sessions": [{"name": "x", "passphrase": OPEN}]}).sessions[0].public is False
     with pytest.raises(ConfigError) as refused:
@@ -65,4 +77,5 @@ def test_sessions_are_unlisted_unless_public_and_public_must_be_true_or_false():
 def test_the_default_config_lists_demo_and_mirror_for_the_page():
     _, get = listing(load(os.path.join(REPO, "config", "config.yaml")))
     _, body = get()
-    assert [session["name"] for session in body["sessions"]] == ["demo", "mirror"]
+    assert [session["name"] for session in body["sessions"]] == ["demo", "mirror", "metronome"]
+    assert [session["tempo"] is not None for session in body["sessions"]] == [False, False, True]

@@ -4,7 +4,7 @@ import json
 
 from hypothesis import given, strategies as st
 
-from gateway.bus.values import RosterEntry, RosterNotice, Welcome
+from gateway.bus.values import RosterEntry, RosterNotice, TempoState, Welcome
 from gateway.midi import MidiEvent
 from gateway.protocols.websocket import jam
 
@@ -79,8 +79,9 @@ def test_joined_frame_lists_the_roster_without_addresses():
     solo = RosterEntry(2, "solo", "websocket")
     joined = json.loads(jam.encode_joined(Welcome("mirror", solo, (RosterEntry(0, "mirror",
                                                                                  "mirror"), solo),
-                                                  True)))
+                                                  True), 10.0))
     assert joined["session"] == "mirror" and joined["mirror"] is True
+    assert joined["tempo"] is None
     assert [member["door"] for member in joined["members"]] == ["mirror", "websocket"]
 
 
@@ -98,7 +99,21 @@ def test_arbitrary_binary_never_raises(data):
                     lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
                     max_leaves=20))
 def test_arbitrary_json_values_never_raise(value):
-    for kind in ("join", "midi", "ping", "pong"):
+    for kind in ("join", "midi", "ping", "pong", "tempo"):
         message = {"type": kind, "session": value, "passphrase": value, "name": value,
-                   "data": value, "id": value, "client_time": value, "midi": value}
+                   "data": value, "id": value, "client_time": value, "midi": value,
+                   "control_passphrase": value, "bpm": value, "transport": value,
+                   "position": value}
         jam.parse_text(json.dumps(message))
+
+
+def test_a_tempo_request_and_the_tempo_frame():
+    request = jam.parse_text(json.dumps({"type": "tempo", "control_passphrase": "conduct",
+                                         "bpm": 96.5, "transport": "stop", "position": 8}))
+    assert (request.control_passphrase, request.bpm, request.transport, request.position) == (
+        "conduct", 96.5, "stop", 8)
+    state = TempoState(96.5, False, 3, 2, None, RosterEntry(4, "carol", "websocket", 2.5))
+    assert json.loads(jam.encode_tempo(state, 12.5)) == {
+        "type": "tempo", "bpm": 96.5, "running": False, "beats_per_bar": 3, "beat": 2,
+        "beat_time": None, "server_time": 12.5,
+        "changed_by": {"id": 4, "name": "carol", "door": "websocket", "rtt_ms": 2.5}}

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
 
@@ -12,6 +13,8 @@ class JamClientProtocol(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         message = ("binary", payload) if isBinary else json.loads(payload)
+        if self.factory.stamp and isinstance(message, dict):
+            message["arrived"] = time.monotonic()       # for timing tests (connect(stamp=True))
         # A ping that crosses our own close frame gets no pong (autobahn would raise).
         if isinstance(message, dict) and message.get("type") == "ping" \
                 and self.state == self.STATE_OPEN:
@@ -32,10 +35,12 @@ class JamClient:
         self.protocol = protocol
 
     @classmethod
-    async def connect(cls, url, timeout=10.0, ssl=None):
+    async def connect(cls, url, timeout=10.0, ssl=None, stamp=False):
+        """``stamp``: every JSON message gets ``arrived``, time.monotonic() when it came."""
         loop = asyncio.get_running_loop()
         factory = WebSocketClientFactory(url)
         factory.protocol = JamClientProtocol
+        factory.stamp = stamp
         factory.inbox = asyncio.Queue()
         factory.opened = loop.create_future()
         factory.closed = loop.create_future()

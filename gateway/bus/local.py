@@ -35,6 +35,7 @@ from gateway import log as gatewaylog
 from gateway import midi
 from gateway.addresses import peer_address
 from gateway.bus import values
+from gateway.bus.tempo import SessionTempo
 from gateway.bus.throttle import JoinThrottle
 from gateway.bus.values import Delivery, JoinRefused, Refusal, RosterEntry, RosterNotice
 from gateway.interfaces import IDropSink, IMember, IMembership, ISessionBus
@@ -163,6 +164,13 @@ class Membership:
         accepted = []
         changed = False
         rate_limited = 0
+        tempo = self.session.tempo
+        if tempo is not None:
+            events, clocks = tempo.filter_players(events)
+            if clocks:
+                changed = True      # the publisher's encoding still holds them
+                bus.events_dropped(self, "clock_from_player", clocks,
+                                   "the session's tempo is the gateway's clock")
         for event in events:
             data = event.data
             release = _RELEASE_KIND[data[0]]
@@ -191,6 +199,14 @@ class Membership:
             # What the publisher encoded stays true only of the events as they came.
             bus.dispatch(self.session, self, Delivery(tuple(accepted), self.entry, False,
                                                       None if changed else encodings))
+
+    def change_tempo(self, change):
+        """Ask for a TempoChange; the Refusal, or None once it is done."""
+        if not self.active:
+            return Refusal(values.NO_TEMPO, "not in a session")
+        if self.session.tempo is None:
+            return Refusal(values.NO_TEMPO, f"session {self.session.name!r} has no tempo")
+        return self.session.tempo.change(self, change)
 
     def report_latency(self, latency_ms):
         if self.active and latency_ms != self.entry.latency_ms:
@@ -277,6 +293,7 @@ class Session:
         self.allowed_networks = [ipaddress.ip_network(cidr, strict=False)
                                  for cidr in allow_addresses]
         self.mirror = None
+        self.tempo = None           # a SessionTempo when the session is declared with one
         if mirror is not None:
             echo = _MirrorMember(self, mirror.interval, mirror.delay, bus.clock)
             self.mirror = Membership(bus, self, echo,
@@ -331,12 +348,16 @@ class Session:
 
     def view(self):
         return values.SessionView(self.name, self.declared, self.mirror is not None,
-                                  self.max_members, self.roster())
+                                  self.max_members, self.roster(), self.tempo_state())
+
+    def tempo_state(self):
+        return None if self.tempo is None else self.tempo.state()
 
     def describe(self):
         everyone = ((self.mirror,) if self.mirror else ()) + self.members
         return {"name": self.name, "declared": self.declared,
                 "mirror": self.mirror is not None, "max_members": self.max_members,
+                "tempo": None if self.tempo is None else self.tempo.describe(),
                 "members": [membership.describe() for membership in everyone]}
 
 
@@ -350,6 +371,9 @@ class LocalBus:
     def __init__(self, config, clock, drops, log=None):
         self.limits = config.limits
         self.clock = clock
+        # What a session's beat clock keeps its grid on (gateway.bus.tempo): the
+        # gateway sets time.monotonic; tests keep the task.Clock's time.
+        self.monotonic = clock.seconds
         self.log = log
         self.drops = drops
         self.events_published = 0
@@ -369,6 +393,9 @@ class LocalBus:
                 declared.max_members or self.limits.max_members_per_session,
                 declared=True, mirror=declared.mirror,
                 allow_addresses=declared.allow_addresses)
+            if declared.tempo is not None:
+                self.sessions[declared.name].tempo = SessionTempo(self.sessions[declared.name],
+                                                                  declared.tempo)
 
     # ISessionBus ---------------------------------------------------------
 
@@ -525,8 +552,10 @@ class LocalBus:
         membership = Membership(self, session, member,
                                 RosterEntry(next(self._ids), request.name, request.door), now)
         session.members += (membership,)
+        if session.tempo is not None:
+            session.tempo.member_joined(membership)
         membership.welcome = values.Welcome(session.name, membership.entry, session.roster(),
-                                            session.mirror is not None)
+                                            session.mirror is not None, session.tempo_state())
         self._info("{door} member {name!r} joined session {session!r}",
                    door=request.door, name=request.name, session=session.name)
         session.announce(values.JOINED, membership)
@@ -536,6 +565,8 @@ class LocalBus:
         membership.active = False
         session = membership.session
         session.members = tuple(other for other in session.members if other is not membership)
+        if session.tempo is not None:
+            session.tempo.member_left(membership)
         if session.mirror is not None:
             session.mirror.member.forget(membership.id)
         releases = membership.notes.release_messages()

@@ -16,6 +16,8 @@ import itertools
 import typing
 import unicodedata
 
+from gateway.beatclock import BEAT_CLOCK_STATUSES
+
 # A credential is any value with ``passphrase`` (the text, or None when the joiner
 # does not bring it), ``matches(secret)``, and ``proves_passphrase``: whether a match
 # shows that the joiner knows the session's passphrase. Credentials that prove it
@@ -35,6 +37,9 @@ ADDRESS_NOT_ALLOWED = "address_not_allowed"
 THROTTLED = "throttled"
 BAD_NAME = "bad_name"
 NAME_TAKEN = "name_taken"
+# Why a tempo change was refused (the same codes where they mean the same).
+NO_TEMPO = "no_tempo"
+BAD_TEMPO = "bad_tempo"
 REFUSAL_REASONS = (WRONG_PASSPHRASE, SESSION_FULL, GATEWAY_FULL, UNKNOWN_SESSION,
                    PASSPHRASE_TOO_SHORT, ADDRESS_NOT_ALLOWED, THROTTLED, BAD_NAME, NAME_TAKEN)
 
@@ -190,6 +195,50 @@ class RosterNotice(typing.NamedTuple):
     roster: typing.Tuple[RosterEntry, ...]
 
 
+class TempoState(typing.NamedTuple):
+    """A session's tempo as members see it (gateway.beatclock keeps the clock).
+
+    ``running``: the song plays (in a session nobody is in: it will once one joins).
+    ``beat`` is the next quarter note, counted from Start, not yet clocked, and
+    ``beat_time`` when it is due, in the bus clock's seconds (the time base of
+    event times and of the WebSocket door's ``server_time``); None while stopped.
+    ``changed_by`` is the RosterEntry of the member whose change this is, or None.
+    """
+
+    bpm: float
+    running: bool
+    beats_per_bar: int
+    beat: int
+    beat_time: typing.Optional[float]
+    changed_by: typing.Optional[RosterEntry] = None
+
+    def as_dict(self):
+        return {"bpm": self.bpm, "running": self.running, "beats_per_bar": self.beats_per_bar,
+                "beat": self.beat, "beat_time": self.beat_time,
+                "changed_by": None if self.changed_by is None else self.changed_by.as_dict()}
+
+
+# What a tempo change may ask for besides a bpm.
+START = "start"
+STOP = "stop"
+CONTINUE = "continue"
+TRANSPORTS = (START, STOP, CONTINUE)
+
+
+class TempoChange(typing.NamedTuple):
+    """A member asks to change its session's tempo: ``bpm`` (or None to keep it),
+    ``transport`` (:data:`TRANSPORTS` or None) and/or ``position`` (sixteenths from the
+    start, while stopped or with stop: the Song Position Pointer), proving the right
+    with the session's ``tempo.control_passphrase``. ``source`` is the member's host,
+    for the throttle."""
+
+    control_passphrase: str
+    bpm: typing.Optional[float] = None
+    transport: typing.Optional[str] = None
+    source: typing.Optional[str] = None
+    position: typing.Optional[int] = None
+
+
 class Welcome(typing.NamedTuple):
     """What a member learns when its join succeeds."""
 
@@ -197,6 +246,7 @@ class Welcome(typing.NamedTuple):
     entry: RosterEntry
     roster: typing.Tuple[RosterEntry, ...]
     mirror: bool
+    tempo: typing.Optional[TempoState] = None
 
 
 class SessionView(typing.NamedTuple):
@@ -207,6 +257,7 @@ class SessionView(typing.NamedTuple):
     mirror: bool
     max_members: int
     roster: typing.Tuple[RosterEntry, ...]
+    tempo: typing.Optional[TempoState] = None
 
     @property
     def member_count(self):
@@ -226,19 +277,23 @@ class Delivery:
     maps a wire name to the events already encoded for that wire, exactly as
     the publisher received them (an RTP-MIDI packet's MIDI list), or is empty;
     a bus that changes the events (rate limit, velocity cap) drops it.
+    ``tempo`` is the session's new :class:`TempoState` on a delivery from the
+    gateway's clock that starts, stops or changes the tempo (None otherwise):
+    doors whose peers hear tempo as such (the page, OSC's ``/tempo``) send it.
 
     ``memo(key, compute, *args)`` returns ``compute(*args)``, computed once
     for this fan-out whichever member asks first: a door encodes once for all
     its members. Keys are the door's own (a tuple starting with its name).
     """
 
-    __slots__ = ("events", "source", "released", "encodings", "_memo")
+    __slots__ = ("events", "source", "released", "encodings", "tempo", "_memo")
 
-    def __init__(self, events, source, released=False, encodings=None):
+    def __init__(self, events, source, released=False, encodings=None, tempo=None):
         self.events = events
         self.source = source
         self.released = released
         self.encodings = encodings or {}
+        self.tempo = tempo
         self._memo = {}
 
     def memo(self, key, compute, *args):
@@ -248,6 +303,25 @@ class Delivery:
             value = self._memo[key] = compute(*args)
             return value
 
+    def without_beat_clock(self):
+        """This delivery for a door whose peers do not follow MIDI beat clock (sfront, SIP,
+        RTMP): itself when it holds none, one shared copy without it, or None when
+        nothing else is left. A session clock's 48 messages a second at 120 bpm would
+        be a flood to them, and a player's clock means nothing there either."""
+        return self.memo(_WITHOUT_BEAT_CLOCK, self._strip_beat_clock)
+
+    def _strip_beat_clock(self):
+        kept = tuple(event for event in self.events
+                     if event.data[0] not in BEAT_CLOCK_STATUSES)
+        if not kept:
+            return None     # a tempo change alone says nothing to them either
+        if len(kept) == len(self.events):
+            return self
+        return Delivery(kept, self.source, self.released)
+
     def __repr__(self):
         return (f"Delivery({len(self.events)} events from {self.source.name!r}"
                 f"{', released' if self.released else ''})")
+
+
+_WITHOUT_BEAT_CLOCK = ("bus", "without beat clock")

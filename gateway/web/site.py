@@ -152,10 +152,7 @@ class StatusResource(resource.Resource):
     def summary(self):
         """What anyone may know: no member names or addresses, no counters."""
         sessions = self.context.bus.snapshot()["sessions"]
-        return {"sessions": [{"name": session["name"],
-                              # The roster lists a mirror session's echo; it is no player.
-                              "members": len(session["members"]) - int(session["mirror"])}
-                             for session in sessions],
+        return {"sessions": [_public_session(session) for session in sessions],
                 "doors": sorted(self.context.doors),
                 "uptime": self.uptime()}
 
@@ -175,12 +172,31 @@ class StatusResource(resource.Resource):
                            " answers a public summary"}
 
 
+_PUBLIC_TEMPO = ("bpm", "running", "beats_per_bar")
+
+
+def public_tempo(tempo):
+    """What anyone may know of a session's tempo (a dict with its fields, or None)."""
+    return None if tempo is None else {key: tempo[key] for key in _PUBLIC_TEMPO}
+
+
+def _public_session(session):
+    """A session as anyone may see it: its name, how many play, its tempo if it has one."""
+    # The roster lists a mirror session's echo; it is no player.
+    public = {"name": session["name"],
+              "members": len(session["members"]) - int(session["mirror"])}
+    tempo = session.get("tempo")
+    if tempo is not None:
+        public["tempo"] = public_tempo(tempo)
+    return public
+
+
 class SessionsResource(resource.Resource):
     """``GET /sessions``: the sessions the config marks ``public``, for the jam page to offer.
 
     Each with its name, its players (a mirror's echo is none), how many it
-    takes, whether it is a mirror, and its tempo (null until sessions keep
-    one). Never a passphrase or a member's name: anyone may ask.
+    takes, whether it is a mirror, and its tempo (bpm, running, beats per bar;
+    null without one). Never a passphrase or a member's name: anyone may ask.
     """
 
     def __init__(self, context):
@@ -203,7 +219,8 @@ class SessionsResource(resource.Resource):
                 continue
             listed.append({"name": name, "players": view.member_count - int(view.mirror),
                            "max_players": view.max_members, "mirror": view.mirror,
-                           "tempo": None})
+                           "tempo": None if view.tempo is None
+                           else public_tempo(view.tempo._asdict())})
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         # Public and without credentials: a jam page served from elsewhere may read it.

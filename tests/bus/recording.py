@@ -51,6 +51,7 @@ class RecordingMembership:
         self.member = member
         self.active = True
         self.calls = []            # (method name, arguments) in call order
+        self.tempo_answer = None   # what change_tempo returns: a Refusal or None
 
     # IMembership ------------------------------------------------------
 
@@ -62,6 +63,10 @@ class RecordingMembership:
 
     def report_latency(self, latency_ms):
         self.calls.append(("report_latency", (latency_ms,)))
+
+    def change_tempo(self, change):
+        self.calls.append(("change_tempo", (change,)))
+        return self.tempo_answer
 
     def leave(self, reason):
         self.calls.append(("leave", (reason,)))
@@ -91,6 +96,10 @@ class RecordingMembership:
         return [latency for (latency,) in self._arguments("report_latency")]
 
     @property
+    def tempo_changes(self):
+        return [change for (change,) in self._arguments("change_tempo")]
+
+    @property
     def left(self):
         """The reasons of every ``leave`` call."""
         return [reason for (reason,) in self._arguments("leave")]
@@ -117,7 +126,7 @@ class PendingJoin:
     def answered(self):
         return self.membership is not None or self.refusal is not None
 
-    def accept(self, roster=(), mirror=False):
+    def accept(self, roster=(), mirror=False, tempo=None):
         """Admit the member: fire the Deferred with a new RecordingMembership.
 
         ``roster`` lists the other members already there. If the door
@@ -127,7 +136,7 @@ class PendingJoin:
         assert not self.answered, f"{self!r} was answered already"
         request = self.request
         entry = RosterEntry(next(self.bus._ids), request.name, request.door)
-        welcome = Welcome(request.session, entry, tuple(roster) + (entry,), mirror)
+        welcome = Welcome(request.session, entry, tuple(roster) + (entry,), mirror, tempo)
         self.membership = RecordingMembership(self.bus, entry, welcome, self.member)
         self.bus.memberships.append(self.membership)
         if not self.deferred.called:
@@ -203,9 +212,9 @@ class RecordingBus:
     def active(self):
         return [membership for membership in self.memberships if membership.active]
 
-    def fan_out(self, events, source, released=False, encodings=None, to=None):
+    def fan_out(self, events, source, released=False, encodings=None, to=None, tempo=None):
         """Give one Delivery to the members ``to`` (default: every active membership's)."""
-        delivery = Delivery(tuple(events), source, released, encodings)
+        delivery = Delivery(tuple(events), source, released, encodings, tempo)
         members = to if to is not None else [membership.member for membership in self.active()]
         for member in members:
             member.deliver(delivery)

@@ -146,6 +146,42 @@ def test_values_that_cross_the_bus_serialize_and_carry_no_address(harness):
     assert bob_in.welcome.roster[-1] == values.RosterEntry(bob_in.entry.member_id, "bob", "test")
 
 
+# --- a session tempo ------------------------------------------------------------
+
+TEMPO_SESSION = {"name": "band", "passphrase": DEMO_PASS,
+                 "tempo": {"bpm": 120, "control_passphrase": "the conductor's own secret"}}
+
+
+def test_a_tempo_session_clocks_its_members_and_says_so_in_values(make):
+    harness = make(sessions=[TEMPO_SESSION])
+    alice, alice_in = harness.join("alice", session="band")
+    bob, bob_in = harness.join("bob", session="band")
+    assert alice_in.welcome.tempo.bpm == 120.0 and alice_in.welcome.tempo.running
+    assert harness.bus.session_view("band").tempo.bpm == 120.0
+    for _ in range(24):
+        harness.clock.advance(0.5 / 24 - 1e-7)      # just short of beat 1's clock, 24
+    for member in (alice, bob):
+        heard = member.heard
+        assert heard[0] == b"\xfa" and heard[1:].count(b"\xf8") == 24
+        assert {source for _, source in member.received} == {"clock"}
+    json.dumps([alice_in.welcome, harness.bus.session_view("band")])
+    alice_in.publish([MidiEvent(b"\xf8"), note_on()])
+    assert bob.received[-1] == (bytes([0x90, 60, 100]), "alice")
+    assert harness.drops.get("test", "clock_from_player") == 1
+    refusal = bob_in.change_tempo(values.TempoChange(DEMO_PASS, bpm=90))
+    assert refusal.reason == values.WRONG_PASSPHRASE
+    assert bob_in.change_tempo(values.TempoChange("the conductor's own secret", bpm=90)) is None
+    assert harness.bus.session_view("band").tempo.bpm == 90.0
+    assert alice.deliveries[-1].tempo.bpm == 90.0
+
+
+def test_a_session_without_a_tempo_has_none_and_refuses_changes(harness):
+    _, alice_in = harness.join("alice")
+    assert alice_in.welcome.tempo is None and harness.bus.session_view("demo").tempo is None
+    refusal = alice_in.change_tempo(values.TempoChange("anything at all", bpm=90))
+    assert refusal.reason == values.NO_TEMPO
+
+
 # --- fan-out ------------------------------------------------------------------
 
 def test_fan_out_reaches_everyone_but_the_sender(harness):

@@ -192,13 +192,30 @@ def test_osc_peers_share_one_encoding(gateway):
     bob, _ = gateway.joined("bob", 7001)
     encode_midi = gateway.door.bridge.encode_midi
     encoded = []
-    gateway.door.bridge.encode_midi = lambda messages: encoded.append(messages) or \
-        encode_midi(messages)
+    gateway.door.bridge.encode_midi = lambda messages, tempo: encoded.append(messages) or \
+        encode_midi(messages, tempo)
     gateway.bus.fan_out([MidiEvent(b"\x90\x3c\x64", gateway.network.seconds())], WENDY)
     gateway.network.run(0.2)
     assert encoded == [[b"\x90\x3c\x64"]]
     for client in (alice, bob):
         assert client.app_messages() == [wire.Message("/midi/noteon", "iii", (1, 60, 100))]
+
+
+def test_osc_peers_hear_the_session_clock_and_its_tempo(gateway):
+    alice, _ = gateway.joined("alice", 7000)
+    clock = RosterEntry(-1, "clock", "clock")
+    now = gateway.network.seconds()
+    tempo = values.TempoState(132.0, True, 4, 0, now)
+    gateway.bus.fan_out([MidiEvent(b"\xfa", now), MidiEvent(b"\xf8", now)], clock, tempo=tempo)
+    gateway.bus.fan_out([MidiEvent(b"\xf8", now)], clock)
+    gateway.bus.fan_out([MidiEvent(b"\xfc", now)], clock, tempo=tempo._replace(running=False))
+    gateway.network.run(0.2)
+    heard = [message for message in alice.app_messages(prefix="/")
+             if not message.address.startswith("/groupclient")]
+    assert heard == [
+        wire.Message("/tempo", "f", (132.0,)), wire.Message("/midi/start", "", ()),
+        wire.Message("/midi/clock", "", ()), wire.Message("/midi/clock", "", ()),
+        wire.Message("/tempo", "f", (132.0,)), wire.Message("/midi/stop", "", ())]
 
 
 # --- what the peer does ----------------------------------------------------------

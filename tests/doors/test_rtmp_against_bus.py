@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from gateway.bus.local import DropCounters
-from gateway.bus.values import RosterEntry
+from gateway.bus.values import RosterEntry, TempoState
 from gateway.config import parse
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
@@ -40,6 +40,7 @@ def door_module():
         rtmpdoor = module
         yield module
 ALICE = RosterEntry(7, "alice", "websocket")
+CLOCK = RosterEntry(-1, "clock", "clock")
 AAC_HEADER = b"\xaf\x00\x12\x10"
 
 
@@ -231,7 +232,21 @@ def test_session_midi_reaches_midi_stream_players_as_on_midi_once_encoded():
         assert amf0.decode_all(message.payload) == ["onMidi", {
             "bytes": [144.0, 60.0, 100.0], "hex": "903c64", "from": "alice", "member": 7.0}]
     assert audio_only.received() == []
-    assert list(delivery._memo) == [("rtmp", "onMidi")]
+    assert [key for key in delivery._memo if key[0] == "rtmp"] == [("rtmp", "onMidi")]
+
+
+def test_beat_clock_never_floods_rtmp_players():
+    gateway = Gateway()
+    listener = player(gateway, "m", stream="midi")
+    now = gateway.reactor.seconds()
+    for _ in range(48):
+        gateway.bus.fan_out([MidiEvent(b"\xf8", now)], CLOCK)
+    gateway.bus.fan_out([], CLOCK, tempo=TempoState(90.0, True, 4, 3, now))
+    assert listener.received() == []
+    gateway.bus.fan_out([MidiEvent(b"\xfa", now), MidiEvent(b"\x90\x3c\x64", now),
+                         MidiEvent(b"\xf8", now)], ALICE)
+    (message,) = listener.received()
+    assert amf0.decode_all(message.payload)[1]["hex"] == "903c64"
 
 
 def test_onmidi_from_a_publisher_is_published_to_the_bus():

@@ -22,6 +22,7 @@ from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
 from gateway.protocols.rtpmidi import applemidi, door as rtpdoor
 from gateway.protocols.rtpmidi.applemidi import Sync
+from gateway.protocols.rtpmidi.journal_receiver import JournalReceiver
 from gateway.protocols.rtpmidi.payload import PAYLOAD_TYPE, RtpMidiPacket, section_of_list
 from gateway.protocols.rtpmidi.session import CLOCK_RATE
 from gateway.protocols.rtpmidi.stream import RTP_MIDI_LIST, prepare
@@ -212,6 +213,29 @@ def test_released_note_offs_go_on_the_wire(gateway):
     gateway.bus.fan_out(offs, ALICE, released=True)
     [packet] = midi_packets(peer)
     assert [message for _, message in packet.commands] == [event.data for event in offs]
+
+
+def test_the_session_clock_goes_on_the_wire_and_carries_the_journal_of_the_notes(gateway):
+    peer = gateway.peer()
+    gateway.joined(peer)
+    peer.data_received()
+    clock = RosterEntry(-1, "clock", "clock")
+    now = gateway.reactor.seconds()
+    gateway.bus.fan_out([MidiEvent(b"\x90\x3c\x64", now)], ALICE)
+    gateway.bus.fan_out([MidiEvent(b"\x80\x3c\x40", now)], ALICE)       # lost below
+    for _ in range(3):
+        gateway.bus.fan_out([MidiEvent(b"\xf8", now)], clock)
+    sent = [data for data in peer.data_received() if data[:2] != b"\xff\xff"]
+    note_on, _lost_note_off, *clocks = sent
+    # A lone clock: Z=1, a zero delta, F8 (node-rtpmidi loses one-octet lists); J=1.
+    assert [data[12] & 0xBF for data in clocks] == [0x22] * 3
+    assert all(data[13:15] == b"\x00\xf8" for data in clocks)
+    receiver = JournalReceiver()
+    receiver.receive(RtpMidiPacket.parse(note_on))
+    # The note-off's packet was lost: the next clock's journal ends the note first.
+    assert receiver.receive(RtpMidiPacket.parse(clocks[0])) == [(0, b"\x80\x3c\x00"),
+                                                                 (0, b"\xf8")]
+    assert receiver.receive(RtpMidiPacket.parse(clocks[1])) == [(0, b"\xf8")]
 
 
 def test_peers_of_one_session_share_one_encoding(gateway, monkeypatch):

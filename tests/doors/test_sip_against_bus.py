@@ -185,6 +185,18 @@ def test_a_client_that_cannot_be_written_to_does_not_stop_the_fan_out(gateway):
     assert gateway.drops.get("sip", "send_failed") == 1
 
 
+def test_beat_clock_never_reaches_sfront_clients(gateway):
+    client = gateway.client()
+    gateway.joined(client)
+    clock = RosterEntry(-1, "clock", "clock")
+    for _ in range(48):
+        gateway.bus.fan_out([MidiEvent(b"\xf8", NOW)], clock)
+    gateway.bus.fan_out([MidiEvent(b"\xfa", NOW), MidiEvent(b"\xf2\x00\x00", NOW)], clock)
+    assert gateway.midi_to(client) == []
+    gateway.bus.fan_out([MidiEvent(b"\xf8", NOW), MidiEvent(b"\x90\x40\x50", NOW)], ALICE)
+    assert gateway.midi_to(client) == [b"\x90\x40\x50"]
+
+
 def test_released_note_offs_reach_the_client(gateway):
     client = gateway.client()
     gateway.joined(client)

@@ -197,6 +197,17 @@ def test_midi_flows_both_ways_with_the_journal_and_rtcp_trims_it(gateway):
     assert gateway.door.agents.media_counts()["feedback_in"] == 1
 
 
+def test_beat_clock_never_reaches_a_sip_caller(gateway):
+    gateway.call()
+    clock = RosterEntry(-1, "clock", "clock")
+    for _ in range(48):
+        gateway.bus.fan_out([MidiEvent(b"\xf8", NOW)], clock)
+    assert gateway.midi_to_caller() == []
+    gateway.bus.fan_out([MidiEvent(b"\xfc", NOW), MidiEvent(b"\x90\x40\x50", NOW)], ALICE)
+    [packet] = gateway.midi_to_caller()
+    assert [m for _, m in packet.commands] == [b"\x90\x40\x50"]
+
+
 def test_the_callers_receiver_reports_give_the_members_round_trip(gateway):
     agent, membership, ok = gateway.call()
     port = media_port(ok)

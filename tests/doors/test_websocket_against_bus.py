@@ -212,6 +212,89 @@ def address_fields(value):
 
 # --- joining ------------------------------------------------------------------
 
+def test_the_welcome_carries_the_sessions_tempo_on_the_server_clock(gateway):
+    client = gateway.connect()
+    gateway.clock.advance(100.0)
+    tempo = values.TempoState(96.0, True, 3, 4, 102.5)
+    client.join().accept(tempo=tempo)
+    [joined] = client.messages()
+    assert joined["tempo"] == {"bpm": 96.0, "running": True, "beats_per_bar": 3, "beat": 4,
+                               "beat_time": 102.5, "changed_by": None, "server_time": 100.0}
+
+
+# --- the session tempo ----------------------------------------------------------
+
+CLOCK_ENTRY = RosterEntry(-1, "clock", "clock")
+CONTROL = "the conductor's own secret"
+
+
+def test_a_tempo_delivery_is_one_tempo_frame_before_the_clock(gateway):
+    first, second = gateway.connect(), gateway.connect("203.0.113.6")
+    first.joined("alice")
+    second.joined("bob", midi="binary")
+    gateway.clock.advance(50.0)
+    first.messages(), second.messages()           # the pings
+    tempo = values.TempoState(120.0, True, 4, 0, 50.0, RosterEntry(3, "carol", "websocket"))
+    delivery = gateway.bus.fan_out([MidiEvent(b"\xfa", 50.0), MidiEvent(b"\xf8", 50.0)],
+                                   CLOCK_ENTRY, tempo=tempo)
+    expected = {"type": "tempo", "bpm": 120.0, "running": True, "beats_per_bar": 4, "beat": 0,
+                "beat_time": 50.0, "server_time": 50.0,
+                "changed_by": {"id": 3, "name": "carol", "door": "websocket", "rtt_ms": None}}
+    heard = first.messages()
+    assert heard[0] == expected
+    assert [(m["data"], m["time"], m["from"]["name"]) for m in heard[1:]] == [
+        ([0xFA], 50.0, "clock"), ([0xF8], 50.0, "clock")]
+    assert second.messages() == [expected, ("binary", b"\xfa\xf8")]
+    assert ("websocket", "tempo") in delivery._memo     # prepared once for both
+    gateway.bus.fan_out([MidiEvent(b"\xf8", 50.02)], CLOCK_ENTRY)
+    assert [m["type"] for m in first.messages()] == ["midi"]
+    assert second.messages() == [("binary", b"\xf8")]
+    # A new bpm alone is the tempo frame alone, in either MIDI mode.
+    gateway.bus.fan_out([], CLOCK_ENTRY, tempo=tempo._replace(bpm=90.0))
+    assert [m["bpm"] for m in first.messages()] == [90.0]
+    assert [m["bpm"] for m in second.messages()] == [90.0]
+
+
+def test_a_tempo_request_goes_to_the_bus_with_the_control_passphrase(gateway):
+    client = gateway.connect()
+    membership = client.joined()
+    client.send({"type": "tempo", "control_passphrase": CONTROL, "bpm": 90,
+                 "transport": "start"})
+    assert membership.tempo_changes == [values.TempoChange(CONTROL, 90, "start", PEER_HOST)]
+    client.send({"type": "tempo", "control_passphrase": CONTROL, "transport": "continue",
+                 "position": 64})
+    assert membership.tempo_changes[-1] == values.TempoChange(CONTROL, None, "continue",
+                                                              PEER_HOST, 64)
+    assert client.messages() == []
+    membership.tempo_answer = values.Refusal(values.WRONG_PASSPHRASE, "wrong control passphrase")
+    client.send({"type": "tempo", "control_passphrase": "guess", "transport": "stop"})
+    assert client.messages() == [{"type": "error", "code": "wrong_passphrase",
+                                  "message": "wrong control passphrase"}]
+
+
+@pytest.mark.parametrize("request_, problem", [
+    ({"bpm": 90}, "tempo: control_passphrase must be a string of 1 to 1024 characters"),
+    ({"control_passphrase": CONTROL}, "tempo: give a bpm, a transport or a position"),
+    ({"control_passphrase": CONTROL, "position": 1.5},
+     "tempo: position must be a whole number of sixteenths"),
+    ({"control_passphrase": CONTROL, "bpm": "fast"}, "tempo: bpm must be a number"),
+    ({"control_passphrase": CONTROL, "transport": "rewind"},
+     "tempo: transport must be one of start, stop, continue"),
+])
+def test_a_malformed_tempo_request_is_a_bad_request(gateway, request_, problem):
+    client = gateway.connect()
+    membership = client.joined()
+    client.send({"type": "tempo", **request_})
+    assert membership.tempo_changes == []
+    assert client.messages() == [{"type": "error", "code": "bad_request", "message": problem}]
+
+
+def test_a_tempo_request_before_joining_is_refused(gateway):
+    client = gateway.connect()
+    client.send({"type": "tempo", "control_passphrase": CONTROL, "bpm": 90})
+    assert client.messages() == [{"type": "error", "code": "not_joined",
+                                  "message": "join a session before changing its tempo"}]
+
 def test_join_asks_the_bus_with_the_passphrase_and_the_peers_host(gateway):
     client = gateway.connect()
     verifyObject(IMember, client.protocol)
@@ -225,6 +308,7 @@ def test_join_asks_the_bus_with_the_passphrase_and_the_peers_host(gateway):
     me = {"id": membership.entry.member_id, "name": "alice", "door": "websocket",
           "rtt_ms": None}
     assert joined == {"type": "joined", "session": "demo", "member": me, "mirror": False,
+                      "tempo": None,
                       "members": [{"id": 7, "name": "bob", "door": "rtpmidi", "rtt_ms": 3.5},
                                   me]}
 

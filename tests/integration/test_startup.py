@@ -129,6 +129,10 @@ def test_default_config_starts_every_door(tmp_path):
     try:
         status = process.status()
         assert {session["name"] for session in status["sessions"]} >= {"demo", "mirror"}
+        # The public summary names a session's tempo, if it has one.
+        tempos = {session["name"]: session.get("tempo") for session in status["sessions"]}
+        assert tempos["demo"] is None
+        assert tempos["metronome"] == {"bpm": 120.0, "running": True, "beats_per_bar": 4}
         assert set(status["doors"]) == {name for name, section in config.items()
                                         if isinstance(section, dict)
                                         and "enabled" in section and name != "web"}
@@ -140,7 +144,7 @@ def test_default_config_starts_every_door(tmp_path):
     lines = process.log.splitlines()
     (first,) = [index for index, line in enumerate(lines) if "jam page at" in line]
     assert lines[first].endswith(f"netgateway: jam page at http://127.0.0.1:{port}/"
-                                 " (sessions: demo, mirror, echo)")
+                                 " (sessions: demo, mirror, echo, metronome)")
     block = [line.lstrip("\t") for line in lines[first + 1:first + 7]]   # twistd indents
     assert block[0] == f"  websocket  ws://127.0.0.1:{port}/ws", block
     assert block[1] == f"  web        tcp {port} (web.port) on 127.0.0.1, TLS off", block
@@ -181,7 +185,7 @@ def test_check_says_a_good_config_is_valid_and_opens_no_port(tmp_path):
         path.write_text(yaml.safe_dump(config))
         result = run_twistd(["netgateway", "--check", "-c", str(path)], cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == (f"netgateway: {path} is valid (3 sessions, doors: websocket,"
+    assert result.stdout == (f"netgateway: {path} is valid (4 sessions, doors: websocket,"
                              " oscgroups, rtpmidi, sip, rtmp)\n")
     assert os.listdir(tmp_path) == ["config.yaml"]      # no twistd.log, no twistd.pid
 

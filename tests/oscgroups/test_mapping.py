@@ -82,7 +82,12 @@ def decoded(data):
     (bytes((0xC3, 12)), msg("/midi/program", "ii", 4, 12)),
     (bytes((0xE0, 0x00, 0x40)), msg("/midi/pitchbend", "ii", 1, 8192)),
     (bytes((0xD0, 33)), msg("/midi", "m", (0, 0xD0, 33, 0))),
-    (b"\xf8", msg("/midi", "m", (0, 0xF8, 0, 0))),
+    (b"\xf8", msg("/midi/clock", "")),
+    (b"\xfa", msg("/midi/start", "")),
+    (b"\xfb", msg("/midi/continue", "")),
+    (b"\xfc", msg("/midi/stop", "")),
+    (bytes((0xF2, 0x10, 0x02)), msg("/midi/songpos", "i", 0x110)),
+    (b"\xfe", msg("/midi", "m", (0, 0xFE, 0, 0))),
     (bytes((0xF0, 0x7E, 1, 0xF7)), msg("/midi", "b", bytes((0xF0, 0x7E, 1, 0xF7)))),
 ])
 def test_midi_to_readable_osc(event, expected):
@@ -100,8 +105,13 @@ def test_midi_to_raw_osc_and_back():
     assert decoded(raw.midi_to_osc(midi.note_on(0, 1, 2))).args == ((3, 0x90, 1, 2),)
 
 
+def test_tempo_is_one_float_outside_the_prefix():
+    assert decoded(OscMidiMapping(prefix="/band").tempo_to_osc(96.5)) == msg("/tempo", "f", 96.5)
+
+
 def test_readable_round_trip():
-    for event in [midi.note_on(9, 36, 127), midi.note_off(0, 1, 0), bytes((0xE5, 0x7F, 0x7F))]:
+    for event in [midi.note_on(9, 36, 127), midi.note_off(0, 1, 0), bytes((0xE5, 0x7F, 0x7F)),
+                  b"\xf8", b"\xfa", b"\xfb", b"\xfc", bytes((0xF2, 0x7F, 0x7F))]:
         assert M.osc_to_midi(decoded(M.midi_to_osc(event))) == [event]
 
 

@@ -8,7 +8,8 @@
 //   {"cmd": "end"}                                             BY to every peer, then exit
 // Reports, one JSON object per stdout line, each prefixed with MARK because
 // the package logs to stdout too:
-//   ready, joined {name, synced}, synced {name}, left {name}, midi {data}, ended, error {message}
+//   ready, joined {name, synced}, synced {name}, left {name}, midi {data, t}, ended,
+//   error {message}
 
 const readline = require('readline');
 const Session = require('rtpmidi/src/Session');
@@ -27,7 +28,10 @@ function report(event, fields) {
 const session = new Session(port, name, name, undefined, false, 4);
 session.on('error', (error) => report('error', { message: String(error) }));
 session.on('ready', () => report('ready', { port }));
-session.on('message', (deltaSeconds, bytes) => report('midi', { data: Array.from(bytes) }));
+// t: when it arrived, in seconds on this process's monotonic clock (for timing tests).
+session.on('message', (deltaSeconds, bytes) => report('midi', {
+  data: Array.from(bytes), t: Number(process.hrtime.bigint()) / 1e9,
+}));
 session.on('streamAdded', ({ stream }) => {
   // The package sends nothing until the stream has finished a CK exchange of
   // its own; report that moment so tests know when sending works.

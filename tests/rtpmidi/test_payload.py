@@ -101,8 +101,18 @@ def test_golden_round_trip(name):
     data = golden(name)
     packet = RtpMidiPacket.parse(data)
     assert RtpMidiPacket.parse(bytes(packet)) == packet
-    if name != "node_z1_zero_deltas":
+    # Node's Z=1 list is written with Z=0; a one-octet list is written with Z=1 (below).
+    if name not in ("node_z1_zero_deltas", "lone_timing_clock"):
         assert bytes(packet) == data
+
+
+def test_a_one_octet_list_is_written_after_a_zero_delta():
+    # node-rtpmidi 1.0.0 drops LEN=1 lists: a lone clock goes as Z=1, LEN=2, "00 f8".
+    packet = RtpMidiPacket(7, 100, 0x1234, [(0, b"\xf8")])
+    assert bytes(packet)[12:] == bytes((0x22, 0x00, 0xF8))
+    assert RtpMidiPacket.parse(bytes(packet)).commands == [(0, b"\xf8")]
+    two = RtpMidiPacket(7, 100, 0x1234, [(0, b"\xfa"), (0, b"\xf8")])
+    assert bytes(two)[12:] == bytes((0x03, 0xFA, 0x00, 0xF8))
 
 
 # -- building ---------------------------------------------------------------

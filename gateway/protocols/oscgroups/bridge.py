@@ -127,14 +127,17 @@ class Bridge:
     # ------------------------------------------------------------------
     # Output
 
-    def encode_midi(self, messages):
-        """(datagrams, messages too large to send) for MIDI messages going to peers.
+    def encode_midi(self, messages, tempo=None):
+        """(datagrams, messages too large to send) for MIDI messages going to peers,
+        after ``/tempo bpm`` when ``tempo`` (a TempoState) is given.
 
         One message goes as a plain OSC message, several as bundles of at most
         :data:`MAX_PEER_DATAGRAM` bytes. Encode once per fan-out and share the
         result among peers.
         """
         elements = [self.mapping.midi_to_osc(data) for data in messages]
+        if tempo is not None:
+            elements.insert(0, self.mapping.tempo_to_osc(tempo.bpm))
         fitting = [element for element in elements
                    if len(element) + _BUNDLE_OVERHEAD <= MAX_PEER_DATAGRAM]
         too_large = len(elements) - len(fitting)

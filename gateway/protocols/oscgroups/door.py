@@ -404,11 +404,12 @@ class OscGroupsDoor(DoorService):
             self.drop(name, "not_a_member", amount=len(messages))
 
     def send_midi(self, name, delivery):
-        datagrams = delivery.memo((DOOR,), self._encode_for_peers, delivery.events)
+        datagrams = delivery.memo((DOOR,), self._encode_for_peers, delivery.events,
+                                  delivery.tempo)
         self._perform(self.bridge.send_to_peer(name, datagrams, self.reactor.seconds()))
 
-    def _encode_for_peers(self, events):
-        datagrams, too_large = self.bridge.encode_midi([event.data for event in events])
+    def _encode_for_peers(self, events, tempo):
+        datagrams, too_large = self.bridge.encode_midi([event.data for event in events], tempo)
         if too_large:
             self.drop(None, "too_large_for_osc_peer", "MIDI message over"
                       f" {bridge_core.MAX_PEER_DATAGRAM} bytes as OSC", too_large)

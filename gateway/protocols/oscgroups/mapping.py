@@ -14,7 +14,10 @@ prefix itself, or ``/midi`` when the prefix is empty):
 * ``/midi/note ch note vel`` (vel 0 means note off), ``/midi/noteon ch note vel``,
   ``/midi/noteoff ch note [vel]`` (release velocity 64 when absent),
   ``/midi/cc ch controller value``, ``/midi/program ch program``,
-  ``/midi/pitchbend ch value``.
+  ``/midi/pitchbend ch value``;
+* MIDI beat clock: ``/midi/clock`` (no arguments; 24 per quarter note),
+  ``/midi/start``, ``/midi/stop``, ``/midi/continue``, ``/midi/songpos
+  sixteenths`` (0..16383, the Song Position Pointer).
 
 Channels count 1–16 as musicians do. Numbers may be int or float (tags
 ``i h f d``; floats are rounded) because OSC apps send either. Pitch bend is
@@ -26,11 +29,16 @@ Outgoing, ``outgoing_form`` is ``readable`` (the addresses above, note-on as
 ``noteon``, note-off as ``noteoff``; messages without a readable address fall
 back to the raw form) or ``midi`` (everything at ``raw_address``: an ``m``
 argument for short messages, a blob for SysEx).
+
+A session with a tempo (README.rst, "Session tempo") sends its beat clock in
+the same forms (readable: ``/midi/clock`` per clock, ``/midi/start`` ...), and
+in both forms ``/tempo bpm`` (one float; the address is outside the prefix)
+whenever the tempo starts, stops or changes.
 """
 
 import math
 
-from gateway import midi
+from gateway import beatclock, midi
 
 from . import wire
 
@@ -38,6 +46,7 @@ READABLE = "readable"
 RAW_MIDI = "midi"
 OUTGOING_FORMS = (READABLE, RAW_MIDI)
 
+TEMPO_ADDRESS = "/tempo"
 PITCH_BEND_CENTRE = 8192
 PITCH_BEND_MAX = 16383
 
@@ -86,6 +95,10 @@ def _note_off(fields):
     return midi.note_off(channel, note, *velocity)
 
 
+def _song_position(tag, value):
+    return _integer(tag, value, 0, beatclock.SONG_POSITION_MODULUS - 1)
+
+
 def _pitch_bend_message(fields):
     channel, value = fields
     return bytes((midi.PITCH_BEND | channel, value & 0x7F, value >> 7))
@@ -99,7 +112,15 @@ _READABLE_IN = {
     "/cc": ((_channel, _data, _data), 0, lambda f: midi.control_change(*f)),
     "/program": ((_channel, _data), 0, lambda f: bytes((midi.PROGRAM_CHANGE | f[0], f[1]))),
     "/pitchbend": ((_channel, _pitch_bend), 0, _pitch_bend_message),
+    "/clock": ((), 0, lambda f: bytes((beatclock.TIMING_CLOCK,))),
+    "/start": ((), 0, lambda f: bytes((beatclock.START,))),
+    "/stop": ((), 0, lambda f: bytes((beatclock.STOP,))),
+    "/continue": ((), 0, lambda f: bytes((beatclock.CONTINUE,))),
+    "/songpos": ((_song_position,), 0, lambda f: beatclock.song_position_pointer(f[0])),
 }
+# The beat clock's readable addresses, by status (the song position has its argument).
+_READABLE_CLOCK_OUT = {beatclock.TIMING_CLOCK: "/clock", beatclock.START: "/start",
+                       beatclock.STOP: "/stop", beatclock.CONTINUE: "/continue"}
 
 
 class OscMidiMapping:
@@ -179,8 +200,8 @@ class OscMidiMapping:
 
     def midi_to_osc(self, data):
         """One OSC message (bytes) for one complete MIDI message."""
-        if self.outgoing_form == READABLE and data[0] < 0xF0:
-            readable = self._readable_out(data)
+        if self.outgoing_form == READABLE:
+            readable = self._readable_out(data) if data[0] < 0xF0 else self._clock_out(data)
             if readable is not None:
                 return readable
         if len(data) <= 3 and data[0] != midi.SYSEX_START:
@@ -202,6 +223,19 @@ class OscMidiMapping:
         if kind == midi.PITCH_BEND:
             return self._encode("/pitchbend", channel, data[1] | data[2] << 7)
         return None
+
+    def _clock_out(self, data):
+        suffix = _READABLE_CLOCK_OUT.get(data[0])
+        if suffix is not None:
+            return self._encode(suffix)
+        if data[0] == beatclock.SONG_POSITION:
+            return self._encode("/songpos", data[1] | data[2] << 7)
+        return None
+
+    @staticmethod
+    def tempo_to_osc(bpm):
+        """``/tempo bpm`` (a float), sent when a session's tempo starts, stops or changes."""
+        return wire.encode_message(TEMPO_ADDRESS, "f", [bpm])
 
     def _encode(self, suffix, *numbers):
         return wire.encode_message(self.prefix + suffix, "i" * len(numbers), numbers)

@@ -350,6 +350,9 @@ class RtmpConnection(_QueuedSink, protocol.Protocol):
     def deliver(self, delivery):
         if not self.core.plays_midi:
             return
+        delivery = delivery.without_beat_clock()
+        if delivery is None:
+            return
         bodies = delivery.memo((DOOR, "onMidi"), _on_midi_bodies, delivery)
         # Through the player's queue, like media: a player that stops reading is
         # disconnected rather than held in memory.

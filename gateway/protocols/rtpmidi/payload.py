@@ -51,6 +51,7 @@ _DATA_OCTETS = tuple(0 if status < 0x80 or status in (SYSEX_START, SYSEX_END)
                      else data_length(status) for status in range(0x100))
 _STATUS_OCTETS = [bytes((status,)) for status in range(0x100)]
 _SYSEX_TERMINATORS = (SYSEX_START, SYSEX_END, SYSEX_CANCEL)
+_ZERO_DELTA = b"\x00"
 
 
 def encode_delta(delta):
@@ -232,7 +233,16 @@ def command_section(commands, journal_follows, phantom=False):
 
 
 def section_of_list(midi_list, first_has_delta=False, journal_follows=False, phantom=False):
-    """The command section for an already encoded MIDI list (as :attr:`RtpMidiPacket.midi_list`)."""
+    """The command section for an already encoded MIDI list (as :attr:`RtpMidiPacket.midi_list`).
+
+    A list of one octet (a lone clock, Start, Stop, Active Sensing: a session
+    tempo sends 48 a second) goes as the same command after a zero delta
+    (Z=1, LEN=2), which RFC 6295 §3 allows and every receiver must read:
+    node-rtpmidi 1.0.0 loses every LEN=1 list (shared/protocols/rtpmidi.md §3.3).
+    """
+    if len(midi_list) == 1 and not first_has_delta:
+        midi_list = _ZERO_DELTA + midi_list
+        first_has_delta = True
     length = len(midi_list)
     flags = 0
     if first_has_delta:

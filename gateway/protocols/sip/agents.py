@@ -109,6 +109,9 @@ class CallMember:
         self._memo_key = (DOOR, "uas", getattr(media.offer, "clock_rate", None))
 
     def deliver(self, delivery):
+        delivery = delivery.without_beat_clock()     # SIP user agents follow no clock
+        if delivery is None:
+            return
         agents = self.agents
         now, timestamp, packets = delivery.memo(self._memo_key, agents.prepare, delivery,
                                                 self.media.offer.clock_rate)

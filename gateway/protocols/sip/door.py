@@ -64,6 +64,9 @@ class SfrontMember:
         self._sendto = sip_door.media_listeners[session.name].socket.sendto
 
     def deliver(self, delivery):
+        delivery = delivery.without_beat_clock()     # sfront follows no clock
+        if delivery is None:
+            return
         client = self.client
         sip_door = self.sip_door
         now, timestamp, packets = delivery.memo(self._memo_key, sip_door.prepare, delivery,

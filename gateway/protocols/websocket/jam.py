@@ -12,6 +12,7 @@ build the server's frames. No I/O, no clock: times are parameters.
 import json
 
 from gateway import midi
+from gateway.bus.values import TRANSPORTS
 
 MIDI_JSON = "json"
 MIDI_BINARY = "binary"
@@ -53,6 +54,18 @@ class Pong:
 
 class Leave:
     __slots__ = ()
+
+
+class Tempo:
+    """A member asks to change the session's tempo, with the control passphrase."""
+
+    __slots__ = ("control_passphrase", "bpm", "transport", "position")
+
+    def __init__(self, control_passphrase, bpm, transport, position=None):
+        self.control_passphrase = control_passphrase
+        self.bpm = bpm
+        self.transport = transport
+        self.position = position
 
 
 class Record:
@@ -113,6 +126,25 @@ def _number(value):
     return type(value) in (int, float)
 
 
+def _parse_tempo(message):
+    try:
+        secret = _text_field(message, "control_passphrase", 1024)
+    except ValueError as error:
+        return BadRequest(f"tempo: {error}")
+    bpm = message.get("bpm")
+    if bpm is not None and not _number(bpm):
+        return BadRequest("tempo: bpm must be a number")
+    transport = message.get("transport")
+    if transport is not None and transport not in TRANSPORTS:
+        return BadRequest(f"tempo: transport must be one of {', '.join(TRANSPORTS)}")
+    position = message.get("position")
+    if position is not None and type(position) is not int:
+        return BadRequest("tempo: position must be a whole number of sixteenths")
+    if bpm is None and transport is None and position is None:
+        return BadRequest("tempo: give a bpm, a transport or a position")
+    return Tempo(secret, bpm, transport, position)
+
+
 def parse_text(text):
     """Turn one text frame into a request object."""
     try:
@@ -133,6 +165,8 @@ def parse_text(text):
         return _parse_join(message)
     if kind == "leave":
         return Leave()
+    if kind == "tempo":
+        return _parse_tempo(message)
     if kind == "record":
         action = message.get("action")
         if action not in ("start", "stop"):
@@ -160,10 +194,28 @@ def _entry(entry):
             "rtt_ms": entry.latency_ms}
 
 
-def encode_joined(welcome):
+def _tempo(state):
+    if state is None:
+        return None
+    return {"bpm": state.bpm, "running": state.running, "beats_per_bar": state.beats_per_bar,
+            "beat": state.beat, "beat_time": state.beat_time,
+            "changed_by": None if state.changed_by is None else _entry(state.changed_by)}
+
+
+def encode_joined(welcome, server_time):
+    tempo = _tempo(welcome.tempo)
+    if tempo is not None:
+        tempo["server_time"] = server_time
     return _dumps({"type": "joined", "session": welcome.session, "member": _entry(welcome.entry),
                    "members": [_entry(entry) for entry in welcome.roster],
-                   "mirror": welcome.mirror})
+                   "mirror": welcome.mirror, "tempo": tempo})
+
+
+def encode_tempo(state, server_time):
+    """The session's tempo (a TempoState) as it started, stopped or changed, sent at
+    ``server_time``: beat number ``beat`` is due at ``beat_time`` and every
+    ``60 / bpm`` seconds after, on the server's clock (the pings' ``server_time``)."""
+    return _dumps({"type": "tempo", **_tempo(state), "server_time": server_time})
 
 
 def encode_error(code, message):

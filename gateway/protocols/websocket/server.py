@@ -28,7 +28,7 @@ from twisted.internet import defer, task
 from zope.interface import implementer
 
 from gateway.bus.sources import ConnectionBudget
-from gateway.bus.values import JoinRefused, JoinRequest, Passphrase, unused_name
+from gateway.bus.values import JoinRefused, JoinRequest, Passphrase, TempoChange, unused_name
 from gateway.doorservice import DoorService
 from gateway.interfaces import IMember
 from gateway.midi import MidiEvent
@@ -110,6 +110,8 @@ class JamServerProtocol(WebSocketServerProtocol):
             self._send(jam.encode_pong(request, door.reactor.seconds()))
         elif isinstance(request, jam.Join):
             self._join(request)
+        elif isinstance(request, jam.Tempo):
+            self._change_tempo(request)
         elif isinstance(request, jam.Leave):
             self._leave("left")
             self.sendClose(CLOSE_NORMAL)
@@ -147,10 +149,16 @@ class JamServerProtocol(WebSocketServerProtocol):
 
     # IMember -------------------------------------------------------------
     def deliver(self, delivery):
-        if self._recording is not None:
+        # A session clock is no player: its 48 clocks a second would only be left out.
+        recorded = None if self._recording is None else delivery.without_beat_clock()
+        if recorded is not None:
             now, player = self.factory.door.reactor.seconds(), delivery.source.name
-            for event in delivery.events:
+            for event in recorded.events:
                 self._recording.add(now, player, event.data)
+        if delivery.tempo is not None:
+            self._send_prepared(delivery.memo((DOOR, "tempo"), self._tempo_frame, delivery.tempo))
+            if not delivery.events:
+                return      # a new bpm alone: no MIDI, and no empty binary frame
         mode = self.midi_mode
         frames = delivery.memo((DOOR, mode), _frames, self.factory, delivery.events,
                                delivery.source, mode)
@@ -220,7 +228,21 @@ class JamServerProtocol(WebSocketServerProtocol):
             membership.leave("disconnected while joining")
             return
         self.membership = membership
-        self._send(jam.encode_joined(membership.welcome))
+        self._send(jam.encode_joined(membership.welcome, self.factory.door.reactor.seconds()))
+
+    def _tempo_frame(self, state):
+        return self.factory.prepareMessage(
+            jam.encode_tempo(state, self.factory.door.reactor.seconds()), isBinary=False)
+
+    def _change_tempo(self, request):
+        if self.membership is None:
+            self._send_error("not_joined", "join a session before changing its tempo")
+            return
+        refusal = self.membership.change_tempo(TempoChange(
+            request.control_passphrase, request.bpm, request.transport, self._peer_host(),
+            request.position))
+        if refusal is not None:
+            self._send_error(refusal.reason, refusal.message)
 
     def _refused(self, failure):
         self._joining = None
