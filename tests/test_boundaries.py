@@ -2,7 +2,7 @@
 
 A door may use the contract (gateway.interfaces, gateway.bus.values), the
 shared helpers every door has (MIDI model, DoorService, schema, logging, the
-join throttle's back-off, the per-source limits) and its own package; never the bus implementation,
+join throttle's back-off, the per-source limits, the beat clock, recordings) and its own package; never the bus implementation,
 the service that wires doors together, or another door.
 
 One door's code is shared on purpose: the RTP-MIDI media codec
@@ -22,7 +22,8 @@ MEDIA_CODEC = {f"gateway.protocols.rtpmidi.{name}" for name in (
     "media", "payload", "stream", "journal_wire", "journal_state", "journal_sender",
     "journal_receiver")}
 SHARED = {"gateway.interfaces", "gateway.bus.values", "gateway.bus.throttle",
-          "gateway.bus.sources", "gateway.actions", "gateway.midi", "gateway.doorservice", "gateway.schema", "gateway.log",
+          "gateway.bus.sources", "gateway.actions", "gateway.midi", "gateway.beatclock",
+          "gateway.recording", "gateway.doorservice", "gateway.schema", "gateway.log",
           "gateway.tls", "gateway.udp", "gateway.addresses"} | MEDIA_CODEC
 DOOR_PACKAGES = sorted({module.rsplit(".", 1)[0] for pair in doors.DOORS.values()
                         for module in pair})
