@@ -106,6 +106,8 @@ class JamPage:
         return self.page.locator(f'#keyboard [data-note="{note}"]')
 
     def press(self, note):
+        # A player scrolls to the keyboard first: on a short window it sits below the fold.
+        self.key(note).scroll_into_view_if_needed()
         box = self.key(note).bounding_box()
         # Low on the key, where a white key is never covered by its black neighbours.
         self.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.85)
