@@ -5,7 +5,9 @@
 A member that starts a recording keeps every MIDI event it hears and plays,
 with the time it was heard and the player's name, until it stops (or
 :data:`MAX_EVENTS`). Stopped, the recording is written with mido: track 0
-holds the session's name, the tempo and a 4/4 time signature; each player
+holds the session's name, its tempo map (the session's tempo when the
+recording started and each change heard since; 120 bpm for a session
+without a tempo) and its time signature (the session's beats a bar over 4); each player
 gets a track named after them, in the order they were first heard. Only
 what a Standard MIDI File holds is kept: channel messages and SysEx; the
 beat clock and other real-time and system common bytes are left out (the
@@ -29,12 +31,18 @@ MAX_EVENTS = 200_000
 class Recording:
     """One member's recording of ``session``, started at ``started_at`` (seconds)."""
 
-    def __init__(self, session, started_at, bpm=None):
+    def __init__(self, session, started_at, bpm=None, beats_per_bar=4):
         self.session = session
         self.started_at = started_at
-        self.bpm = bpm or DEFAULT_BPM
+        self.beats_per_bar = beats_per_bar
+        self.tempo_map = [(0.0, bpm or DEFAULT_BPM)]    # (seconds since the start, bpm)
         self.events = []            # (seconds since the start, player, bytes)
         self.left_out = 0           # events a file cannot hold, or past MAX_EVENTS
+
+    def set_tempo(self, time, bpm):
+        """The session's tempo became ``bpm`` at ``time``."""
+        if bpm != self.tempo_map[-1][1]:
+            self.tempo_map.append((max(self.tempo_map[-1][0], time - self.started_at), bpm))
 
     def add(self, time, player, data):
         status = data[0] if data else 0
@@ -49,16 +57,18 @@ class Recording:
 
     def midi_file(self):
         """The recording as the bytes of a type 1 Standard MIDI File."""
-        tempo = mido.bpm2tempo(self.bpm)
-        # From the tempo as the file stores it (whole microseconds a beat), so a
-        # reader's ticks-to-seconds gives back the times as they were heard.
-        ticks_per_second = TICKS_PER_BEAT * 1e6 / tempo
+        ticks_at = self._ticks_at()
         song = mido.MidiFile(type=1, ticks_per_beat=TICKS_PER_BEAT)
-        song.tracks.append(mido.MidiTrack([
-            mido.MetaMessage("track_name", name=self.session, time=0),
-            mido.MetaMessage("set_tempo", tempo=tempo, time=0),
-            mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0),
-            mido.MetaMessage("end_of_track", time=0)]))
+        conductor = [mido.MetaMessage("track_name", name=self.session, time=0),
+                     mido.MetaMessage("time_signature", numerator=self.beats_per_bar,
+                                      denominator=4, time=0)]
+        last_tick = 0
+        for seconds, bpm in self.tempo_map:
+            tick = ticks_at(seconds)
+            conductor.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm),
+                                              time=tick - last_tick))
+            last_tick = tick
+        song.tracks.append(mido.MidiTrack(conductor + [mido.MetaMessage("end_of_track", time=0)]))
         for player in self.players():
             track = mido.MidiTrack([mido.MetaMessage("track_name", name=player, time=0)])
             last_tick = 0
@@ -69,7 +79,7 @@ class Recording:
                     message = mido.Message.from_bytes(data)
                 except ValueError:
                     continue        # an incomplete message: not one a file can hold
-                tick = round(seconds * ticks_per_second)
+                tick = ticks_at(seconds)
                 track.append(message.copy(time=tick - last_tick))
                 last_tick = tick
             track.append(mido.MetaMessage("end_of_track", time=0))
@@ -77,6 +87,22 @@ class Recording:
         out = io.BytesIO()
         song.save(file=out)
         return out.getvalue()
+
+    def _ticks_at(self):
+        """Seconds since the start to ticks, through the tempo map. Each tempo counts as
+        the file stores it (whole microseconds a beat), so a reader's ticks-to-seconds
+        gives back the times as they were heard, to within a tick a change."""
+        segments = []               # (start seconds, start tick, ticks a second)
+        for seconds, bpm in self.tempo_map:
+            tick = 0 if not segments else segments[-1][1] + round(
+                (seconds - segments[-1][0]) * segments[-1][2])
+            segments.append((seconds, tick, TICKS_PER_BEAT * 1e6 / mido.bpm2tempo(bpm)))
+
+        def ticks_at(seconds):
+            start, start_tick, rate = next(segment for segment in reversed(segments)
+                                           if segment[0] <= seconds)
+            return start_tick + round((seconds - start) * rate)
+        return ticks_at
 
 
 class RecordingStore:

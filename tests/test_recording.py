@@ -51,3 +51,29 @@ def test_a_kept_recording_is_fetched_by_its_token_and_session_only_until_it_expi
     assert store.fetch("other", token, now=20.0) is None
     assert store.fetch("demo", token + "x", now=20.0) is None
     assert store.fetch("demo", token, now=70.0) is None
+
+
+def test_tempo_changes_heard_during_the_recording_are_its_tempo_map():
+    recording = Recording("metronome", started_at=10.0, bpm=100.0, beats_per_bar=3)
+    recording.add(11.0, "ann", bytes((0x90, 60, 100)))
+    recording.set_tempo(12.0, 100.0)                          # no change: no entry
+    recording.set_tempo(12.0, 150.0)
+    recording.add(13.0, "ann", bytes((0x80, 60, 0)))
+    song = read(recording.midi_file())
+    conductor = song.tracks[0]
+    assert [(m.numerator, m.denominator) for m in conductor if m.type == "time_signature"] \
+        == [(3, 4)]
+    tempos = [(m.tempo, m.time) for m in conductor if m.type == "set_tempo"]
+    # 100 bpm is 800 ticks a second: the change two seconds in sits at tick 1600.
+    assert tempos == [(mido.bpm2tempo(100.0), 0), (mido.bpm2tempo(150.0), 1600)]
+    # mido plays the file back through its tempo map: the note's times are as heard.
+    heard = [(round(seconds, 4), message.type) for seconds, message in played(song)
+             if message.type.startswith("note")]
+    assert heard == [(1.0, "note_on"), (3.0, "note_off")]
+
+
+def played(song):
+    now = 0.0
+    for message in song:            # mido applies the set_tempo messages as it goes
+        now += message.time
+        yield now, message

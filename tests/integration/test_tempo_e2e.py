@@ -23,13 +23,16 @@ Run with ``-s`` to see the figures; they are also written to
 
 import asyncio
 import contextlib
+import io
 import json
 import signal
 import socket
 import statistics
 import subprocess
 import time
+import urllib.request
 
+import mido
 import pytest
 
 from tests.conftest import free_port, need_external
@@ -252,6 +255,50 @@ def test_start_and_stop_reach_rtpmidi_oscgroups_and_websocket_members(gateway_fa
             osc.stop(signal.SIGKILL)
         osc_rx.close()
 
+
+
+def test_a_recording_carries_the_session_tempo_and_the_changes_made_while_it_ran(
+        gateway_factory):
+    gateway, _ = tempo_gateway(gateway_factory, {"bpm": 90, "running": False, "beats_per_bar": 3,
+                                                 "control_passphrase": CONTROL})
+
+    async def scenario():
+        conductor = await JamClient.connect(gateway.ws_url)
+        recorder = await JamClient.connect(gateway.ws_url)
+        await conductor.join(*DEMO, "conductor")
+        await recorder.join(*DEMO, "recorder")
+        recorder.send({"type": "record", "action": "start"})
+        await recorder.expect(lambda m: m.get("type") == "recording" and m["state"] == "on")
+        conductor.send_midi([0x90, 60, 100])
+        await recorder.midi()
+        await asyncio.sleep(1.0)
+        conductor.send({"type": "tempo", "control_passphrase": CONTROL, "bpm": 150})
+        await recorder.expect(lambda m: m.get("type") == "tempo" and m["bpm"] == 150)
+        await asyncio.sleep(1.0)
+        conductor.send_midi([0x80, 60, 0])
+        await recorder.midi()
+        recorder.send({"type": "record", "action": "stop"})
+        stopped = await recorder.expect(lambda m: m.get("type") == "recording"
+                                        and m["state"] == "off")
+        conductor.close()
+        recorder.close()
+        return stopped["url"]
+
+    url = asyncio.run(asyncio.wait_for(scenario(), 30))
+    with urllib.request.urlopen(gateway.web_url + url, timeout=10) as response:
+        song = mido.MidiFile(file=io.BytesIO(response.read()))
+    conductor_track, player = song.tracks
+    assert [m.numerator for m in conductor_track if m.type == "time_signature"] == [3]
+    tempos = [m.tempo for m in conductor_track if m.type == "set_tempo"]
+    assert tempos == [mido.bpm2tempo(90), mido.bpm2tempo(150)]
+    # Played back through its tempo map, the note lasts the two seconds it was held.
+    now, times = 0.0, []
+    for message in song:
+        now += message.time
+        if message.type.startswith("note"):
+            times.append(now)
+    assert player.name == "conductor" and len(times) == 2
+    assert abs((times[1] - times[0]) - 2.0) < 0.25, times
 
 # What a page does for its metronome, in the browser's own JavaScript: join, measure the
 # offset to the server's clock with pings (performance.now() as its clock), and note when

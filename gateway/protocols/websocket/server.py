@@ -74,6 +74,7 @@ class JamServerProtocol(WebSocketServerProtocol):
         self._pings = {}
         self._budget = None
         self._recording = None
+        self._tempo = None          # the session's TempoState as last heard, for recordings
 
     # autobahn callbacks -------------------------------------------------
     def onOpen(self):
@@ -156,6 +157,9 @@ class JamServerProtocol(WebSocketServerProtocol):
             for event in recorded.events:
                 self._recording.add(now, player, event.data)
         if delivery.tempo is not None:
+            self._tempo = delivery.tempo
+            if self._recording is not None:
+                self._recording.set_tempo(self.factory.door.reactor.seconds(), delivery.tempo.bpm)
             self._send_prepared(delivery.memo((DOOR, "tempo"), self._tempo_frame, delivery.tempo))
             if not delivery.events:
                 return      # a new bpm alone: no MIDI, and no empty binary frame
@@ -228,6 +232,7 @@ class JamServerProtocol(WebSocketServerProtocol):
             membership.leave("disconnected while joining")
             return
         self.membership = membership
+        self._tempo = membership.welcome.tempo
         self._send(jam.encode_joined(membership.welcome, self.factory.door.reactor.seconds()))
 
     def _tempo_frame(self, state):
@@ -259,7 +264,10 @@ class JamServerProtocol(WebSocketServerProtocol):
         now = door.reactor.seconds()
         if start:
             if self._recording is None:
-                self._recording = Recording(self.membership.welcome.session, now)
+                tempo = self._tempo
+                self._recording = Recording(
+                    self.membership.welcome.session, now, None if tempo is None else tempo.bpm,
+                    4 if tempo is None else tempo.beats_per_bar)
             self._send(jam.encode_recording(self._recording))
             return
         recording, self._recording = self._recording, None
