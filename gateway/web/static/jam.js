@@ -811,7 +811,9 @@ function onMembers(message) {
     stopRemoteNotes((noteKey) => noteKey.startsWith(prefix));
   }
   setMembers(Array.isArray(message.members) ? message.members : []);
-  if (state.phase === 'joined') setStatus(joinedStatus());
+  // A latency update changes nobody's presence: the status (and what it said about notes
+  // not sent while reconnecting) stays as it is.
+  if (state.phase === 'joined' && message.change !== 'update') setStatus(joinedStatus());
 }
 
 function onJoined(message) {
