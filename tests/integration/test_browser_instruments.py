@@ -198,8 +198,7 @@ def test_the_page_plays_its_own_synth_when_the_sound_bank_is_missing(open_jam, b
     for jam in (alice, bob):
         jam.page.wait_for_function("window.netgateway.mixer.renderer === 'synth'")
         expect(jam.page.locator("#instrument-status")).to_have_text(
-            "Instruments: the page's simple synth (the sound bank did not load "
-            "(the sound bank answered HTTP 404)).")
+            "Instruments: the page's simple synth (the sound bank did not load: HTTP 404).")
     assert instrument(bob, "alice")["renderer"] == "synth"
     # Programs, the pedal and notes still work, on the synth.
     choose_instrument(alice, CHURCH_ORGAN)

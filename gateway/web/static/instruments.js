@@ -70,7 +70,7 @@ export class SoundBank {
       const [library, buffer] = await Promise.all([
         import(LIBRARY_URL),
         fetch(this.url).then((response) => {
-          if (!response.ok) throw new Error(`the sound bank answered HTTP ${response.status}`);
+          if (!response.ok) throw new Error(`HTTP ${response.status}`);
           return response.arrayBuffer();
         }),
       ]);
@@ -402,7 +402,7 @@ export class SoundFontFactory {
     if (!this.context.audioWorklet) {
       return this.fail('this page cannot run an AudioWorklet (it needs https or localhost)');
     }
-    if (!(await this.bank.ready)) return this.fail(`the sound bank did not load (${this.bank.error})`);
+    if (!(await this.bank.ready)) return this.fail(`the sound bank did not load: ${this.bank.error}`);
     try {
       await this.context.audioWorklet.addModule(PROCESSOR_URL);
     } catch (error) {

@@ -95,7 +95,7 @@ export class Mixer {
   /** Why the page plays its own synth instead of the SoundFont, if it does. */
   get fallbackReason() {
     if (this.soundfonts?.state === 'failed') return this.soundfonts.reason;
-    return this.bank.state === 'failed' ? `the sound bank did not load (${this.bank.error})` : '';
+    return this.bank.state === 'failed' ? `the sound bank did not load: ${this.bank.error}` : '';
   }
 
   /** Called from user gestures only: browsers keep an AudioContext made elsewhere suspended. */
