@@ -53,14 +53,27 @@ def test_twistd_lists_netgateway_after_install(installed):
     assert "netgateway" in result.stdout
 
 
+# The jam page's instruments: the page's module, the vendored synthesizer, its licences and
+# the General MIDI bank (gateway/web/static/vendor/README.md).
+INSTRUMENT_FILES = ["instruments.js"] + [f"vendor/{name}" for name in (
+    "spessasynth_lib.js", "spessasynth_core.js", "stb-vorbis.js", "spessasynth_processor.min.js",
+    "spessasynth_lib.LICENSE", "spessasynth_core.LICENSE", "stb-vorbis.LICENSE",
+    "sf_GMbank.sf2", "README.md")]
+
+
 def test_installed_package_carries_its_data(installed):
     python = str(installed / "bin" / "python")
     script = ("import os, gateway.tap, gateway.web.site as s;"
               "print(os.path.exists(gateway.tap.DEFAULT_CONFIG),"
               " os.path.exists(os.path.join(s.STATIC_DIR, 'index.html')),"
-              " os.path.exists(os.path.join(s.STATIC_DIR, 'vendor', 'mpegts.js')))")
+              " os.path.exists(os.path.join(s.STATIC_DIR, 'vendor', 'mpegts.js')));"
+              f"print(*[os.path.getsize(os.path.join(s.STATIC_DIR, f)) for f in {INSTRUMENT_FILES!r}])")
     result = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd="/")
-    assert result.stdout.split() == ["True", "True", "True"]
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["True", "True", "True"], result.stderr
+    sizes = dict(zip(INSTRUMENT_FILES, map(int, lines[1].split())))
+    assert sizes["vendor/sf_GMbank.sf2"] == 4191916, sizes
+    assert all(size > 0 for size in sizes.values()), sizes
 
 
 def test_plugin_cache_was_regenerated(installed):

@@ -5,7 +5,7 @@
 
 import { inviteLink, readInvite } from './invite.js';
 import { LiveListener, liveStreamUrl } from './live.js';
-import { Mixer } from './mixer.js';
+import { GM_PROGRAMS, Mixer } from './mixer.js';
 
 const NOTE_NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
 const SPOKEN_NOTE_NAMES = ['C', 'C sharp', 'D', 'D sharp', 'E', 'F', 'F sharp', 'G', 'G sharp', 'A', 'A sharp', 'B'];
@@ -86,6 +86,10 @@ const state = {
   focusNote: DEFAULT_LOWEST_NOTE + 12,
   channel: 0,
   velocity: 100,
+  // The GM program this player chose (sent as Program Change), or null: never chosen, none sent.
+  program: null,
+  sustain: false,
+  bend: 8192,
   rttMs: null,
   // "source|channel|note" -> note; local sources are "pointer:ID", "key:CODE", "focus:CODE", "midi".
   localNotes: new Map(),
@@ -121,6 +125,7 @@ window.netgateway = {
   mixer,
   get socket() { return socket; },
   colourOf: (name) => colourSlots.get(name),
+  instrumentOf: (name) => describeInstrument(name),
 };
 
 /* ---------------------------------------------------------------- note helpers */
@@ -431,12 +436,17 @@ function refreshUnsentNotice() {
   }
 }
 
+/** What this player plays: sent to the session and heard here, on their own strip, once. */
+function playLocally(bytes) {
+  sendMidi(bytes);
+  mixer.midi(myName(), bytes);
+}
+
 function startLocalNote(source, note) {
   const noteKey = `${source}|${state.channel}|${note}`;
   if (state.localNotes.has(noteKey) || note < 0 || note > 127) return;
   state.localNotes.set(noteKey, note);
-  sendMidi([0x90 | state.channel, note, state.velocity]);
-  mixer.noteOn(myName(), `local|${noteKey}`, note, state.velocity);
+  playLocally([0x90 | state.channel, note, state.velocity]);
   refreshKey(note);
 }
 
@@ -445,8 +455,7 @@ function stopLocalNotes(sourceMatches) {
     const [source, channel] = noteKey.split('|');
     if (!sourceMatches(source)) continue;
     state.localNotes.delete(noteKey);
-    sendMidi([0x80 | Number(channel), note, 0]);
-    mixer.noteOff(`local|${noteKey}`);
+    playLocally([0x80 | Number(channel), note, 0]);
     refreshKey(note);
   }
 }
@@ -571,10 +580,11 @@ function appendLog(from, noteEvent) {
 }
 
 function stopRemoteNotes(matches) {
-  for (const [noteKey, { note }] of [...state.remoteNotes]) {
+  for (const [noteKey, { note, name }] of [...state.remoteNotes]) {
     if (!matches(noteKey)) continue;
     state.remoteNotes.delete(noteKey);
-    mixer.noteOff(`remote|${noteKey}`);
+    const channel = Number(noteKey.split('|')[1]);
+    mixer.midi(name, [0x80 | channel, note, 0]);
     refreshKey(note);
   }
 }
@@ -583,7 +593,9 @@ function onRemoteMidi(message) {
   const bytes = Array.isArray(message.data) ? message.data : [];
   const from = message.from || { id: '?', name: 'someone' };
   if (bytes.length === 0) return;
-  midiDevices.forward(bytes);
+  // Others' notes sound once: on the MIDI output when there is one, else on this page.
+  if (midiDevices.output) midiDevices.forward(bytes);
+  else if (bytes[0] >= 0x80 && bytes[0] < 0xf0) mixer.midi(from.name, bytes);
   if (isAllNotesOff(bytes)) {
     const prefix = `${from.id}|${bytes[0] & 0x0f}|`;
     stopRemoteNotes((noteKey) => noteKey.startsWith(prefix));
@@ -594,7 +606,6 @@ function onRemoteMidi(message) {
   const noteKey = `${from.id}|${noteEvent.channel}|${noteEvent.note}`;
   if (noteEvent.on) {
     state.remoteNotes.set(noteKey, { note: noteEvent.note, name: from.name });
-    mixer.noteOn(from.name, `remote|${noteKey}`, noteEvent.note, noteEvent.velocity);
     refreshKey(noteEvent.note);
     appendLog(from, noteEvent);
   } else {
@@ -686,8 +697,82 @@ function mixerRow(name) {
   panLabel.className = 'mixer__label';
   panLabel.textContent = 'L–R';
   panLabel.setAttribute('aria-hidden', 'true');
-  row.append(label, volumeLabel, volume, panLabel, pan, mute, solo);
+  const instrument = document.createElement('select');
+  instrument.className = 'mixer__instrument';
+  instrument.setAttribute('aria-label', `Instrument of ${name} on this page`);
+  instrument.append(new Option('', ''), ...GM_PROGRAMS.map((program, number) => new Option(
+    `${number + 1} ${program}`, String(number))));
+  instrument.value = strip.override === null ? '' : String(strip.override);
+  instrument.addEventListener('change', () => {
+    mixer.wake();
+    mixer.setOverride(name, instrument.value === '' ? null : Number(instrument.value));
+  });
+  row.append(label, volumeLabel, volume, panLabel, pan, mute, solo, instrument);
+  refreshInstrumentRow(row);
   return row;
+}
+
+function programName(program) {
+  return program === null ? 'Drums' : `${program + 1} ${GM_PROGRAMS[program]}`;
+}
+
+/** What a player sounds like here, for the row and for tests: renderer, programs, pedal, bend. */
+function describeInstrument(name) {
+  const strip = mixer.strips.get(name);
+  if (!strip) return null;
+  const instrument = strip.instrument;
+  const described = {
+    renderer: strip.renderer,
+    override: strip.override,
+    program: instrument ? instrument.program : strip.override ?? 0,
+    playerProgram: instrument ? instrument.playerProgram : 0,
+    notesStarted: instrument ? instrument.notesStarted : 0,
+    voices: instrument ? instrument.renderer.voiceCount() : 0,
+    held: instrument ? instrument.held.size : 0,
+    sustained: instrument ? instrument.sustained.size : 0,
+    channel: instrument ? instrument.lastChannel : 0,
+  };
+  described.name = described.program === null ? 'Drums' : GM_PROGRAMS[described.program];
+  if (instrument && instrument.renderer.kind === 'soundfont') {
+    // Read back from the synthesizer's own thread: what it was told, not what the page meant.
+    const channel = instrument.renderer.synth.midiChannels[described.channel];
+    described.synth = {
+      program: channel.patch.program,
+      isDrum: channel.patch.isDrum,
+      pitchWheel: channel.midiParameters.pitchWheel,
+      voices: channel.voiceCount,
+    };
+  }
+  return described;
+}
+
+/** The row's instrument select: the player's own program as its first choice, kept current. */
+function refreshInstrumentRow(row) {
+  const name = row.dataset.name;
+  const described = describeInstrument(name);
+  if (!described) return;
+  const select = row.querySelector('.mixer__instrument');
+  select.options[0].textContent = `As played: ${programName(described.playerProgram)}`;
+  const wanted = described.override === null ? '' : String(described.override);
+  if (select.value !== wanted) select.value = wanted;
+  row.dataset.program = described.program === null ? 'drums' : String(described.program);
+  row.dataset.renderer = described.renderer || 'none';
+}
+
+function onInstrumentChange(name) {
+  if (name === null) refreshInstrumentStatus();
+  for (const row of document.querySelectorAll('#mixer .mixer__row')) {
+    if (name === null || row.dataset.name === name) refreshInstrumentRow(row);
+  }
+}
+
+function refreshInstrumentStatus() {
+  const status = $('#instrument-status');
+  const renderer = mixer.renderer;
+  status.dataset.renderer = renderer;
+  if (renderer === 'soundfont') status.textContent = 'Instruments: General MIDI SoundFont.';
+  else if (renderer === 'synth') status.textContent = `Instruments: the page's simple synth (${mixer.fallbackReason}).`;
+  else status.textContent = 'Instruments: loading the General MIDI sounds…';
 }
 
 /** One row per player, kept (with its focus and settings) while the player stays. */
@@ -704,6 +789,7 @@ function renderMixer() {
     row.querySelector('.mixer__mute').setAttribute('aria-pressed', String(strip.muted));
     row.querySelector('.mixer__solo').setAttribute('aria-pressed', String(strip.solo));
     row.classList.toggle('mixer__row--silent', !strip.audible);
+    refreshInstrumentRow(row);
   });
 }
 
@@ -715,13 +801,19 @@ function setMembers(members) {
 }
 
 function onMembers(message) {
+  // A newcomer has not heard the Program Change this player sent before: send it again.
+  if (message.change === 'join' && message.member && state.me && message.member.id !== state.me.id) {
+    sendProgram();
+  }
   if (message.change === 'leave' && message.member) {
     // The gateway sends note-offs for a leaver's notes; this only guards the display.
     const prefix = `${message.member.id}|`;
     stopRemoteNotes((noteKey) => noteKey.startsWith(prefix));
   }
   setMembers(Array.isArray(message.members) ? message.members : []);
-  if (state.phase === 'joined') setStatus(joinedStatus());
+  // A latency update changes nobody's presence: the status (and what it said about notes
+  // not sent while reconnecting) stays as it is.
+  if (state.phase === 'joined' && message.change !== 'update') setStatus(joinedStatus());
 }
 
 function onJoined(message) {
@@ -743,7 +835,65 @@ function onJoined(message) {
     ? `${joinedStatus()}. ${plural(unsent, 'note')} you played while disconnected ${unsent === 1 ? 'was' : 'were'} not sent.`
     : joinedStatus());
   refreshInvite();
+  sendProgram();
   startPinging();
+}
+
+/* ---------------------------------------------------------------- this player's instrument */
+
+/** This player's chosen program, as a Program Change on their channel (none if never chosen). */
+function sendProgram() {
+  if (state.program === null) return;
+  const bytes = [0xc0 | state.channel, state.program];
+  if (state.phase === 'joined') send({ type: 'midi', data: bytes });
+  mixer.midi(myName(), bytes);
+}
+
+function setSustain(down) {
+  if (state.sustain === down) return;
+  state.sustain = down;
+  const pedal = $('#sustain');
+  pedal.setAttribute('aria-pressed', String(down));
+  pedal.textContent = down ? 'Pedal down' : 'Pedal up';
+  if (playable()) playLocally([0xb0 | state.channel, 64, down ? 127 : 0]);
+}
+
+function setBend(value) {
+  const bend = Math.max(0, Math.min(16383, Math.round(value)));
+  if (bend === state.bend) return;
+  state.bend = bend;
+  const slider = $('#bend');
+  if (Number(slider.value) !== bend) slider.value = String(bend);
+  if (playable()) playLocally([0xe0 | state.channel, bend & 0x7f, bend >> 7]);
+}
+
+function setUpInstrument() {
+  const select = $('#instrument');
+  select.append(...GM_PROGRAMS.map((program, number) => new Option(`${number + 1} ${program}`, String(number))));
+  const stored = remembered('program');
+  if (stored !== null && /^\d+$/.test(stored) && Number(stored) < 128) {
+    state.program = Number(stored);
+    select.value = stored;
+  }
+  select.addEventListener('change', () => {
+    mixer.wake();
+    state.program = Number(select.value);
+    remember('program', select.value);
+    sendProgram();
+  });
+  $('#sustain').addEventListener('click', () => {
+    mixer.wake();
+    setSustain(!state.sustain);
+  });
+  // A wheel that springs back to the middle when let go, as a keyboard's does.
+  const bend = $('#bend');
+  bend.addEventListener('input', () => setBend(Number(bend.value)));
+  for (const end of ['pointerup', 'pointercancel', 'keyup', 'blur']) {
+    bend.addEventListener(end, () => setBend(8192));
+  }
+  mixer.onChange = onInstrumentChange;
+  mixer.bank.ready.then(refreshInstrumentStatus);
+  refreshInstrumentStatus();
 }
 
 function onServerError(message) {
@@ -1194,7 +1344,9 @@ function onDeviceMidi(data) {
   const bytes = Array.from(data);
   // Clock and active sensing arrive dozens of times a second and would trip the rate limit.
   if (bytes.length === 0 || bytes[0] === 0xf8 || bytes[0] === 0xfe) return;
-  sendMidi(bytes);
+  // Heard here once, on this player's strip: the device's notes, pedal, bend and programs.
+  if (bytes[0] >= 0x80 && bytes[0] < 0xf0) playLocally(bytes);
+  else sendMidi(bytes);
   const noteEvent = describeNoteMessage(bytes);
   if (!noteEvent) return;
   const noteKey = `midi|${noteEvent.channel}|${noteEvent.note}`;
@@ -1232,7 +1384,10 @@ function setUpControls() {
   for (let channel = 0; channel < 16; channel += 1) {
     channelSelect.append(new Option(String(channel + 1), String(channel)));
   }
-  channelSelect.addEventListener('change', () => { state.channel = Number(channelSelect.value); });
+  channelSelect.addEventListener('change', () => {
+    state.channel = Number(channelSelect.value);
+    sendProgram(); // the chosen instrument follows the player to the new channel
+  });
   const velocity = $('#velocity');
   velocity.addEventListener('input', () => {
     state.velocity = Number(velocity.value);
@@ -1320,5 +1475,6 @@ setUpForm();
 setUpControls();
 setUpKeyboard();
 setUpLive();
+setUpInstrument();
 setPhase('idle');
 midiDevices.offer();

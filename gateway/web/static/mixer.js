@@ -1,44 +1,12 @@
 // The page's own sound: one channel strip per player (volume, pan, mute, solo) in front of a
-// master bus. A strip plays its notes with its instrument; every strip has the same simple
-// one today, and a per-player instrument (a soundfont chosen by Program Change) only has to
-// provide the same start(context, destination, note, velocity) -> { stop(when) }.
+// master bus. A strip plays its player's MIDI on that player's instrument (instruments.js):
+// a General MIDI SoundFont synthesizer of its own once the bank is loaded, the oscillator
+// synth before that and wherever the SoundFont cannot run.
 
-function noteFrequency(note) {
-  return 440 * 2 ** ((note - 69) / 12);
-}
+import { GM_PROGRAMS, Instrument, SoundBank, SoundFontFactory } from './instruments.js';
 
-/** A triangle wave with a short attack and a decay towards a sustain level. */
-export class TriangleInstrument {
-  start(context, destination, note, velocity) {
-    const now = context.currentTime;
-    const peak = 0.05 + 0.2 * (velocity / 127);
-    const oscillator = context.createOscillator();
-    const envelope = context.createGain();
-    oscillator.type = 'triangle';
-    oscillator.frequency.value = noteFrequency(note);
-    envelope.gain.setValueAtTime(0, now);
-    envelope.gain.linearRampToValueAtTime(peak, now + 0.012);
-    envelope.gain.setTargetAtTime(peak * 0.45, now + 0.012, 0.35);
-    oscillator.connect(envelope);
-    envelope.connect(destination);
-    oscillator.start(now);
-    return {
-      stop(when) {
-        const gain = envelope.gain;
-        if (gain.cancelAndHoldAtTime) {
-          gain.cancelAndHoldAtTime(when);
-        } else {
-          gain.cancelScheduledValues(when);
-          gain.setValueAtTime(gain.value, when);
-        }
-        gain.setTargetAtTime(0, when, 0.06);
-        oscillator.stop(when + 0.5);
-      },
-    };
-  }
-}
+export { GM_PROGRAMS };
 
-const VOICE_LIMIT = 32;
 const LEVEL_WINDOW = 2048;
 
 /**
@@ -53,7 +21,8 @@ class PlayerStrip {
     this.pan = 0;
     this.muted = false;
     this.solo = false;
-    this.instrument = new TriangleInstrument();
+    this.override = null; // the listener's program for this player, kept across reconnects
+    this.instrument = null; // made with the context
     this.nodes = null;
   }
 
@@ -70,7 +39,10 @@ class PlayerStrip {
     gate.connect(analyser);
     analyser.connect(destination);
     this.nodes = { volume, pan, gate, analyser, samples: new Float32Array(LEVEL_WINDOW) };
+    this.instrument = new Instrument(context, volume, () => this.mixer.changed(this.name));
+    this.instrument.setOverride(this.override);
     this.apply();
+    this.mixer.upgrade(this);
     return this.nodes;
   }
 
@@ -88,20 +60,42 @@ class PlayerStrip {
     this.nodes.gate.gain.value = this.audible ? 1 : 0;
   }
 
+  /** ``soundfont`` or ``synth``: what plays this player's notes now. */
+  get renderer() {
+    return this.instrument ? this.instrument.renderer.kind : null;
+  }
+
   disconnect() {
     if (!this.nodes) return;
+    this.instrument.destroy();
+    this.instrument = null;
     this.nodes.analyser.disconnect();
     this.nodes = null;
   }
 }
 
 export class Mixer {
-  constructor() {
+  constructor({ bankUrl } = {}) {
     this.context = null;
     this.output = null;
     this.masterMuted = false;
     this.strips = new Map(); // player name -> PlayerStrip (names are unique in a session)
-    this.voices = new Map(); // voice key -> { voice, strip }
+    // Fetched with the page, so that it is here when the player joins.
+    this.bank = new SoundBank(bankUrl);
+    this.soundfonts = null;
+    this.onChange = () => {};
+  }
+
+  /** What plays the players' notes: loading (the synth meanwhile), soundfont, or synth. */
+  get renderer() {
+    if (!this.soundfonts) return this.bank.state === 'failed' ? 'synth' : 'loading';
+    return { loading: 'loading', ready: 'soundfont', failed: 'synth' }[this.soundfonts.state];
+  }
+
+  /** Why the page plays its own synth instead of the SoundFont, if it does. */
+  get fallbackReason() {
+    if (this.soundfonts?.state === 'failed') return this.soundfonts.reason;
+    return this.bank.state === 'failed' ? `the sound bank did not load: ${this.bank.error}` : '';
   }
 
   /** Called from user gestures only: browsers keep an AudioContext made elsewhere suspended. */
@@ -119,11 +113,39 @@ export class Mixer {
       this.output.gain.value = 0.6;
       this.output.connect(compressor);
       compressor.connect(this.context.destination);
+      this.soundfonts = new SoundFontFactory(this.bank, this.context);
+      this.soundfonts.ready.then(() => {
+        for (const strip of this.strips.values()) this.upgrade(strip);
+        this.changed(null);
+      });
       for (const strip of this.strips.values()) strip.connect(this.context, this.output);
     }
     if (this.context.state === 'suspended') {
       this.context.resume().catch(() => {});
     }
+  }
+
+  /** Gives ``strip`` a SoundFont synthesizer of its own, once they can be made. */
+  upgrade(strip) {
+    const factory = this.soundfonts;
+    if (!factory || factory.state !== 'ready' || !strip.instrument || strip.upgrading) return;
+    if (strip.instrument.renderer.kind === 'soundfont') return;
+    const { instrument } = strip;
+    strip.upgrading = true;
+    factory.create(strip.nodes.volume).then((renderer) => {
+      strip.upgrading = false;
+      if (strip.instrument !== instrument) {
+        renderer.destroy(); // the player left while the synthesizer started
+        return;
+      }
+      instrument.use(renderer);
+    }, () => {
+      strip.upgrading = false; // this strip keeps the synth
+    });
+  }
+
+  changed(name) {
+    this.onChange(name);
   }
 
   strip(name) {
@@ -141,7 +163,6 @@ export class Mixer {
     const wanted = new Set(names);
     for (const [name, strip] of [...this.strips]) {
       if (wanted.has(name)) continue;
-      this.silenceWhere((voiceKey, owner) => owner === strip);
       strip.disconnect();
       this.strips.delete(name);
     }
@@ -165,32 +186,32 @@ export class Mixer {
     this.applyAll();
   }
 
-  noteOn(name, voiceKey, note, velocity) {
-    if (!this.context || this.masterMuted) return;
-    this.noteOff(voiceKey);
+  /** One complete MIDI channel message that ``name`` played, sounded on their strip. */
+  midi(name, bytes) {
+    if (!this.context) return;
+    const isNoteOn = (bytes[0] & 0xf0) === 0x90 && bytes[2] > 0;
+    if (this.masterMuted && isNoteOn) return;
     const strip = this.strip(name);
-    const { volume } = strip.connect(this.context, this.output);
-    const voice = strip.instrument.start(this.context, volume, note, velocity);
-    this.voices.set(voiceKey, { voice, strip });
-    if (this.voices.size > VOICE_LIMIT) this.noteOff(this.voices.keys().next().value);
+    strip.connect(this.context, this.output);
+    strip.instrument.midi(bytes);
   }
 
-  noteOff(voiceKey) {
-    const playing = this.voices.get(voiceKey);
-    if (!playing) return;
-    this.voices.delete(voiceKey);
-    playing.voice.stop(this.context.currentTime);
+  /** The listener's instrument for ``name`` (a GM program number), or null for the player's. */
+  setOverride(name, program) {
+    const strip = this.strip(name);
+    strip.override = program === null || program === '' || program === undefined ? null : Number(program);
+    if (strip.instrument) strip.instrument.setOverride(strip.override);
+    else this.changed(name);
   }
 
-  silenceWhere(predicate) {
-    for (const [voiceKey, playing] of [...this.voices]) {
-      if (predicate(voiceKey, playing.strip)) this.noteOff(voiceKey);
-    }
+  /** Stops every note of ``name`` at once (the player left, or the connection went). */
+  silence(name) {
+    this.strips.get(name)?.instrument?.silence();
   }
 
   setMasterMuted(muted) {
     this.masterMuted = muted;
-    if (muted) this.silenceWhere(() => true);
+    if (muted) for (const strip of this.strips.values()) strip.instrument?.silence();
   }
 
   /** What a strip lets through now: volume times its mute/solo gate (0 when silenced). */
