@@ -138,12 +138,18 @@ def test_a_listener_overrides_one_players_instrument_for_themselves_only(open_ja
 
 # --- the sustain pedal and pitch bend -------------------------------------------------------
 
-def test_the_sustain_pedal_holds_a_released_note_until_it_goes_up(open_jam):
+def alice_plays_to_bob(open_jam, program):
+    """Two players, alice on ``program`` as bob's SoundFont synthesizer renders her."""
     alice = open_jam().join("alice")
     bob = open_jam().join("bob")
     wait_for_soundfont(bob, "alice")
-    choose_instrument(alice, CHURCH_ORGAN)
-    wait_for_instrument(bob, "alice", f"i.synth.program === {CHURCH_ORGAN}")
+    choose_instrument(alice, program)
+    wait_for_instrument(bob, "alice", f"i.synth.program === {program}")
+    return alice, bob
+
+
+def test_the_sustain_pedal_holds_a_released_note_until_it_goes_up(open_jam):
+    alice, bob = alice_plays_to_bob(open_jam, CHURCH_ORGAN)
 
     # Without the pedal a released organ note stops.
     alice.press(60)
@@ -170,11 +176,7 @@ def test_the_sustain_pedal_holds_a_released_note_until_it_goes_up(open_jam):
 
 
 def test_pitch_bend_reaches_the_synthesizer_and_moves_the_pitch(open_jam):
-    alice = open_jam().join("alice")
-    bob = open_jam().join("bob")
-    wait_for_soundfont(bob, "alice")
-    choose_instrument(alice, OCARINA)
-    wait_for_instrument(bob, "alice", f"i.synth.program === {OCARINA}")
+    alice, bob = alice_plays_to_bob(open_jam, OCARINA)
 
     alice.press(69)                                   # A4, 440 Hz
     wait_for_level(bob, "alice", f"> {SOUNDING_RMS}")
