@@ -264,10 +264,9 @@ class JamServerProtocol(WebSocketServerProtocol):
         now = door.reactor.seconds()
         if start:
             if self._recording is None:
-                tempo = self._tempo
-                self._recording = Recording(
-                    self.membership.welcome.session, now, None if tempo is None else tempo.bpm,
-                    4 if tempo is None else tempo.beats_per_bar)
+                tempo = {} if self._tempo is None else {
+                    "bpm": self._tempo.bpm, "beats_per_bar": self._tempo.beats_per_bar}
+                self._recording = Recording(self.membership.welcome.session, now, **tempo)
             self._send(jam.encode_recording(self._recording))
             return
         recording, self._recording = self._recording, None

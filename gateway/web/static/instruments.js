@@ -17,6 +17,7 @@ const ALL_SOUND_OFF = 120;
 const RESET_CONTROLLERS = 121;
 const ALL_NOTES_OFF = 123;
 const BEND_RANGE_SEMITONES = 2;
+const FALLBACK_VOICE_LIMIT = 32;
 
 /** The 128 General MIDI Level 1 program names, program 0 first. */
 export const GM_PROGRAMS = [
@@ -86,16 +87,22 @@ export class SoundBank {
   }
 }
 
-/**
- * What a player's MIDI means for the instrument, whatever renders it: the player's program
- * per channel, the listener's override, the pedal, the bend, the notes held.
- */
+/** What a player's MIDI set on one channel, whatever renders it: program, pedal, bend. */
 class ChannelState {
   constructor() {
     this.program = 0;
     this.sustain = false;
     this.bend = 8192;
   }
+}
+
+// Held notes and voices are keyed "channel|note".
+function noteKey(channel, note) {
+  return `${channel}|${note}`;
+}
+
+function channelAndNote(key) {
+  return key.split('|').map(Number);
 }
 
 function noteFrequency(note) {
@@ -140,16 +147,15 @@ export class FallbackRenderer {
     oscillator.connect(envelope);
     envelope.connect(this.destination);
     oscillator.start(now);
-    this.voices.set(`${channel}|${note}`, { oscillator, envelope, channel });
-    if (this.voices.size > 32) {
+    this.voices.set(noteKey(channel, note), { oscillator, envelope, channel });
+    if (this.voices.size > FALLBACK_VOICE_LIMIT) {
       const [oldest] = this.voices.keys();
-      const [oldChannel, oldNote] = oldest.split('|').map(Number);
-      this.noteOff(oldChannel, oldNote);
+      this.noteOff(...channelAndNote(oldest));
     }
   }
 
   noteOff(channel, note) {
-    const key = `${channel}|${note}`;
+    const key = noteKey(channel, note);
     const voice = this.voices.get(key);
     if (!voice) return;
     this.voices.delete(key);
@@ -186,10 +192,7 @@ export class FallbackRenderer {
   }
 
   silence() {
-    for (const key of [...this.voices.keys()]) {
-      const [channel, note] = key.split('|').map(Number);
-      this.noteOff(channel, note);
-    }
+    for (const key of [...this.voices.keys()]) this.noteOff(...channelAndNote(key));
   }
 
   destroy() {
@@ -280,7 +283,7 @@ export class Instrument {
     const channel = status & 0x0f;
     const state = this.channels[channel];
     if (kind === 0x90 && data2 > 0) {
-      const key = `${channel}|${data1}`;
+      const key = noteKey(channel, data1);
       this.sustained.delete(key);
       this.held.set(key, data2);
       this.notesStarted += 1;
@@ -290,7 +293,7 @@ export class Instrument {
       }
       this.renderer.noteOn(channel, data1, data2, this.programOn(channel) ?? 0, state.bend);
     } else if (kind === 0x80 || kind === 0x90) {
-      const key = `${channel}|${data1}`;
+      const key = noteKey(channel, data1);
       if (!this.held.delete(key)) return;
       if (state.sustain) {
         this.sustained.add(key);
@@ -321,7 +324,7 @@ export class Instrument {
       if (!down) this.releaseSustained(channel);
     } else if (number === ALL_SOUND_OFF || number === ALL_NOTES_OFF) {
       for (const key of [...this.held.keys(), ...this.sustained]) {
-        const [held, note] = key.split('|').map(Number);
+        const [held, note] = channelAndNote(key);
         if (held !== channel) continue;
         this.held.delete(key);
         this.sustained.delete(key);
@@ -338,7 +341,7 @@ export class Instrument {
 
   releaseSustained(channel) {
     for (const key of [...this.sustained]) {
-      const [held, note] = key.split('|').map(Number);
+      const [held, note] = channelAndNote(key);
       if (held !== channel) continue;
       this.sustained.delete(key);
       if (this.renderer.kind !== 'soundfont') this.renderer.noteOff(channel, note);
@@ -364,7 +367,7 @@ export class Instrument {
       if (state.sustain) renderer.sustain(channel, true);
     });
     for (const [key, velocity] of this.held) {
-      const [channel, note] = key.split('|').map(Number);
+      const [channel, note] = channelAndNote(key);
       renderer.noteOn(channel, note, velocity, this.programOn(channel) ?? 0, this.channels[channel].bend);
     }
     previous.destroy();

@@ -700,8 +700,7 @@ function mixerRow(name) {
   const instrument = document.createElement('select');
   instrument.className = 'mixer__instrument';
   instrument.setAttribute('aria-label', `Instrument of ${name} on this page`);
-  instrument.append(new Option('', ''), ...GM_PROGRAMS.map((program, number) => new Option(
-    `${number + 1} ${program}`, String(number))));
+  instrument.append(new Option('', ''), ...programOptions());
   instrument.value = strip.override === null ? '' : String(strip.override);
   instrument.addEventListener('change', () => {
     mixer.wake();
@@ -714,6 +713,11 @@ function mixerRow(name) {
 
 function programName(program) {
   return program === null ? 'Drums' : `${program + 1} ${GM_PROGRAMS[program]}`;
+}
+
+/** The 128 GM programs as the options of a select, valued by program number. */
+function programOptions() {
+  return GM_PROGRAMS.map((_, program) => new Option(programName(program), String(program)));
 }
 
 /** What a player sounds like here, for the row and for tests: renderer, programs, pedal, bend. */
@@ -869,7 +873,7 @@ function setBend(value) {
 
 function setUpInstrument() {
   const select = $('#instrument');
-  select.append(...GM_PROGRAMS.map((program, number) => new Option(`${number + 1} ${program}`, String(number))));
+  select.append(...programOptions());
   const stored = remembered('program');
   if (stored !== null && /^\d+$/.test(stored) && Number(stored) < 128) {
     state.program = Number(stored);

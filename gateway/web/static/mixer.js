@@ -204,11 +204,6 @@ export class Mixer {
     else this.changed(name);
   }
 
-  /** Stops every note of ``name`` at once (the player left, or the connection went). */
-  silence(name) {
-    this.strips.get(name)?.instrument?.silence();
-  }
-
   setMasterMuted(muted) {
     this.masterMuted = muted;
     if (muted) for (const strip of this.strips.values()) strip.instrument?.silence();
